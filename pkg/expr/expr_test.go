@@ -1,6 +1,7 @@
 package expr
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -166,7 +167,9 @@ func FuzzPath(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, s string) {
 		p, err := ParsePath(s)
-		if err != nil {
+		if err != nil || (strings.Contains(s, `"]`) && strings.Contains(s, `']`)) {
+			// The path syntax has no escapes: a name containing both
+			// `"]` and `']` cannot be written back.
 			return
 		}
 		again, err := ParsePath(p.String())
