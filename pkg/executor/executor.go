@@ -357,30 +357,34 @@ func (it *item) invoke(ctx context.Context, step *flow.Step, comp Component, inp
 	}
 	defer func() {
 		if p := recover(); p != nil {
-			res = outcome.Failure(stepError(step, fmt.Errorf("component panicked: %v\n%s", p, debug.Stack())))
+			res = outcome.Failure(stepError(step, comp, fmt.Errorf("component panicked: %v\n%s", p, debug.Stack())))
 		}
 	}()
 	out, err := comp.Execute(ctx, req)
 	if err != nil {
-		return outcome.Failure(stepError(step, err))
+		return outcome.Failure(stepError(step, comp, err))
 	}
 	return out
 }
 
 // StepError builds the FlowError of a component that failed with err:
-// code 500, message `step "<id>" failed`, and data.stack listing the
-// error chain.
+// code 500, message `step "<id>" failed`, and data.stack in upstream's
+// two-entry shape, so that expectations written against upstream match:
+//
+//	[{"error": "step \"<id>\" failed",
+//	  "attachments": ["Component: <name>", "Component execution failed for step '<id>'", "<err>"]},
+//	 {"error": "error executing user-defined function"}]
 func StepError(stepID, component string, err error) *outcome.Error {
-	stack := []value.Value{value.ObjectOf(
-		"error", fmt.Sprintf("step %q failed", stepID),
-		"attachments", []value.Value{
-			"Component: " + component,
-			fmt.Sprintf("Component execution failed for step '%s'", stepID),
-			err.Error(),
-		},
-	)}
-	for e := err; e != nil; e = errors.Unwrap(e) {
-		stack = append(stack, value.ObjectOf("error", e.Error(), "attachments", []value.Value{}))
+	stack := []value.Value{
+		value.ObjectOf(
+			"attachments", []value.Value{
+				"Component: " + component,
+				fmt.Sprintf("Component execution failed for step '%s'", stepID),
+				err.Error(),
+			},
+			"error", fmt.Sprintf("step %q failed", stepID),
+		),
+		value.ObjectOf("error", "error executing user-defined function"),
 	}
 	return &outcome.Error{
 		Code:    outcome.CodeComponent,
@@ -389,6 +393,17 @@ func StepError(stepID, component string, err error) *outcome.Error {
 	}
 }
 
-func stepError(step *flow.Step, err error) *outcome.Error {
-	return StepError(step.ID, step.Component, err)
+// NamedComponent is implemented by components that know their
+// plugin-local name (/eval for the flow path /builtin/eval); error stacks
+// name the component by it, as upstream does.
+type NamedComponent interface {
+	ComponentName() string
+}
+
+func stepError(step *flow.Step, comp Component, err error) *outcome.Error {
+	name := step.Component
+	if n, ok := comp.(NamedComponent); ok {
+		name = n.ComponentName()
+	}
+	return StepError(step.ID, name, err)
 }

@@ -48,7 +48,8 @@ func IsInteger(n Number) bool { return !strings.ContainsAny(string(n), ".eE") }
 
 // Object is a JSON object that keeps its keys in insertion order. The zero
 // value is an empty object ready to use. Lookups are linear for small
-// objects and indexed for large ones.
+// objects and indexed for large ones; lookups never modify the object, so
+// a finished object may be read from many goroutines.
 type Object struct {
 	keys  []string
 	vals  []Value
@@ -110,9 +111,6 @@ func (o *Object) find(key string) int {
 			return i
 		}
 	}
-	if len(o.keys) > indexThreshold {
-		o.buildIndex()
-	}
 	return -1
 }
 
@@ -145,8 +143,14 @@ func (o *Object) Set(key string, v Value) {
 	}
 	o.keys = append(o.keys, key)
 	o.vals = append(o.vals, v)
-	if o.index != nil {
+	switch {
+	case o.index != nil:
 		o.index[key] = len(o.keys) - 1
+	case len(o.keys) > indexThreshold:
+		// Built while the object is being filled (by one goroutine), so
+		// that lookups on a finished object never write and may run
+		// concurrently.
+		o.buildIndex()
 	}
 }
 
@@ -159,6 +163,9 @@ func (o *Object) Delete(key string) {
 	o.keys = append(o.keys[:i], o.keys[i+1:]...)
 	o.vals = append(o.vals[:i], o.vals[i+1:]...)
 	o.index = nil
+	if len(o.keys) > indexThreshold {
+		o.buildIndex()
+	}
 }
 
 // MarshalJSON encodes the object compactly with its key order, so that
@@ -214,6 +221,9 @@ func Clone(v Value) Value {
 		for i, k := range t.keys {
 			out.keys = append(out.keys, k)
 			out.vals = append(out.vals, Clone(t.vals[i]))
+		}
+		if len(out.keys) > indexThreshold {
+			out.buildIndex()
 		}
 		return out
 	default:

@@ -3,6 +3,7 @@ package value
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"strconv"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -117,5 +118,40 @@ func BenchmarkParseEncode(b *testing.B) {
 			b.Fatal(err)
 		}
 		buf = Append(buf[:0], v)
+	}
+}
+
+func TestLargeObjectConcurrentLookup(t *testing.T) {
+	o := NewObject(0)
+	for i := range 100 {
+		o.Set("k"+strconv.Itoa(i), Int(int64(i)))
+	}
+	o.Delete("k0")
+	c := Clone(o).(*Object)
+	done := make(chan struct{})
+	for range 4 {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for i := range 100 {
+				for _, obj := range []*Object{o, c} {
+					v, ok := obj.Get("k" + strconv.Itoa(i))
+					if i == 0 {
+						if ok {
+							t.Errorf("k0 still present")
+						}
+						continue
+					}
+					if !ok || v != Int(int64(i)) {
+						t.Errorf("k%d = %v, %v", i, v, ok)
+					}
+				}
+				if obj, _ := o.Get("missing"); obj != nil {
+					t.Errorf("missing key found")
+				}
+			}
+		}()
+	}
+	for range 4 {
+		<-done
 	}
 }

@@ -79,30 +79,72 @@ func (e *YAMLError) Error() string { return fmt.Sprintf("%s: %s", e.Pos, e.Msg) 
 // serde_yaml: only true/false are booleans, timestamps stay strings,
 // integers and floats keep their distinction. When sm is not nil, the
 // position of every node is recorded under its JSON path, starting at
-// path.
+// path. Aliases are expanded; documents whose size comes mostly from
+// alias expansion ("billion laughs") are rejected.
 func FromYAML(n *yaml.Node, path string, sm SourceMap) (Value, error) {
-	return fromYAML(n, path, sm, 0)
+	c := yamlConverter{sm: sm}
+	return c.convert(n, path, 0)
 }
 
-func fromYAML(n *yaml.Node, path string, sm SourceMap, depth int) (Value, error) {
+// yamlConverter carries the state of one FromYAML conversion.
+type yamlConverter struct {
+	sm SourceMap
+	// nodes counts converted nodes, aliased those converted while
+	// expanding an alias (aliasDepth > 0).
+	nodes, aliased, aliasDepth int
+}
+
+// Alias expansion limits: small documents may come almost entirely from
+// aliases, large ones only to a small part (the policy of yaml.v3's own
+// decoder).
+const (
+	aliasRatioLow  = 400_000
+	aliasRatioHigh = 4_000_000
+)
+
+func allowedAliasRatio(nodes int) float64 {
+	switch {
+	case nodes <= aliasRatioLow:
+		return 0.99
+	case nodes >= aliasRatioHigh:
+		return 0.10
+	default:
+		return 0.99 - 0.89*float64(nodes-aliasRatioLow)/float64(aliasRatioHigh-aliasRatioLow)
+	}
+}
+
+func (c *yamlConverter) convert(n *yaml.Node, path string, depth int) (Value, error) {
 	if depth > MaxDepth {
 		return nil, &YAMLError{Pos{n.Line, n.Column}, "YAML nested too deeply"}
 	}
-	if sm != nil {
-		sm[path] = Pos{n.Line, n.Column}
+	c.nodes++
+	if c.aliasDepth > 0 {
+		c.aliased++
+		if c.aliased > 100 && c.nodes > 1000 && float64(c.aliased)/float64(c.nodes) > allowedAliasRatio(c.nodes) {
+			return nil, &YAMLError{Pos{n.Line, n.Column}, "document contains excessive aliasing"}
+		}
+	}
+	if c.sm != nil {
+		c.sm[path] = Pos{n.Line, n.Column}
 	}
 	switch n.Kind {
 	case yaml.DocumentNode:
 		if len(n.Content) == 0 {
 			return nil, nil
 		}
-		return fromYAML(n.Content[0], path, sm, depth+1)
+		return c.convert(n.Content[0], path, depth+1)
 	case yaml.AliasNode:
-		return fromYAML(n.Alias, path, sm, depth+1)
+		if n.Alias == nil {
+			return nil, &YAMLError{Pos{n.Line, n.Column}, "unknown anchor"}
+		}
+		c.aliasDepth++
+		v, err := c.convert(n.Alias, path, depth+1)
+		c.aliasDepth--
+		return v, err
 	case yaml.SequenceNode:
 		out := make([]Value, 0, len(n.Content))
-		for i, c := range n.Content {
-			v, err := fromYAML(c, PathIndex(path, i), sm, depth+1)
+		for i, e := range n.Content {
+			v, err := c.convert(e, PathIndex(path, i), depth+1)
 			if err != nil {
 				return nil, err
 			}
@@ -113,7 +155,7 @@ func fromYAML(n *yaml.Node, path string, sm SourceMap, depth int) (Value, error)
 		o := NewObject(len(n.Content) / 2)
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k, vn := n.Content[i], n.Content[i+1]
-			if k.Kind == yaml.AliasNode {
+			if k.Kind == yaml.AliasNode && k.Alias != nil {
 				k = k.Alias
 			}
 			if k.Kind != yaml.ScalarNode {
@@ -121,7 +163,10 @@ func fromYAML(n *yaml.Node, path string, sm SourceMap, depth int) (Value, error)
 			}
 			if k.Tag == "!!merge" {
 				// `<<: *base` merges the aliased mapping's keys.
-				merged, err := fromYAML(vn, path, nil, depth+1)
+				sm := c.sm
+				c.sm = nil
+				merged, err := c.convert(vn, path, depth+1)
+				c.sm = sm
 				if err != nil {
 					return nil, err
 				}
@@ -134,7 +179,7 @@ func fromYAML(n *yaml.Node, path string, sm SourceMap, depth int) (Value, error)
 				}
 				continue
 			}
-			v, err := fromYAML(vn, PathField(path, k.Value), sm, depth+1)
+			v, err := c.convert(vn, PathField(path, k.Value), depth+1)
 			if err != nil {
 				return nil, err
 			}

@@ -1,0 +1,677 @@
+package flow
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/stepflow-go/stepflow/pkg/expr"
+	"github.com/stepflow-go/stepflow/pkg/outcome"
+	"github.com/stepflow-go/stepflow/pkg/value"
+)
+
+// MaxFlowBytes bounds the size of a flow document accepted by Load and
+// Parse.
+const MaxFlowBytes = 16 << 20
+
+// Sentinel errors wrapped by DecodeError.
+var (
+	// ErrUnrecognizedExtension is returned by Load for a file whose
+	// extension is not .yaml, .yml, .json or .jsonl.
+	ErrUnrecognizedExtension = errors.New("unrecognized file extension")
+	// ErrTooLarge is returned for documents larger than MaxFlowBytes.
+	ErrTooLarge = errors.New("flow document too large")
+	// ErrInvalidFlow is wrapped by every error about the content of a flow
+	// document (syntax, types, expressions), as opposed to I/O errors.
+	ErrInvalidFlow = errors.New("invalid flow")
+)
+
+// DecodeError is a flow that cannot be read or decoded, with the place of
+// the problem when it is known.
+type DecodeError struct {
+	File string    // "" when the flow did not come from a file
+	Pos  value.Pos // zero when unknown; Col is 0 when only the line is known
+	Path string    // JSON path of the offending value (`$.steps[0].onError`), "" when unknown
+	Msg  string
+	Err  error // the cause, if any
+}
+
+// Error returns `file:line:col: msg`, leaving out the parts that are not
+// known. Without a position, the JSON path stands in for it.
+func (e *DecodeError) Error() string {
+	var b strings.Builder
+	b.WriteString(e.File)
+	if !e.Pos.IsZero() {
+		if b.Len() > 0 {
+			b.WriteByte(':')
+		}
+		b.WriteString(strconv.Itoa(e.Pos.Line))
+		if e.Pos.Col > 0 {
+			b.WriteByte(':')
+			b.WriteString(strconv.Itoa(e.Pos.Col))
+		}
+	} else if e.Path != "" {
+		if b.Len() > 0 {
+			b.WriteString(": ")
+		}
+		b.WriteString(e.Path)
+	}
+	if b.Len() > 0 {
+		b.WriteString(": ")
+	}
+	b.WriteString(e.Msg)
+	return b.String()
+}
+
+// Unwrap returns the cause.
+func (e *DecodeError) Unwrap() error { return e.Err }
+
+// Load reads a flow file. The extension selects the format: .yaml and
+// .yml are YAML, .json and .jsonl are JSON (read with the YAML parser, of
+// which JSON is a subset, so that errors carry positions).
+func Load(path string) (*Flow, error) {
+	switch strings.ToLower(filepath.Ext(path)) {
+	case ".yaml", ".yml", ".json", ".jsonl":
+	default:
+		return nil, &DecodeError{File: path, Err: ErrUnrecognizedExtension,
+			Msg: fmt.Sprintf("unrecognized file extension %q (expected .yaml, .yml, .json or .jsonl)", filepath.Ext(path))}
+	}
+	fh, err := os.Open(path)
+	if err != nil {
+		return nil, &DecodeError{File: path, Msg: fmt.Sprintf("cannot read flow: %v", unwrapPathError(err)), Err: err}
+	}
+	defer fh.Close()
+	data, err := io.ReadAll(io.LimitReader(fh, MaxFlowBytes+1))
+	if err != nil {
+		return nil, &DecodeError{File: path, Msg: fmt.Sprintf("cannot read flow: %v", unwrapPathError(err)), Err: err}
+	}
+	return Parse(data, path)
+}
+
+func unwrapPathError(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
+// Parse decodes a flow from YAML or JSON text. file names the source in
+// errors and in Flow.File; for a file ending in .json or .jsonl, text that
+// the YAML parser rejects is retried as strict JSON (the YAML parser does
+// not know every JSON escape).
+func Parse(data []byte, file string) (*Flow, error) {
+	if len(data) > MaxFlowBytes {
+		return nil, &DecodeError{File: file, Err: ErrTooLarge,
+			Msg: fmt.Sprintf("flow document is larger than %d bytes", MaxFlowBytes)}
+	}
+	sm := value.SourceMap{}
+	v, err := parseYAML(data, sm)
+	if err != nil {
+		yerr := yamlError(file, err)
+		ext := strings.ToLower(filepath.Ext(file))
+		if ext != ".json" && ext != ".jsonl" {
+			return nil, yerr
+		}
+		jv, jerr := value.Parse(data)
+		if jerr != nil {
+			var se *value.SyntaxError
+			if errors.As(jerr, &se) {
+				return nil, &DecodeError{File: file, Pos: value.Pos{Line: se.Line, Col: se.Col},
+					Msg: "invalid JSON: " + se.Msg, Err: errors.Join(ErrInvalidFlow, jerr)}
+			}
+			return nil, yerr
+		}
+		v, sm = jv, nil
+	}
+	d := decoder{file: file, sm: sm}
+	if v == nil {
+		return nil, d.errorf("", nil, "empty document: a flow must be an object")
+	}
+	f, err := d.flow(v)
+	if err != nil {
+		return nil, err
+	}
+	f.File, f.Source = file, sm
+	return f, nil
+}
+
+// parseYAML parses a YAML document into a Value, keeping only the parts a
+// flow reads: unknown keys of the flow, its steps, test section, test
+// cases and examples are dropped before conversion, so that they may hold
+// anything YAML can express (such as the non-string mapping keys of a
+// mock plugin configuration) without making the file unreadable.
+func parseYAML(data []byte, sm value.SourceMap) (value.Value, error) {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return nil, err
+	}
+	if doc.Kind == 0 || len(doc.Content) == 0 {
+		return nil, nil
+	}
+	return value.FromYAML(prune(doc.Content[0], flowShape, 0), "$", sm)
+}
+
+// shape lists the keys a decoder reads from a mapping; the shape of a key
+// describes its value (nil: kept whole). The shape of a sequence applies
+// to each element.
+type shape map[string]shape
+
+var (
+	stepShape = shape{"id": nil, "component": nil, "onError": nil, "input": nil,
+		"mustExecute": nil, "metadata": nil}
+	caseShape    = shape{"name": nil, "description": nil, "input": nil, "output": nil}
+	exampleShape = shape{"name": nil, "description": nil, "input": nil}
+	testShape    = shape{"configFile": nil, "config": nil, "stepflow_config": nil, "cases": caseShape}
+	flowShape    = shape{"name": nil, "description": nil, "version": nil, "schemas": nil,
+		"steps": stepShape, "output": nil, "test": testShape, "examples": exampleShape, "metadata": nil}
+)
+
+// prune returns n without the mapping keys that s does not list. n is not
+// modified; kept nodes are shared.
+func prune(n *yaml.Node, s shape, depth int) *yaml.Node {
+	if s == nil || depth > 8 {
+		return n
+	}
+	switch n.Kind {
+	case yaml.AliasNode:
+		if n.Alias == nil {
+			return n
+		}
+		return prune(n.Alias, s, depth+1)
+	case yaml.SequenceNode:
+		out := *n
+		out.Content = make([]*yaml.Node, len(n.Content))
+		for i, c := range n.Content {
+			out.Content[i] = prune(c, s, depth+1)
+		}
+		return &out
+	case yaml.MappingNode:
+		out := *n
+		out.Content = make([]*yaml.Node, 0, len(n.Content))
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			if k.Kind == yaml.ScalarNode && k.Tag == "!!merge" {
+				out.Content = append(out.Content, k, prune(v, s, depth+1))
+				continue
+			}
+			kk := k
+			if kk.Kind == yaml.AliasNode && kk.Alias != nil {
+				kk = kk.Alias
+			}
+			if kk.Kind != yaml.ScalarNode {
+				continue
+			}
+			if sub, ok := s[kk.Value]; ok {
+				out.Content = append(out.Content, k, prune(v, sub, depth+1))
+			}
+		}
+		return &out
+	default:
+		return n
+	}
+}
+
+var yamlLineRE = regexp.MustCompile(`^yaml: line (\d+): `)
+
+// yamlError turns a yaml.v3 or value.YAMLError error into a DecodeError.
+func yamlError(file string, err error) *DecodeError {
+	var ye *value.YAMLError
+	if errors.As(err, &ye) {
+		return &DecodeError{File: file, Pos: ye.Pos, Msg: ye.Msg, Err: errors.Join(ErrInvalidFlow, err)}
+	}
+	msg := err.Error()
+	var pos value.Pos
+	if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
+		pos.Line, _ = strconv.Atoi(m[1])
+		msg = msg[len(m[0]):]
+	} else {
+		msg = strings.TrimPrefix(msg, "yaml: ")
+	}
+	return &DecodeError{File: file, Pos: pos, Msg: "invalid YAML: " + msg, Err: errors.Join(ErrInvalidFlow, err)}
+}
+
+// FromValue decodes a flow given as a JSON value, such as a nested flow
+// passed to /builtin/map or stored with /builtin/put_blob. Errors name the
+// JSON path of the problem (there are no file positions).
+func FromValue(v value.Value) (*Flow, error) {
+	d := decoder{}
+	return d.flow(v)
+}
+
+// decoder decodes flow documents, turning problems into DecodeErrors
+// positioned through the source map.
+type decoder struct {
+	file string
+	sm   value.SourceMap
+}
+
+func (d *decoder) errorf(path string, cause error, format string, args ...any) *DecodeError {
+	e := &DecodeError{File: d.file, Path: path, Msg: fmt.Sprintf(format, args...)}
+	if cause != nil {
+		e.Err = errors.Join(ErrInvalidFlow, cause)
+	} else {
+		e.Err = ErrInvalidFlow
+	}
+	if d.sm != nil {
+		e.Pos, _ = d.sm.Lookup(path)
+	}
+	return e
+}
+
+// typeError reports a value of the wrong JSON type.
+func (d *decoder) typeError(path, field, want string, got value.Value) *DecodeError {
+	desc := value.TypeName(got)
+	switch t := got.(type) {
+	case value.Number, bool:
+		desc += " " + value.String(t)
+	case string:
+		if len(t) <= 40 {
+			desc += " " + strconv.Quote(t)
+		}
+	}
+	hint := ""
+	if want == "a string" {
+		if _, ok := got.(value.Number); ok {
+			hint = " (quote it)"
+		}
+	}
+	return d.errorf(path, nil, "invalid type for %s: expected %s, got %s%s", field, want, desc, hint)
+}
+
+// exprError converts an expression parse error, placing it at its path.
+func (d *decoder) exprError(err error) *DecodeError {
+	var pe *expr.ParseError
+	if errors.As(err, &pe) {
+		return d.errorf(pe.Path, err, "invalid expression: %s", pe.Msg)
+	}
+	return d.errorf("$", err, "invalid expression: %v", err)
+}
+
+func (d *decoder) object(v value.Value, path, field string) (*value.Object, *DecodeError) {
+	o, ok := v.(*value.Object)
+	if !ok {
+		return nil, d.typeError(path, field, "an object", v)
+	}
+	return o, nil
+}
+
+// optString reads an optional string field (absent or null gives "").
+func (d *decoder) optString(o *value.Object, key, path string) (string, *DecodeError) {
+	v, ok := o.Get(key)
+	if !ok || v == nil {
+		return "", nil
+	}
+	s, ok := v.(string)
+	if !ok {
+		return "", d.typeError(value.PathField(path, key), "`"+key+"`", "a string", v)
+	}
+	return s, nil
+}
+
+// reqString reads a required string field.
+func (d *decoder) reqString(o *value.Object, key, path, what string) (string, *DecodeError) {
+	v, ok := o.Get(key)
+	if !ok {
+		return "", d.errorf(path, nil, "missing field `%s` in %s", key, what)
+	}
+	s, ok := v.(string)
+	if !ok {
+		return "", d.typeError(value.PathField(path, key), "`"+key+"`", "a string", v)
+	}
+	return s, nil
+}
+
+// optMetadata reads a metadata object: absent gives nil, empty gives nil.
+func (d *decoder) optMetadata(o *value.Object, path string) (*value.Object, *DecodeError) {
+	v, ok := o.Get("metadata")
+	if !ok {
+		return nil, nil
+	}
+	m, err := d.object(v, value.PathField(path, "metadata"), "`metadata`")
+	if err != nil {
+		return nil, err
+	}
+	if m.Len() == 0 {
+		return nil, nil
+	}
+	return m, nil
+}
+
+func (d *decoder) flow(v value.Value) (*Flow, error) {
+	o, ok := v.(*value.Object)
+	if !ok {
+		return nil, d.errorf("$", nil, "a flow must be an object, got %s", value.TypeName(v))
+	}
+	f := &Flow{cache: &flowCache{}}
+	var err *DecodeError
+	if f.Name, err = d.optString(o, "name", "$"); err != nil {
+		return nil, err
+	}
+	if f.Description, err = d.optString(o, "description", "$"); err != nil {
+		return nil, err
+	}
+	if f.Version, err = d.optString(o, "version", "$"); err != nil {
+		return nil, err
+	}
+	if f.Schemas, err = d.schemas(o); err != nil {
+		return nil, err
+	}
+	if sv, ok := o.Get("steps"); ok {
+		arr, ok := sv.([]value.Value)
+		if !ok {
+			return nil, d.typeError("$.steps", "`steps`", "an array of steps", sv)
+		}
+		f.Steps = make([]*Step, len(arr))
+		for i, e := range arr {
+			if f.Steps[i], err = d.step(e, value.PathIndex("$.steps", i)); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if ov, ok := o.Get("output"); ok && ov != nil {
+		x, perr := expr.Parse(ov, "$.output")
+		if perr != nil {
+			return nil, d.exprError(perr)
+		}
+		f.Output = x
+	}
+	if tv, ok := o.Get("test"); ok && tv != nil {
+		if f.Test, err = d.test(tv, "$.test"); err != nil {
+			return nil, err
+		}
+	}
+	if ev, ok := o.Get("examples"); ok && ev != nil {
+		arr, ok := ev.([]value.Value)
+		if !ok {
+			return nil, d.typeError("$.examples", "`examples`", "an array", ev)
+		}
+		f.Examples = make([]Example, len(arr))
+		for i, e := range arr {
+			p := value.PathIndex("$.examples", i)
+			eo, err := d.object(e, p, "an example")
+			if err != nil {
+				return nil, err
+			}
+			ex := &f.Examples[i]
+			if ex.Name, err = d.reqString(eo, "name", p, "example"); err != nil {
+				return nil, err
+			}
+			if ex.Description, err = d.optString(eo, "description", p); err != nil {
+				return nil, err
+			}
+			in, ok := eo.Get("input")
+			if !ok {
+				return nil, d.errorf(p, nil, "missing field `input` in example")
+			}
+			ex.Input = in
+		}
+	}
+	if f.Metadata, err = d.optMetadata(o, "$"); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// schemas reads the `schemas` section (§2.1 wire format).
+func (d *decoder) schemas(o *value.Object) (*Schemas, *DecodeError) {
+	s := &Schemas{}
+	v, ok := o.Get("schemas")
+	if !ok || v == nil {
+		return s, nil
+	}
+	so, err := d.object(v, "$.schemas", "`schemas`")
+	if err != nil {
+		return nil, err
+	}
+	if dv, ok := so.Get("$defs"); ok && dv != nil {
+		defs, err := d.object(dv, "$.schemas.$defs", "`$defs`")
+		if err != nil {
+			return nil, err
+		}
+		for i := range defs.Len() {
+			k, sch := defs.At(i)
+			if err := d.checkSchema(sch, value.PathField("$.schemas.$defs", k)); err != nil {
+				return nil, err
+			}
+		}
+		if defs.Len() > 0 {
+			s.Defs = defs
+		}
+	}
+	pv, ok := so.Get("properties")
+	props, isObj := pv.(*value.Object)
+	if !ok || !isObj {
+		// Anything but an object carries no schemas (upstream ignores it).
+		return s, nil
+	}
+	const pp = "$.schemas.properties"
+	read := func(key string) (value.Value, *DecodeError) {
+		sch, ok := props.Get(key)
+		if !ok || sch == nil {
+			return nil, nil
+		}
+		if err := d.checkSchema(sch, value.PathField(pp, key)); err != nil {
+			return nil, err
+		}
+		return sch, nil
+	}
+	if s.Input, err = read("input"); err != nil {
+		return nil, err
+	}
+	if s.Output, err = read("output"); err != nil {
+		return nil, err
+	}
+	if s.Variables, err = read("variables"); err != nil {
+		return nil, err
+	}
+	if stv, ok := props.Get("steps"); ok {
+		sto, _ := stv.(*value.Object)
+		stp, _ := sto.Get("properties")
+		if spo, ok := stp.(*value.Object); ok && spo.Len() > 0 {
+			s.Steps = make(map[string]value.Value, spo.Len())
+			for i := range spo.Len() {
+				id, sch := spo.At(i)
+				if err := d.checkSchema(sch, value.PathField(pp+".steps.properties", id)); err != nil {
+					return nil, err
+				}
+				if _, dup := s.Steps[id]; !dup {
+					s.StepOrder = append(s.StepOrder, id)
+				}
+				s.Steps[id] = sch
+			}
+		}
+	}
+	return s, nil
+}
+
+// checkSchema accepts a JSON Schema: an object or a boolean.
+func (d *decoder) checkSchema(v value.Value, path string) *DecodeError {
+	switch v.(type) {
+	case *value.Object, bool:
+		return nil
+	}
+	return d.typeError(path, "schema", "a JSON Schema object", v)
+}
+
+func (d *decoder) step(v value.Value, path string) (*Step, *DecodeError) {
+	o, err := d.object(v, path, "a step")
+	if err != nil {
+		return nil, err
+	}
+	s := &Step{}
+	if s.ID, err = d.reqString(o, "id", path, "step"); err != nil {
+		return nil, err
+	}
+	if s.Component, err = d.reqString(o, "component", path, "step"); err != nil {
+		return nil, err
+	}
+	if ev, ok := o.Get("onError"); ok && ev != nil {
+		if s.OnError, err = d.errorAction(ev, value.PathField(path, "onError")); err != nil {
+			return nil, err
+		}
+	}
+	if iv, ok := o.Get("input"); ok && iv != nil {
+		x, perr := expr.Parse(iv, value.PathField(path, "input"))
+		if perr != nil {
+			return nil, d.exprError(perr)
+		}
+		s.Input = x
+	}
+	if mv, ok := o.Get("mustExecute"); ok && mv != nil {
+		b, ok := mv.(bool)
+		if !ok {
+			return nil, d.typeError(value.PathField(path, "mustExecute"), "`mustExecute`", "a boolean", mv)
+		}
+		s.MustExecute = b
+	}
+	if s.Metadata, err = d.optMetadata(o, path); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func (d *decoder) errorAction(v value.Value, path string) (ErrorAction, *DecodeError) {
+	o, err := d.object(v, path, "`onError`")
+	if err != nil {
+		return ErrorAction{}, err
+	}
+	av, ok := o.Get("action")
+	if !ok {
+		return ErrorAction{}, d.errorf(path, nil, "missing field `action` in onError")
+	}
+	action, ok := av.(string)
+	if !ok {
+		return ErrorAction{}, d.typeError(value.PathField(path, "action"), "`action`", "a string", av)
+	}
+	var a ErrorAction
+	switch ErrorActionKind(action) {
+	case OnErrorFail:
+		a.Action = OnErrorFail
+	case OnErrorUseDefault:
+		a.Action = OnErrorUseDefault
+		a.DefaultValue, a.HasDefault = o.Get("defaultValue")
+	case OnErrorRetry:
+		a.Action = OnErrorRetry
+		if a.Retry, err = d.retryPolicy(o, path); err != nil {
+			return ErrorAction{}, err
+		}
+	default:
+		return ErrorAction{}, d.errorf(value.PathField(path, "action"), nil,
+			"unknown onError action %q: expected `fail`, `useDefault` or `retry`", action)
+	}
+	return a, nil
+}
+
+// maxDelayMs bounds millisecond fields so that they fit a time.Duration.
+const maxDelayMs = math.MaxInt64 / int64(time.Millisecond)
+
+func (d *decoder) retryPolicy(o *value.Object, path string) (RetryPolicy, *DecodeError) {
+	var p RetryPolicy
+	intField := func(key string, limit int64) (int64, *DecodeError) {
+		v, ok := o.Get(key)
+		if !ok || v == nil {
+			return 0, nil
+		}
+		n, ok := v.(value.Number)
+		var i int64
+		var err error
+		if ok && value.IsInteger(n) {
+			i, err = n.Int64()
+		}
+		if !ok || !value.IsInteger(n) || err != nil || i < 0 || i > limit {
+			return 0, d.typeError(value.PathField(path, key), "`"+key+"`", fmt.Sprintf("an integer between 0 and %d", limit), v)
+		}
+		return i, nil
+	}
+	n, err := intField("maxAttempts", math.MaxInt32)
+	if err != nil {
+		return p, err
+	}
+	p.MaxAttempts = int(n)
+	if n, err = intField("initialDelayMs", maxDelayMs); err != nil {
+		return p, err
+	}
+	p.InitialDelay = time.Duration(n) * time.Millisecond
+	if n, err = intField("maxDelayMs", maxDelayMs); err != nil {
+		return p, err
+	}
+	p.MaxDelay = time.Duration(n) * time.Millisecond
+	if v, ok := o.Get("backoffCoefficient"); ok && v != nil {
+		num, ok := v.(value.Number)
+		var c float64
+		var perr error
+		if ok {
+			c, perr = num.Float64()
+		}
+		if !ok || perr != nil || c < 0 || math.IsInf(c, 0) {
+			return p, d.typeError(value.PathField(path, "backoffCoefficient"), "`backoffCoefficient`", "a non-negative number", v)
+		}
+		p.BackoffCoefficient = c
+	}
+	return p, nil
+}
+
+func (d *decoder) test(v value.Value, path string) (*TestConfig, *DecodeError) {
+	o, err := d.object(v, path, "`test`")
+	if err != nil {
+		return nil, err
+	}
+	t := &TestConfig{}
+	if t.ConfigFile, err = d.optString(o, "configFile", path); err != nil {
+		return nil, err
+	}
+	key := "config"
+	cv, ok := o.Get(key)
+	if !ok {
+		key = "stepflow_config"
+		cv, ok = o.Get(key)
+	}
+	if ok && cv != nil {
+		if t.Config, err = d.object(cv, value.PathField(path, key), "`"+key+"`"); err != nil {
+			return nil, err
+		}
+	}
+	if cv, ok := o.Get("cases"); ok && cv != nil {
+		arr, ok := cv.([]value.Value)
+		if !ok {
+			return nil, d.typeError(value.PathField(path, "cases"), "`cases`", "an array", cv)
+		}
+		t.Cases = make([]TestCase, len(arr))
+		for i, e := range arr {
+			p := value.PathIndex(value.PathField(path, "cases"), i)
+			co, err := d.object(e, p, "a test case")
+			if err != nil {
+				return nil, err
+			}
+			c := &t.Cases[i]
+			if c.Name, err = d.reqString(co, "name", p, "test case"); err != nil {
+				return nil, err
+			}
+			if c.Description, err = d.optString(co, "description", p); err != nil {
+				return nil, err
+			}
+			in, ok := co.Get("input")
+			if !ok {
+				return nil, d.errorf(p, nil, "missing field `input` in test case %q", c.Name)
+			}
+			c.Input = in
+			if out, ok := co.Get("output"); ok && out != nil {
+				if _, perr := outcome.Parse(out); perr != nil {
+					return nil, d.errorf(value.PathField(p, "output"), perr, "invalid expected output of test case %q: %v", c.Name, perr)
+				}
+				c.Output = out
+			}
+		}
+	}
+	return t, nil
+}
