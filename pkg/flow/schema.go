@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/santhosh-tekuri/jsonschema/v6"
+	"github.com/santhosh-tekuri/jsonschema/v6/kind"
 	"golang.org/x/text/language"
 	"golang.org/x/text/message"
 
@@ -678,8 +679,21 @@ func (v *SchemaValidator) Validate(x value.Value) error {
 	return &SchemaError{
 		Subject: v.subject,
 		Path:    instancePath(v.root, x, leaf.InstanceLocation),
-		Reason:  leaf.ErrorKind.LocalizedString(v.printer),
+		Reason:  reason(leaf.ErrorKind, v),
 		Err:     err,
+	}
+}
+
+// reason describes a failed keyword without quoting the offending value:
+// the value may be a secret, and messages end up in logs and results.
+func reason(k jsonschema.ErrorKind, v *SchemaValidator) string {
+	switch k := k.(type) {
+	case *kind.Pattern:
+		return fmt.Sprintf("value does not match pattern %q", k.Want)
+	case *kind.Format:
+		return fmt.Sprintf("value is not a valid %s", k.Want)
+	default:
+		return k.LocalizedString(v.printer)
 	}
 }
 

@@ -294,3 +294,15 @@ func BenchmarkInputValidation(b *testing.B) {
 		}
 	}
 }
+
+func TestSchemaErrorsNeverQuoteValues(t *testing.T) {
+	t.Parallel()
+	v, err := NewSchemaValidator(value.MustParse(`{"type":"object","properties":{"key":{"type":"string","pattern":"^sk-[a-z]+$","is_secret":true},"mail":{"type":"string","format":"email"}}}`), nil, "input does not match the flow's input schema")
+	require.NoError(t, err)
+	err = v.Validate(value.MustParse(`{"key":"SUPERSECRET123"}`))
+	require.ErrorContains(t, err, "$.key")
+	require.NotContains(t, err.Error(), "SUPERSECRET123")
+	if err = v.Validate(value.MustParse(`{"mail":"SUPERSECRET123"}`)); err != nil {
+		require.NotContains(t, err.Error(), "SUPERSECRET123")
+	}
+}
