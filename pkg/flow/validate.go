@@ -88,12 +88,18 @@ type Diagnostic struct {
 	Pos value.Pos
 	// Experimental diagnostics are hidden by default upstream.
 	Experimental bool
+	// File is the file Pos points into when it is not the flow's own file
+	// (a config diagnostic); "" otherwise.
+	File string
 }
 
 // String formats the diagnostic for people:
 // `file:line:col: error: <message> (<path>)`, leaving out the file and
 // position when they are unknown and the path when there is none.
 func (d Diagnostic) String(file string) string {
+	if d.File != "" {
+		file = d.File
+	}
 	var b strings.Builder
 	b.WriteString(file)
 	if !d.Pos.IsZero() {

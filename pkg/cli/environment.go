@@ -1,0 +1,109 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/stepflow-go/stepflow/pkg/blob"
+	"github.com/stepflow-go/stepflow/pkg/config"
+	"github.com/stepflow-go/stepflow/pkg/executor"
+	"github.com/stepflow-go/stepflow/pkg/flow"
+	"github.com/stepflow-go/stepflow/pkg/plugin"
+)
+
+// environment is everything a flow runs against: the config, the started
+// plugins, the blob store and an executor.
+type environment struct {
+	cfg     *config.Config
+	plugins *plugin.Plugins
+	blobs   blob.Store
+	exec    *executor.Executor
+	closers []func() error
+}
+
+// discoverConfig finds and loads the config for a flow in flowDir; the
+// default config when there is none.
+func discoverConfig(explicit, flowDir string) (*config.Config, error) {
+	cwd, err := os.Getwd()
+	if err != nil {
+		return nil, err
+	}
+	path, err := config.Discover(explicit, flowDir, cwd)
+	if err != nil {
+		return nil, err
+	}
+	if path == "" {
+		return config.Default(), nil
+	}
+	return config.Load(path)
+}
+
+// loadEnvironment discovers the config of f and starts its plugins.
+func (a *app) loadEnvironment(ctx context.Context, configPath string, f *flow.Flow, spillDir string) (*environment, error) {
+	flowDir := ""
+	if f.File != "" {
+		flowDir = filepath.Dir(f.File)
+	}
+	cfg, err := discoverConfig(configPath, flowDir)
+	if err != nil {
+		return nil, err
+	}
+	return a.newEnvironment(ctx, cfg, flowDir, spillDir)
+}
+
+// newEnvironment starts the plugins of cfg. Blobs live in a store that
+// spills to disk past blobMemoryBudget, so that a million-item batch of put_blob
+// steps keeps its memory bounded.
+func (a *app) newEnvironment(ctx context.Context, cfg *config.Config, flowDir, spillDir string) (*environment, error) {
+	env := &environment{cfg: cfg}
+	if spillDir == "" {
+		spillDir = os.TempDir()
+	}
+	store, err := blob.NewSpill(spillDir, blobMemoryBudget)
+	if err != nil {
+		return nil, fmt.Errorf("blob store: %w", err)
+	}
+	env.blobs = store
+	env.closers = append(env.closers, store.Close)
+	cwd, _ := os.Getwd()
+	plugins, err := plugin.New(ctx, cfg, plugin.Options{
+		Logger:     a.log,
+		Blobs:      store,
+		WorkingDir: cfg.WorkDir(flowDir, cwd),
+		LookupEnv:  a.io.LookupEnv,
+	})
+	if err != nil {
+		env.close()
+		return nil, fmt.Errorf("configuration error: %w", err)
+	}
+	env.plugins = plugins
+	env.closers = append(env.closers, plugins.Close)
+	env.exec = executor.New(executor.Config{Router: plugins, Logger: a.log.Named("executor")})
+	return env, nil
+}
+
+// validate checks the flow, the config and the routing of every step.
+func (e *environment) validate(f *flow.Flow) flow.Diagnostics {
+	diags := flow.Diagnostics(flow.Validate(f))
+	for _, d := range e.cfg.Validate() {
+		d.File = e.cfg.File
+		diags = append(diags, d)
+	}
+	diags = append(diags, flow.ValidateRoutes(f, e.plugins.Routable)...)
+	return diags
+}
+
+func (e *environment) close() {
+	var errs []error
+	for i := len(e.closers) - 1; i >= 0; i-- {
+		errs = append(errs, e.closers[i]())
+	}
+	_ = errors.Join(errs...)
+}
+
+// blobMemoryBudget is how much of the blob store stays in memory (by the
+// store's estimate) before blobs spill to a temporary file.
+const blobMemoryBudget = 8 << 20
