@@ -90,34 +90,10 @@ reach it. --format json and yaml give upstream's shape:
 func componentsJSON(infos []plugin.ComponentInfo, withSchemas bool) value.Value {
 	list := make([]value.Value, 0, len(infos))
 	for _, c := range infos {
-		o := value.ObjectOf("component", c.Component)
-		if c.Description != "" {
-			o.Set("description", c.Description)
+		if !withSchemas {
+			c.InputSchema, c.OutputSchema = nil, nil
 		}
-		if withSchemas {
-			if c.InputSchema != nil {
-				o.Set("input_schema", c.InputSchema)
-			}
-			if c.OutputSchema != nil {
-				o.Set("output_schema", c.OutputSchema)
-			}
-		}
-		o.Set("plugin", c.Plugin)
-		routes := make([]value.Value, 0, len(c.Routes))
-		for _, r := range c.Routes {
-			conds := make([]value.Value, 0, len(r.Conditions))
-			for _, cond := range r.Conditions {
-				conds = append(conds, cond)
-			}
-			routes = append(routes, value.ObjectOf(
-				"pathPattern", r.PathPattern,
-				"resolvedPath", r.ResolvedPath,
-				"conditions", conds,
-				"isConditional", r.IsConditional,
-			))
-		}
-		o.Set("routes", routes)
-		list = append(list, o)
+		list = append(list, c.Value())
 	}
 	return value.ObjectOf("components", list)
 }

@@ -79,7 +79,7 @@ func (t *testCmd) run(ctx context.Context, paths []string) error {
 	for _, p := range paths {
 		info, err := os.Stat(p)
 		if err != nil {
-			return &ExitError{Code: ExitFailure, Err: fmt.Errorf("Missing file: %s", p)}
+			return &ExitError{Code: ExitFailure, Err: errors.New("Missing file: " + p)}
 		}
 		if !info.IsDir() {
 			files = append(files, p)
