@@ -12,6 +12,7 @@ import (
 	"github.com/stepflow-go/stepflow/pkg/executor"
 	"github.com/stepflow-go/stepflow/pkg/flow"
 	"github.com/stepflow-go/stepflow/pkg/plugin"
+	"github.com/stepflow-go/stepflow/pkg/runs"
 )
 
 // environment is everything a flow runs against: the config, the started
@@ -20,6 +21,7 @@ type environment struct {
 	cfg     *config.Config
 	plugins *plugin.Plugins
 	blobs   blob.Store
+	runs    *runs.Local
 	exec    *executor.Executor
 	closers []func() error
 }
@@ -68,21 +70,37 @@ func (a *app) newEnvironment(ctx context.Context, cfg *config.Config, flowDir, s
 	}
 	env.blobs = store
 	env.closers = append(env.closers, store.Close)
+	// Nested runs that components submit (runs/submit) run here, on
+	// their own goroutines: the plugins need the run machinery for their
+	// callbacks and the run machinery needs the executor, which needs the
+	// plugins, so it is wired last.
+	env.runs = runs.NewLocal(store, a.log.Named("runs"))
 	cwd, _ := os.Getwd()
 	plugins, err := plugin.New(ctx, cfg, plugin.Options{
 		Logger:     a.log,
 		Blobs:      store,
 		WorkingDir: cfg.WorkDir(flowDir, cwd),
 		LookupEnv:  a.io.LookupEnv,
+		Runs:       env.runs,
 	})
 	if err != nil {
 		env.close()
 		return nil, fmt.Errorf("configuration error: %w", err)
 	}
 	env.plugins = plugins
-	env.closers = append(env.closers, plugins.Close)
+	env.closers = append(env.closers, plugins.Close, env.runs.Close)
 	env.exec = executor.New(executor.Config{Router: plugins, Logger: a.log.Named("executor")})
+	env.runs.SetExecutor(env.exec)
 	return env, nil
+}
+
+// storeFlow keeps f in the blob store under its id, as upstream does for
+// the flow of every run, so that components can submit nested runs of it.
+func (e *environment) storeFlow(ctx context.Context, f *flow.Flow) error {
+	if _, err := e.blobs.Put(ctx, blob.KindFlow, f.Value()); err != nil {
+		return fmt.Errorf("store flow: %w", err)
+	}
+	return nil
 }
 
 // validate checks the flow, the config and the routing of every step.

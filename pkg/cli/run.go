@@ -93,6 +93,9 @@ func (r *runCmd) run(ctx context.Context) error {
 	if diags.HasErrors() {
 		return &ExitError{Code: ExitFailure, Err: errors.New("flow validation failed")}
 	}
+	if err := env.storeFlow(ctx, f); err != nil {
+		return &ExitError{Code: ExitFailure, Err: err}
+	}
 	patched, _, err := r.flags.applyOverrides(f)
 	if err != nil {
 		return &ExitError{Code: ExitFailure, Err: err}

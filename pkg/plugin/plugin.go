@@ -43,6 +43,8 @@ type (
 	ComponentInfo = pluginapi.ComponentInfo
 	// RouteInfo is a route that reaches a component.
 	RouteInfo = pluginapi.RouteInfo
+	// Runs is the run machinery component callbacks reach.
+	Runs = pluginapi.Runs
 )
 
 // ErrUnknownComponent is wrapped by errors for component names a plugin
@@ -69,6 +71,8 @@ type Options struct {
 	// LookupEnv reads the environment (OPENAI_API_KEY, OPENAI_API_BASE);
 	// default os.LookupEnv.
 	LookupEnv func(string) (string, bool)
+	// Runs is the run machinery for component callbacks; nil for none.
+	Runs Runs
 	// Factories adds or replaces plugin types.
 	Factories map[config.PluginType]Factory
 }
@@ -170,7 +174,7 @@ func pluginError(cfg *config.Config, pc *config.Plugin, err error) error {
 }
 
 func (o Options) host(cfg *config.Config) (Host, error) {
-	h := Host{Blobs: o.Blobs, WorkingDir: o.WorkingDir, Logger: o.Logger, HTTPClient: o.HTTPClient, LookupEnv: o.LookupEnv}
+	h := Host{Blobs: o.Blobs, WorkingDir: o.WorkingDir, Logger: o.Logger, HTTPClient: o.HTTPClient, LookupEnv: o.LookupEnv, Runs: o.Runs}
 	if h.Blobs == nil {
 		h.Blobs = blob.NewMemory()
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/stepflow-go/stepflow/pkg/blob"
 	"github.com/stepflow-go/stepflow/pkg/config"
 	"github.com/stepflow-go/stepflow/pkg/executor"
+	"github.com/stepflow-go/stepflow/pkg/runs"
 	"github.com/stepflow-go/stepflow/pkg/value"
 )
 
@@ -55,6 +56,16 @@ type Host struct {
 	HTTPClient *http.Client
 	// LookupEnv reads the runtime's environment (OPENAI_API_KEY, …).
 	LookupEnv func(name string) (string, bool)
+	// Runs starts and inspects runs for components (runs/submit,
+	// runs/get and the legacy flows/* callbacks); nil when the host
+	// offers none, and then those callbacks fail.
+	Runs Runs
+}
+
+// Runs is the run machinery component callbacks reach.
+type Runs interface {
+	Submit(ctx context.Context, req runs.Request) (runs.Status, error)
+	Get(ctx context.Context, runID string, opts runs.GetOptions) (runs.Status, error)
 }
 
 // ErrUnknownComponent is wrapped by Plugin.Component for names the plugin
