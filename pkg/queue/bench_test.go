@@ -1,0 +1,103 @@
+package queue_test
+
+import (
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/stepflow-go/stepflow/pkg/queue"
+	stepflowv1 "github.com/stepflow-go/stepflow/proto/stepflowv1"
+)
+
+// BenchmarkRawJetStream measures the transport alone, the baseline for
+// the end-to-end batch benchmark: publish b.N items to STEPFLOW_ITEMS
+// (PublishItems), and meanwhile consume each through its run consumer, publish
+// one result per item to STEPFLOW_RESULTS waiting for the PubAck
+// (PublishResult), and then ack the item — exactly a worker's protocol
+// with an empty flow. The server is embedded with file storage and the
+// default sync interval, over TCP on loopback.
+func BenchmarkRawJetStream(b *testing.B) {
+	for _, workers := range []int{1, 16, 64} {
+		b.Run(fmt.Sprintf("workers=%d", workers), func(b *testing.B) {
+			benchRaw(b, workers)
+		})
+	}
+}
+
+func benchRaw(b *testing.B, workers int) {
+	bb := setup(b, true)
+	ctx := testCtx(b)
+	runID := fmt.Sprintf("bench-%d-%d", workers, b.N)
+	cons, err := queue.CreateRunConsumer(ctx, bb.js, runID, queue.RunConsumerConfig{MaxAckPending: 4 * workers})
+	require.NoError(b, err)
+
+	var processed, redelivered atomic.Int64
+	allDone := make(chan struct{})
+	msgs := make(chan jetstream.Msg, workers)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			worker := fmt.Sprintf("w%d", w)
+			for m := range msgs {
+				it, err := queue.DecodeItem(m.Data())
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				md, _ := m.Metadata()
+				if md.NumDelivered > 1 {
+					redelivered.Add(1)
+				}
+				res := &stepflowv1.ItemResult{
+					RunId: it.GetRunId(), Index: it.GetIndex(), Result: []byte(`{"outcome":"success","result":null}`),
+					Source: stepflowv1.ResultSource_RESULT_SOURCE_WORKER, WorkerId: worker,
+					Deliveries: uint32(md.NumDelivered), FinishedAt: timestamppb.Now(), ItemStreamSeq: md.Sequence.Stream,
+				}
+				if _, err := queue.PublishResult(ctx, bb.js, res, queue.ResultOptions{Subject: it.GetReplySubject()}); err != nil {
+					b.Error(err)
+					return
+				}
+				if err := m.Ack(); err != nil {
+					b.Error(err)
+					return
+				}
+				if processed.Add(1) == int64(b.N) {
+					close(allDone)
+				}
+			}
+		})
+	}
+
+	b.ResetTimer()
+	start := time.Now()
+	cc, err := cons.Consume(func(m jetstream.Msg) { msgs <- m }, jetstream.PullMaxMessages(4*workers))
+	require.NoError(b, err)
+	pubErr := make(chan error, 1)
+	go func() {
+		_, err := queue.PublishItems(ctx, bb.js, runID, inputs(0, b.N), queue.PublishItemsOptions{})
+		pubErr <- err
+	}()
+	select {
+	case <-allDone:
+	case <-ctx.Done():
+		b.Fatalf("processed %d of %d items", processed.Load(), b.N)
+	}
+	elapsed := time.Since(start)
+	b.StopTimer()
+
+	require.NoError(b, <-pubErr)
+	cc.Drain()
+	<-cc.Closed()
+	close(msgs)
+	wg.Wait()
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "items/s")
+	b.ReportMetric(0, "ns/op")
+	b.ReportMetric(float64(redelivered.Load()), "redeliveries")
+	require.Equal(b, uint64(b.N), subjectCount(b, bb.js, queue.StreamResults, queue.ResultSubject(runID)))
+}

@@ -1,0 +1,210 @@
+package queue
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+)
+
+// ConnectOptions configures Connect. The zero value connects without
+// authentication, over plain TCP, with the defaults below.
+type ConnectOptions struct {
+	// Name identifies the client in server monitoring, e.g.
+	// "stepflow-worker-3". Default "stepflow".
+	Name string
+
+	// Token authenticates with a token.
+	Token string
+	// User and Password authenticate with a user name and password.
+	User, Password string
+	// NKeySeedFile authenticates with the nkey seed in this file (the
+	// server knows the public key).
+	NKeySeedFile string
+	// CredsFile authenticates with a decentralised-auth credentials file
+	// (user JWT and nkey seed), as issued by nsc.
+	CredsFile string
+
+	// TLSCAFile verifies the server's certificate against this CA and
+	// requires TLS.
+	TLSCAFile string
+	// TLSCertFile and TLSKeyFile present a client certificate (mutual
+	// TLS), and require TLS.
+	TLSCertFile, TLSKeyFile string
+
+	// InProcess connects to an in-process server (an *Embedded) without
+	// TCP; the URL is then ignored.
+	InProcess nats.InProcessConnProvider
+
+	// ReconnectWait is the pause between reconnect attempts to the same
+	// server (the client adds jitter). Default 2s. The client reconnects
+	// forever: a worker or coordinator outlives any NATS outage, buffering
+	// up to 8 MiB of outgoing messages meanwhile.
+	ReconnectWait time.Duration
+	// APITimeout bounds JetStream API calls whose context has no deadline.
+	// Default 5s.
+	APITimeout time.Duration
+	// PublishAsyncTimeout fails an asynchronous publish whose ack has not
+	// arrived after this long, so that no PubAck future waits forever.
+	// Default 30s.
+	PublishAsyncTimeout time.Duration
+
+	// Logger receives connection events (disconnects, reconnects, async
+	// errors), named "nats". Default: no logs.
+	Logger *zap.Logger
+}
+
+// Connect connects to the NATS server(s) at url (a comma-separated list is
+// allowed) and returns the connection and a JetStream handle on it (the
+// jetstream package API). If the server is not reachable yet, Connect keeps
+// trying until ctx ends, so that a worker started before NATS waits for it
+// rather than failing; the error then includes the last connection error
+// (an authorization failure, for instance). After the first connection
+// the client reconnects forever.
+//
+// The caller closes the connection (nc.Drain or nc.Close) when done.
+func Connect(ctx context.Context, url string, opts ConnectOptions) (*nats.Conn, jetstream.JetStream, error) {
+	log := opts.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
+	log = log.Named("nats")
+	connected := make(chan struct{}, 1)
+	var lastErr connErr
+	no := []nats.Option{
+		nats.Name(cmp.Or(opts.Name, "stepflow")),
+		nats.MaxReconnects(-1),
+		nats.RetryOnFailedConnect(true),
+		nats.ReconnectWait(cmp.Or(opts.ReconnectWait, 2*time.Second)),
+		nats.ConnectHandler(func(nc *nats.Conn) {
+			log.Info("connected to NATS", zap.String("url", nc.ConnectedUrlRedacted()))
+			select {
+			case connected <- struct{}{}:
+			default:
+			}
+		}),
+		nats.DisconnectErrHandler(func(nc *nats.Conn, err error) {
+			if err != nil {
+				log.Warn("disconnected from NATS", zap.Error(err))
+			} else {
+				log.Info("disconnected from NATS")
+			}
+		}),
+		nats.ReconnectErrHandler(func(nc *nats.Conn, err error) {
+			// Called for every failed (re)connect attempt; log each new
+			// kind of failure once, not every ReconnectWait.
+			if lastErr.set(err) {
+				log.Warn("cannot connect to NATS; retrying", zap.Error(err))
+			}
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			log.Info("reconnected to NATS", zap.String("url", nc.ConnectedUrlRedacted()))
+		}),
+		nats.ClosedHandler(func(nc *nats.Conn) {
+			if err := nc.LastError(); err != nil {
+				log.Info("NATS connection closed", zap.Error(err))
+			} else {
+				log.Debug("NATS connection closed")
+			}
+		}),
+		nats.ErrorHandler(func(nc *nats.Conn, sub *nats.Subscription, err error) {
+			f := []zap.Field{zap.Error(err)}
+			if sub != nil {
+				f = append(f, zap.String("subject", sub.Subject))
+			}
+			log.Error("NATS asynchronous error", f...)
+		}),
+		nats.LameDuckModeHandler(func(nc *nats.Conn) {
+			log.Warn("NATS server entering lame-duck mode; will reconnect elsewhere", zap.String("url", nc.ConnectedUrlRedacted()))
+		}),
+		nats.DiscoveredServersHandler(func(nc *nats.Conn) {
+			log.Debug("NATS servers discovered", zap.Strings("servers", nc.DiscoveredServers()))
+		}),
+	}
+	if opts.Token != "" {
+		no = append(no, nats.Token(opts.Token))
+	}
+	if opts.User != "" || opts.Password != "" {
+		no = append(no, nats.UserInfo(opts.User, opts.Password))
+	}
+	if opts.NKeySeedFile != "" {
+		o, err := nats.NkeyOptionFromSeed(opts.NKeySeedFile)
+		if err != nil {
+			return nil, nil, fmt.Errorf("%w: nkey seed file: %w", ErrInvalidConfig, err)
+		}
+		no = append(no, o)
+	}
+	if opts.CredsFile != "" {
+		no = append(no, nats.UserCredentials(opts.CredsFile))
+	}
+	if opts.TLSCAFile != "" {
+		no = append(no, nats.RootCAs(opts.TLSCAFile))
+	}
+	if opts.TLSCertFile != "" || opts.TLSKeyFile != "" {
+		if opts.TLSCertFile == "" || opts.TLSKeyFile == "" {
+			return nil, nil, fmt.Errorf("%w: a client certificate needs both TLSCertFile and TLSKeyFile", ErrInvalidConfig)
+		}
+		no = append(no, nats.ClientCert(opts.TLSCertFile, opts.TLSKeyFile))
+	}
+	if opts.InProcess != nil {
+		no = append(no, nats.InProcessServer(opts.InProcess))
+		url = cmp.Or(url, nats.DefaultURL)
+	}
+	if url == "" {
+		return nil, nil, fmt.Errorf("%w: no NATS URL", ErrInvalidConfig)
+	}
+
+	nc, err := nats.Connect(url, no...)
+	if err != nil {
+		return nil, nil, fmt.Errorf("queue: connect to NATS at %s: %w", url, err)
+	}
+	if !nc.IsConnected() {
+		log.Info("NATS not reachable yet; retrying", zap.Error(nc.LastError()))
+		select {
+		case <-connected:
+		case <-ctx.Done():
+			last := cmp.Or(lastErr.get(), nc.LastError())
+			nc.Close()
+			if last != nil {
+				return nil, nil, fmt.Errorf("queue: connect to NATS at %s: %w (last error: %w)", url, context.Cause(ctx), last)
+			}
+			return nil, nil, fmt.Errorf("queue: connect to NATS at %s: %w", url, context.Cause(ctx))
+		}
+	}
+	js, err := jetstream.New(nc,
+		jetstream.WithDefaultTimeout(cmp.Or(opts.APITimeout, 5*time.Second)),
+		jetstream.WithPublishAsyncTimeout(cmp.Or(opts.PublishAsyncTimeout, 30*time.Second)),
+	)
+	if err != nil {
+		nc.Close()
+		return nil, nil, fmt.Errorf("queue: JetStream: %w", err)
+	}
+	return nc, js, nil
+}
+
+// connErr remembers the last connection error for Connect's report.
+type connErr struct {
+	mu  sync.Mutex
+	err error
+}
+
+// set records err and reports whether its message differs from the
+// previous one.
+func (c *connErr) set(err error) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	changed := c.err == nil || err == nil || c.err.Error() != err.Error()
+	c.err = err
+	return changed
+}
+
+func (c *connErr) get() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}

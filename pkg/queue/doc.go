@@ -1,0 +1,89 @@
+// Package queue is stepflow-go's NATS JetStream transport: it owns every
+// subject, stream, bucket and consumer name of the distributed mode, and
+// the operations on them. It knows nothing about flows, executors or
+// plugins; the coordinator and the workers build on it.
+//
+// # Layout
+//
+//	STEPFLOW_ITEMS    stream, work-queue retention, file storage
+//	                  subject stepflow.items.<runID>, one message per item (Item)
+//	                  Nats-Msg-Id <runID>.<index>
+//	run-<runID>       durable pull consumer per run on STEPFLOW_ITEMS,
+//	                  filter stepflow.items.<runID>, explicit ack,
+//	                  MaxAckPending = the run's max concurrency
+//	STEPFLOW_RESULTS  stream, limits retention, MaxAge, file storage
+//	                  subject stepflow.results.<runID>, one message per item (ItemResult)
+//	                  Nats-Msg-Id <runID>.<index>
+//	STEPFLOW_RUNS     KV bucket, key runID, value RunRecord (CAS on revision)
+//	STEPFLOW_FLOWS    KV bucket, key flow id (SHA-256), value canonical flow JSON
+//	STEPFLOW_BLOBS    object store, object = blob id, metadata = blob kind
+//
+// Wire messages are the protobuf messages of proto/stepflow/v1/queue.proto
+// (package stepflowv1); JSON values inside them are JSON bytes.
+//
+// Never a stream per run: streams are Raft groups in a cluster, so their
+// number must not grow with the workload. A run costs one consumer and one
+// subject. Run ids are used as subject tokens, consumer names and KV keys,
+// so they are restricted to [A-Za-z0-9_-] (ValidateRunID).
+//
+// # How an item flows
+//
+// The coordinator creates the run record, the run consumer
+// (CreateRunConsumer) and publishes the items (PublishItems). Workers pull
+// from the run consumers of the active runs (RunStore.Watch tells which).
+// JetStream hands out at most MaxAckPending unacknowledged items per run,
+// across all workers: that is the run's concurrency, enforced by the
+// server, and changing it is a consumer update (UpdateRunConcurrency). A
+// worker executes the item, sending an in-progress ack every
+// HeartbeatInterval, publishes the result (PublishResult) to the item's
+// reply subject, waits for the PubAck, and only then acks the item. A crash
+// anywhere re-executes the item; the result stream's duplicate window and
+// the coordinator's "first result per index wins" make sure nothing is lost
+// and nothing counted twice.
+//
+// Consumers on a work-queue stream must have disjoint filters (the server
+// rejects overlaps, ErrFilterConflict): per-run subjects make that hold.
+// Monitoring must therefore never add a consumer on STEPFLOW_ITEMS; it
+// reads stream and consumer info instead.
+//
+// # Reliability settings and why
+//
+//   - Storage is file storage everywhere. The embedded server fsyncs every
+//     EmbeddedConfig.SyncInterval (server default 2 minutes): an
+//     acknowledged message survives kill -9 of the NATS process (it is in
+//     the OS page cache), but not a power loss within the interval, unless
+//     SyncAlways is set (one fsync per write, much slower). On a cluster,
+//     Replicas 3 covers that window: a PubAck means a quorum has the
+//     message.
+//   - Replicas: 1 by default (one server), 3 for production clusters.
+//   - Duplicate window: 10 minutes (DefaultDuplicateWindow) on both
+//     streams. It makes a retried publish (lost PubAck, reconnect,
+//     coordinator resuming PublishItems) idempotent; the server holds the
+//     ids of the window in memory, so it is not made longer. Results that
+//     arrive after it (an item redelivered after its AckWait) are dropped by
+//     the coordinator, which keeps the first result per index.
+//   - Discard policy: new messages are refused when a stream is full, never
+//     old ones dropped, so an accepted item or result is never lost.
+//   - AckWait 30s (DefaultAckWait) with in-progress heartbeats every 10s:
+//     a live item, however long, is never redelivered; a crashed worker's
+//     item is redelivered after at most 30s.
+//   - MaxDeliver 5 (DefaultMaxDeliver): bounds re-execution of an item that
+//     crashes its worker every time; then the max-deliveries advisory
+//     (WatchMaxDeliveries) lets the coordinator fail the item with a clear
+//     error. The item message stays on the work queue until deleted
+//     (DeleteItemMsg).
+//   - No BackOff by default: in JetStream, BackOff does not delay
+//     redeliveries after a nak; it replaces AckWait per delivery number,
+//     and the server sets AckWait to BackOff[0]. A short first value would
+//     force very frequent heartbeats. Retry delays of failed items belong in
+//     NakWithDelay (an item nak'ed with a delay keeps its MaxAckPending slot
+//     until it is redelivered).
+//   - Results are kept 7 days (DefaultResultsMaxAge) as a safety net; the
+//     coordinator purges a run's results once stored elsewhere.
+//
+// # Clients
+//
+// Connect returns a *nats.Conn that reconnects forever and a JetStream
+// handle of the jetstream package (not the legacy JetStreamContext).
+// Embedded runs an in-process nats-server for a single machine and tests.
+package queue

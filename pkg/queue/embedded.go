@@ -1,0 +1,328 @@
+package queue
+
+import (
+	"cmp"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// EmbeddedConfig configures an in-process NATS server with JetStream: the
+// single-machine default of `stepflow serve` and of a coordinator started
+// without --nats-url, and what the tests run against.
+type EmbeddedConfig struct {
+	// StoreDir is the JetStream storage directory (required). Streams,
+	// buckets and consumer state survive a restart on the same directory.
+	StoreDir string
+	// Host is the listen address. Default "127.0.0.1": an embedded server
+	// is reachable from this machine only unless told otherwise.
+	Host string
+	// Port is the client port; 0 picks a free port (see ClientURL).
+	Port int
+	// DontListen accepts in-process connections only (ConnectOptions
+	// InProcess); Host and Port are then ignored.
+	DontListen bool
+	// ServerName names the server in logs and advisories. Default
+	// "stepflow-embedded".
+	ServerName string
+
+	// Token requires clients to present this token. Mutually exclusive
+	// with User/Password and NKeys.
+	Token string
+	// User and Password require clients to log in with them.
+	User, Password string
+	// NKeys lists the public user nkeys ("U…") allowed to connect; clients
+	// sign the server's nonce with the matching seed (ConnectOptions
+	// NKeySeedFile).
+	NKeys []string
+
+	// TLSCertFile and TLSKeyFile enable TLS for clients with this
+	// certificate. TLSCAFile adds the CA that client certificates must be
+	// signed by when TLSVerifyClients is set.
+	TLSCertFile, TLSKeyFile, TLSCAFile string
+	// TLSVerifyClients requires and verifies client certificates (mutual
+	// TLS).
+	TLSVerifyClients bool
+	// TLSConfig, when set, is used instead of the TLS files.
+	TLSConfig *tls.Config
+
+	// SyncInterval is how often JetStream fsyncs its file store; writes
+	// between two syncs sit in the OS page cache, which survives the
+	// process being killed (kill -9) but not a power loss or kernel crash
+	// of the machine. 0 = the server default, 2 minutes. In a replicated
+	// cluster the other replicas cover that window; on a single machine
+	// lower it (or set SyncAlways) if power loss must not lose acknowledged
+	// items.
+	SyncInterval time.Duration
+	// SyncAlways fsyncs after every write before acknowledging it: no
+	// acknowledged message is ever lost, at a large cost in publish
+	// throughput (one fsync per message).
+	SyncAlways bool
+	// MaxMemory bounds JetStream memory storage in bytes; 0 = the server
+	// default (75% of RAM). Nothing of stepflow's uses memory storage.
+	MaxMemory int64
+	// MaxStore bounds JetStream file storage in bytes; 0 = the server
+	// default (up to 1 TB, limited by the disk).
+	MaxStore int64
+	// MaxPayload is the largest message the server accepts, in bytes;
+	// 0 = the server default, 1 MiB. Larger item inputs and results are
+	// offloaded to the blob store (see PublishItemsOptions.Blobs).
+	MaxPayload int32
+
+	// ReadyTimeout bounds how long Start waits for the server to accept
+	// connections (it may first recover streams from StoreDir). Default 30s.
+	ReadyTimeout time.Duration
+	// Logger receives the server's log, named "nats-server"; server debug
+	// logging is on when it is enabled at debug level. Default: no logs.
+	Logger *zap.Logger
+}
+
+// Embedded is an in-process NATS server with JetStream. It implements
+// nats.InProcessConnProvider, so ConnectOptions.InProcess can connect to
+// it without TCP.
+type Embedded struct {
+	cfg EmbeddedConfig
+	log *zap.Logger
+
+	mu  sync.Mutex
+	srv *server.Server
+}
+
+// NewEmbedded returns a server for cfg; it does not start it.
+func NewEmbedded(cfg EmbeddedConfig) *Embedded {
+	log := cfg.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
+	return &Embedded{cfg: cfg, log: log.Named("nats-server")}
+}
+
+// options builds the server options from the config.
+func (e *Embedded) options() (*server.Options, error) {
+	c := e.cfg
+	if c.StoreDir == "" {
+		return nil, fmt.Errorf("%w: embedded NATS server needs a StoreDir", ErrInvalidConfig)
+	}
+	auth := 0
+	if c.Token != "" {
+		auth++
+	}
+	if c.User != "" || c.Password != "" {
+		if c.User == "" || c.Password == "" {
+			return nil, fmt.Errorf("%w: embedded NATS server needs both User and Password", ErrInvalidConfig)
+		}
+		auth++
+	}
+	if len(c.NKeys) > 0 {
+		auth++
+	}
+	if auth > 1 {
+		return nil, fmt.Errorf("%w: embedded NATS server takes one of Token, User/Password or NKeys", ErrInvalidConfig)
+	}
+	if c.Port < 0 || c.Port > 65535 {
+		return nil, fmt.Errorf("%w: port %d out of range", ErrInvalidConfig, c.Port)
+	}
+	o := &server.Options{
+		ServerName:         cmp.Or(c.ServerName, "stepflow-embedded"),
+		Host:               cmp.Or(c.Host, "127.0.0.1"),
+		Port:               c.Port,
+		DontListen:         c.DontListen,
+		JetStream:          true,
+		StoreDir:           c.StoreDir,
+		SyncInterval:       c.SyncInterval,
+		SyncAlways:         c.SyncAlways,
+		JetStreamMaxMemory: c.MaxMemory,
+		JetStreamMaxStore:  c.MaxStore,
+		MaxPayload:         c.MaxPayload,
+		NoSigs:             true, // signals belong to main
+		Authorization:      c.Token,
+		Username:           c.User,
+		Password:           c.Password,
+		HTTPPort:           0, // no monitoring port
+	}
+	if o.Port == 0 {
+		o.Port = server.RANDOM_PORT
+	}
+	for _, k := range c.NKeys {
+		o.Nkeys = append(o.Nkeys, &server.NkeyUser{Nkey: k})
+	}
+	switch {
+	case c.TLSConfig != nil:
+		o.TLSConfig = c.TLSConfig
+		o.TLS = true
+		o.TLSVerify = c.TLSVerifyClients
+	case c.TLSCertFile != "" || c.TLSKeyFile != "":
+		tc, err := server.GenTLSConfig(&server.TLSConfigOpts{
+			CertFile: c.TLSCertFile, KeyFile: c.TLSKeyFile, CaFile: c.TLSCAFile, Verify: c.TLSVerifyClients,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("%w: embedded NATS server TLS: %w", ErrInvalidConfig, err)
+		}
+		o.TLSConfig = tc
+		o.TLS = true
+		o.TLSVerify = c.TLSVerifyClients
+	case c.TLSVerifyClients || c.TLSCAFile != "":
+		return nil, fmt.Errorf("%w: TLS client verification needs TLSCertFile and TLSKeyFile", ErrInvalidConfig)
+	}
+	if o.TLS {
+		o.TLSTimeout = 2 // seconds, the server default
+	}
+	return o, nil
+}
+
+// Start starts the server and waits until it accepts connections and
+// JetStream is enabled, or until ctx ends or ReadyTimeout passes. Starting
+// an already started server is a no-op.
+func (e *Embedded) Start(ctx context.Context) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.srv != nil {
+		return nil
+	}
+	opts, err := e.options()
+	if err != nil {
+		return err
+	}
+	s, err := server.NewServer(opts)
+	if err != nil {
+		return fmt.Errorf("queue: embedded NATS server: %w", err)
+	}
+	debug := e.log.Core().Enabled(zapcore.DebugLevel)
+	fatal := &fatalSignal{ch: make(chan struct{})}
+	s.SetLoggerV2(serverLogger{l: e.log.Sugar(), fatal: fatal}, debug, false, false)
+	// Start is not blocking: it recovers JetStream state from StoreDir,
+	// starts the accept loops on their own goroutines and returns.
+	s.Start()
+	deadline := time.Now().Add(cmp.Or(e.cfg.ReadyTimeout, 30*time.Second))
+	for !s.ReadyForConnections(50 * time.Millisecond) {
+		select {
+		case <-fatal.ch:
+			// The server gave up (a port in use, an unusable store
+			// directory): fail now rather than at ReadyTimeout.
+			s.Shutdown()
+			s.WaitForShutdown()
+			return fmt.Errorf("queue: embedded NATS server: %s", fatal.msg)
+		default:
+		}
+		if err := ctx.Err(); err != nil {
+			s.Shutdown()
+			s.WaitForShutdown()
+			return fmt.Errorf("queue: embedded NATS server not ready: %w", context.Cause(ctx))
+		}
+		if time.Now().After(deadline) {
+			s.Shutdown()
+			s.WaitForShutdown()
+			return fmt.Errorf("queue: embedded NATS server not ready after %s", cmp.Or(e.cfg.ReadyTimeout, 30*time.Second))
+		}
+	}
+	if !s.JetStreamEnabled() {
+		s.Shutdown()
+		s.WaitForShutdown()
+		return errors.New("queue: embedded NATS server started without JetStream (see its log)")
+	}
+	e.srv = s
+	e.log.Info("embedded NATS server ready", zap.String("url", e.clientURL(s)), zap.String("store", opts.StoreDir),
+		zap.Bool("sync_always", opts.SyncAlways), zap.Duration("sync_interval", opts.SyncInterval))
+	return nil
+}
+
+// Shutdown stops the server and waits until it has stopped (JetStream
+// state is flushed to StoreDir). It is idempotent and safe before Start.
+func (e *Embedded) Shutdown() {
+	e.mu.Lock()
+	s := e.srv
+	e.srv = nil
+	e.mu.Unlock()
+	if s == nil {
+		return
+	}
+	s.Shutdown()
+	s.WaitForShutdown()
+}
+
+// ClientURL returns the URL clients connect to (nats://host:port, or
+// tls://… with TLS), with the actual port when Port was 0. It is "" before
+// Start and with DontListen.
+func (e *Embedded) ClientURL() string {
+	e.mu.Lock()
+	s := e.srv
+	e.mu.Unlock()
+	if s == nil || e.cfg.DontListen {
+		return ""
+	}
+	return e.clientURL(s)
+}
+
+func (e *Embedded) clientURL(s *server.Server) string {
+	addr, ok := s.Addr().(*net.TCPAddr)
+	if !ok {
+		return s.ClientURL()
+	}
+	u, err := url.Parse(s.ClientURL())
+	if err != nil {
+		return s.ClientURL()
+	}
+	host := u.Hostname()
+	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+		host = "127.0.0.1" // listening everywhere: loopback reaches it
+	}
+	u.Host = net.JoinHostPort(host, strconv.Itoa(addr.Port))
+	return u.String()
+}
+
+// InProcessConn returns a connection to the server that bypasses TCP
+// (nats.InProcessConnProvider).
+func (e *Embedded) InProcessConn() (net.Conn, error) {
+	e.mu.Lock()
+	s := e.srv
+	e.mu.Unlock()
+	if s == nil {
+		return nil, errors.New("queue: embedded NATS server not started")
+	}
+	return s.InProcessConn()
+}
+
+// Server returns the running nats-server, or nil; for diagnostics.
+func (e *Embedded) Server() *server.Server {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.srv
+}
+
+// serverLogger adapts zap to the nats-server Logger interface. Fatal
+// messages are logged as errors and signalled to Start: the server gives
+// up after them, and exiting the process is main's decision.
+type serverLogger struct {
+	l     *zap.SugaredLogger
+	fatal *fatalSignal
+}
+
+// fatalSignal records the server's first fatal message.
+type fatalSignal struct {
+	once sync.Once
+	ch   chan struct{}
+	msg  string // written before ch is closed
+}
+
+func (s serverLogger) Noticef(format string, v ...any) { s.l.Infof(format, v...) }
+func (s serverLogger) Warnf(format string, v ...any)   { s.l.Warnf(format, v...) }
+func (s serverLogger) Fatalf(format string, v ...any) {
+	s.l.Errorf("fatal: "+format, v...)
+	s.fatal.once.Do(func() {
+		s.fatal.msg = fmt.Sprintf(format, v...)
+		close(s.fatal.ch)
+	})
+}
+func (s serverLogger) Errorf(format string, v ...any) { s.l.Errorf(format, v...) }
+func (s serverLogger) Debugf(format string, v ...any) { s.l.Debugf(format, v...) }
+func (s serverLogger) Tracef(format string, v ...any) { s.l.Debugf(format, v...) }

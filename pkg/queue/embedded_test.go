@@ -1,0 +1,260 @@
+package queue_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/stepflow-go/stepflow/pkg/queue"
+)
+
+// startEmbedded starts a server with cfg (StoreDir and Logger filled in).
+func startEmbedded(t *testing.T, cfg queue.EmbeddedConfig) *queue.Embedded {
+	t.Helper()
+	if cfg.StoreDir == "" {
+		cfg.StoreDir = t.TempDir()
+	}
+	cfg.Logger = zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
+	srv := queue.NewEmbedded(cfg)
+	require.NoError(t, srv.Start(testCtx(t)))
+	t.Cleanup(srv.Shutdown)
+	return srv
+}
+
+// connectOK connects with opts and checks that JetStream answers.
+func connectOK(t *testing.T, url string, opts queue.ConnectOptions) {
+	t.Helper()
+	nc, js, err := queue.Connect(testCtx(t), url, opts)
+	require.NoError(t, err)
+	defer nc.Close()
+	_, err = js.AccountInfo(testCtx(t))
+	require.NoError(t, err)
+}
+
+// connectFails checks that a connection with opts is refused: Connect
+// keeps retrying until its context ends, then reports the last error.
+func connectFails(t *testing.T, url string, opts queue.ConnectOptions) error {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(testCtx(t), 500*time.Millisecond)
+	defer cancel()
+	nc, _, err := queue.Connect(ctx, url, opts)
+	if nc != nil {
+		nc.Close()
+	}
+	require.Error(t, err)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	return err
+}
+
+func TestEmbeddedAuth(t *testing.T) {
+	t.Parallel()
+	t.Run("token", func(t *testing.T) {
+		t.Parallel()
+		srv := startEmbedded(t, queue.EmbeddedConfig{Token: "s3cret"})
+		connectOK(t, srv.ClientURL(), queue.ConnectOptions{Token: "s3cret"})
+		err := connectFails(t, srv.ClientURL(), queue.ConnectOptions{Token: "wrong"})
+		require.ErrorIs(t, err, nats.ErrAuthorization, "the last connection error is reported")
+	})
+	t.Run("user-password", func(t *testing.T) {
+		t.Parallel()
+		srv := startEmbedded(t, queue.EmbeddedConfig{User: "stepflow", Password: "pw"})
+		connectOK(t, srv.ClientURL(), queue.ConnectOptions{User: "stepflow", Password: "pw"})
+		connectFails(t, srv.ClientURL(), queue.ConnectOptions{User: "stepflow", Password: "nope"})
+	})
+	t.Run("nkey", func(t *testing.T) {
+		t.Parallel()
+		kp, err := nkeys.CreateUser()
+		require.NoError(t, err)
+		pub, err := kp.PublicKey()
+		require.NoError(t, err)
+		seed, err := kp.Seed()
+		require.NoError(t, err)
+		seedFile := filepath.Join(t.TempDir(), "user.nk")
+		require.NoError(t, os.WriteFile(seedFile, seed, 0o600))
+		srv := startEmbedded(t, queue.EmbeddedConfig{NKeys: []string{pub}})
+		connectOK(t, srv.ClientURL(), queue.ConnectOptions{NKeySeedFile: seedFile})
+		connectFails(t, srv.ClientURL(), queue.ConnectOptions{})
+	})
+	t.Run("mutual-tls", func(t *testing.T) {
+		t.Parallel()
+		pki := newPKI(t)
+		srv := startEmbedded(t, queue.EmbeddedConfig{
+			TLSCertFile: pki.serverCert, TLSKeyFile: pki.serverKey, TLSCAFile: pki.ca, TLSVerifyClients: true,
+		})
+		require.True(t, strings.HasPrefix(srv.ClientURL(), "tls://"), srv.ClientURL())
+		connectOK(t, srv.ClientURL(), queue.ConnectOptions{TLSCAFile: pki.ca, TLSCertFile: pki.clientCert, TLSKeyFile: pki.clientKey})
+		connectFails(t, srv.ClientURL(), queue.ConnectOptions{TLSCAFile: pki.ca}) // no client certificate
+	})
+	t.Run("in-process", func(t *testing.T) {
+		t.Parallel()
+		srv := startEmbedded(t, queue.EmbeddedConfig{DontListen: true})
+		require.Empty(t, srv.ClientURL())
+		connectOK(t, "", queue.ConnectOptions{InProcess: srv})
+	})
+	t.Run("bad-config", func(t *testing.T) {
+		t.Parallel()
+		for _, cfg := range []queue.EmbeddedConfig{
+			{},
+			{StoreDir: t.TempDir(), Token: "t", User: "u", Password: "p"},
+			{StoreDir: t.TempDir(), User: "u"},
+			{StoreDir: t.TempDir(), Port: 70000},
+			{StoreDir: t.TempDir(), TLSVerifyClients: true},
+		} {
+			srv := queue.NewEmbedded(cfg)
+			require.ErrorIs(t, srv.Start(testCtx(t)), queue.ErrInvalidConfig)
+			srv.Shutdown() // safe without a successful Start
+		}
+		_, _, err := queue.Connect(testCtx(t), "", queue.ConnectOptions{})
+		require.ErrorIs(t, err, queue.ErrInvalidConfig)
+	})
+}
+
+func TestConnectWaitsForServer(t *testing.T) {
+	t.Parallel()
+	// Reserve a port, free it, and start connecting before the server.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	port := l.Addr().(*net.TCPAddr).Port
+	require.NoError(t, l.Close())
+
+	type result struct {
+		nc  *nats.Conn
+		js  jetstream.JetStream
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		nc, js, err := queue.Connect(testCtx(t), "nats://127.0.0.1:"+strconv.Itoa(port),
+			queue.ConnectOptions{ReconnectWait: 20 * time.Millisecond})
+		done <- result{nc, js, err}
+	}()
+	select {
+	case r := <-done:
+		t.Fatalf("Connect returned before the server started: %v", r.err)
+	default:
+	}
+	startEmbedded(t, queue.EmbeddedConfig{Port: port})
+	r := <-done
+	require.NoError(t, r.err)
+	defer r.nc.Close()
+	_, err = r.js.AccountInfo(testCtx(t))
+	require.NoError(t, err)
+}
+
+func TestEmbeddedRestartKeepsState(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ctx := testCtx(t)
+	srv := startEmbedded(t, queue.EmbeddedConfig{StoreDir: dir, SyncAlways: true})
+	nc, js, err := queue.Connect(ctx, srv.ClientURL(), queue.ConnectOptions{})
+	require.NoError(t, err)
+	require.NoError(t, queue.Provision(ctx, js, queue.Config{}))
+	_, err = queue.PublishItems(ctx, js, "durable", inputs(0, 100), queue.PublishItemsOptions{})
+	require.NoError(t, err)
+	_, err = queue.CreateRunConsumer(ctx, js, "durable", queue.RunConsumerConfig{MaxAckPending: 5})
+	require.NoError(t, err)
+	nc.Close()
+	srv.Shutdown()
+	srv.Shutdown() // idempotent
+
+	srv2 := startEmbedded(t, queue.EmbeddedConfig{StoreDir: dir})
+	nc2, js2, err := queue.Connect(ctx, srv2.ClientURL(), queue.ConnectOptions{})
+	require.NoError(t, err)
+	defer nc2.Close()
+	require.NoError(t, queue.Provision(ctx, js2, queue.Config{}))
+	require.Equal(t, uint64(100), subjectCount(t, js2, queue.StreamItems, queue.ItemSubject("durable")))
+	cons, err := queue.RunConsumerHandle(ctx, js2, "durable")
+	require.NoError(t, err)
+	require.Equal(t, 5, cons.CachedInfo().Config.MaxAckPending)
+}
+
+// pki is a throwaway CA with a server and a client certificate, as PEM
+// files.
+type pki struct {
+	ca, serverCert, serverKey, clientCert, clientKey string
+}
+
+func newPKI(t *testing.T) pki {
+	t.Helper()
+	dir := t.TempDir()
+	write := func(name, typ string, der []byte) string {
+		p := filepath.Join(dir, name)
+		require.NoError(t, os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600))
+		return p
+	}
+	newKey := func() *ecdsa.PrivateKey {
+		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		require.NoError(t, err)
+		return k
+	}
+	keyDER := func(k *ecdsa.PrivateKey) []byte {
+		der, err := x509.MarshalPKCS8PrivateKey(k)
+		require.NoError(t, err)
+		return der
+	}
+	now := time.Now()
+	caKey := newKey()
+	caTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "stepflow test CA"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	require.NoError(t, err)
+	caCert, err := x509.ParseCertificate(caDER)
+	require.NoError(t, err)
+	issue := func(serial int64, cn string, usage x509.ExtKeyUsage, ips []net.IP) ([]byte, *ecdsa.PrivateKey) {
+		k := newKey()
+		tmpl := &x509.Certificate{
+			SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: cn},
+			NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour),
+			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage}, IPAddresses: ips,
+		}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &k.PublicKey, caKey)
+		require.NoError(t, err)
+		return der, k
+	}
+	srvDER, srvKey := issue(2, "127.0.0.1", x509.ExtKeyUsageServerAuth, []net.IP{net.ParseIP("127.0.0.1")})
+	cliDER, cliKey := issue(3, "worker", x509.ExtKeyUsageClientAuth, nil)
+	return pki{
+		ca:         write("ca.pem", "CERTIFICATE", caDER),
+		serverCert: write("server.pem", "CERTIFICATE", srvDER),
+		serverKey:  write("server-key.pem", "PRIVATE KEY", keyDER(srvKey)),
+		clientCert: write("client.pem", "CERTIFICATE", cliDER),
+		clientKey:  write("client-key.pem", "PRIVATE KEY", keyDER(cliKey)),
+	}
+}
+
+func TestEmbeddedPortInUseFailsFast(t *testing.T) {
+	t.Parallel()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	srv := queue.NewEmbedded(queue.EmbeddedConfig{StoreDir: t.TempDir(), Port: l.Addr().(*net.TCPAddr).Port})
+	ctx, cancel := context.WithTimeout(testCtx(t), 10*time.Second) // well below ReadyTimeout (30s)
+	defer cancel()
+	err = srv.Start(ctx)
+	require.Error(t, err)
+	require.NotErrorIs(t, err, context.DeadlineExceeded)
+	require.Contains(t, err.Error(), "listen")
+	srv.Shutdown()
+}

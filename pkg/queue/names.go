@@ -1,0 +1,116 @@
+package queue
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// Every NATS name stepflow-go uses. Nothing outside this package spells a
+// subject, stream, bucket or consumer name.
+const (
+	// StreamItems is the work-queue stream holding one message per batch
+	// item, on ItemSubject(runID). A message is removed once a worker acks
+	// it (after its result is stored), so the stream's size is the backlog.
+	StreamItems = "STEPFLOW_ITEMS"
+	// ItemSubjectPrefix is the prefix of every item subject.
+	ItemSubjectPrefix = "stepflow.items."
+	// ItemSubjects is the subject filter of StreamItems.
+	ItemSubjects = ItemSubjectPrefix + ">"
+
+	// StreamResults is the limits-retention stream holding one ItemResult
+	// per item, on ResultSubject(runID). Messages expire after
+	// Config.ResultsMaxAge; the coordinator copies them out before that.
+	StreamResults = "STEPFLOW_RESULTS"
+	// ResultSubjectPrefix is the prefix of every result subject.
+	ResultSubjectPrefix = "stepflow.results."
+	// ResultSubjects is the subject filter of StreamResults.
+	ResultSubjects = ResultSubjectPrefix + ">"
+
+	// BucketRuns is the key-value bucket of run records: key = run id,
+	// value = a protobuf RunRecord.
+	BucketRuns = "STEPFLOW_RUNS"
+	// BucketFlows is the key-value bucket of flows by content hash: key =
+	// flow id (64 lowercase hex digits), value = the flow's canonical JSON.
+	BucketFlows = "STEPFLOW_FLOWS"
+	// BucketBlobs is the object store of blobs (blob.Store): object name =
+	// blob id, object metadata MetaBlobKind = the blob kind.
+	BucketBlobs = "STEPFLOW_BLOBS"
+
+	// RunConsumerPrefix is the prefix of the durable consumer of each run
+	// on StreamItems.
+	RunConsumerPrefix = "run-"
+
+	// MaxDeliveriesAdvisoryPrefix is the prefix of the subjects on which
+	// the server announces that a consumer of StreamItems gave up on a
+	// message after MaxDeliver deliveries; the last token is the consumer.
+	MaxDeliveriesAdvisoryPrefix = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + StreamItems + "."
+	// MaxDeliveriesAdvisories is the subscription subject of the
+	// max-deliveries advisories of every run consumer.
+	MaxDeliveriesAdvisories = MaxDeliveriesAdvisoryPrefix + "*"
+
+	// MetaBlobKind is the object-metadata key holding a blob's kind in
+	// BucketBlobs.
+	MetaBlobKind = "stepflow-blob-kind"
+)
+
+// ItemSubject returns the subject of runID's items: stepflow.items.<runID>.
+func ItemSubject(runID string) string { return ItemSubjectPrefix + runID }
+
+// ResultSubject returns the subject of runID's results, the reply subject
+// carried by its items: stepflow.results.<runID>.
+func ResultSubject(runID string) string { return ResultSubjectPrefix + runID }
+
+// RunConsumer returns the name of runID's durable consumer on StreamItems:
+// run-<runID>.
+func RunConsumer(runID string) string { return RunConsumerPrefix + runID }
+
+// MsgID returns the Nats-Msg-Id of item index of runID, used for both the
+// item and its result: <runID>.<index>. A publish retried with the same id
+// inside the stream's duplicate window is acknowledged as a duplicate and
+// not stored again.
+func MsgID(runID string, index int) string { return runID + "." + strconv.Itoa(index) }
+
+// ParseMsgID splits a MsgID into its run id and index.
+func ParseMsgID(id string) (runID string, index int, err error) {
+	i := strings.LastIndexByte(id, '.')
+	if i <= 0 {
+		return "", 0, fmt.Errorf("queue: malformed message id %q", id)
+	}
+	n, err := strconv.Atoi(id[i+1:])
+	if err != nil || n < 0 {
+		return "", 0, fmt.Errorf("queue: malformed message id %q", id)
+	}
+	return id[:i], n, nil
+}
+
+// RunIDFromConsumer returns the run id of a run consumer name and whether
+// the name is one.
+func RunIDFromConsumer(name string) (string, bool) {
+	id, ok := strings.CutPrefix(name, RunConsumerPrefix)
+	return id, ok && id != ""
+}
+
+// maxRunIDLen bounds run ids: they appear in subjects, consumer names (at
+// most 255 characters in JetStream, minus the prefix) and KV keys.
+const maxRunIDLen = 200
+
+// ValidateRunID returns an error wrapping ErrInvalidRunID unless id can be
+// used as a subject token, a consumer name and a KV key: 1 to 200
+// characters from [A-Za-z0-9_-] (UUIDs qualify). Dots, wildcards,
+// whitespace and path separators would break one of the three.
+func ValidateRunID(id string) error {
+	if id == "" {
+		return fmt.Errorf("%w: empty", ErrInvalidRunID)
+	}
+	if len(id) > maxRunIDLen {
+		return fmt.Errorf("%w: longer than %d characters", ErrInvalidRunID, maxRunIDLen)
+	}
+	for i := range len(id) {
+		c := id[i]
+		if (c < 'a' || c > 'z') && (c < 'A' || c > 'Z') && (c < '0' || c > '9') && c != '-' && c != '_' {
+			return fmt.Errorf("%w: %q contains %q (allowed: letters, digits, '-', '_')", ErrInvalidRunID, id, c)
+		}
+	}
+	return nil
+}

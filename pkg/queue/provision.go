@@ -1,0 +1,210 @@
+package queue
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+)
+
+// Defaults of Config.
+const (
+	// DefaultReplicas is the replica count of every stream and bucket on a
+	// single server. Use 3 on a production cluster: an R3 stream keeps
+	// accepting and serving messages with one server down, and an
+	// acknowledged publish is on a quorum (2 of 3) of servers.
+	DefaultReplicas = 1
+	// DefaultDuplicateWindow is how long the streams remember Nats-Msg-Ids:
+	// a publish retried within it (a lost PubAck, a coordinator resuming,
+	// a worker re-executing an item) is acknowledged as a duplicate and not
+	// stored again. The server keeps every id of the window in memory
+	// (about 100 bytes each), so 10 minutes covers retries and quick
+	// restarts without holding millions of ids; the coordinator still
+	// keeps the first result per index for duplicates that arrive later
+	// (an item redelivered after its AckWait, for instance).
+	DefaultDuplicateWindow = 10 * time.Minute
+	// DefaultResultsMaxAge is how long results stay on STEPFLOW_RESULTS: a
+	// safety net for results the coordinator has already copied out (it
+	// deletes a finished run's results itself), long enough to survive a
+	// coordinator outage over a weekend.
+	DefaultResultsMaxAge = 7 * 24 * time.Hour
+)
+
+// Config configures Provision: the streams and buckets of the layout.
+type Config struct {
+	// Replicas is the replica count of every stream and bucket.
+	// Default DefaultReplicas (1); 3 on a cluster. Changing it later is a
+	// stream update the server performs online.
+	Replicas int
+	// DuplicateWindow of STEPFLOW_ITEMS and STEPFLOW_RESULTS. Default
+	// DefaultDuplicateWindow.
+	DuplicateWindow time.Duration
+	// ResultsMaxAge expires results. Default DefaultResultsMaxAge. Must be
+	// at least DuplicateWindow.
+	ResultsMaxAge time.Duration
+	// MaxMsgSize bounds item and result messages in bytes; 0 = the
+	// server's max_payload (1 MiB by default). It cannot exceed
+	// max_payload: Provision checks it against the server.
+	MaxMsgSize int32
+	// ItemsMaxBytes bounds STEPFLOW_ITEMS; 0 = unlimited. When full, new
+	// items are refused (discard-new), never old ones dropped: a work queue
+	// must not lose accepted items.
+	ItemsMaxBytes int64
+	// ResultsMaxBytes bounds STEPFLOW_RESULTS; 0 = unlimited; discard-new
+	// as well, so a worker retries rather than a result being lost.
+	ResultsMaxBytes int64
+	// BlobsMaxBytes bounds the blob object store; 0 = unlimited.
+	BlobsMaxBytes int64
+	// BlobsTTL expires blobs; 0 = never. Blobs are content-addressed and
+	// may be shared between runs, so expiry is the only safe cleanup.
+	BlobsTTL time.Duration
+	// Compression stores results, flows and blobs S2-compressed (JSON
+	// compresses well; costs CPU on the server). Items are not compressed:
+	// they are short-lived.
+	Compression bool
+	// Logger receives what Provision did. Default: no logs.
+	Logger *zap.Logger
+}
+
+// WithDefaults returns a copy of c with every zero field set to its
+// default.
+func (c Config) WithDefaults() Config {
+	if c.Replicas == 0 {
+		c.Replicas = DefaultReplicas
+	}
+	if c.DuplicateWindow == 0 {
+		c.DuplicateWindow = DefaultDuplicateWindow
+	}
+	if c.ResultsMaxAge == 0 {
+		c.ResultsMaxAge = DefaultResultsMaxAge
+	}
+	if c.Logger == nil {
+		c.Logger = zap.NewNop()
+	}
+	return c
+}
+
+// Validate reports settings JetStream would reject, with what to change.
+func (c Config) Validate() error {
+	switch {
+	case c.Replicas < 1 || c.Replicas > 5:
+		return fmt.Errorf("%w: Replicas must be 1 to 5 (JetStream's limit), not %d", ErrInvalidConfig, c.Replicas)
+	case c.DuplicateWindow < 0:
+		return fmt.Errorf("%w: DuplicateWindow must not be negative", ErrInvalidConfig)
+	case c.ResultsMaxAge < 0:
+		return fmt.Errorf("%w: ResultsMaxAge must not be negative", ErrInvalidConfig)
+	case c.ResultsMaxAge < c.DuplicateWindow:
+		return fmt.Errorf("%w: ResultsMaxAge (%s) must be at least DuplicateWindow (%s)", ErrInvalidConfig, c.ResultsMaxAge, c.DuplicateWindow)
+	case c.MaxMsgSize < 0 || c.ItemsMaxBytes < 0 || c.ResultsMaxBytes < 0 || c.BlobsMaxBytes < 0 || c.BlobsTTL < 0:
+		return fmt.Errorf("%w: sizes and TTLs must not be negative", ErrInvalidConfig)
+	}
+	return nil
+}
+
+// streamConfigs returns the configs of the two streams.
+func (c Config) streamConfigs() (items, results jetstream.StreamConfig) {
+	limit := func(n int64) int64 {
+		if n == 0 {
+			return -1
+		}
+		return n
+	}
+	maxMsg := int32(-1)
+	if c.MaxMsgSize > 0 {
+		maxMsg = c.MaxMsgSize
+	}
+	compression := jetstream.NoCompression
+	if c.Compression {
+		compression = jetstream.S2Compression
+	}
+	items = jetstream.StreamConfig{
+		Name:        StreamItems,
+		Description: "stepflow batch items, one message per item; removed when acked",
+		Subjects:    []string{ItemSubjects},
+		Retention:   jetstream.WorkQueuePolicy,
+		Storage:     jetstream.FileStorage,
+		Replicas:    c.Replicas,
+		Duplicates:  c.DuplicateWindow,
+		Discard:     jetstream.DiscardNew,
+		MaxBytes:    limit(c.ItemsMaxBytes),
+		MaxMsgs:     -1,
+		MaxMsgSize:  maxMsg,
+		AllowDirect: true,
+	}
+	results = jetstream.StreamConfig{
+		Name:        StreamResults,
+		Description: "stepflow item results, one message per item (first per index wins)",
+		Subjects:    []string{ResultSubjects},
+		Retention:   jetstream.LimitsPolicy,
+		Storage:     jetstream.FileStorage,
+		Replicas:    c.Replicas,
+		Duplicates:  c.DuplicateWindow,
+		MaxAge:      c.ResultsMaxAge,
+		Discard:     jetstream.DiscardNew,
+		MaxBytes:    limit(c.ResultsMaxBytes),
+		MaxMsgs:     -1,
+		MaxMsgSize:  maxMsg,
+		Compression: compression,
+		AllowDirect: true,
+	}
+	return items, results
+}
+
+// Provision creates the streams and buckets of the layout, or updates them
+// to cfg when they exist: it is idempotent and safe to run from every
+// coordinator at start. Settings JetStream cannot change in place
+// (retention, storage type) fail with the server's error rather than being
+// recreated, which would lose data.
+func Provision(ctx context.Context, js jetstream.JetStream, cfg Config) error {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	log := cfg.Logger.Named("queue")
+	if nc := js.Conn(); nc != nil && cfg.MaxMsgSize > 0 {
+		if mp := nc.MaxPayload(); mp > 0 && int64(cfg.MaxMsgSize) > mp {
+			return fmt.Errorf("%w: MaxMsgSize %d exceeds the server's max_payload %d", ErrInvalidConfig, cfg.MaxMsgSize, mp)
+		}
+	}
+	items, results := cfg.streamConfigs()
+	for _, sc := range []jetstream.StreamConfig{items, results} {
+		if _, err := js.CreateOrUpdateStream(ctx, sc); err != nil {
+			return fmt.Errorf("queue: provision stream %s: %w", sc.Name, err)
+		}
+	}
+	if _, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      BucketRuns,
+		Description: "stepflow run records (protobuf RunRecord by run id)",
+		History:     1,
+		Storage:     jetstream.FileStorage,
+		Replicas:    cfg.Replicas,
+	}); err != nil {
+		return fmt.Errorf("queue: provision bucket %s: %w", BucketRuns, err)
+	}
+	if _, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      BucketFlows,
+		Description: "stepflow flows by content hash (canonical JSON by flow id)",
+		History:     1,
+		Storage:     jetstream.FileStorage,
+		Replicas:    cfg.Replicas,
+		Compression: cfg.Compression,
+	}); err != nil {
+		return fmt.Errorf("queue: provision bucket %s: %w", BucketFlows, err)
+	}
+	if _, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+		Bucket:      BucketBlobs,
+		Description: "stepflow blobs by content hash",
+		Storage:     jetstream.FileStorage,
+		Replicas:    cfg.Replicas,
+		Compression: cfg.Compression,
+		MaxBytes:    cfg.BlobsMaxBytes,
+		TTL:         cfg.BlobsTTL,
+	}); err != nil {
+		return fmt.Errorf("queue: provision object store %s: %w", BucketBlobs, err)
+	}
+	log.Debug("JetStream layout provisioned", zap.Int("replicas", cfg.Replicas),
+		zap.Duration("duplicate_window", cfg.DuplicateWindow), zap.Duration("results_max_age", cfg.ResultsMaxAge))
+	return nil
+}
