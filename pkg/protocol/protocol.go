@@ -7,7 +7,14 @@
 // A Transport carries calls from the runtime to one server. While a call
 // is in flight the server may call back (blobs/put, runs/submit, ...);
 // those requests go to the call's Handler, each on its own goroutine,
-// and their answers go back over the same transport.
+// and their answers go back over the same transport. The stdio transport
+// is the exception: its callbacks carry no reference to the call that
+// caused them, so one Handler given to NewStdio serves them all (see
+// Stdio).
+//
+// The pieces: HTTP (http.go) and Stdio (stdio.go) implement Transport;
+// types.go builds and parses the params and results of spec §4–§5;
+// SetPipeSize raises a pipe's capacity for stdio servers (§2.2.6).
 //
 // Failures come in two kinds that callers must tell apart:
 //
@@ -108,7 +115,7 @@ func (f HandlerFunc) HandleCallback(ctx context.Context, method string, params v
 type Transport interface {
 	// Call sends a request and waits for its result. Callbacks that
 	// arrive meanwhile are served by h (nil: answered with
-	// CodeMethodNotFound). When ctx ends first, Call returns ctx's error;
+	// CodeMethodNotFound); Stdio ignores h and uses its own Handler. When ctx ends first, Call returns ctx's error;
 	// the protocol has no cancellation, so the server may keep working.
 	Call(ctx context.Context, method string, params value.Value, h Handler) (value.Value, error)
 	// Notify sends a notification.
