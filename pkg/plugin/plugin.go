@@ -27,7 +27,9 @@ import (
 	"github.com/stepflow-go/stepflow/pkg/executor"
 	"github.com/stepflow-go/stepflow/pkg/outcome"
 	"github.com/stepflow-go/stepflow/pkg/plugin/builtin"
+	"github.com/stepflow-go/stepflow/pkg/plugin/mcp"
 	"github.com/stepflow-go/stepflow/pkg/plugin/pluginapi"
+	"github.com/stepflow-go/stepflow/pkg/plugin/stepflow"
 	"github.com/stepflow-go/stepflow/pkg/value"
 )
 
@@ -52,8 +54,8 @@ type (
 var ErrUnknownComponent = pluginapi.ErrUnknownComponent
 
 // ErrUnsupportedType is wrapped by New for plugin types that have no
-// implementation yet.
-var ErrUnsupportedType = errors.New("plugin type not supported yet")
+// implementation.
+var ErrUnsupportedType = errors.New("plugin type not supported")
 
 // Options configures New. Zero fields get the defaults stated.
 type Options struct {
@@ -97,14 +99,18 @@ func defaultFactory(t config.PluginType) (Factory, bool) {
 		return builtin.Factory, true
 	case config.TypeMock:
 		return mockFactory, true
+	case config.TypeMCP:
+		return mcp.Factory, true
+	case config.TypeStepflow:
+		return stepflow.Factory, true
 	}
 	return nil, false
 }
 
 // New builds the router, then creates and starts every plugin of cfg in
 // order. If any step fails, the plugins already started are closed and
-// the error names the plugin (`plugin "python": …`). stepflow and mcp
-// plugins are not supported yet (ErrUnsupportedType).
+// the error names the plugin (`plugin "python": …`). A type without an
+// implementation fails with ErrUnsupportedType.
 func New(ctx context.Context, cfg *config.Config, opts Options) (*Plugins, error) {
 	router, err := NewRouter(cfg)
 	if err != nil {
