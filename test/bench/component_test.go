@@ -1,0 +1,240 @@
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// The component benchmark: items through a trivial Python echo component,
+// with `stepflow run` and with the simplest direct client of the same
+// server, in the same run, for each transport.
+
+const echoConcurrency = 16
+
+func repoPath(b *testing.B, rel string) string {
+	b.Helper()
+	p, err := filepath.Abs(filepath.Join("..", "..", rel))
+	if err != nil {
+		b.Fatal(err)
+	}
+	return p
+}
+
+func venvPython(b *testing.B, venv string) string {
+	b.Helper()
+	p := repoPath(b, filepath.Join(venv, "bin", "python"))
+	if _, err := os.Stat(p); err != nil {
+		b.Fatalf("%s is missing: run `make venv` first", p)
+	}
+	return p
+}
+
+func writeEchoInputs(b *testing.B, dir string, n int) string {
+	b.Helper()
+	var buf bytes.Buffer
+	for i := range n {
+		fmt.Fprintf(&buf, `{"i":%d,"text":"item %d"}`+"\n", i, i)
+	}
+	p := filepath.Join(dir, "echo.jsonl")
+	if err := os.WriteFile(p, buf.Bytes(), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	return p
+}
+
+// runStepflowEcho runs the echo flow through stepflow with the given
+// plugin config and returns the wall time.
+func runStepflowEcho(b *testing.B, bin, dir, inputs, pluginYAML string, n int) time.Duration {
+	b.Helper()
+	cfg := filepath.Join(dir, "stepflow-config.yml")
+	if err := os.WriteFile(cfg, []byte("plugins:\n  py:\n"+pluginYAML+"routes:\n  \"/py/{*component}\":\n    - plugin: py\n"), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	out := filepath.Join(dir, "out.jsonl")
+	cmd := exec.Command(bin, "run", "--flow", repoPath(b, "test/bench/testdata/echo.yaml"), "--config", cfg,
+		"--inputs", inputs, "--max-concurrent", strconv.Itoa(echoConcurrency), "--output", out, "--quiet")
+	cmd.Stderr = os.Stderr
+	start := time.Now()
+	if err := cmd.Run(); err != nil {
+		b.Fatalf("stepflow run: %v", err)
+	}
+	elapsed := time.Since(start)
+	if got := countLines(b, out); got != n {
+		b.Fatalf("got %d results, want %d", got, n)
+	}
+	return elapsed
+}
+
+func rpc(id int, method string, params any) []byte {
+	m, _ := json.Marshal(map[string]any{"jsonrpc": "2.0", "id": id, "method": method, "params": params})
+	return m
+}
+
+func execParams(i int) map[string]any {
+	return map[string]any{"component": "/echo", "input": map[string]any{"i": i, "text": "item " + strconv.Itoa(i)}, "attempt": 1, "observability": map[string]any{}}
+}
+
+// directHTTP starts the echo server and drives it with plain POSTs from
+// echoConcurrency goroutines; the time includes the server's start-up, as
+// stepflow's does.
+func directHTTP(b *testing.B, python string, n int) time.Duration {
+	b.Helper()
+	start := time.Now()
+	cmd := exec.Command(python, repoPath(b, "test/bench/testdata/echo_http.py"))
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		b.Fatal(err)
+	}
+	var ann struct{ Port int }
+	if err := json.Unmarshal([]byte(line), &ann); err != nil {
+		b.Fatal(err)
+	}
+	go func() { _, _ = io.Copy(io.Discard, stdout) }()
+	url := fmt.Sprintf("http://127.0.0.1:%d/", ann.Port)
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: echoConcurrency, IdleConnTimeout: 4 * time.Second}}
+	post := func(body []byte) error {
+		req, _ := http.NewRequest(http.MethodPost, url, bytes.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Accept", "application/json, text/event-stream")
+		resp, err := client.Do(req)
+		if err != nil {
+			return err
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		return resp.Body.Close()
+	}
+	// Wait until it serves, as the runtime's health check does.
+	for {
+		resp, err := client.Get(url + "health")
+		if err == nil {
+			resp.Body.Close()
+			break
+		}
+		if time.Since(start) > 30*time.Second {
+			b.Fatal("echo server did not come up")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := post(rpc(0, "initialize", map[string]any{"runtime_protocol_version": 1})); err != nil {
+		b.Fatal(err)
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range echoConcurrency {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				if err := post(rpc(i+1, "components/execute", execParams(i))); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return time.Since(start)
+}
+
+// directStdio starts the stdio echo server and keeps echoConcurrency
+// requests in flight over its pipes.
+func directStdio(b *testing.B, python string, n int) time.Duration {
+	b.Helper()
+	start := time.Now()
+	cmd := exec.Command(python, repoPath(b, "test/bench/testdata/echo_stdio.py"))
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = stdin.Close(); _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	w := bufio.NewWriter(stdin)
+	r := bufio.NewReaderSize(stdout, 1<<20)
+	send := func(m []byte) {
+		_, _ = w.Write(append(m, '\n'))
+		_ = w.Flush()
+	}
+	send(rpc(0, "initialize", map[string]any{"runtime_protocol_version": 1}))
+	if _, err := r.ReadBytes('\n'); err != nil {
+		b.Fatal(err)
+	}
+	sent := 0
+	for ; sent < echoConcurrency && sent < n; sent++ {
+		send(rpc(sent+1, "components/execute", execParams(sent)))
+	}
+	for done := 0; done < n; done++ {
+		if _, err := r.ReadBytes('\n'); err != nil {
+			b.Fatal(err)
+		}
+		if sent < n {
+			send(rpc(sent+1, "components/execute", execParams(sent)))
+			sent++
+		}
+	}
+	return time.Since(start)
+}
+
+// BenchmarkComponentEcho reports stepflow's items/s through a Python echo
+// component and the ratio to a direct client of the same server.
+func BenchmarkComponentEcho(b *testing.B) {
+	n := envInt("STEPFLOW_BENCH_ECHO_ITEMS", 20_000)
+	bin := stepflowBin(b)
+	dir := b.TempDir()
+	inputs := writeEchoInputs(b, dir, n)
+	b.Run("http", func(b *testing.B) {
+		python := venvPython(b, ".venv-sdk-http")
+		for b.Loop() {
+			direct := directHTTP(b, python, n)
+			ours := runStepflowEcho(b, bin, dir, inputs, fmt.Sprintf("    type: stepflow\n    command: %s\n    args: [%q]\n", python, repoPath(b, "test/bench/testdata/echo_http.py")), n)
+			reportRatio(b, n, ours, direct)
+		}
+	})
+	b.Run("stdio", func(b *testing.B) {
+		python := venvPython(b, ".venv-sdk-stdio")
+		for b.Loop() {
+			direct := directStdio(b, python, n)
+			ours := runStepflowEcho(b, bin, dir, inputs, fmt.Sprintf("    type: stepflow\n    transport: stdio\n    command: %s\n    args: [%q]\n", python, repoPath(b, "test/bench/testdata/echo_stdio.py")), n)
+			reportRatio(b, n, ours, direct)
+		}
+	})
+}
+
+func reportRatio(b *testing.B, n int, ours, direct time.Duration) {
+	rate := float64(n) / ours.Seconds()
+	directRate := float64(n) / direct.Seconds()
+	b.ReportMetric(rate, "items/s")
+	b.ReportMetric(directRate, "direct-items/s")
+	b.ReportMetric(rate/directRate, "ratio-to-direct")
+}

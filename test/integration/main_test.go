@@ -1,0 +1,63 @@
+// Package integration runs whole processes: the stepflow binary against
+// real component servers (stepflow-py from PyPI, in the virtual
+// environments `make venv` creates) and, as the project grows, NATS,
+// coordinators and workers.
+package integration
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+
+	"go.uber.org/goleak"
+)
+
+// repoRoot is the repository root (tests run in test/integration).
+var repoRoot = func() string {
+	wd, err := os.Getwd()
+	if err != nil {
+		panic(err)
+	}
+	return filepath.Clean(filepath.Join(wd, "..", ".."))
+}()
+
+// stepflowBin is the CLI built once for the whole package.
+var stepflowBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "stepflow-integration-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	stepflowBin = filepath.Join(dir, "stepflow")
+	build := exec.Command("go", "build", "-o", stepflowBin, "./cmd/stepflow")
+	build.Dir = repoRoot
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build stepflow:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	_ = os.RemoveAll(dir)
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goleak:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// requireVenvs fails the test when the SDK virtual environments are
+// missing.
+func requireVenvs(t *testing.T) {
+	t.Helper()
+	for _, v := range []string{".venv-sdk-http", ".venv-sdk-stdio"} {
+		if _, err := os.Stat(filepath.Join(repoRoot, v, "bin", "python")); err != nil {
+			t.Fatalf("%s is missing: run `make venv` first", v)
+		}
+	}
+}
