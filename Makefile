@@ -7,7 +7,7 @@ RACE      ?= -race
 FUZZTIME  ?= 10s
 BENCHTIME ?= 1s
 
-.PHONY: help build test test-integration bench fuzz lint verify demo clean
+.PHONY: help build test test-integration bench fuzz lint verify demo clean venv
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -15,13 +15,13 @@ help: ## list the targets
 build: ## build bin/stepflow
 	$(GO) build -o $(BIN)/stepflow ./cmd/stepflow
 
-test: ## unit tests and the upstream conformance flows, with the race detector
-	$(GO) test $(RACE) -count=1 $(PKGS)
+test: venv mcp-deps ## every test (unit, conformance, real component servers), with the race detector
+	$(GO) test $(RACE) -count=1 -timeout 20m $(PKGS)
 
 test-integration: build ## multi-process tests in test/integration
 	$(GO) test $(RACE) -count=1 -tags integration ./test/integration/...
 
-bench: build ## benchmarks: Go micro-benchmarks and the end-to-end batch figures
+bench: build venv ## benchmarks: Go micro-benchmarks and the end-to-end batch figures
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./pkg/value/ ./pkg/expr/ ./pkg/executor/ ./pkg/jsonl/ ./pkg/reorder/ ./pkg/blob/
 	STEPFLOW_BIN=$(CURDIR)/$(BIN)/stepflow $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./test/bench/
 
@@ -31,18 +31,84 @@ fuzz: ## short fuzz runs of every fuzz target
 	$(GO) test -run '^$$' -fuzz '^FuzzExpr$$' -fuzztime $(FUZZTIME) ./pkg/expr/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./pkg/flow/
 	$(GO) test -run '^$$' -fuzz '^FuzzReader$$' -fuzztime $(FUZZTIME) ./pkg/jsonl/
+	$(GO) test -run '^$$' -fuzz '^FuzzStdioFraming$$' -fuzztime $(FUZZTIME) ./pkg/protocol/
+	$(GO) test -run '^$$' -fuzz '^FuzzSSE$$' -fuzztime $(FUZZTIME) ./pkg/protocol/
 
 lint: ## gofmt, go vet and staticcheck
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 $(PKGS)
 
-verify: lint ## everything CI checks besides the tests: formatting, vet, staticcheck, tidy go.mod
+verify: lint proto-check ## everything CI checks besides the tests: formatting, vet, staticcheck, tidy go.mod, fresh protobuf code
 	$(GO) mod tidy -diff
 
 demo: build ## run the example batch on this machine (local, embedded engine)
 	$(BIN)/stepflow run --flow examples/hello/flow.yaml --inputs examples/hello/items.jsonl --max-concurrent 4 --output examples/hello/results.jsonl
 	@cat examples/hello/results.jsonl
 
+PYTHON       ?= python3
+VENV_HTTP    := .venv-sdk-http
+VENV_STDIO   := .venv-sdk-stdio
+
+venv: ## the stepflow-py SDKs the component-server tests drive (0.9.2 over HTTP, <=0.8 over stdio)
+	@if $(VENV_HTTP)/bin/python -c 'import stepflow_py.worker' 2>/dev/null; then \
+		echo "$(VENV_HTTP): stepflow-py[http] present"; \
+	else \
+		$(PYTHON) -m venv $(VENV_HTTP) && \
+		$(VENV_HTTP)/bin/pip install --quiet "stepflow-py[http]==0.9.2" && \
+		$(VENV_HTTP)/bin/python -c 'import stepflow_py.worker'; \
+	fi
+	@if $(VENV_STDIO)/bin/python -c 'from stepflow_py import StepflowStdioServer' 2>/dev/null; then \
+		echo "$(VENV_STDIO): stepflow-py (stdio) present"; \
+	else \
+		$(PYTHON) -m venv $(VENV_STDIO) && \
+		{ $(VENV_STDIO)/bin/pip install --quiet "stepflow-py==0.8.0" || \
+		  $(VENV_STDIO)/bin/pip install --quiet "stepflow-py==0.7.0"; } && \
+		$(VENV_STDIO)/bin/python -c 'from stepflow_py import StepflowStdioServer'; \
+	fi
+
 clean: ## remove build output
 	rm -rf $(BIN) examples/hello/results.jsonl
+
+# --- protobuf wire messages (proto/) ---------------------------------------
+# protoc-gen-go is pinned to the google.golang.org/protobuf version in go.mod
+# and installed into bin/tools; protoc itself comes from the Debian package
+# protobuf-compiler. The generated file records the protoc version in a
+# comment, which proto-check ignores so that any protoc 3.x/2x works.
+PROTO_FILES    := proto/stepflow/v1/queue.proto
+PROTO_GEN_DIR  := proto/stepflowv1
+PROTO_TOOLS    := $(CURDIR)/$(BIN)/tools
+PROTOC_GEN_GO_VERSION = $(shell $(GO) list -m -f '{{.Version}}' google.golang.org/protobuf)
+
+.PHONY: proto proto-check proto-tools
+
+proto-tools:
+	@command -v protoc >/dev/null 2>&1 || { echo "protoc not found: install it with 'apt-get install -y protobuf-compiler'" >&2; exit 1; }
+	@v=$(PROTOC_GEN_GO_VERSION); [ -n "$$v" ] || { echo "google.golang.org/protobuf is not in go.mod" >&2; exit 1; }; \
+	  if [ "$$($(PROTO_TOOLS)/protoc-gen-go --version 2>/dev/null)" != "protoc-gen-go $$v" ]; then \
+	    echo "installing protoc-gen-go $$v into $(PROTO_TOOLS)"; \
+	    GOBIN=$(PROTO_TOOLS) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$$v || exit 1; \
+	  fi
+
+proto: proto-tools ## regenerate the Go code of the protobuf wire messages
+	protoc -I proto --plugin=protoc-gen-go=$(PROTO_TOOLS)/protoc-gen-go \
+	  --go_out=. --go_opt=module=github.com/stepflow-go/stepflow $(PROTO_FILES)
+
+proto-check: proto-tools ## fail if the committed generated protobuf code is stale
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	  protoc -I proto --plugin=protoc-gen-go=$(PROTO_TOOLS)/protoc-gen-go \
+	    --go_out=$$tmp --go_opt=module=github.com/stepflow-go/stepflow $(PROTO_FILES) && \
+	  if ! diff -r -u -I '^//[[:space:]]*protoc[[:space:]]' $$tmp/$(PROTO_GEN_DIR) $(PROTO_GEN_DIR); then \
+	    echo "generated protobuf code in $(PROTO_GEN_DIR) is stale: run 'make proto' and commit the result" >&2; exit 1; \
+	  fi; echo "proto: $(PROTO_GEN_DIR) is up to date"
+
+# --- MCP test server (test/mcp) ---------------------------------------------
+# pkg/plugin/mcp tests run @modelcontextprotocol/server-everything, pinned in
+# test/mcp/package.json and package-lock.json; they fail until it is installed.
+.PHONY: mcp-deps
+
+mcp-deps: test/mcp/node_modules/.installed ## install the MCP test server from npm
+
+test/mcp/node_modules/.installed: test/mcp/package.json test/mcp/package-lock.json
+	npm ci --prefix test/mcp --no-audit --no-fund
+	touch $@
