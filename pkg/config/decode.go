@@ -73,7 +73,7 @@ func Parse(data []byte, file string, opts ...Option) (*Config, error) {
 	if len(data) > MaxConfigBytes {
 		return nil, &Error{File: file, Err: ErrTooLarge, Msg: fmt.Sprintf("config document is larger than %d bytes", MaxConfigBytes)}
 	}
-	d := &decoder{file: file, opts: buildOptions(opts)}
+	d := &decoder{Fields: value.Fields{File: file, Kind: ErrInvalidConfig}, opts: buildOptions(opts)}
 	var doc yaml.Node
 	v, err := d.parseYAML(data, &doc)
 	if err != nil {
@@ -90,7 +90,7 @@ func Parse(data []byte, file string, opts ...Option) (*Config, error) {
 			}
 			return nil, err
 		}
-		v, d.sm, d.keys = jv, nil, nil
+		v, d.Source, d.keys = jv, nil, nil
 	}
 	dir := ""
 	if file != "" {
@@ -103,7 +103,7 @@ func Parse(data []byte, file string, opts ...Option) (*Config, error) {
 	if err != nil {
 		return nil, err
 	}
-	c.File, c.Dir, c.Source = file, dir, d.sm
+	c.File, c.Dir, c.Source = file, dir, d.Source
 	return c, nil
 }
 
@@ -112,7 +112,7 @@ func Parse(data []byte, file string, opts ...Option) (*Config, error) {
 // configs, the flow's directory). Errors name JSON paths. Mock behaviour
 // keys are plain strings here (JSON has no complex keys).
 func FromValue(v value.Value, dir string, opts ...Option) (*Config, error) {
-	d := &decoder{opts: buildOptions(opts)}
+	d := &decoder{Fields: value.Fields{Kind: ErrInvalidConfig}, opts: buildOptions(opts)}
 	c, err := d.config(v)
 	if err != nil {
 		return nil, err
@@ -135,7 +135,7 @@ func (d *decoder) parseYAML(data []byte, doc *yaml.Node) (value.Value, error) {
 		} else {
 			msg = strings.TrimPrefix(msg, "yaml: ")
 		}
-		return nil, &Error{File: d.file, Pos: pos, Msg: "invalid YAML: " + msg, Err: errors.Join(ErrInvalidConfig, err)}
+		return nil, &Error{File: d.File, Pos: pos, Msg: "invalid YAML: " + msg, Err: errors.Join(ErrInvalidConfig, err)}
 	}
 	if doc.Kind == 0 {
 		return nil, nil
@@ -145,8 +145,8 @@ func (d *decoder) parseYAML(data []byte, doc *yaml.Node) (value.Value, error) {
 		return nil, d.yamlValueError(err)
 	}
 	d.keys = k.keys
-	d.sm = value.SourceMap{}
-	v, err := value.FromYAML(doc, "$", d.sm)
+	d.Source = value.SourceMap{}
+	v, err := value.FromYAML(doc, "$", d.Source)
 	if err != nil {
 		return nil, d.yamlValueError(err)
 	}
@@ -156,9 +156,9 @@ func (d *decoder) parseYAML(data []byte, doc *yaml.Node) (value.Value, error) {
 func (d *decoder) yamlValueError(err error) *Error {
 	var ye *value.YAMLError
 	if errors.As(err, &ye) {
-		return &Error{File: d.file, Pos: ye.Pos, Msg: ye.Msg, Err: errors.Join(ErrInvalidConfig, err)}
+		return &Error{File: d.File, Pos: ye.Pos, Msg: ye.Msg, Err: errors.Join(ErrInvalidConfig, err)}
 	}
-	return &Error{File: d.file, Msg: err.Error(), Err: errors.Join(ErrInvalidConfig, err)}
+	return &Error{File: d.File, Msg: err.Error(), Err: errors.Join(ErrInvalidConfig, err)}
 }
 
 // keyRewriter replaces mapping keys that are not scalars (YAML complex
@@ -240,75 +240,9 @@ func (k *keyRewriter) walk(n *yaml.Node, path string, depth int) error {
 // decoder decodes config documents, placing errors through the source
 // map.
 type decoder struct {
-	file string
-	sm   value.SourceMap
+	value.Fields
 	keys map[string]value.Value // JSON values of non-string keys, by entry path
 	opts options
-}
-
-func (d *decoder) pos(path string) value.Pos {
-	if d.sm == nil {
-		return value.Pos{}
-	}
-	p, _ := d.sm.Lookup(path)
-	return p
-}
-
-func (d *decoder) errorf(path string, cause error, format string, args ...any) *Error {
-	e := &Error{File: d.file, Path: path, Pos: d.pos(path), Msg: fmt.Sprintf(format, args...)}
-	if cause != nil {
-		e.Err = errors.Join(ErrInvalidConfig, cause)
-	} else {
-		e.Err = ErrInvalidConfig
-	}
-	return e
-}
-
-func (d *decoder) typeError(path, field, want string, got value.Value) *Error {
-	desc := value.TypeName(got)
-	switch t := got.(type) {
-	case value.Number, bool:
-		desc += " " + value.String(t)
-	case string:
-		if len(t) <= 40 {
-			desc += " " + strconv.Quote(t)
-		}
-	}
-	return d.errorf(path, nil, "invalid type for %s: expected %s, got %s", field, want, desc)
-}
-
-func (d *decoder) object(v value.Value, path, field string) (*value.Object, *Error) {
-	o, ok := v.(*value.Object)
-	if !ok {
-		return nil, d.typeError(path, field, "an object", v)
-	}
-	return o, nil
-}
-
-// optString reads an optional string field (absent or null gives "").
-func (d *decoder) optString(o *value.Object, key, path string) (string, *Error) {
-	v, ok := o.Get(key)
-	if !ok || v == nil {
-		return "", nil
-	}
-	s, ok := v.(string)
-	if !ok {
-		return "", d.typeError(value.PathField(path, key), "`"+key+"`", "a string", v)
-	}
-	return s, nil
-}
-
-// reqString reads a required string field.
-func (d *decoder) reqString(o *value.Object, key, path, what string) (string, *Error) {
-	v, ok := o.Get(key)
-	if !ok {
-		return "", d.errorf(path, nil, "missing field `%s` in %s", key, what)
-	}
-	s, ok := v.(string)
-	if !ok {
-		return "", d.typeError(value.PathField(path, key), "`"+key+"`", "a string", v)
-	}
-	return s, nil
 }
 
 // optStrings reads an optional array of strings; absent or null gives nil.
@@ -320,13 +254,13 @@ func (d *decoder) optStrings(o *value.Object, key, path string) ([]string, bool,
 	p := value.PathField(path, key)
 	arr, ok := v.([]value.Value)
 	if !ok {
-		return nil, false, d.typeError(p, "`"+key+"`", "an array of strings", v)
+		return nil, false, d.TypeError(p, "`"+key+"`", "an array of strings", v)
 	}
 	out := make([]string, len(arr))
 	for i, e := range arr {
 		s, ok := e.(string)
 		if !ok {
-			return nil, false, d.typeError(value.PathIndex(p, i), "`"+key+"` element", "a string", e)
+			return nil, false, d.TypeError(value.PathIndex(p, i), "`"+key+"` element", "a string", e)
 		}
 		out[i] = s
 	}
@@ -342,33 +276,33 @@ func (d *decoder) optMillis(o *value.Object, key, path string, def time.Duration
 	p := value.PathField(path, key)
 	n, ok := v.(value.Number)
 	if !ok || !value.IsInteger(n) {
-		return 0, d.typeError(p, "`"+key+"`", "a non-negative integer (milliseconds)", v)
+		return 0, d.TypeError(p, "`"+key+"`", "a non-negative integer (milliseconds)", v)
 	}
 	ms, err := n.Int64()
 	if err != nil || ms < 0 || ms > int64(time.Duration(1<<63-1)/time.Millisecond) {
-		return 0, d.errorf(p, nil, "invalid value for `%s`: %s is not a valid number of milliseconds", key, n)
+		return 0, d.Errorf(p, nil, "invalid value for `%s`: %s is not a valid number of milliseconds", key, n)
 	}
 	return time.Duration(ms) * time.Millisecond, nil
 }
 
 func (d *decoder) config(v value.Value) (*Config, error) {
 	if v == nil {
-		return nil, d.errorf("$", nil, "empty document: a config must be an object with `plugins` and `routes`")
+		return nil, d.Errorf("$", nil, "empty document: a config must be an object with `plugins` and `routes`")
 	}
 	o, ok := v.(*value.Object)
 	if !ok {
-		return nil, d.errorf("$", nil, "a config must be an object, got %s", value.TypeName(v))
+		return nil, d.Errorf("$", nil, "a config must be an object, got %s", value.TypeName(v))
 	}
 	c := &Config{Raw: v}
 	var err *Error
-	if c.WorkingDirectory, err = d.optString(o, "workingDirectory", "$"); err != nil {
+	if c.WorkingDirectory, err = d.OptString(o, "workingDirectory", "$"); err != nil {
 		return nil, err
 	}
 	pv, ok := o.Get("plugins")
 	if !ok {
-		return nil, d.errorf("$", nil, "missing field `plugins` in config")
+		return nil, d.Errorf("$", nil, "missing field `plugins` in config")
 	}
-	po, err := d.object(pv, "$.plugins", "`plugins`")
+	po, err := d.Object(pv, "$.plugins", "`plugins`")
 	if err != nil {
 		return nil, err
 	}
@@ -382,9 +316,9 @@ func (d *decoder) config(v value.Value) (*Config, error) {
 	}
 	rv, ok := o.Get("routes")
 	if !ok {
-		return nil, d.errorf("$", nil, "missing field `routes` in config (write `routes: {}` for none)")
+		return nil, d.Errorf("$", nil, "missing field `routes` in config (write `routes: {}` for none)")
 	}
-	ro, err := d.object(rv, "$.routes", "`routes`")
+	ro, err := d.Object(rv, "$.routes", "`routes`")
 	if err != nil {
 		return nil, err
 	}
@@ -406,15 +340,15 @@ func (d *decoder) config(v value.Value) (*Config, error) {
 }
 
 func (d *decoder) plugin(name string, v value.Value, path string) (*Plugin, *Error) {
-	o, err := d.object(v, path, fmt.Sprintf("plugin %q", name))
+	o, err := d.Object(v, path, fmt.Sprintf("plugin %q", name))
 	if err != nil {
 		return nil, err
 	}
-	typ, err := d.reqString(o, "type", path, fmt.Sprintf("plugin %q", name))
+	typ, err := d.ReqString(o, "type", path, fmt.Sprintf("plugin %q", name))
 	if err != nil {
 		return nil, err
 	}
-	p := &Plugin{Name: name, Type: PluginType(typ), Path: path, Pos: d.pos(path), Raw: o}
+	p := &Plugin{Name: name, Type: PluginType(typ), Path: path, Pos: d.Pos(path), Raw: o}
 	switch p.Type {
 	case TypeBuiltin:
 	case TypeStepflow:
@@ -424,7 +358,7 @@ func (d *decoder) plugin(name string, v value.Value, path string) (*Plugin, *Err
 	case TypeMock:
 		p.Mock, err = d.mockPlugin(name, o, path)
 	default:
-		return nil, d.errorf(value.PathField(path, "type"), nil,
+		return nil, d.Errorf(value.PathField(path, "type"), nil,
 			"unknown type %q for plugin %q (expected builtin, stepflow, mcp or mock)", typ, name)
 	}
 	if err != nil {
@@ -437,7 +371,7 @@ func (d *decoder) plugin(name string, v value.Value, path string) (*Plugin, *Err
 func (d *decoder) subst(plugin, s, path string) (string, *Error) {
 	out, err := Substitute(s, d.opts.lookup)
 	if err != nil {
-		e := d.errorf(path, nil, "plugin %q: %v", plugin, err)
+		e := d.Errorf(path, nil, "plugin %q: %v", plugin, err)
 		e.Err = errors.Join(ErrInvalidConfig, err)
 		return "", e
 	}
@@ -446,7 +380,7 @@ func (d *decoder) subst(plugin, s, path string) (string, *Error) {
 
 // process reads command, args and env of a process-based plugin.
 func (d *decoder) process(name string, o *value.Object, path string) (string, []string, []EnvVar, *Error) {
-	cmd, err := d.reqString(o, "command", path, fmt.Sprintf("plugin %q", name))
+	cmd, err := d.ReqString(o, "command", path, fmt.Sprintf("plugin %q", name))
 	if err != nil {
 		return "", nil, nil, err
 	}
@@ -454,7 +388,7 @@ func (d *decoder) process(name string, o *value.Object, path string) (string, []
 		return "", nil, nil, err
 	}
 	if cmd == "" {
-		return "", nil, nil, d.errorf(value.PathField(path, "command"), nil, "plugin %q: `command` is empty", name)
+		return "", nil, nil, d.Errorf(value.PathField(path, "command"), nil, "plugin %q: `command` is empty", name)
 	}
 	args, _, err := d.optStrings(o, "args", path)
 	if err != nil {
@@ -471,7 +405,7 @@ func (d *decoder) process(name string, o *value.Object, path string) (string, []
 	var env []EnvVar
 	if ev, ok := o.Get("env"); ok && ev != nil {
 		ep := value.PathField(path, "env")
-		eo, err := d.object(ev, ep, "`env`")
+		eo, err := d.Object(ev, ep, "`env`")
 		if err != nil {
 			return "", nil, nil, err
 		}
@@ -481,7 +415,7 @@ func (d *decoder) process(name string, o *value.Object, path string) (string, []
 			vp := value.PathField(ep, k)
 			s, ok := val.(string)
 			if !ok {
-				return "", nil, nil, d.typeError(vp, fmt.Sprintf("env variable %q", k), "a string", val)
+				return "", nil, nil, d.TypeError(vp, fmt.Sprintf("env variable %q", k), "a string", val)
 			}
 			if s, err = d.subst(name, s, vp); err != nil {
 				return "", nil, nil, err
@@ -494,7 +428,7 @@ func (d *decoder) process(name string, o *value.Object, path string) (string, []
 
 func (d *decoder) stepflowPlugin(name string, o *value.Object, path string) (*StepflowPlugin, *Error) {
 	sp := &StepflowPlugin{Transport: TransportHTTP}
-	tr, err := d.optString(o, "transport", path)
+	tr, err := d.OptString(o, "transport", path)
 	if err != nil {
 		return nil, err
 	}
@@ -503,7 +437,7 @@ func (d *decoder) stepflowPlugin(name string, o *value.Object, path string) (*St
 	case TransportStdio:
 		sp.Transport = TransportStdio
 	default:
-		return nil, d.errorf(value.PathField(path, "transport"), nil,
+		return nil, d.Errorf(value.PathField(path, "transport"), nil,
 			"unknown transport %q for plugin %q (expected http or stdio)", tr, name)
 	}
 	if sp.Timeout, err = d.optMillis(o, "timeoutMs", path, 0); err != nil {
@@ -513,24 +447,24 @@ func (d *decoder) stepflowPlugin(name string, o *value.Object, path string) (*St
 	urlV, hasURL := o.Get("url")
 	switch {
 	case hasCmd && hasURL:
-		return nil, d.errorf(path, nil, "plugin %q: give either `command` (subprocess) or `url` (remote server), not both", name)
+		return nil, d.Errorf(path, nil, "plugin %q: give either `command` (subprocess) or `url` (remote server), not both", name)
 	case hasURL:
 		if sp.Transport == TransportStdio {
-			return nil, d.errorf(value.PathField(path, "url"), nil, "plugin %q: the stdio transport needs `command`, not `url`", name)
+			return nil, d.Errorf(value.PathField(path, "url"), nil, "plugin %q: the stdio transport needs `command`, not `url`", name)
 		}
 		u, ok := urlV.(string)
 		if !ok {
-			return nil, d.typeError(value.PathField(path, "url"), "`url`", "a string", urlV)
+			return nil, d.TypeError(value.PathField(path, "url"), "`url`", "a string", urlV)
 		}
 		if sp.URL, err = d.subst(name, u, value.PathField(path, "url")); err != nil {
 			return nil, err
 		}
 		if sp.URL == "" {
-			return nil, d.errorf(value.PathField(path, "url"), nil, "plugin %q: `url` is empty", name)
+			return nil, d.Errorf(value.PathField(path, "url"), nil, "plugin %q: `url` is empty", name)
 		}
 		return sp, nil
 	case !hasCmd:
-		return nil, d.errorf(path, nil, "plugin %q: a stepflow plugin needs `command` (subprocess) or `url` (remote server)", name)
+		return nil, d.Errorf(path, nil, "plugin %q: a stepflow plugin needs `command` (subprocess) or `url` (remote server)", name)
 	}
 	if sp.Command, sp.Args, sp.Env, err = d.process(name, o, path); err != nil {
 		return nil, err
@@ -538,11 +472,11 @@ func (d *decoder) stepflowPlugin(name string, o *value.Object, path string) (*St
 	sp.HealthCheck = HealthCheck{Path: DefaultHealthCheckPath, Timeout: DefaultHealthCheckTimeout, RetryDelay: DefaultHealthCheckRetryDelay}
 	if hv, ok := o.Get("healthCheck"); ok && hv != nil {
 		hp := value.PathField(path, "healthCheck")
-		ho, err := d.object(hv, hp, "`healthCheck`")
+		ho, err := d.Object(hv, hp, "`healthCheck`")
 		if err != nil {
 			return nil, err
 		}
-		if p, err := d.optString(ho, "path", hp); err != nil {
+		if p, err := d.OptString(ho, "path", hp); err != nil {
 			return nil, err
 		} else if p != "" {
 			sp.HealthCheck.Path = p
@@ -572,10 +506,10 @@ func (d *decoder) mcpPlugin(name string, o *value.Object, path string) (*MCPPlug
 func (d *decoder) mockPlugin(name string, o *value.Object, path string) (*MockPlugin, *Error) {
 	cv, ok := o.Get("components")
 	if !ok {
-		return nil, d.errorf(path, nil, "missing field `components` in mock plugin %q", name)
+		return nil, d.Errorf(path, nil, "missing field `components` in mock plugin %q", name)
 	}
 	cp := value.PathField(path, "components")
-	co, err := d.object(cv, cp, "`components`")
+	co, err := d.Object(cv, cp, "`components`")
 	if err != nil {
 		return nil, err
 	}
@@ -584,7 +518,7 @@ func (d *decoder) mockPlugin(name string, o *value.Object, path string) (*MockPl
 		cname, e := co.At(i)
 		p := value.PathField(cp, cname)
 		what := fmt.Sprintf("mock component %q", cname)
-		eo, err := d.object(e, p, what)
+		eo, err := d.Object(e, p, what)
 		if err != nil {
 			return nil, err
 		}
@@ -595,19 +529,19 @@ func (d *decoder) mockPlugin(name string, o *value.Object, path string) (*MockPl
 		}{{"input_schema", &mc.InputSchema}, {"output_schema", &mc.OutputSchema}} {
 			sv, ok := eo.Get(f.key)
 			if !ok {
-				return nil, d.errorf(p, nil, "missing field `%s` in %s", f.key, what)
+				return nil, d.Errorf(p, nil, "missing field `%s` in %s", f.key, what)
 			}
-			if _, err := d.object(sv, value.PathField(p, f.key), "`"+f.key+"`"); err != nil {
+			if _, err := d.Object(sv, value.PathField(p, f.key), "`"+f.key+"`"); err != nil {
 				return nil, err
 			}
 			*f.dst = sv
 		}
 		bv, ok := eo.Get("behaviors")
 		if !ok {
-			return nil, d.errorf(p, nil, "missing field `behaviors` in %s", what)
+			return nil, d.Errorf(p, nil, "missing field `behaviors` in %s", what)
 		}
 		bp := value.PathField(p, "behaviors")
-		bo, err := d.object(bv, bp, "`behaviors`")
+		bo, err := d.Object(bv, bp, "`behaviors`")
 		if err != nil {
 			return nil, err
 		}
@@ -625,11 +559,11 @@ func (d *decoder) mockPlugin(name string, o *value.Object, path string) (*MockPl
 }
 
 func (d *decoder) mockBehavior(key string, v value.Value, path string) (*MockBehavior, *Error) {
-	b := &MockBehavior{Input: key, Path: path, Pos: d.pos(path)}
+	b := &MockBehavior{Input: key, Path: path, Pos: d.Pos(path)}
 	if kv, ok := d.keys[path]; ok {
 		b.Input = kv
 	}
-	o, err := d.object(v, path, "a mock behavior")
+	o, err := d.Object(v, path, "a mock behavior")
 	if err != nil {
 		return nil, err
 	}
@@ -641,30 +575,30 @@ func (d *decoder) mockBehavior(key string, v value.Value, path string) (*MockBeh
 	}
 	res, perr := outcome.Parse(o)
 	if perr != nil {
-		return nil, d.errorf(path, perr, "invalid mock behavior: expected {error: \"message\"} or a flow result ({outcome: success, result: …} or {outcome: failed, error: {code, message}}): %v", perr)
+		return nil, d.Errorf(path, perr, "invalid mock behavior: expected {error: \"message\"} or a flow result ({outcome: success, result: …} or {outcome: failed, error: {code, message}}): %v", perr)
 	}
 	b.Result = &res
 	return b, nil
 }
 
 func (d *decoder) route(pattern string, v value.Value, path string) (*Route, *Error) {
-	r := &Route{Pattern: pattern, Path: path, Pos: d.pos(path)}
+	r := &Route{Pattern: pattern, Path: path, Pos: d.Pos(path)}
 	arr, ok := v.([]value.Value)
 	if !ok {
-		return nil, d.typeError(path, fmt.Sprintf("route %q", pattern), "an array of rules", v)
+		return nil, d.TypeError(path, fmt.Sprintf("route %q", pattern), "an array of rules", v)
 	}
 	for i, e := range arr {
 		p := value.PathIndex(path, i)
 		what := fmt.Sprintf("rule %d of route %q", i, pattern)
-		o, err := d.object(e, p, what)
+		o, err := d.Object(e, p, what)
 		if err != nil {
 			return nil, err
 		}
-		rule := &RouteRule{Path: p, Pos: d.pos(p)}
-		if rule.Plugin, err = d.reqString(o, "plugin", p, what); err != nil {
+		rule := &RouteRule{Path: p, Pos: d.Pos(p)}
+		if rule.Plugin, err = d.ReqString(o, "plugin", p, what); err != nil {
 			return nil, err
 		}
-		if rule.Component, err = d.optString(o, "component", p); err != nil {
+		if rule.Component, err = d.OptString(o, "component", p); err != nil {
 			return nil, err
 		}
 		if rule.ComponentAllow, _, err = d.optStrings(o, "componentAllow", p); err != nil {
@@ -677,26 +611,26 @@ func (d *decoder) route(pattern string, v value.Value, path string) (*Route, *Er
 			cp := value.PathField(p, "conditions")
 			carr, ok := cv.([]value.Value)
 			if !ok {
-				return nil, d.typeError(cp, "`conditions`", "an array", cv)
+				return nil, d.TypeError(cp, "`conditions`", "an array", cv)
 			}
 			for j, ce := range carr {
 				ep := value.PathIndex(cp, j)
-				co, err := d.object(ce, ep, "a condition")
+				co, err := d.Object(ce, ep, "a condition")
 				if err != nil {
 					return nil, err
 				}
 				cond := Condition{}
-				if cond.Path, err = d.reqString(co, "path", ep, "condition"); err != nil {
+				if cond.Path, err = d.ReqString(co, "path", ep, "condition"); err != nil {
 					return nil, err
 				}
 				jp, perr := expr.ParsePath(cond.Path)
 				if perr != nil {
-					return nil, d.errorf(value.PathField(ep, "path"), perr, "invalid condition path: %v", perr)
+					return nil, d.Errorf(value.PathField(ep, "path"), perr, "invalid condition path: %v", perr)
 				}
 				cond.JSONPath = jp
 				val, ok := co.Get("value")
 				if !ok {
-					return nil, d.errorf(ep, nil, "missing field `value` in condition")
+					return nil, d.Errorf(ep, nil, "missing field `value` in condition")
 				}
 				cond.Value = val
 				rule.Conditions = append(rule.Conditions, cond)
@@ -709,11 +643,11 @@ func (d *decoder) route(pattern string, v value.Value, path string) (*Route, *Er
 
 func (d *decoder) stateStore(v value.Value, path string) (StateStore, *Error) {
 	s := StateStore{Type: StateStoreInMemory, MaxConnections: DefaultSQLiteMaxConnections, AutoMigrate: true}
-	o, err := d.object(v, path, "`stateStore`")
+	o, err := d.Object(v, path, "`stateStore`")
 	if err != nil {
 		return s, err
 	}
-	typ, err := d.reqString(o, "type", path, "`stateStore`")
+	typ, err := d.ReqString(o, "type", path, "`stateStore`")
 	if err != nil {
 		return s, err
 	}
@@ -722,24 +656,24 @@ func (d *decoder) stateStore(v value.Value, path string) (StateStore, *Error) {
 		return s, nil
 	case StateStoreSQLite:
 	default:
-		return s, d.errorf(value.PathField(path, "type"), nil, "unknown state store type %q (expected inMemory or sqlite)", typ)
+		return s, d.Errorf(value.PathField(path, "type"), nil, "unknown state store type %q (expected inMemory or sqlite)", typ)
 	}
 	s.Type = StateStoreSQLite
-	if s.DatabaseURL, err = d.reqString(o, "databaseUrl", path, "sqlite `stateStore`"); err != nil {
+	if s.DatabaseURL, err = d.ReqString(o, "databaseUrl", path, "sqlite `stateStore`"); err != nil {
 		return s, err
 	}
 	if mv, ok := o.Get("maxConnections"); ok && mv != nil {
 		n, ok := mv.(value.Number)
 		i, cerr := n.Int64()
 		if !ok || !value.IsInteger(n) || cerr != nil || i < 0 || i > 1<<31-1 {
-			return s, d.typeError(value.PathField(path, "maxConnections"), "`maxConnections`", "a non-negative integer", mv)
+			return s, d.TypeError(value.PathField(path, "maxConnections"), "`maxConnections`", "a non-negative integer", mv)
 		}
 		s.MaxConnections = int(i)
 	}
 	if av, ok := o.Get("autoMigrate"); ok && av != nil {
 		b, ok := av.(bool)
 		if !ok {
-			return s, d.typeError(value.PathField(path, "autoMigrate"), "`autoMigrate`", "a boolean", av)
+			return s, d.TypeError(value.PathField(path, "autoMigrate"), "`autoMigrate`", "a boolean", av)
 		}
 		s.AutoMigrate = b
 	}

@@ -2,8 +2,6 @@ package config
 
 import (
 	"errors"
-	"strconv"
-	"strings"
 
 	"github.com/stepflow-go/stepflow/pkg/value"
 )
@@ -26,41 +24,5 @@ var (
 // MaxConfigBytes bounds the size of a config document.
 const MaxConfigBytes = 16 << 20
 
-// Error is a problem in a config document, with its place when known.
-type Error struct {
-	File string    // "" when the config did not come from a file
-	Pos  value.Pos // zero when unknown; Col is 0 when only the line is known
-	Path string    // JSON path of the offending value, "" when unknown
-	Msg  string
-	Err  error // the cause; wraps ErrInvalidConfig for content problems
-}
-
-// Error returns `file:line:col: msg`, leaving out what is not known.
-// Without a position, the JSON path stands in for it.
-func (e *Error) Error() string {
-	var b strings.Builder
-	b.WriteString(e.File)
-	if !e.Pos.IsZero() {
-		if b.Len() > 0 {
-			b.WriteByte(':')
-		}
-		b.WriteString(strconv.Itoa(e.Pos.Line))
-		if e.Pos.Col > 0 {
-			b.WriteByte(':')
-			b.WriteString(strconv.Itoa(e.Pos.Col))
-		}
-	} else if e.Path != "" {
-		if b.Len() > 0 {
-			b.WriteString(": ")
-		}
-		b.WriteString(e.Path)
-	}
-	if b.Len() > 0 {
-		b.WriteString(": ")
-	}
-	b.WriteString(e.Msg)
-	return b.String()
-}
-
-// Unwrap returns the cause.
-func (e *Error) Unwrap() error { return e.Err }
+// Error is a config problem with its place: `file:line:col: msg`.
+type Error = value.PlacedError

@@ -36,44 +36,8 @@ var (
 )
 
 // DecodeError is a flow that cannot be read or decoded, with the place of
-// the problem when it is known.
-type DecodeError struct {
-	File string    // "" when the flow did not come from a file
-	Pos  value.Pos // zero when unknown; Col is 0 when only the line is known
-	Path string    // JSON path of the offending value (`$.steps[0].onError`), "" when unknown
-	Msg  string
-	Err  error // the cause, if any
-}
-
-// Error returns `file:line:col: msg`, leaving out the parts that are not
-// known. Without a position, the JSON path stands in for it.
-func (e *DecodeError) Error() string {
-	var b strings.Builder
-	b.WriteString(e.File)
-	if !e.Pos.IsZero() {
-		if b.Len() > 0 {
-			b.WriteByte(':')
-		}
-		b.WriteString(strconv.Itoa(e.Pos.Line))
-		if e.Pos.Col > 0 {
-			b.WriteByte(':')
-			b.WriteString(strconv.Itoa(e.Pos.Col))
-		}
-	} else if e.Path != "" {
-		if b.Len() > 0 {
-			b.WriteString(": ")
-		}
-		b.WriteString(e.Path)
-	}
-	if b.Len() > 0 {
-		b.WriteString(": ")
-	}
-	b.WriteString(e.Msg)
-	return b.String()
-}
-
-// Unwrap returns the cause.
-func (e *DecodeError) Unwrap() error { return e.Err }
+// the problem when it is known: `file:line:col: msg`.
+type DecodeError = value.PlacedError
 
 // Load reads a flow file. The extension selects the format: .yaml and
 // .yml are YAML, .json and .jsonl are JSON (read with the YAML parser, of
@@ -133,9 +97,9 @@ func Parse(data []byte, file string) (*Flow, error) {
 		}
 		v, sm = jv, nil
 	}
-	d := decoder{file: file, sm: sm}
+	d := decoder{value.Fields{File: file, Source: sm, Kind: ErrInvalidFlow}}
 	if v == nil {
-		return nil, d.errorf("", nil, "empty document: a flow must be an object")
+		return nil, d.Errorf("", nil, "empty document: a flow must be an object")
 	}
 	f, err := d.flow(v)
 	if err != nil {
@@ -244,91 +208,23 @@ func yamlError(file string, err error) *DecodeError {
 // passed to /builtin/map or stored with /builtin/put_blob. Errors name the
 // JSON path of the problem (there are no file positions).
 func FromValue(v value.Value) (*Flow, error) {
-	d := decoder{}
+	d := decoder{value.Fields{Kind: ErrInvalidFlow}}
 	return d.flow(v)
 }
 
 // decoder decodes flow documents, turning problems into DecodeErrors
 // positioned through the source map.
 type decoder struct {
-	file string
-	sm   value.SourceMap
-}
-
-func (d *decoder) errorf(path string, cause error, format string, args ...any) *DecodeError {
-	e := &DecodeError{File: d.file, Path: path, Msg: fmt.Sprintf(format, args...)}
-	if cause != nil {
-		e.Err = errors.Join(ErrInvalidFlow, cause)
-	} else {
-		e.Err = ErrInvalidFlow
-	}
-	if d.sm != nil {
-		e.Pos, _ = d.sm.Lookup(path)
-	}
-	return e
-}
-
-// typeError reports a value of the wrong JSON type.
-func (d *decoder) typeError(path, field, want string, got value.Value) *DecodeError {
-	desc := value.TypeName(got)
-	switch t := got.(type) {
-	case value.Number, bool:
-		desc += " " + value.String(t)
-	case string:
-		if len(t) <= 40 {
-			desc += " " + strconv.Quote(t)
-		}
-	}
-	hint := ""
-	if want == "a string" {
-		if _, ok := got.(value.Number); ok {
-			hint = " (quote it)"
-		}
-	}
-	return d.errorf(path, nil, "invalid type for %s: expected %s, got %s%s", field, want, desc, hint)
+	value.Fields
 }
 
 // exprError converts an expression parse error, placing it at its path.
 func (d *decoder) exprError(err error) *DecodeError {
 	var pe *expr.ParseError
 	if errors.As(err, &pe) {
-		return d.errorf(pe.Path, err, "invalid expression: %s", pe.Msg)
+		return d.Errorf(pe.Path, err, "invalid expression: %s", pe.Msg)
 	}
-	return d.errorf("$", err, "invalid expression: %v", err)
-}
-
-func (d *decoder) object(v value.Value, path, field string) (*value.Object, *DecodeError) {
-	o, ok := v.(*value.Object)
-	if !ok {
-		return nil, d.typeError(path, field, "an object", v)
-	}
-	return o, nil
-}
-
-// optString reads an optional string field (absent or null gives "").
-func (d *decoder) optString(o *value.Object, key, path string) (string, *DecodeError) {
-	v, ok := o.Get(key)
-	if !ok || v == nil {
-		return "", nil
-	}
-	s, ok := v.(string)
-	if !ok {
-		return "", d.typeError(value.PathField(path, key), "`"+key+"`", "a string", v)
-	}
-	return s, nil
-}
-
-// reqString reads a required string field.
-func (d *decoder) reqString(o *value.Object, key, path, what string) (string, *DecodeError) {
-	v, ok := o.Get(key)
-	if !ok {
-		return "", d.errorf(path, nil, "missing field `%s` in %s", key, what)
-	}
-	s, ok := v.(string)
-	if !ok {
-		return "", d.typeError(value.PathField(path, key), "`"+key+"`", "a string", v)
-	}
-	return s, nil
+	return d.Errorf("$", err, "invalid expression: %v", err)
 }
 
 // optMetadata reads a metadata object: absent gives nil, empty gives nil.
@@ -337,7 +233,7 @@ func (d *decoder) optMetadata(o *value.Object, path string) (*value.Object, *Dec
 	if !ok {
 		return nil, nil
 	}
-	m, err := d.object(v, value.PathField(path, "metadata"), "`metadata`")
+	m, err := d.Object(v, value.PathField(path, "metadata"), "`metadata`")
 	if err != nil {
 		return nil, err
 	}
@@ -350,17 +246,17 @@ func (d *decoder) optMetadata(o *value.Object, path string) (*value.Object, *Dec
 func (d *decoder) flow(v value.Value) (*Flow, error) {
 	o, ok := v.(*value.Object)
 	if !ok {
-		return nil, d.errorf("$", nil, "a flow must be an object, got %s", value.TypeName(v))
+		return nil, d.Errorf("$", nil, "a flow must be an object, got %s", value.TypeName(v))
 	}
 	f := &Flow{cache: &flowCache{}}
 	var err *DecodeError
-	if f.Name, err = d.optString(o, "name", "$"); err != nil {
+	if f.Name, err = d.OptString(o, "name", "$"); err != nil {
 		return nil, err
 	}
-	if f.Description, err = d.optString(o, "description", "$"); err != nil {
+	if f.Description, err = d.OptString(o, "description", "$"); err != nil {
 		return nil, err
 	}
-	if f.Version, err = d.optString(o, "version", "$"); err != nil {
+	if f.Version, err = d.OptString(o, "version", "$"); err != nil {
 		return nil, err
 	}
 	if f.Schemas, err = d.schemas(o); err != nil {
@@ -369,7 +265,7 @@ func (d *decoder) flow(v value.Value) (*Flow, error) {
 	if sv, ok := o.Get("steps"); ok {
 		arr, ok := sv.([]value.Value)
 		if !ok {
-			return nil, d.typeError("$.steps", "`steps`", "an array of steps", sv)
+			return nil, d.TypeError("$.steps", "`steps`", "an array of steps", sv)
 		}
 		f.Steps = make([]*Step, len(arr))
 		for i, e := range arr {
@@ -393,25 +289,25 @@ func (d *decoder) flow(v value.Value) (*Flow, error) {
 	if ev, ok := o.Get("examples"); ok && ev != nil {
 		arr, ok := ev.([]value.Value)
 		if !ok {
-			return nil, d.typeError("$.examples", "`examples`", "an array", ev)
+			return nil, d.TypeError("$.examples", "`examples`", "an array", ev)
 		}
 		f.Examples = make([]Example, len(arr))
 		for i, e := range arr {
 			p := value.PathIndex("$.examples", i)
-			eo, err := d.object(e, p, "an example")
+			eo, err := d.Object(e, p, "an example")
 			if err != nil {
 				return nil, err
 			}
 			ex := &f.Examples[i]
-			if ex.Name, err = d.reqString(eo, "name", p, "example"); err != nil {
+			if ex.Name, err = d.ReqString(eo, "name", p, "example"); err != nil {
 				return nil, err
 			}
-			if ex.Description, err = d.optString(eo, "description", p); err != nil {
+			if ex.Description, err = d.OptString(eo, "description", p); err != nil {
 				return nil, err
 			}
 			in, ok := eo.Get("input")
 			if !ok {
-				return nil, d.errorf(p, nil, "missing field `input` in example")
+				return nil, d.Errorf(p, nil, "missing field `input` in example")
 			}
 			ex.Input = in
 		}
@@ -429,12 +325,12 @@ func (d *decoder) schemas(o *value.Object) (*Schemas, *DecodeError) {
 	if !ok || v == nil {
 		return s, nil
 	}
-	so, err := d.object(v, "$.schemas", "`schemas`")
+	so, err := d.Object(v, "$.schemas", "`schemas`")
 	if err != nil {
 		return nil, err
 	}
 	if dv, ok := so.Get("$defs"); ok && dv != nil {
-		defs, err := d.object(dv, "$.schemas.$defs", "`$defs`")
+		defs, err := d.Object(dv, "$.schemas.$defs", "`$defs`")
 		if err != nil {
 			return nil, err
 		}
@@ -500,19 +396,19 @@ func (d *decoder) checkSchema(v value.Value, path string) *DecodeError {
 	case *value.Object, bool:
 		return nil
 	}
-	return d.typeError(path, "schema", "a JSON Schema object", v)
+	return d.TypeError(path, "schema", "a JSON Schema object", v)
 }
 
 func (d *decoder) step(v value.Value, path string) (*Step, *DecodeError) {
-	o, err := d.object(v, path, "a step")
+	o, err := d.Object(v, path, "a step")
 	if err != nil {
 		return nil, err
 	}
 	s := &Step{}
-	if s.ID, err = d.reqString(o, "id", path, "step"); err != nil {
+	if s.ID, err = d.ReqString(o, "id", path, "step"); err != nil {
 		return nil, err
 	}
-	if s.Component, err = d.reqString(o, "component", path, "step"); err != nil {
+	if s.Component, err = d.ReqString(o, "component", path, "step"); err != nil {
 		return nil, err
 	}
 	if ev, ok := o.Get("onError"); ok && ev != nil {
@@ -530,7 +426,7 @@ func (d *decoder) step(v value.Value, path string) (*Step, *DecodeError) {
 	if mv, ok := o.Get("mustExecute"); ok && mv != nil {
 		b, ok := mv.(bool)
 		if !ok {
-			return nil, d.typeError(value.PathField(path, "mustExecute"), "`mustExecute`", "a boolean", mv)
+			return nil, d.TypeError(value.PathField(path, "mustExecute"), "`mustExecute`", "a boolean", mv)
 		}
 		s.MustExecute = b
 	}
@@ -541,17 +437,17 @@ func (d *decoder) step(v value.Value, path string) (*Step, *DecodeError) {
 }
 
 func (d *decoder) errorAction(v value.Value, path string) (ErrorAction, *DecodeError) {
-	o, err := d.object(v, path, "`onError`")
+	o, err := d.Object(v, path, "`onError`")
 	if err != nil {
 		return ErrorAction{}, err
 	}
 	av, ok := o.Get("action")
 	if !ok {
-		return ErrorAction{}, d.errorf(path, nil, "missing field `action` in onError")
+		return ErrorAction{}, d.Errorf(path, nil, "missing field `action` in onError")
 	}
 	action, ok := av.(string)
 	if !ok {
-		return ErrorAction{}, d.typeError(value.PathField(path, "action"), "`action`", "a string", av)
+		return ErrorAction{}, d.TypeError(value.PathField(path, "action"), "`action`", "a string", av)
 	}
 	var a ErrorAction
 	switch ErrorActionKind(action) {
@@ -566,7 +462,7 @@ func (d *decoder) errorAction(v value.Value, path string) (ErrorAction, *DecodeE
 			return ErrorAction{}, err
 		}
 	default:
-		return ErrorAction{}, d.errorf(value.PathField(path, "action"), nil,
+		return ErrorAction{}, d.Errorf(value.PathField(path, "action"), nil,
 			"unknown onError action %q: expected `fail`, `useDefault` or `retry`", action)
 	}
 	return a, nil
@@ -589,7 +485,7 @@ func (d *decoder) retryPolicy(o *value.Object, path string) (RetryPolicy, *Decod
 			i, err = n.Int64()
 		}
 		if !ok || !value.IsInteger(n) || err != nil || i < 0 || i > limit {
-			return 0, d.typeError(value.PathField(path, key), "`"+key+"`", fmt.Sprintf("an integer between 0 and %d", limit), v)
+			return 0, d.TypeError(value.PathField(path, key), "`"+key+"`", fmt.Sprintf("an integer between 0 and %d", limit), v)
 		}
 		return i, nil
 	}
@@ -614,7 +510,7 @@ func (d *decoder) retryPolicy(o *value.Object, path string) (RetryPolicy, *Decod
 			c, perr = num.Float64()
 		}
 		if !ok || perr != nil || c < 0 || math.IsInf(c, 0) {
-			return p, d.typeError(value.PathField(path, "backoffCoefficient"), "`backoffCoefficient`", "a non-negative number", v)
+			return p, d.TypeError(value.PathField(path, "backoffCoefficient"), "`backoffCoefficient`", "a non-negative number", v)
 		}
 		p.BackoffCoefficient = c
 	}
@@ -622,12 +518,12 @@ func (d *decoder) retryPolicy(o *value.Object, path string) (RetryPolicy, *Decod
 }
 
 func (d *decoder) test(v value.Value, path string) (*TestConfig, *DecodeError) {
-	o, err := d.object(v, path, "`test`")
+	o, err := d.Object(v, path, "`test`")
 	if err != nil {
 		return nil, err
 	}
 	t := &TestConfig{}
-	if t.ConfigFile, err = d.optString(o, "configFile", path); err != nil {
+	if t.ConfigFile, err = d.OptString(o, "configFile", path); err != nil {
 		return nil, err
 	}
 	key := "config"
@@ -637,37 +533,37 @@ func (d *decoder) test(v value.Value, path string) (*TestConfig, *DecodeError) {
 		cv, ok = o.Get(key)
 	}
 	if ok && cv != nil {
-		if t.Config, err = d.object(cv, value.PathField(path, key), "`"+key+"`"); err != nil {
+		if t.Config, err = d.Object(cv, value.PathField(path, key), "`"+key+"`"); err != nil {
 			return nil, err
 		}
 	}
 	if cv, ok := o.Get("cases"); ok && cv != nil {
 		arr, ok := cv.([]value.Value)
 		if !ok {
-			return nil, d.typeError(value.PathField(path, "cases"), "`cases`", "an array", cv)
+			return nil, d.TypeError(value.PathField(path, "cases"), "`cases`", "an array", cv)
 		}
 		t.Cases = make([]TestCase, len(arr))
 		for i, e := range arr {
 			p := value.PathIndex(value.PathField(path, "cases"), i)
-			co, err := d.object(e, p, "a test case")
+			co, err := d.Object(e, p, "a test case")
 			if err != nil {
 				return nil, err
 			}
 			c := &t.Cases[i]
-			if c.Name, err = d.reqString(co, "name", p, "test case"); err != nil {
+			if c.Name, err = d.ReqString(co, "name", p, "test case"); err != nil {
 				return nil, err
 			}
-			if c.Description, err = d.optString(co, "description", p); err != nil {
+			if c.Description, err = d.OptString(co, "description", p); err != nil {
 				return nil, err
 			}
 			in, ok := co.Get("input")
 			if !ok {
-				return nil, d.errorf(p, nil, "missing field `input` in test case %q", c.Name)
+				return nil, d.Errorf(p, nil, "missing field `input` in test case %q", c.Name)
 			}
 			c.Input = in
 			if out, ok := co.Get("output"); ok && out != nil {
 				if _, perr := outcome.Parse(out); perr != nil {
-					return nil, d.errorf(value.PathField(p, "output"), perr, "invalid expected output of test case %q: %v", c.Name, perr)
+					return nil, d.Errorf(value.PathField(p, "output"), perr, "invalid expected output of test case %q: %v", c.Name, perr)
 				}
 				c.Output = out
 			}

@@ -144,7 +144,7 @@ func (f *Flow) ApplyOverrides(o Overrides) (*Flow, error) {
 	nf := *f
 	nf.cache = &flowCache{}
 	nf.Steps = make([]*Step, len(f.Steps))
-	d := decoder{}
+	d := decoder{value.Fields{Kind: ErrInvalidFlow}}
 	for i, s := range f.Steps {
 		ov, ok := o[s.ID]
 		if !ok {

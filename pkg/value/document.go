@@ -1,0 +1,141 @@
+package value
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// PlacedError is a problem in a document (a flow, a config), with its
+// place: the file, the line and column, and the JSON path of the
+// offending value.
+type PlacedError struct {
+	File string // "" when the document did not come from a file
+	Pos  Pos    // zero when unknown; Col is 0 when only the line is known
+	Path string // JSON path of the offending value (`$.steps[0].onError`), "" when unknown
+	Msg  string
+	Err  error // the cause, if any
+}
+
+// Error returns `file:line:col: msg`, leaving out the parts that are not
+// known. Without a position, the JSON path stands in for it.
+func (e *PlacedError) Error() string {
+	var b strings.Builder
+	b.WriteString(e.File)
+	if !e.Pos.IsZero() {
+		if b.Len() > 0 {
+			b.WriteByte(':')
+		}
+		b.WriteString(strconv.Itoa(e.Pos.Line))
+		if e.Pos.Col > 0 {
+			b.WriteByte(':')
+			b.WriteString(strconv.Itoa(e.Pos.Col))
+		}
+	} else if e.Path != "" {
+		if b.Len() > 0 {
+			b.WriteString(": ")
+		}
+		b.WriteString(e.Path)
+	}
+	if b.Len() > 0 {
+		b.WriteString(": ")
+	}
+	b.WriteString(e.Msg)
+	return b.String()
+}
+
+// Unwrap returns the cause.
+func (e *PlacedError) Unwrap() error { return e.Err }
+
+// Fields reads typed fields out of a decoded document and turns problems
+// into PlacedErrors positioned through the document's SourceMap. Flow and
+// config decoders embed it.
+type Fields struct {
+	// File names the document in errors.
+	File string
+	// Source places JSON paths; nil when unknown.
+	Source SourceMap
+	// Kind is wrapped by every error (errors.Is), e.g. flow.ErrInvalidFlow.
+	Kind error
+}
+
+// Pos returns the position of path, or of its nearest placed ancestor.
+func (d Fields) Pos(path string) Pos {
+	if d.Source == nil {
+		return Pos{}
+	}
+	p, _ := d.Source.Lookup(path)
+	return p
+}
+
+// Errorf returns a PlacedError at path wrapping d.Kind and cause.
+func (d Fields) Errorf(path string, cause error, format string, args ...any) *PlacedError {
+	e := &PlacedError{File: d.File, Path: path, Pos: d.Pos(path), Msg: fmt.Sprintf(format, args...)}
+	switch {
+	case cause != nil && d.Kind != nil:
+		e.Err = errors.Join(d.Kind, cause)
+	case cause != nil:
+		e.Err = cause
+	default:
+		e.Err = d.Kind
+	}
+	return e
+}
+
+// TypeError reports a value of the wrong JSON type for field, showing
+// short values.
+func (d Fields) TypeError(path, field, want string, got Value) *PlacedError {
+	desc := TypeName(got)
+	switch t := got.(type) {
+	case Number, bool:
+		desc += " " + String(t)
+	case string:
+		if len(t) <= 40 {
+			desc += " " + strconv.Quote(t)
+		}
+	}
+	hint := ""
+	if want == "a string" {
+		if _, ok := got.(Number); ok {
+			hint = " (quote it)"
+		}
+	}
+	return d.Errorf(path, nil, "invalid type for %s: expected %s, got %s%s", field, want, desc, hint)
+}
+
+// Object requires v to be an object.
+func (d Fields) Object(v Value, path, field string) (*Object, *PlacedError) {
+	o, ok := v.(*Object)
+	if !ok {
+		return nil, d.TypeError(path, field, "an object", v)
+	}
+	return o, nil
+}
+
+// OptString reads an optional string field (absent or null gives "").
+func (d Fields) OptString(o *Object, key, path string) (string, *PlacedError) {
+	v, ok := o.Get(key)
+	if !ok || v == nil {
+		return "", nil
+	}
+	s, ok := v.(string)
+	if !ok {
+		return "", d.TypeError(PathField(path, key), "`"+key+"`", "a string", v)
+	}
+	return s, nil
+}
+
+// ReqString reads a required string field; what names the enclosing
+// thing in the error ("step", "plugin").
+func (d Fields) ReqString(o *Object, key, path, what string) (string, *PlacedError) {
+	v, ok := o.Get(key)
+	if !ok {
+		return "", d.Errorf(path, nil, "missing field `%s` in %s", key, what)
+	}
+	s, ok := v.(string)
+	if !ok {
+		return "", d.TypeError(PathField(path, key), "`"+key+"`", "a string", v)
+	}
+	return s, nil
+}
