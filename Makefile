@@ -62,8 +62,9 @@ venv: ## the stepflow-py SDKs the component-server tests drive (0.9.2 over HTTP,
 		echo "$(VENV_STDIO): stepflow-py (stdio) present"; \
 	else \
 		$(PYTHON) -m venv $(VENV_STDIO) && \
-		{ $(VENV_STDIO)/bin/pip install --quiet "stepflow-py==0.8.0" || \
-		  $(VENV_STDIO)/bin/pip install --quiet "stepflow-py==0.7.0"; } && \
+		{ $(VENV_STDIO)/bin/pip install --quiet "stepflow-py==0.8.0" 2>/dev/null || \
+		  { echo "stepflow-py 0.8.0 is not on PyPI; installing 0.7.0, the newest SDK with StepflowStdioServer there"; \
+		    $(VENV_STDIO)/bin/pip install --quiet "stepflow-py==0.7.0"; }; } && \
 		$(VENV_STDIO)/bin/python -c 'from stepflow_py import StepflowStdioServer'; \
 	fi
 
