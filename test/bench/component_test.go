@@ -124,7 +124,10 @@ func directHTTP(b *testing.B, python string, n int) time.Duration {
 		_, _ = io.Copy(io.Discard, resp.Body)
 		return resp.Body.Close()
 	}
-	// Wait until it serves, as the runtime's health check does.
+	// Wait until it serves, as the runtime's health check does (a
+	// bounded poll: the server gives no other signal).
+	poll := time.NewTicker(10 * time.Millisecond)
+	defer poll.Stop()
 	for {
 		resp, err := client.Get(url + "health")
 		if err == nil {
@@ -134,7 +137,7 @@ func directHTTP(b *testing.B, python string, n int) time.Duration {
 		if time.Since(start) > 30*time.Second {
 			b.Fatal("echo server did not come up")
 		}
-		time.Sleep(10 * time.Millisecond)
+		<-poll.C
 	}
 	if err := post(rpc(0, "initialize", map[string]any{"runtime_protocol_version": 1})); err != nil {
 		b.Fatal(err)
