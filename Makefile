@@ -18,8 +18,8 @@ build: ## build bin/stepflow
 test: venv mcp-deps ## every test (unit, conformance, real component servers), with the race detector
 	$(GO) test $(RACE) -count=1 -timeout 20m $(PKGS)
 
-test-integration: build ## multi-process tests in test/integration
-	$(GO) test $(RACE) -count=1 -tags integration ./test/integration/...
+test-integration: venv ## only the multi-process tests in test/integration (part of `make test` too)
+	$(GO) test $(RACE) -count=1 ./test/integration/...
 
 bench: build venv ## benchmarks: Go micro-benchmarks and the end-to-end batch figures
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./pkg/value/ ./pkg/expr/ ./pkg/executor/ ./pkg/jsonl/ ./pkg/reorder/ ./pkg/blob/

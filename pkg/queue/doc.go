@@ -14,6 +14,8 @@
 //	STEPFLOW_RESULTS  stream, limits retention, MaxAge, file storage
 //	                  subject stepflow.results.<runID>, one message per item (ItemResult)
 //	                  Nats-Msg-Id <runID>.<index>
+//	coordinator-results durable pull consumer on STEPFLOW_RESULTS shared by
+//	                  the coordinators (ResultsConsumer)
 //	STEPFLOW_RUNS     KV bucket, key runID, value RunRecord (CAS on revision)
 //	STEPFLOW_FLOWS    KV bucket, key flow id (SHA-256), value canonical flow JSON
 //	STEPFLOW_BLOBS    object store, object = blob id, metadata = blob kind

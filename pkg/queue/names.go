@@ -41,6 +41,12 @@ const (
 	// on StreamItems.
 	RunConsumerPrefix = "run-"
 
+	// ResultsConsumer is the durable pull consumer on StreamResults
+	// through which coordinators aggregate results. Its name is fixed, so
+	// coordinators sharing it split the results between them like a queue
+	// group, and a restarted coordinator resumes where it left off.
+	ResultsConsumer = "coordinator-results"
+
 	// MaxDeliveriesAdvisoryPrefix is the prefix of the subjects on which
 	// the server announces that a consumer of StreamItems gave up on a
 	// message after MaxDeliver deliveries; the last token is the consumer.
