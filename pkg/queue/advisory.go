@@ -90,7 +90,12 @@ func WatchMaxDeliveries(ctx context.Context, js jetstream.JetStream, handle func
 	if err != nil {
 		return nil, fmt.Errorf("queue: subscribe to max-deliveries advisories: %w", err)
 	}
-	if err := nc.FlushWithContext(ctx); err != nil {
+	// ctx is the watch's lifetime and usually has no deadline, which
+	// FlushWithContext requires: bound the flush separately.
+	fctx, fcancel := context.WithTimeout(ctx, cmp.Or(opts.LookupTimeout, 5*time.Second))
+	err = nc.FlushWithContext(fctx)
+	fcancel()
+	if err != nil {
 		_ = sub.Unsubscribe()
 		return nil, fmt.Errorf("queue: subscribe to max-deliveries advisories: %w", err)
 	}

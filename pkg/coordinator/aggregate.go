@@ -1,0 +1,290 @@
+package coordinator
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/stepflow-go/stepflow/pkg/outcome"
+	"github.com/stepflow-go/stepflow/pkg/queue"
+	stepflowv1 "github.com/stepflow-go/stepflow/proto/stepflowv1"
+)
+
+// Aggregation settings.
+const (
+	// aggBatch is the most results fetched, stored and acked together:
+	// one fetch, one counter write per run and one fsync (SyncResults)
+	// per batch.
+	aggBatch = 256
+	// aggFetchWait is how long a fetch waits for results. A stopping
+	// coordinator lets its last fetch run out, so this bounds Stop.
+	aggFetchWait = 500 * time.Millisecond
+	// aggLinger is how long a result waits for more before the batch is
+	// committed: the latency it adds to counters and waiters.
+	aggLinger = 10 * time.Millisecond
+	// aggMaxAckPending bounds the results handed to coordinators and not
+	// yet acked.
+	aggMaxAckPending = 4 * aggBatch
+)
+
+// aggregator copies results from STEPFLOW_RESULTS into the result stores
+// of their runs, through the durable consumer queue.ResultsConsumer. A
+// result is acked only after it is in its run's store (and the run's
+// counters are written), so a coordinator that dies in between gets it
+// again, and the store keeps the first result per index.
+type aggregator struct {
+	c     *Coordinator
+	cons  jetstream.Consumer
+	quit  chan struct{}
+	once  sync.Once
+	ctx   context.Context // not cancelled by Stop: the last batch is finished
+	close context.CancelFunc
+
+	pending []jetstream.Msg
+	touched map[*runState]struct{}
+	// gone remembers runs whose results are dropped (finished or
+	// unknown), so that stragglers do not cost a record lookup each.
+	gone map[string]struct{}
+}
+
+// newAggregator creates (or updates) the results consumer.
+func newAggregator(ctx context.Context, c *Coordinator) (*aggregator, error) {
+	cons, err := c.js.CreateOrUpdateConsumer(ctx, queue.StreamResults, jetstream.ConsumerConfig{
+		Durable:       queue.ResultsConsumer,
+		Description:   "stepflow coordinators: result aggregation",
+		FilterSubject: queue.ResultSubjects,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       c.cfg.ResultsAckWait,
+		MaxDeliver:    -1,
+		MaxAckPending: aggMaxAckPending,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("coordinator: results consumer: %w", err)
+	}
+	actx, cancel := context.WithCancel(context.WithoutCancel(c.ctx))
+	return &aggregator{
+		c: c, cons: cons, quit: make(chan struct{}), ctx: actx, close: cancel,
+		touched: map[*runState]struct{}{}, gone: map[string]struct{}{},
+	}, nil
+}
+
+// stop makes run return after its current batch.
+func (a *aggregator) stop() { a.once.Do(func() { close(a.quit) }) }
+
+// run fetches and commits batches until stop.
+func (a *aggregator) run() {
+	defer a.close()
+	for {
+		select {
+		case <-a.quit:
+			return
+		default:
+		}
+		batch, err := a.cons.Fetch(aggBatch, jetstream.FetchMaxWait(aggFetchWait))
+		if err == nil {
+			a.consume(batch.Messages())
+			err = batch.Error()
+		}
+		if err != nil && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, context.DeadlineExceeded) {
+			a.c.log.Warn("fetching results", zap.Error(err))
+			t := time.NewTimer(time.Second)
+			select {
+			case <-a.quit:
+				t.Stop()
+				return
+			case <-t.C:
+			}
+		}
+	}
+}
+
+// consume handles one fetch, committing every aggBatch results or after
+// aggLinger.
+func (a *aggregator) consume(msgs <-chan jetstream.Msg) {
+	var linger <-chan time.Time
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for {
+		select {
+		case m, ok := <-msgs:
+			if !ok {
+				a.commit()
+				return
+			}
+			a.handle(m)
+			switch {
+			case len(a.pending) >= aggBatch:
+				a.commit()
+				linger = nil
+			case linger == nil:
+				if timer == nil {
+					timer = time.NewTimer(aggLinger)
+				} else {
+					timer.Reset(aggLinger)
+				}
+				linger = timer.C
+			}
+		case <-linger:
+			linger = nil
+			a.commit()
+		}
+	}
+}
+
+// handle stores one result in its run's store.
+func (a *aggregator) handle(m jetstream.Msg) {
+	log := a.c.log
+	r, err := queue.DecodeResult(m.Data())
+	if err != nil {
+		log.Warn("dropping a malformed result", zap.String("subject", m.Subject()), zap.Error(err))
+		_ = m.Term()
+		return
+	}
+	runID := r.GetRunId()
+	st, err := a.runFor(runID)
+	if err != nil {
+		log.Warn("cannot look up the run of a result; it will be redelivered", zap.String("run", runID), zap.Error(err))
+		_ = m.NakWithDelay(time.Second)
+		return
+	}
+	if st == nil {
+		a.pending = append(a.pending, m) // finished or unknown run: drop
+		return
+	}
+	data, err := queue.ResultJSON(a.ctx, r, a.c.blobs)
+	switch {
+	case err != nil:
+		data = failureJSON(fmt.Sprintf("the result of item %d could not be read: %v", r.GetIndex(), err))
+		r.Failed = true
+	case !json.Valid(data):
+		data = failureJSON(fmt.Sprintf("the worker produced a malformed result for item %d", r.GetIndex()))
+		r.Failed = true
+	}
+	completed := time.Now()
+	if ts := r.GetFinishedAt(); ts != nil {
+		completed = ts.AsTime()
+	}
+	rec := &resultRecord{Index: int(r.GetIndex()), Failed: r.GetFailed(), Source: uint8(r.GetSource()), CompletedAt: completed, Result: data}
+	added, err := st.add(rec)
+	if errors.Is(err, errIndexRange) {
+		log.Warn("dropping a result for an item the run does not have", zap.Error(err))
+		a.pending = append(a.pending, m)
+		return
+	}
+	if err != nil {
+		log.Error("cannot store a result; it will be redelivered", zap.String("run", runID), zap.Uint64("index", r.GetIndex()), zap.Error(err))
+		_ = m.NakWithDelay(time.Second)
+		return
+	}
+	if !added {
+		log.Debug("dropping a duplicate result", zap.String("run", runID), zap.Uint64("index", r.GetIndex()))
+	}
+	a.pending = append(a.pending, m)
+	a.touched[st] = struct{}{}
+}
+
+// runFor returns the state of a running run, or nil when its results are
+// to be dropped (the run finished or does not exist). An error (the run
+// store not answering) means: try again later.
+func (a *aggregator) runFor(runID string) (*runState, error) {
+	if st := a.c.active(runID); st != nil {
+		return st, nil
+	}
+	if _, ok := a.gone[runID]; ok {
+		return nil, nil
+	}
+	st, _, err := a.c.ensureAttached(a.ctx, runID)
+	if err != nil && !errors.Is(err, ErrRunNotFound) {
+		return nil, err
+	}
+	if st == nil {
+		if len(a.gone) > 4096 {
+			clear(a.gone)
+		}
+		a.gone[runID] = struct{}{}
+	}
+	return st, nil
+}
+
+// commit makes the batch durable, updates counters, finishes complete
+// runs and acks the batch.
+func (a *aggregator) commit() {
+	for st := range a.touched {
+		if a.c.cfg.SyncResults {
+			if err := st.sync(); err != nil {
+				a.c.log.Error("cannot sync results", zap.String("run", st.id), zap.Error(err))
+			}
+		}
+		if st.complete() {
+			if _, err := a.c.terminate(a.ctx, st, outcomeStatus(st), ""); err != nil && !errors.Is(err, ErrRunFinished) {
+				a.c.log.Warn("finishing run", zap.String("run", st.id), zap.Error(err))
+			}
+			continue
+		}
+		a.c.flushCounts(a.ctx, st)
+		st.notify()
+	}
+	clear(a.touched)
+	for _, m := range a.pending {
+		if err := m.Ack(); err != nil {
+			a.c.log.Debug("ack result", zap.Error(err))
+		}
+	}
+	a.pending = a.pending[:0]
+}
+
+// failureJSON is a FlowResult failure with message.
+func failureJSON(message string) []byte {
+	return outcome.Failure(&outcome.Error{Code: outcome.CodeComponent, Message: message}).AppendJSON(nil)
+}
+
+// onMaxDeliveries turns an item JetStream gave up on into a failed result:
+// published like a worker's result (so the first result per index still
+// wins), then the item message is deleted from the work queue.
+func (c *Coordinator) onMaxDeliveries(ctx context.Context, ev queue.MaxDeliveriesEvent) {
+	log := c.log.With(zap.String("run", ev.RunID), zap.Int("index", ev.Index), zap.Uint64("seq", ev.StreamSeq))
+	if ev.Item == nil {
+		log.Debug("max-deliveries advisory for an item no longer queued", zap.Error(ev.Err))
+		return
+	}
+	st := c.active(ev.RunID)
+	if st != nil && st.hasResult(ev.Index) {
+		// A result arrived after all (the last delivery reported one).
+		if err := queue.DeleteItemMsg(ctx, c.js, ev.StreamSeq); err != nil {
+			log.Warn("cannot delete an exhausted item", zap.Error(err))
+		}
+		return
+	}
+	msg := fmt.Sprintf("item %d exceeded its maximum deliveries (%d); last error: unknown (no delivery produced a result: "+
+		"the worker crashed, timed out or handed the item back each time)", ev.Index, ev.Deliveries)
+	res := &stepflowv1.ItemResult{
+		RunId:         ev.RunID,
+		Index:         uint64(ev.Index),
+		Result:        failureJSON(msg),
+		Failed:        true,
+		Source:        stepflowv1.ResultSource_RESULT_SOURCE_MAX_DELIVERIES,
+		Deliveries:    uint32(ev.Deliveries),
+		FinishedAt:    timestamppb.Now(),
+		ItemStreamSeq: ev.StreamSeq,
+	}
+	if _, err := queue.PublishResult(ctx, c.js, res, queue.ResultOptions{Subject: ev.Item.GetReplySubject()}); err != nil {
+		log.Error("cannot fail an item that exceeded its maximum deliveries", zap.Error(err))
+		return
+	}
+	if err := queue.DeleteItemMsg(ctx, c.js, ev.StreamSeq); err != nil {
+		log.Warn("cannot delete an exhausted item", zap.Error(err))
+	}
+	log.Warn("item failed: maximum deliveries exceeded", zap.Uint64("deliveries", ev.Deliveries))
+}

@@ -1,0 +1,190 @@
+package coordinator
+
+import (
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/stepflow-go/stepflow/pkg/queue"
+)
+
+// Defaults. DefaultPort and DefaultNATSPort are the defaults of Main's
+// flags; in Config, 0 means "pick a free port" (what tests want).
+const (
+	// DefaultPort is the HTTP port of upstream's stepflow-server.
+	DefaultPort = 7840
+	// DefaultNATSPort is the client port of the embedded NATS server.
+	DefaultNATSPort = 4222
+	// DefaultMaxBodyBytes bounds a JSON request body and one JSONL line.
+	DefaultMaxBodyBytes = 32 << 20
+	// DefaultMaxConcurrentRuns bounds the top-level runs in progress.
+	DefaultMaxConcurrentRuns = 64
+	// DefaultMaxItemsPerRun bounds a run's items.
+	DefaultMaxItemsPerRun = 10_000_000
+	// DefaultConcurrencyCap caps a run's default concurrency (the number
+	// of its items when the request does not say).
+	DefaultConcurrencyCap = 1000
+	// DefaultAPIMaxWait bounds how long a "wait": true request of the NATS
+	// API is held before it is answered with the current status.
+	DefaultAPIMaxWait = 5 * time.Minute
+	// DefaultMaxDetailInputsBytes is the largest input kept for RunDetails.
+	DefaultMaxDetailInputsBytes = 1 << 20
+	// DefaultResultsAckWait is the AckWait of the coordinators' result
+	// consumer: how long a result fetched by a coordinator that then died
+	// waits before another (or the restarted) coordinator gets it.
+	DefaultResultsAckWait = 30 * time.Second
+)
+
+// Config configures a Coordinator. The zero value plus a DataDir is a
+// working single-machine coordinator on free ports.
+type Config struct {
+	// Host is the HTTP listen address. Default "" (every interface, like
+	// upstream's 0.0.0.0).
+	Host string
+	// Port is the HTTP port; 0 picks a free one (see Coordinator.Port).
+	// Main's --port defaults to DefaultPort (7840).
+	Port int
+
+	// NATSURL is the NATS server (or comma-separated cluster) to use. ""
+	// starts an embedded NATS server with JetStream storing in
+	// DataDir/nats, listening on NATSHost:NATSPort.
+	NATSURL string
+	// NATSConnect holds authentication and TLS settings for NATSURL (its
+	// Name and Logger are set by the coordinator).
+	NATSConnect queue.ConnectOptions
+	// NATSHost is the embedded server's listen address. Default
+	// "127.0.0.1": workers on other machines need an external NATS.
+	NATSHost string
+	// NATSPort is the embedded server's client port; 0 picks a free one.
+	// Main's --nats-port defaults to DefaultNATSPort (4222).
+	NATSPort int
+	// Queue configures the JetStream layout provisioned at start
+	// (replicas, limits); the zero value is the single-server default.
+	Queue queue.Config
+
+	// DataDir holds the coordinator's state (required): the result store
+	// of every run, idempotency keys, upload markers and, with an
+	// embedded NATS server, its JetStream store. A coordinator restarted
+	// on the same DataDir (and NATS) resumes where it stopped.
+	DataDir string
+
+	// AuthToken, when set, is required as "Authorization: Bearer <token>"
+	// on every API call but GET /api/v1/health. Compared in constant
+	// time.
+	AuthToken string
+
+	// Logger receives the coordinator's logs, named "coordinator".
+	// Default: none.
+	Logger *zap.Logger
+
+	// MaxBodyBytes bounds a JSON request body, and one line of a JSONL
+	// upload (413 beyond). Default DefaultMaxBodyBytes.
+	MaxBodyBytes int64
+	// MaxConcurrentRuns bounds the top-level runs in progress at once
+	// (429 with Retry-After beyond). Child runs submitted by components
+	// do not count: refusing them could deadlock the parents waiting on
+	// them. Default DefaultMaxConcurrentRuns.
+	MaxConcurrentRuns int
+	// MaxItemsPerRun bounds a run's items (413 beyond). Default
+	// DefaultMaxItemsPerRun.
+	MaxItemsPerRun int
+	// ConcurrencyCap caps the default concurrency of a run (its item
+	// count) when the request sets none. Default DefaultConcurrencyCap.
+	ConcurrencyCap int
+	// MaxDetailInputsBytes is the largest total input size kept for
+	// GET /runs/{id} (RunDetails.inputs); larger runs omit their inputs
+	// there. Default DefaultMaxDetailInputsBytes; -1 keeps none.
+	MaxDetailInputsBytes int64
+
+	// RunAckWait is the AckWait of run consumers (0 = queue.DefaultAckWait).
+	RunAckWait time.Duration
+	// RunMaxDeliver is the MaxDeliver of run consumers (0 =
+	// queue.DefaultMaxDeliver): after that many deliveries an item fails
+	// with "exceeded its maximum deliveries".
+	RunMaxDeliver int
+	// ResultsAckWait is the AckWait of the result consumer. Default
+	// DefaultResultsAckWait.
+	ResultsAckWait time.Duration
+	// SyncResults fsyncs the result store before results are acked. Off,
+	// an accepted result is in the OS page cache, which survives kill -9
+	// of the coordinator but not a power loss (the same trade-off as the
+	// embedded NATS server's default).
+	SyncResults bool
+	// APIMaxWait bounds how long the NATS API holds a "wait": true
+	// request before replying with the current status; the requester
+	// then asks again. Default DefaultAPIMaxWait.
+	APIMaxWait time.Duration
+}
+
+// WithDefaults returns a copy of c with zero fields set to their
+// defaults.
+func (c Config) WithDefaults() Config {
+	if c.NATSHost == "" {
+		c.NATSHost = "127.0.0.1"
+	}
+	if c.Logger == nil {
+		c.Logger = zap.NewNop()
+	}
+	if c.MaxBodyBytes == 0 {
+		c.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if c.MaxConcurrentRuns == 0 {
+		c.MaxConcurrentRuns = DefaultMaxConcurrentRuns
+	}
+	if c.MaxItemsPerRun == 0 {
+		c.MaxItemsPerRun = DefaultMaxItemsPerRun
+	}
+	if c.ConcurrencyCap == 0 {
+		c.ConcurrencyCap = DefaultConcurrencyCap
+	}
+	if c.MaxDetailInputsBytes == 0 {
+		c.MaxDetailInputsBytes = DefaultMaxDetailInputsBytes
+	}
+	if c.ResultsAckWait == 0 {
+		c.ResultsAckWait = DefaultResultsAckWait
+	}
+	if c.APIMaxWait == 0 {
+		c.APIMaxWait = DefaultAPIMaxWait
+	}
+	return c
+}
+
+// Validate reports settings that cannot work, saying what to change.
+func (c Config) Validate() error {
+	switch {
+	case c.DataDir == "":
+		return fmt.Errorf("%w: DataDir is required (the coordinator keeps results and state there)", ErrInvalidConfig)
+	case c.Port < 0 || c.Port > 65535:
+		return fmt.Errorf("%w: Port must be 0 (any free port) to 65535, not %d", ErrInvalidConfig, c.Port)
+	case c.NATSPort < 0 || c.NATSPort > 65535:
+		return fmt.Errorf("%w: NATSPort must be 0 (any free port) to 65535, not %d", ErrInvalidConfig, c.NATSPort)
+	case c.MaxBodyBytes < 1:
+		return fmt.Errorf("%w: MaxBodyBytes must be positive", ErrInvalidConfig)
+	case c.MaxConcurrentRuns < 1:
+		return fmt.Errorf("%w: MaxConcurrentRuns must be at least 1", ErrInvalidConfig)
+	case c.MaxItemsPerRun < 1:
+		return fmt.Errorf("%w: MaxItemsPerRun must be at least 1", ErrInvalidConfig)
+	case c.ConcurrencyCap < 1:
+		return fmt.Errorf("%w: ConcurrencyCap must be at least 1", ErrInvalidConfig)
+	case c.MaxDetailInputsBytes < -1:
+		return fmt.Errorf("%w: MaxDetailInputsBytes must be -1 (none) or more", ErrInvalidConfig)
+	case c.RunAckWait != 0 && c.RunAckWait < time.Second:
+		return fmt.Errorf("%w: RunAckWait must be at least 1s", ErrInvalidConfig)
+	case c.RunMaxDeliver < -1:
+		return fmt.Errorf("%w: RunMaxDeliver must be -1 (unlimited), 0 (default) or more", ErrInvalidConfig)
+	case c.ResultsAckWait < time.Second:
+		return fmt.Errorf("%w: ResultsAckWait must be at least 1s", ErrInvalidConfig)
+	case c.APIMaxWait < 0:
+		return fmt.Errorf("%w: APIMaxWait must not be negative", ErrInvalidConfig)
+	}
+	if c.NATSURL == "" && c.NATSConnect.InProcess != nil {
+		return fmt.Errorf("%w: NATSConnect.InProcess needs NATSURL (an embedded server is started otherwise)", ErrInvalidConfig)
+	}
+	return c.Queue.WithDefaults().Validate()
+}
+
+// runConsumerConfig is the consumer config of a run with concurrency n.
+func (c Config) runConsumerConfig(n int) queue.RunConsumerConfig {
+	return queue.RunConsumerConfig{MaxAckPending: n, AckWait: c.RunAckWait, MaxDeliver: c.RunMaxDeliver}.WithDefaults()
+}

@@ -1,0 +1,140 @@
+// Package coordinator is the coordinator of stepflow-go's distributed
+// mode: the /api/v1 REST API of upstream Stepflow 0.9.0, run bookkeeping
+// and result aggregation. Workers (pkg/worker) execute the items; the
+// NATS JetStream layout is pkg/queue's (see its doc for every name and
+// reliability setting).
+//
+// # Run lifecycle
+//
+// A run is submitted over REST (POST /api/v1/runs, JSON or a JSONL
+// upload) or, for a child run that a component submits, over the NATS API
+// (queue.SubjectRunsSubmit). Both go through the same steps:
+//
+//  1. The flow is loaded by id from the flow bucket (or from a blob of a
+//     flow, which is then stored as a flow), the overrides and variables
+//     are checked against it, and the submission is counted against
+//     Config.MaxConcurrentRuns (top-level runs only: a child run's parent
+//     waits for it, so refusing it could deadlock the tree).
+//  2. The inputs are published to STEPFLOW_ITEMS as they are read
+//     (queue.PublishItems, one message per item, reply subject
+//     queue.ResultSubject(runID)), never held in memory as a whole.
+//     Nothing executes yet: the run has no consumer, and no record.
+//  3. Once every input is on the queue, the run record is created
+//     (status running, item_total = items_published = N) and then the
+//     run's consumer, with MaxAckPending = the run's concurrency: the
+//     request's maxConcurrency, or N capped at Config.ConcurrencyCap.
+//     Workers, watching the run records, start pulling.
+//  4. Results are aggregated (below). When every item has a result the
+//     run finishes: completed if none failed, failed otherwise; its
+//     consumer is deleted, what is left of its items and results on the
+//     streams is purged, and waiters (a synchronous POST /runs, runs.get
+//     with "wait", event streams) are woken.
+//
+// Publishing before the record makes an upload all-or-nothing, which a
+// stream cannot be otherwise without spooling: a malformed JSONL line, an
+// item over MaxItemsPerRun, a line over MaxBodyBytes, a client that goes
+// away or a publish that keeps failing rejects the submission (400 naming
+// the line, 413, ...); the items it published are purged, and no run, no
+// record and no consumer ever existed, so no worker ran any of them. A
+// DataDir/runs/<id>/uploading marker covers a coordinator that stops in
+// the middle: the next one purges the items of a marked run that has no
+// record. The price is that execution starts when the upload ends, not
+// during it. It also means a run in the store always has all its items
+// on the queue (items_published = item_total), so a restarted
+// coordinator never needs to republish: the inputs are gone with the
+// client anyway, and the queue already holds them.
+//
+// Cancelling (POST /runs/{id}/cancel) really stops a run: the record
+// becomes cancelled with cancel_requested set (workers stop taking its
+// items), the consumer is deleted (in-flight acks fail; late results are
+// dropped), the queued items are purged, and every item without a result
+// counts as, and reads as, cancelled.
+//
+// Invalid overrides or variables do not fail the request, as upstream:
+// the run is created failed, without items, its error in the record.
+//
+// # Aggregation
+//
+// All coordinators share one durable pull consumer on STEPFLOW_RESULTS,
+// queue.ResultsConsumer: results are split between coordinators like a
+// queue group, and a restarted coordinator continues where the previous
+// one stopped. A fetch of up to 256 results is handled as a batch: each
+// result is written to its run's result store unless the index already
+// has one (the first result per index wins, whatever the duplicate
+// window of the stream let through), the run's counters are written to
+// its record once per batch with compare-and-set (absolute values, so a
+// lost or repeated write is repaired by the next), and only then are the
+// results acked. A coordinator that dies mid-batch gets the batch again
+// after Config.ResultsAckWait; the store drops what it already has. The
+// counters in memory are derived from the store, never the other way
+// round, so they cannot drift.
+//
+// An item JetStream gives up on after MaxDeliver deliveries (its
+// max-deliveries advisory) becomes a failed result, published to the
+// results stream like a worker's (so a worker's result, if any, still
+// wins) with the message "item <i> exceeded its maximum deliveries (N);
+// last error: …"; its message is then deleted from the work queue.
+// Advisories are not stored: for a run taken over after a restart, items
+// still on the queue while its consumer has nothing pending or in flight
+// are failed the same way.
+//
+// # Result storage, and why files
+//
+// Each run's results live in DataDir/runs/<id>: an append-only log of
+// checksummed records in completion order, and an index of 8 bytes per
+// item index pointing into it (a sparse file). Reading a run back in
+// index order (GET /runs/{id}/items, what `stepflow submit` downloads)
+// is one sequential pass over the index and one pread per item, with
+// constant memory, whatever the batch size; the event stream tails the
+// log. The results stream cannot serve that: it is ordered by arrival and
+// has no lookup by index, and keeping a 10-million-entry index in memory
+// is what this design avoids. So the stream holds a result only until it
+// is in a store; a finished run's results are purged from it.
+//
+// A record is written before its index slot, and a slot is only trusted
+// when the record it points to has the right index and checksum. On
+// opening a store (a run taken over after a restart) the log is scanned:
+// a torn tail is cut, a slot missing for a complete record is filled in,
+// and the outcomes are counted again, first record per index only.
+// Results are acked once written to the page cache (kill -9 of the
+// coordinator loses nothing); Config.SyncResults adds an fsync per batch
+// for power loss.
+//
+// The stores are local to a coordinator's DataDir. One coordinator per
+// NATS deployment, restarted on the same DataDir (a persistent volume),
+// is the supported setup; two active coordinators would need a shared
+// DataDir or results routed by run, which is future work. The idempotency
+// keys (DataDir/idempotency, one file per key hash, claimed with an
+// atomic link) are local for the same reason.
+//
+// # Restart
+//
+// Start resumes what a previous coordinator on the same DataDir left:
+// uploads interrupted before their record are purged; every run whose
+// record says running is attached (result store repaired and recounted,
+// consumer recreated if the stop fell between the record and the
+// consumer, counters written, exhausted items failed, the run finished if
+// it is complete); consumers of runs that have finished are deleted. The
+// result consumer then delivers whatever workers published meanwhile.
+//
+// # REST API
+//
+// Upstream 0.9.0 shapes (spec/cli-and-batch.md §10), JSON with camelCase
+// keys, errors as {"code":<status>,"message":"…"}; see Handler for the
+// routes. Additions: JSONL uploads (Content-Type application/x-ndjson;
+// flowId, maxConcurrency, wait, and overrides and variables as JSON, in
+// the query), "wait": false, Idempotency-Key, PATCH /runs/{id}
+// {"maxConcurrency":N}, GET /runs/{id}/events (server-sent events),
+// GET /runs/{id}/items?format=jsonl|offset|limit, and "queued" and
+// "redelivered" in the item statistics. With Config.AuthToken set, every
+// call but GET /api/v1/health needs "Authorization: Bearer <token>".
+//
+// # NATS API
+//
+// runs.submit and runs.get of pkg/queue/api.go are served in the queue
+// group queue.APIQueueGroup, each request on its own goroutine. A request
+// with "wait": true is answered when the run has finished or after
+// Config.APIMaxWait with its current status, whichever comes first; the
+// requester's own timeout may be shorter, in which case it simply asks
+// again (the late reply goes nowhere).
+package coordinator

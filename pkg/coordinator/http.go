@@ -1,0 +1,891 @@
+package coordinator
+
+import (
+	"bufio"
+	"cmp"
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/stepflow-go/stepflow/pkg/blob"
+	"github.com/stepflow-go/stepflow/pkg/flow"
+	"github.com/stepflow-go/stepflow/pkg/jsonl"
+	"github.com/stepflow-go/stepflow/pkg/queue"
+	"github.com/stepflow-go/stepflow/pkg/runs"
+	"github.com/stepflow-go/stepflow/pkg/value"
+	stepflowv1 "github.com/stepflow-go/stepflow/proto/stepflowv1"
+)
+
+// APIVersion is the version the health endpoint reports: the upstream
+// Stepflow release whose REST API this one reproduces.
+const APIVersion = "0.9.0"
+
+// Defaults of GET /api/v1/runs paging.
+const (
+	defaultListLimit = 100
+	maxListLimit     = 10000
+)
+
+// retryAfterSeconds is the Retry-After of a 429.
+const retryAfterSeconds = 5
+
+// Handler returns the REST API (under /api/v1), with bearer-token
+// authentication when Config.AuthToken is set and permissive CORS like
+// upstream. It is what Start serves; tests and embedders may mount it
+// elsewhere.
+func (c *Coordinator) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /api/v1/health", c.handleHealth)
+	mux.HandleFunc("GET /api/v1/components", c.handleComponents)
+	mux.HandleFunc("POST /api/v1/flows", c.handleStoreFlow)
+	mux.HandleFunc("GET /api/v1/flows/{flowId}", c.handleGetFlow)
+	mux.HandleFunc("DELETE /api/v1/flows/{flowId}", c.handleDeleteFlow)
+	mux.HandleFunc("POST /api/v1/runs", c.handleCreateRun)
+	mux.HandleFunc("GET /api/v1/runs", c.handleListRuns)
+	mux.HandleFunc("GET /api/v1/runs/{runId}", c.handleGetRun)
+	mux.HandleFunc("PATCH /api/v1/runs/{runId}", c.handlePatchRun)
+	mux.HandleFunc("DELETE /api/v1/runs/{runId}", c.handleDeleteRun)
+	mux.HandleFunc("GET /api/v1/runs/{runId}/items", c.handleItems)
+	mux.HandleFunc("GET /api/v1/runs/{runId}/steps", c.handleSteps)
+	mux.HandleFunc("GET /api/v1/runs/{runId}/flow", c.handleRunFlow)
+	mux.HandleFunc("GET /api/v1/runs/{runId}/events", c.handleEvents)
+	mux.HandleFunc("POST /api/v1/runs/{runId}/cancel", c.handleCancel)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		c.writeError(w, r, errorf(ErrRunNotFound, "no such endpoint: %s %s", r.Method, r.URL.Path))
+	})
+	return c.cors(c.auth(mux))
+}
+
+// auth requires the bearer token on everything but the health check.
+func (c *Coordinator) auth(next http.Handler) http.Handler {
+	if c.cfg.AuthToken == "" {
+		return next
+	}
+	want := []byte(c.cfg.AuthToken)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/api/v1/health" {
+			next.ServeHTTP(w, r)
+			return
+		}
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || subtle.ConstantTimeCompare([]byte(strings.TrimSpace(got)), want) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="stepflow"`)
+			writeEnvelope(w, http.StatusUnauthorized, "missing or invalid bearer token")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// cors answers preflight requests and allows any origin (no cookies are
+// used; the bearer token is an explicit header).
+func (c *Coordinator) cors(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Set("Access-Control-Allow-Origin", "*")
+		if r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
+			h.Set("Access-Control-Allow-Methods", "GET, POST, PATCH, DELETE, OPTIONS")
+			h.Set("Access-Control-Allow-Headers", "Authorization, Content-Type, Idempotency-Key, Last-Event-ID")
+			h.Set("Access-Control-Max-Age", "3600")
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// writeJSON writes v with status.
+func writeJSON(w http.ResponseWriter, status int, v value.Value) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	b := value.Marshal(v)
+	_, _ = w.Write(b)
+}
+
+// writeEnvelope writes upstream's error envelope {"code","message"}.
+func writeEnvelope(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, value.ObjectOf("code", value.Int(int64(status)), "message", msg))
+}
+
+// writeError maps err onto a status and writes the envelope.
+func (c *Coordinator) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	status := httpStatus(err)
+	msg := err.Error()
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) {
+		msg = fmt.Sprintf("request body larger than %d bytes", mbe.Limit)
+	}
+	switch status {
+	case http.StatusTooManyRequests:
+		w.Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds))
+	case http.StatusInternalServerError, http.StatusServiceUnavailable:
+		if r.Context().Err() == nil { // not a client that went away, or a stop
+			c.log.Error("request failed", zap.String("method", r.Method), zap.String("path", r.URL.Path), zap.Error(err))
+		}
+	}
+	writeEnvelope(w, status, msg)
+}
+
+// readObject reads a JSON object body of at most MaxBodyBytes.
+func (c *Coordinator) readObject(w http.ResponseWriter, r *http.Request) (*value.Object, error) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, c.cfg.MaxBodyBytes))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return nil, err
+		}
+		return nil, errorf(ErrInvalidRequest, "reading the request body: %w", err)
+	}
+	v, err := value.Parse(body)
+	if err != nil {
+		return nil, errorf(ErrInvalidRequest, "malformed JSON body: %w", err)
+	}
+	o, ok := v.(*value.Object)
+	if !ok {
+		return nil, errorf(ErrInvalidRequest, "the request body must be a JSON object, not %s", value.TypeName(v))
+	}
+	return o, nil
+}
+
+// field helpers: absent and null read as the zero value.
+
+func stringField(o *value.Object, key string) (string, error) {
+	v, _ := o.Get(key)
+	switch t := v.(type) {
+	case nil:
+		return "", nil
+	case string:
+		return t, nil
+	}
+	return "", errorf(ErrInvalidRequest, "%q must be a string, not %s", key, value.TypeName(v))
+}
+
+func boolField(o *value.Object, key string, def bool) (bool, error) {
+	v, _ := o.Get(key)
+	switch t := v.(type) {
+	case nil:
+		return def, nil
+	case bool:
+		return t, nil
+	}
+	return false, errorf(ErrInvalidRequest, "%q must be a boolean, not %s", key, value.TypeName(v))
+}
+
+// concurrencyField reads maxConcurrency: absent or null = 0 (default),
+// otherwise an integer of at least 1.
+func concurrencyField(o *value.Object, key string) (int, error) {
+	v, _ := o.Get(key)
+	if v == nil {
+		return 0, nil
+	}
+	n, ok := v.(value.Number)
+	if !ok || !value.IsInteger(n) {
+		return 0, errorf(ErrInvalidRequest, "%q must be an integer, not %s", key, value.String(v))
+	}
+	i, err := n.Int64()
+	if err != nil || i < 1 || i > 1<<31-1 {
+		return 0, errorf(ErrInvalidRequest, "%q must be at least 1 (and fit in 32 bits), not %s", key, n)
+	}
+	return int(i), nil
+}
+
+func objectField(o *value.Object, key string) (*value.Object, error) {
+	v, _ := o.Get(key)
+	switch t := v.(type) {
+	case nil:
+		return nil, nil
+	case *value.Object:
+		return t, nil
+	}
+	return nil, errorf(ErrInvalidRequest, "%q must be an object, not %s", key, value.TypeName(v))
+}
+
+// overridesField returns the overrides value, nil for absent, null or {}.
+func overridesField(v value.Value) value.Value {
+	if o, ok := v.(*value.Object); ok && o.Len() == 0 {
+		return nil
+	}
+	return v
+}
+
+func (c *Coordinator) handleHealth(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, value.ObjectOf("status", "healthy", "timestamp", runs.Timestamp(time.Now()), "version", APIVersion))
+}
+
+func (c *Coordinator) handleComponents(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, value.ObjectOf("components", []value.Value{},
+		"note", "components are served by the workers' component servers, not by the coordinator; "+
+			"run `stepflow list-components` with the workers' stepflow-config.yml to list them"))
+}
+
+func (c *Coordinator) handleStoreFlow(w http.ResponseWriter, r *http.Request) {
+	o, err := c.readObject(w, r)
+	if err != nil {
+		c.writeError(w, r, err)
+		return
+	}
+	fv, ok := o.Get("flow")
+	if !ok || fv == nil {
+		c.writeError(w, r, errorf(ErrInvalidRequest, `missing "flow"`))
+		return
+	}
+	dryRun, err := boolField(o, "dryRun", false)
+	if err != nil {
+		c.writeError(w, r, err)
+		return
+	}
+	f, err := flow.FromValue(fv)
+	if err != nil {
+		c.writeError(w, r, errorf(ErrInvalidRequest, "invalid flow: %w", err))
+		return
+	}
+	diags := flow.Validate(f)
+	fatal, errs, warns := diags.Counts()
+	stored := !dryRun && fatal == 0
+	if stored {
+		canonical := f.Value()
+		if _, err := c.flows.Put(r.Context(), value.Marshal(canonical)); err != nil {
+			c.writeError(w, r, err)
+			return
+		}
+		if _, err := c.blobs.Put(r.Context(), blob.KindFlow, canonical); err != nil {
+			c.writeError(w, r, err)
+			return
+		}
+	}
+	writeJSON(w, http.StatusOK, value.ObjectOf(
+		"flowId", f.ID(),
+		"stored", stored,
+		"diagnostics", value.ObjectOf("diagnostics", diags.JSON(),
+			"numFatal", value.Int(int64(fatal)), "numError", value.Int(int64(errs)), "numWarning", value.Int(int64(warns))),
+	))
+}
+
+func (c *Coordinator) handleGetFlow(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("flowId")
+	f, _, err := c.loadFlow(r.Context(), id)
+	if err != nil {
+		if errors.Is(err, ErrFlowNotFound) {
+			err = errorf(ErrFlowNotFound, "Flow not found")
+		}
+		c.writeError(w, r, err)
+		return
+	}
+	o := value.ObjectOf("flow", f.Value(), "flowId", id)
+	if ex := f.AllExamples(); len(ex) > 0 {
+		arr := make([]value.Value, len(ex))
+		for i, e := range ex {
+			eo := value.ObjectOf("name", e.Name)
+			if e.Description != "" {
+				eo.Set("description", e.Description)
+			}
+			eo.Set("input", e.Input)
+			arr[i] = eo
+		}
+		o.Set("allExamples", arr)
+	}
+	writeJSON(w, http.StatusOK, o)
+}
+
+// handleDeleteFlow is a no-op, as upstream: flows are content-addressed
+// and shared by every run (and child run) that names them.
+func (c *Coordinator) handleDeleteFlow(w http.ResponseWriter, _ *http.Request) {
+	w.WriteHeader(http.StatusOK)
+}
+
+// isJSONL reports whether a Content-Type names JSON Lines.
+func isJSONL(contentType string) bool {
+	mt, _, err := mime.ParseMediaType(contentType)
+	if err != nil {
+		return false
+	}
+	switch mt {
+	case "application/x-ndjson", "application/jsonl", "application/x-jsonlines", "application/jsonlines", "application/ndjson":
+		return true
+	}
+	return false
+}
+
+func (c *Coordinator) handleCreateRun(w http.ResponseWriter, r *http.Request) {
+	var (
+		sub  submission
+		wait bool
+		err  error
+	)
+	if isJSONL(r.Header.Get("Content-Type")) {
+		sub, wait, err = c.jsonlSubmission(r)
+	} else {
+		sub, wait, err = c.jsonSubmission(w, r)
+	}
+	if err == nil {
+		if key := r.Header.Get("Idempotency-Key"); key != "" {
+			err = validateIdempotencyKey(key)
+			sub.IdempotencyKey = key
+		}
+	}
+	if err != nil {
+		c.writeError(w, r, err)
+		return
+	}
+	rec, created, err := c.submit(r.Context(), sub)
+	if err != nil {
+		c.writeError(w, r, err)
+		return
+	}
+	if !created {
+		w.Header().Set("Idempotent-Replayed", "true")
+	}
+	if wait && rec.GetStatus() == statusRunning {
+		runID := rec.GetRunId()
+		if rec, err = c.waitRun(r.Context(), runID); err != nil {
+			switch {
+			case errors.Is(context.Cause(r.Context()), ErrStopped):
+				writeEnvelope(w, http.StatusServiceUnavailable, fmt.Sprintf(
+					"the coordinator is stopping; run %s goes on: follow it with GET /api/v1/runs/%s", runID, runID))
+			case r.Context().Err() != nil: // the client went away; the run goes on
+			default:
+				c.writeError(w, r, err)
+			}
+			return
+		}
+	}
+	o := value.ObjectOf("runId", rec.GetRunId(), "itemCount", value.Int(int64(rec.GetItemTotal())), "status", queue.StatusName(rec.GetStatus()))
+	if rec.GetItemTotal() == 1 && queue.Terminal(rec.GetStatus()) {
+		res, err := c.readResult(rec.GetRunId(), 0)
+		if err != nil {
+			c.writeError(w, r, err)
+			return
+		}
+		if res != nil {
+			v, err := value.Parse(res.Result)
+			if err != nil {
+				c.writeError(w, r, fmt.Errorf("coordinator: stored result of run %s: %w", rec.GetRunId(), err))
+				return
+			}
+			o.Set("result", v)
+		}
+	}
+	writeJSON(w, http.StatusOK, o)
+}
+
+// readResult reads one stored result of a finished run, or nil.
+func (c *Coordinator) readResult(runID string, index int) (*resultRecord, error) {
+	rd, err := openResultReader(c.runDir(runID), -1)
+	if err != nil {
+		return nil, err
+	}
+	defer rd.close()
+	return rd.at(index)
+}
+
+// jsonSubmission reads CreateRunRequest plus "wait" (default true).
+func (c *Coordinator) jsonSubmission(w http.ResponseWriter, r *http.Request) (submission, bool, error) {
+	o, err := c.readObject(w, r)
+	if err != nil {
+		return submission{}, false, err
+	}
+	return submissionFromObject(o, "input")
+}
+
+// submissionFromObject reads the fields shared by the REST request and
+// the NATS runs.submit request; inputsKey is "input" (REST) or "inputs".
+func submissionFromObject(o *value.Object, inputsKey string) (submission, bool, error) {
+	var sub submission
+	var err error
+	if sub.FlowID, err = stringField(o, "flowId"); err != nil {
+		return sub, false, err
+	}
+	if sub.FlowID == "" {
+		return sub, false, errorf(ErrInvalidRequest, `missing "flowId"`)
+	}
+	iv, _ := o.Get(inputsKey)
+	arr, ok := iv.([]value.Value)
+	if !ok {
+		return sub, false, errorf(ErrInvalidRequest, "%q must be an array with one input per item", inputsKey)
+	}
+	sub.Inputs = func(fn func([]byte) error) error {
+		var buf []byte
+		for _, v := range arr {
+			buf = value.Append(buf[:0], v)
+			if err := fn(buf); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	ov, _ := o.Get("overrides")
+	sub.Overrides = overridesField(ov)
+	if sub.Variables, err = objectField(o, "variables"); err != nil {
+		return sub, false, err
+	}
+	if sub.MaxConcurrency, err = concurrencyField(o, "maxConcurrency"); err != nil {
+		return sub, false, err
+	}
+	if sub.ParentRunID, err = stringField(o, "parentRunId"); err != nil {
+		return sub, false, err
+	}
+	wait, err := boolField(o, "wait", true)
+	return sub, wait, err
+}
+
+// jsonlSubmission reads a JSONL upload: the body has one input per line;
+// flowId, maxConcurrency, wait, overrides and variables are query
+// parameters (the last two as JSON).
+func (c *Coordinator) jsonlSubmission(r *http.Request) (submission, bool, error) {
+	q := r.URL.Query()
+	sub := submission{FlowID: q.Get("flowId")}
+	if sub.FlowID == "" {
+		return sub, false, errorf(ErrInvalidRequest, "missing query parameter flowId")
+	}
+	if s := q.Get("maxConcurrency"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			return sub, false, errorf(ErrInvalidRequest, "query parameter maxConcurrency must be an integer of at least 1, not %q", s)
+		}
+		sub.MaxConcurrency = n
+	}
+	wait := true
+	if s := q.Get("wait"); s != "" {
+		b, err := strconv.ParseBool(s)
+		if err != nil {
+			return sub, false, errorf(ErrInvalidRequest, "query parameter wait must be true or false, not %q", s)
+		}
+		wait = b
+	}
+	if s := q.Get("overrides"); s != "" {
+		v, err := value.ParseString(s)
+		if err != nil {
+			return sub, false, errorf(ErrInvalidRequest, "query parameter overrides is not JSON: %w", err)
+		}
+		sub.Overrides = overridesField(v)
+	}
+	if s := q.Get("variables"); s != "" {
+		v, err := value.ParseString(s)
+		if err != nil {
+			return sub, false, errorf(ErrInvalidRequest, "query parameter variables is not JSON: %w", err)
+		}
+		o, ok := v.(*value.Object)
+		if !ok && v != nil {
+			return sub, false, errorf(ErrInvalidRequest, "query parameter variables must be a JSON object")
+		}
+		sub.Variables = o
+	}
+	maxLine := int(min(c.cfg.MaxBodyBytes, int64(1<<31-1)))
+	body := r.Body
+	sub.Inputs = func(fn func([]byte) error) error {
+		rd := jsonl.NewReader(body, jsonl.WithMaxLineBytes(maxLine))
+		for {
+			it, err := rd.Next()
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			var le *jsonl.LineError
+			if errors.As(err, &le) {
+				if errors.Is(le, jsonl.ErrLineTooLong) {
+					return errorf(ErrTooLarge, "input line %d is longer than %d bytes; the upload was rejected and no run was created", le.Line, maxLine)
+				}
+				return inputError(le)
+			}
+			if err != nil {
+				return fmt.Errorf("coordinator: reading the inputs: %w", err)
+			}
+			if err := fn(it.Data); err != nil {
+				return err
+			}
+		}
+	}
+	return sub, wait, nil
+}
+
+// itemCounts are a run's item statistics: upstream's ItemStatistics plus
+// queued (not yet handed to a worker) and redelivered (handed out again
+// after a crash, a timeout or a nak, not yet acked).
+type itemCounts struct {
+	Total, Completed, Running, Failed, Cancelled, Queued, Redelivered int
+}
+
+func (n itemCounts) value() *value.Object {
+	return value.ObjectOf(
+		"total", value.Int(int64(n.Total)),
+		"completed", value.Int(int64(n.Completed)),
+		"running", value.Int(int64(n.Running)),
+		"failed", value.Int(int64(n.Failed)),
+		"cancelled", value.Int(int64(n.Cancelled)),
+		"queued", value.Int(int64(n.Queued)),
+		"redelivered", value.Int(int64(n.Redelivered)),
+	)
+}
+
+// countsOf returns a run's statistics: the attached state's counters
+// when the run runs here (fresher than the record), and the run
+// consumer's in-flight and pending counts for running and queued.
+func (c *Coordinator) countsOf(ctx context.Context, rec *stepflowv1.RunRecord) itemCounts {
+	it := rec.GetItems()
+	n := itemCounts{
+		Total:     int(rec.GetItemTotal()),
+		Completed: int(it.GetCompleted()),
+		Failed:    int(it.GetFailed()),
+		Cancelled: int(it.GetCancelled()),
+	}
+	if rec.GetStatus() != statusRunning {
+		return n
+	}
+	if st := c.active(rec.GetRunId()); st != nil {
+		n.Completed, n.Failed, _, _ = st.snapshot()
+	}
+	remaining := max(n.Total-n.Completed-n.Failed-n.Cancelled, 0)
+	n.Running = remaining
+	if cons, err := queue.RunConsumerHandle(ctx, c.js, rec.GetRunId()); err == nil {
+		if info, err := cons.Info(ctx); err == nil {
+			n.Running = min(info.NumAckPending, remaining)
+			n.Queued = remaining - n.Running
+			n.Redelivered = info.NumRedelivered
+		}
+	}
+	return n
+}
+
+// summary is RunSummary: upstream's fields, then maxConcurrency and the
+// run's error when it failed as a whole.
+func summary(rec *stepflowv1.RunRecord, n itemCounts) *value.Object {
+	o := value.ObjectOf("runId", rec.GetRunId(), "flowId", rec.GetFlowId())
+	if rec.GetFlowName() != "" {
+		o.Set("flowName", rec.GetFlowName())
+	} else {
+		o.Set("flowName", nil)
+	}
+	o.Set("status", queue.StatusName(rec.GetStatus()))
+	o.Set("items", n.value())
+	o.Set("createdAt", runs.Timestamp(rec.GetCreatedAt().AsTime()))
+	if rec.GetCompletedAt() != nil {
+		o.Set("completedAt", runs.Timestamp(rec.GetCompletedAt().AsTime()))
+	} else {
+		o.Set("completedAt", nil)
+	}
+	o.Set("rootRunId", cmp.Or(rec.GetRootRunId(), rec.GetRunId()))
+	if rec.GetParentRunId() != "" {
+		o.Set("parentRunId", rec.GetParentRunId())
+	}
+	o.Set("maxConcurrency", value.Int(int64(rec.GetMaxConcurrency())))
+	if rec.GetError() != "" {
+		o.Set("error", rec.GetError())
+	}
+	return o
+}
+
+func (c *Coordinator) handleListRuns(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	var status stepflowv1.RunStatus
+	if s := q.Get("status"); s != "" {
+		st, ok := queue.ParseStatus(s)
+		if !ok {
+			c.writeError(w, r, errorf(ErrInvalidRequest, "unknown status %q (running, completed, failed, cancelled, paused)", s))
+			return
+		}
+		status = st
+	}
+	limit, err := intParam(q.Get("limit"), defaultListLimit)
+	if err == nil && limit > maxListLimit {
+		limit = maxListLimit
+	}
+	offset, err2 := intParam(q.Get("offset"), 0)
+	if err = errors.Join(err, err2); err != nil {
+		c.writeError(w, r, err)
+		return
+	}
+	recs, err := c.listRecords(r.Context())
+	if err != nil {
+		c.writeError(w, r, err)
+		return
+	}
+	sortNewestFirst(recs)
+	out := []value.Value{}
+	skipped := 0
+	for _, rec := range recs {
+		switch {
+		case status != 0 && rec.GetStatus() != status,
+			q.Has("parentRunId") && rec.GetParentRunId() != q.Get("parentRunId"),
+			q.Get("rootRunId") != "" && cmp.Or(rec.GetRootRunId(), rec.GetRunId()) != q.Get("rootRunId"),
+			q.Get("flowName") != "" && rec.GetFlowName() != q.Get("flowName"):
+			continue
+		}
+		if skipped < offset {
+			skipped++
+			continue
+		}
+		if len(out) >= limit {
+			break
+		}
+		out = append(out, summary(rec, c.countsOf(r.Context(), rec)))
+	}
+	writeJSON(w, http.StatusOK, value.ObjectOf("runs", out))
+}
+
+// intParam parses a non-negative integer query parameter.
+func intParam(s string, def int) (int, error) {
+	if s == "" {
+		return def, nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 {
+		return 0, errorf(ErrInvalidRequest, "expected a non-negative integer, not %q", s)
+	}
+	return n, nil
+}
+
+// handleGetRun returns RunDetails. inputs holds the run's inputs when
+// their total size was at most MaxDetailInputsBytes; larger runs (and runs
+// created before the inputs were kept) omit it and set
+// "inputsOmitted": true instead: the inputs live on the work queue until
+// executed, not in the coordinator.
+func (c *Coordinator) handleGetRun(w http.ResponseWriter, r *http.Request) {
+	rec, err := c.getRecord(r.Context(), r.PathValue("runId"))
+	if err != nil {
+		c.writeError(w, r, err)
+		return
+	}
+	o := summary(rec, c.countsOf(r.Context(), rec))
+	if inputs, ok := c.detailInputs(rec); ok {
+		o.Set("inputs", inputs)
+	} else {
+		o.Set("inputsOmitted", true)
+	}
+	if len(rec.GetOverrides()) > 0 {
+		if v, err := value.Parse(rec.GetOverrides()); err == nil {
+			o.Set("overrides", v)
+		}
+	}
+	if len(rec.GetVariables()) > 0 {
+		if v, err := value.Parse(rec.GetVariables()); err == nil {
+			o.Set("variables", v)
+		}
+	}
+	writeJSON(w, http.StatusOK, o)
+}
+
+// detailInputs returns the kept inputs of a run.
+func (c *Coordinator) detailInputs(rec *stepflowv1.RunRecord) (value.Value, bool) {
+	if rec.GetItemTotal() == 0 {
+		return []value.Value{}, true
+	}
+	data, err := os.ReadFile(filepath.Join(c.runDir(rec.GetRunId()), inputsFileName))
+	if err != nil {
+		return nil, false
+	}
+	out := make([]value.Value, 0, rec.GetItemTotal())
+	for line := range strings.Lines(string(data)) {
+		v, err := value.ParseString(line)
+		if err != nil {
+			return nil, false
+		}
+		out = append(out, v)
+	}
+	if len(out) != int(rec.GetItemTotal()) {
+		return nil, false
+	}
+	return out, true
+}
+
+func (c *Coordinator) handlePatchRun(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("runId")
+	if err := validRunID(id); err != nil {
+		c.writeError(w, r, err)
+		return
+	}
+	o, err := c.readObject(w, r)
+	if err != nil {
+		c.writeError(w, r, err)
+		return
+	}
+	v, ok := o.Get("maxConcurrency")
+	if !ok || v == nil {
+		c.writeError(w, r, errorf(ErrInvalidRequest, `missing "maxConcurrency"`))
+		return
+	}
+	n, ok := v.(value.Number)
+	var i int64
+	if ok && value.IsInteger(n) {
+		i, err = n.Int64()
+	}
+	if !ok || !value.IsInteger(n) || err != nil || i < 1 || i > 1<<31-1 {
+		c.writeError(w, r, errorf(ErrInvalidRequest, "maxConcurrency must be an integer of at least 1, not %s", value.String(v)))
+		return
+	}
+	rec, err := c.setConcurrency(r.Context(), id, int(i))
+	if err != nil {
+		c.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, summary(rec, c.countsOf(r.Context(), rec)))
+}
+
+func (c *Coordinator) handleCancel(w http.ResponseWriter, r *http.Request) {
+	rec, err := c.cancelRun(r.Context(), r.PathValue("runId"))
+	if err != nil {
+		c.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, summary(rec, c.countsOf(r.Context(), rec)))
+}
+
+func (c *Coordinator) handleDeleteRun(w http.ResponseWriter, r *http.Request) {
+	if err := c.deleteRun(r.Context(), r.PathValue("runId")); err != nil {
+		c.writeError(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusOK)
+}
+
+// handleSteps answers with no steps: step states live in the workers'
+// executors, per item, and are not reported to the coordinator.
+func (c *Coordinator) handleSteps(w http.ResponseWriter, r *http.Request) {
+	if _, err := c.getRecord(r.Context(), r.PathValue("runId")); err != nil {
+		c.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, value.ObjectOf("steps", value.NewObject(0)))
+}
+
+func (c *Coordinator) handleRunFlow(w http.ResponseWriter, r *http.Request) {
+	rec, err := c.getRecord(r.Context(), r.PathValue("runId"))
+	if err != nil {
+		c.writeError(w, r, err)
+		return
+	}
+	data, err := c.flows.Get(r.Context(), rec.GetFlowId())
+	if err != nil {
+		c.writeError(w, r, err)
+		return
+	}
+	v, err := value.Parse(data)
+	if err != nil {
+		c.writeError(w, r, fmt.Errorf("coordinator: stored flow %s: %w", rec.GetFlowId(), err))
+		return
+	}
+	writeJSON(w, http.StatusOK, value.ObjectOf("flow", v, "flowId", rec.GetFlowId()))
+}
+
+// missingStatus is the status of an item without a result.
+func missingStatus(run stepflowv1.RunStatus) string {
+	switch run {
+	case statusRunning, stepflowv1.RunStatus_RUN_STATUS_PAUSED:
+		return runs.StatusRunning
+	case statusCancelled:
+		return runs.StatusCancelled
+	}
+	return runs.StatusFailed
+}
+
+// itemStatus is the status of an item with a result.
+func itemStatus(rec *resultRecord) string {
+	if rec.Failed {
+		return runs.StatusFailed
+	}
+	return runs.StatusCompleted
+}
+
+// handleItems writes the items of a run in index order, streamed from
+// the result store with constant memory: {"itemCount","items":[…]} or,
+// with ?format=jsonl (or Accept: application/x-ndjson), one FlowResult
+// per line for the items that have one (what `stepflow submit` writes).
+// ?offset= and ?limit= select a page of indices.
+func (c *Coordinator) handleItems(w http.ResponseWriter, r *http.Request) {
+	rec, err := c.getRecord(r.Context(), r.PathValue("runId"))
+	if err != nil {
+		c.writeError(w, r, err)
+		return
+	}
+	q := r.URL.Query()
+	total := int(rec.GetItemTotal())
+	offset, err := intParam(q.Get("offset"), 0)
+	limit, err2 := intParam(q.Get("limit"), total)
+	if err = errors.Join(err, err2); err != nil {
+		c.writeError(w, r, err)
+		return
+	}
+	format := q.Get("format")
+	asJSONL := format == "jsonl" || (format == "" && isJSONL(r.Header.Get("Accept")))
+	if format != "" && format != "jsonl" && format != "json" {
+		c.writeError(w, r, errorf(ErrInvalidRequest, "unknown format %q (json or jsonl)", format))
+		return
+	}
+	committed := int64(-1)
+	status := rec.GetStatus()
+	if st := c.active(rec.GetRunId()); st != nil {
+		_, _, _, committed = st.snapshot()
+	}
+	rd, err := openResultReader(c.runDir(rec.GetRunId()), committed)
+	if err != nil {
+		c.writeError(w, r, err)
+		return
+	}
+	defer rd.close()
+	from := min(offset, total)
+	to := min(total, from+min(limit, total))
+
+	bw := bufio.NewWriterSize(w, 64<<10)
+	if asJSONL {
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		w.WriteHeader(http.StatusOK)
+		err = rd.byIndex(from, to, func(_ int, res *resultRecord) error {
+			if res == nil {
+				return nil
+			}
+			_, _ = bw.Write(res.Result)
+			return bw.WriteByte('\n')
+		})
+	} else {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusOK)
+		_, _ = fmt.Fprintf(bw, `{"itemCount":%d,"items":[`, total)
+		var buf []byte
+		err = rd.byIndex(from, to, func(i int, res *resultRecord) error {
+			buf = buf[:0]
+			if i > from {
+				buf = append(buf, ',')
+			}
+			buf = appendItemResult(buf, i, res, status)
+			_, err := bw.Write(buf)
+			return err
+		})
+		if err == nil {
+			_, err = bw.WriteString("]}")
+		}
+	}
+	if err == nil {
+		err = bw.Flush()
+	}
+	if err != nil && r.Context().Err() == nil {
+		// The status line is out; all we can do is cut the response short.
+		c.log.Error("writing items failed", zap.String("run", rec.GetRunId()), zap.Error(err))
+		panic(http.ErrAbortHandler)
+	}
+}
+
+// appendItemResult appends upstream's ItemResult JSON.
+func appendItemResult(buf []byte, index int, res *resultRecord, run stepflowv1.RunStatus) []byte {
+	buf = append(buf, `{"itemIndex":`...)
+	buf = strconv.AppendInt(buf, int64(index), 10)
+	buf = append(buf, `,"status":`...)
+	if res == nil {
+		buf = value.AppendString(buf, missingStatus(run))
+		return append(buf, '}')
+	}
+	buf = value.AppendString(buf, itemStatus(res))
+	buf = append(buf, `,"result":`...)
+	buf = append(buf, res.Result...)
+	buf = append(buf, `,"completedAt":`...)
+	buf = value.AppendString(buf, runs.Timestamp(res.CompletedAt))
+	return append(buf, '}')
+}

@@ -1,0 +1,136 @@
+package coordinator
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// Exit codes of Main.
+const (
+	ExitOK      = 0
+	ExitFailure = 1
+	ExitUsage   = 2
+)
+
+// stopTimeout bounds the graceful shutdown of Main.
+const stopTimeout = 30 * time.Second
+
+// Ready is the first line Main writes on stdout once the coordinator
+// listens, as one JSON object: {"port":N,"natsUrl":"nats://127.0.0.1:M"}.
+// Scripts and tests read it to learn the ports chosen for --port 0 and
+// --nats-port 0.
+type Ready struct {
+	Port    int    `json:"port"`
+	NATSURL string `json:"natsUrl"`
+}
+
+// Main is the coordinator command: it parses args (without the program
+// name), starts a Coordinator, writes the Ready line on stdout, logs to
+// stderr, and runs until ctx ends (main cancels it on SIGINT/SIGTERM),
+// then stops gracefully. It returns the process exit code.
+//
+// Flags (environment variable defaults in brackets):
+//
+//	--host        HTTP listen address, "" = every interface [STEPFLOW_HOST]
+//	--port        HTTP port, 0 = any free port; default 7840 [STEPFLOW_PORT]
+//	--nats-url    NATS server URL; "" starts an embedded server [STEPFLOW_NATS_URL]
+//	--nats-port   embedded NATS client port, 0 = any free port; default 4222
+//	--data-dir    state directory; default ./stepflow-data [STEPFLOW_DATA_DIR]
+//	--auth-token  bearer token required by the REST API [STEPFLOW_AUTH_TOKEN]
+//	--log-level   debug, info, warn or error; default info [STEPFLOW_LOG_LEVEL]
+//
+// Prefer the environment variable for the token: flags are visible to
+// every user of the machine in the process list.
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("coordinator", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "Usage: coordinator [flags]\n\nRuns the stepflow coordinator: the /api/v1 REST API, run bookkeeping and result aggregation.\n\nFlags:")
+		fs.PrintDefaults()
+	}
+	portDefault, err := envInt("STEPFLOW_PORT", DefaultPort)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return ExitUsage
+	}
+	var cfg Config
+	fs.StringVar(&cfg.Host, "host", os.Getenv("STEPFLOW_HOST"), `HTTP listen address ("" = every interface)`)
+	fs.IntVar(&cfg.Port, "port", portDefault, "HTTP port (0 = any free port)")
+	fs.StringVar(&cfg.NATSURL, "nats-url", os.Getenv("STEPFLOW_NATS_URL"), `NATS server URL ("" = start an embedded NATS server in the data dir)`)
+	fs.IntVar(&cfg.NATSPort, "nats-port", DefaultNATSPort, "client port of the embedded NATS server (0 = any free port)")
+	fs.StringVar(&cfg.DataDir, "data-dir", envOr("STEPFLOW_DATA_DIR", "stepflow-data"), "directory for results and state (and the embedded NATS store)")
+	fs.StringVar(&cfg.AuthToken, "auth-token", os.Getenv("STEPFLOW_AUTH_TOKEN"), "bearer token required by the REST API (prefer STEPFLOW_AUTH_TOKEN)")
+	level := fs.String("log-level", envOr("STEPFLOW_LOG_LEVEL", "info"), "log level: debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return ExitOK
+		}
+		return ExitUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "coordinator: unexpected arguments %q\n", fs.Args())
+		return ExitUsage
+	}
+	lvl, err := zapcore.ParseLevel(*level)
+	if err != nil {
+		fmt.Fprintf(stderr, "coordinator: --log-level: %v\n", err)
+		return ExitUsage
+	}
+	enc := zap.NewProductionEncoderConfig()
+	enc.EncodeTime = zapcore.ISO8601TimeEncoder
+	log := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(enc), zapcore.Lock(zapcore.AddSync(stderr)), lvl))
+	defer func() { _ = log.Sync() }()
+	cfg.Logger = log
+
+	c, err := New(cfg)
+	if err != nil {
+		fmt.Fprintf(stderr, "coordinator: %v\n", err)
+		return ExitUsage
+	}
+	if err := c.Start(ctx); err != nil {
+		log.Error("cannot start", zap.Error(err))
+		return ExitFailure
+	}
+	line, _ := json.Marshal(Ready{Port: c.Port(), NATSURL: c.NATSURL()})
+	if _, err := fmt.Fprintf(stdout, "%s\n", line); err != nil {
+		log.Error("cannot write the ready line", zap.Error(err))
+	}
+	<-ctx.Done()
+	log.Info("shutting down", zap.NamedError("cause", context.Cause(ctx)))
+	sctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
+	defer cancel()
+	if err := c.Stop(sctx); err != nil {
+		log.Error("shutdown incomplete", zap.Error(err))
+		return ExitFailure
+	}
+	return ExitOK
+}
+
+func envOr(key, def string) string {
+	if v, ok := os.LookupEnv(key); ok {
+		return v
+	}
+	return def
+}
+
+func envInt(key string, def int) (int, error) {
+	v, ok := os.LookupEnv(key)
+	if !ok || v == "" {
+		return def, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		return 0, fmt.Errorf("coordinator: %s=%q is not a port number", key, v)
+	}
+	return n, nil
+}

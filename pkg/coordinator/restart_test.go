@@ -1,0 +1,171 @@
+package coordinator_test
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
+
+	"github.com/stepflow-go/stepflow/pkg/coordinator"
+	"github.com/stepflow-go/stepflow/pkg/queue"
+	stepflowv1 "github.com/stepflow-go/stepflow/proto/stepflowv1"
+)
+
+// A coordinator stopped in the middle of a run, while workers keep
+// producing results, is replaced by a new one on the same DataDir and
+// NATS: the run completes with every index exactly once.
+func TestRestartMidRunExternalNATS(t *testing.T) {
+	t.Parallel()
+	srv := queue.NewEmbedded(queue.EmbeddedConfig{StoreDir: t.TempDir(), Logger: testLogger(t)})
+	require.NoError(t, srv.Start(testCtx(t)))
+	t.Cleanup(srv.Shutdown)
+	dataDir := t.TempDir()
+	newCoord := func() *coordinator.Coordinator {
+		c, err := coordinator.New(coordinator.Config{DataDir: dataDir, Host: "127.0.0.1", NATSURL: srv.ClientURL(), Logger: testLogger(t)})
+		require.NoError(t, err)
+		require.NoError(t, c.Start(testCtx(t)))
+		return c
+	}
+	c1 := newCoord()
+	stopped := false
+	t.Cleanup(func() {
+		if !stopped {
+			_ = c1.Stop(context.Background())
+		}
+	})
+
+	// Items from 20 on wait until the first coordinator is gone; their
+	// results then pile up on the results stream.
+	gate := make(chan struct{})
+	var gateOnce sync.Once
+	openGate := func() { gateOnce.Do(func() { close(gate) }) }
+	t.Cleanup(openGate)
+	startWorker(t, srv.ClientURL(), func(it *stepflowv1.Item, _ uint64) action {
+		if it.GetIndex() >= 20 {
+			<-gate
+		}
+		return actEcho
+	})
+	cl := newClient(t, c1)
+	flowID := cl.storeFlow()
+	lines := inputLines(60)
+	r := cl.uploadJSONL(flowID, "&wait=false&maxConcurrency=4", lines, nil)
+	require.Equal(t, http.StatusOK, r.Status)
+	runID := r.JSON(t)["runId"].(string)
+	waitFor(t, 30*time.Second, func() bool {
+		return cl.get("/runs/" + runID).JSON(t)["items"].(map[string]any)["completed"] == 20.0
+	}, "the first 20 items done")
+
+	require.NoError(t, c1.Stop(context.Background()))
+	stopped = true
+	openGate()
+	// Every remaining result reaches the stream while no coordinator runs.
+	js := inspectJS(t, srv)
+	waitFor(t, 30*time.Second, func() bool {
+		return subjectCount(t, js, queue.StreamResults, queue.ResultSubject(runID)) >= 40
+	}, "the other results published")
+
+	c2 := newCoord()
+	t.Cleanup(func() { require.NoError(t, c2.Stop(context.Background())) })
+	cl2 := newClient(t, c2)
+	details := cl2.waitStatus(runID, "completed")
+	items := details["items"].(map[string]any)
+	require.EqualValues(t, 60, items["completed"])
+	require.EqualValues(t, 60, items["total"])
+	got := cl2.itemsJSONL(runID)
+	require.Len(t, got, 60)
+	for i, line := range got {
+		require.JSONEq(t, echoResult(lines[i]), line, "item %d", i)
+	}
+	// Finished (the record is written first, then the cleanup): consumer
+	// gone, results copied out of the stream.
+	waitFor(t, 10*time.Second, func() bool {
+		_, err := queue.RunConsumerHandle(testCtx(t), c2.JetStream(), runID)
+		return errors.Is(err, queue.ErrConsumerNotFound) &&
+			subjectCount(t, c2.JetStream(), queue.StreamResults, queue.ResultSubject(runID)) == 0
+	}, "the finished run cleaned up")
+}
+
+// inspectJS connects to srv for inspection.
+func inspectJS(t *testing.T, srv *queue.Embedded) jetstream.JetStream {
+	t.Helper()
+	nc, js, err := queue.Connect(testCtx(t), srv.ClientURL(), queue.ConnectOptions{Name: "inspector"})
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	return js
+}
+
+// A coordinator with its embedded NATS server, stopped with a run queued
+// and restarted on the same DataDir, keeps the run (items, consumer,
+// record) and completes it once a worker shows up.
+func TestRestartEmbeddedNATS(t *testing.T) {
+	t.Parallel()
+	dataDir := t.TempDir()
+	cfg := coordinator.Config{DataDir: dataDir, Host: "127.0.0.1", Logger: testLogger(t)}
+	c1, err := coordinator.New(cfg)
+	require.NoError(t, err)
+	require.NoError(t, c1.Start(testCtx(t)))
+	cl := newClient(t, c1)
+	flowID := cl.storeFlow()
+	lines := inputLines(25)
+	r := cl.uploadJSONL(flowID, "&wait=false", lines, map[string]string{"Idempotency-Key": "k1"})
+	require.Equal(t, http.StatusOK, r.Status)
+	runID := r.JSON(t)["runId"].(string)
+	require.NoError(t, c1.Stop(context.Background()))
+
+	c2, err := coordinator.New(cfg)
+	require.NoError(t, err)
+	require.NoError(t, c2.Start(testCtx(t)))
+	t.Cleanup(func() { require.NoError(t, c2.Stop(context.Background())) })
+	cl2 := newClient(t, c2)
+	require.Equal(t, "running", cl2.get("/runs/" + runID).JSON(t)["status"])
+	// The idempotency key survived too.
+	again := cl2.uploadJSONL(flowID, "&wait=false", lines, map[string]string{"Idempotency-Key": "k1"})
+	require.Equal(t, runID, again.JSON(t)["runId"])
+
+	startWorker(t, c2.NATSURL(), nil)
+	cl2.waitStatus(runID, "completed")
+	got := cl2.itemsJSONL(runID)
+	require.Len(t, got, 25)
+	for i, line := range got {
+		require.JSONEq(t, echoResult(lines[i]), line)
+	}
+}
+
+// Items published by an upload that a stopped coordinator never turned
+// into a run (no record) are purged by the next coordinator.
+func TestInterruptedUploadIsDiscarded(t *testing.T) {
+	t.Parallel()
+	srv := queue.NewEmbedded(queue.EmbeddedConfig{StoreDir: t.TempDir(), Logger: testLogger(t)})
+	require.NoError(t, srv.Start(testCtx(t)))
+	t.Cleanup(srv.Shutdown)
+	js := inspectJS(t, srv)
+	require.NoError(t, queue.Provision(testCtx(t), js, queue.Config{}))
+	const runID = "0198c0de-0000-7000-8000-00000000abcd"
+	items := func(yield func(int, []byte) bool) {
+		for i := range 5 {
+			if !yield(i, []byte(`{"i":1}`)) {
+				return
+			}
+		}
+	}
+	_, err := queue.PublishItems(testCtx(t), js, runID, items, queue.PublishItemsOptions{})
+	require.NoError(t, err)
+	dataDir := t.TempDir()
+	require.NoError(t, os.MkdirAll(filepath.Join(dataDir, "runs", runID), 0o750))
+	require.NoError(t, os.WriteFile(filepath.Join(dataDir, "runs", runID, "uploading"), nil, 0o640))
+
+	c, err := coordinator.New(coordinator.Config{DataDir: dataDir, Host: "127.0.0.1", NATSURL: srv.ClientURL(), Logger: testLogger(t)})
+	require.NoError(t, err)
+	require.NoError(t, c.Start(testCtx(t)))
+	t.Cleanup(func() { require.NoError(t, c.Stop(context.Background())) })
+	require.Zero(t, subjectCount(t, js, queue.StreamItems, queue.ItemSubject(runID)))
+	require.NoDirExists(t, filepath.Join(dataDir, "runs", runID))
+}

@@ -1,0 +1,1076 @@
+package coordinator
+
+import (
+	"bufio"
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/stepflow-go/stepflow/pkg/blob"
+	"github.com/stepflow-go/stepflow/pkg/flow"
+	"github.com/stepflow-go/stepflow/pkg/queue"
+	"github.com/stepflow-go/stepflow/pkg/value"
+	stepflowv1 "github.com/stepflow-go/stepflow/proto/stepflowv1"
+)
+
+// Files of a run's directory besides the result store.
+const (
+	uploadMarkerName = "uploading"       // present while the inputs are published; holds the key hash
+	keyFileName      = "idempotency-key" // the hash of the run's Idempotency-Key
+	inputsFileName   = "inputs.jsonl"    // the inputs, for RunDetails, when small enough
+)
+
+const (
+	statusRunning   = stepflowv1.RunStatus_RUN_STATUS_RUNNING
+	statusCompleted = stepflowv1.RunStatus_RUN_STATUS_COMPLETED
+	statusFailed    = stepflowv1.RunStatus_RUN_STATUS_FAILED
+	statusCancelled = stepflowv1.RunStatus_RUN_STATUS_CANCELLED
+)
+
+var (
+	// errAlreadyTerminal aborts a record Modify that found the run finished.
+	errAlreadyTerminal = errors.New("run record already terminal")
+	// errIndexRange is a result for an index the run does not have.
+	errIndexRange = errors.New("item index out of range")
+)
+
+// runState is a running run attached to this coordinator: the writer of
+// its result store, its counters (the local truth the record's counters
+// are written from) and the signals waiters and event streams wait on.
+type runState struct {
+	id       string
+	dir      string
+	topLevel bool
+	total    int
+
+	mu        sync.Mutex
+	log       *resultLog // nil once the run finished (or was detached)
+	succeeded int
+	failed    int
+	flushed   [2]int // succeeded, failed as last written to the record
+	status    stepflowv1.RunStatus
+	committed int64         // bytes of the result log readers may read
+	changed   chan struct{} // closed and replaced on every change
+	done      chan struct{} // closed when the run finished
+}
+
+func newRunState(rec *stepflowv1.RunRecord, dir string, log *resultLog, counts storeCounts) *runState {
+	st := &runState{
+		id:        rec.GetRunId(),
+		dir:       dir,
+		topLevel:  rec.GetParentRunId() == "",
+		total:     int(rec.GetItemTotal()),
+		log:       log,
+		succeeded: counts.Succeeded,
+		failed:    counts.Failed,
+		status:    statusRunning,
+		committed: log.size,
+		changed:   make(chan struct{}),
+		done:      make(chan struct{}),
+	}
+	st.flushed = [2]int{int(rec.GetItems().GetCompleted()), int(rec.GetItems().GetFailed())}
+	return st
+}
+
+// add stores a result unless the run has finished, the index is out of
+// range or already has a result.
+func (s *runState) add(rec *resultRecord) (bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.log == nil || s.status != statusRunning {
+		return false, nil
+	}
+	if rec.Index >= s.total {
+		return false, fmt.Errorf("%w: result for item %d of run %s, which has %d items", errIndexRange, rec.Index, s.id, s.total)
+	}
+	added, err := s.log.add(rec)
+	if err != nil || !added {
+		return false, err
+	}
+	if rec.Failed {
+		s.failed++
+	} else {
+		s.succeeded++
+	}
+	s.committed = s.log.size
+	return true, nil
+}
+
+// hasResult reports whether index has a result.
+func (s *runState) hasResult(index int) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.log == nil {
+		return false
+	}
+	ok, err := s.log.has(index)
+	return ok && err == nil
+}
+
+// snapshot returns the counters and the committed log size.
+func (s *runState) snapshot() (succeeded, failed int, status stepflowv1.RunStatus, committed int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.succeeded, s.failed, s.status, s.committed
+}
+
+// complete reports whether every item has a result.
+func (s *runState) complete() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.succeeded+s.failed >= s.total
+}
+
+// sync flushes the result store.
+func (s *runState) sync() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.log == nil {
+		return nil
+	}
+	return s.log.sync()
+}
+
+// changes returns a channel closed at the next change.
+func (s *runState) changes() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.changed
+}
+
+// notify wakes everything waiting on changes.
+func (s *runState) notify() {
+	s.mu.Lock()
+	close(s.changed)
+	s.changed = make(chan struct{})
+	s.mu.Unlock()
+}
+
+// finish marks the run terminal and closes its result store; ok is false
+// when it already was.
+func (s *runState) finish(status stepflowv1.RunStatus) (succeeded, failed int, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.status != statusRunning {
+		return s.succeeded, s.failed, false
+	}
+	s.status = status
+	if s.log != nil {
+		if err := s.log.sync(); err == nil {
+			_ = s.log.close()
+		} else {
+			_ = s.log.close()
+		}
+		s.log = nil
+	}
+	return s.succeeded, s.failed, true
+}
+
+// detach closes the result store of a run that keeps running without this
+// coordinator (Stop).
+func (s *runState) detach() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.log != nil {
+		_ = s.log.sync()
+		_ = s.log.close()
+		s.log = nil
+	}
+}
+
+// runDir is the directory of a run's files.
+func (c *Coordinator) runDir(runID string) string {
+	return filepath.Join(c.cfg.DataDir, "runs", runID)
+}
+
+// newRunID returns a UUIDv7 run id.
+func newRunID() string {
+	id, err := uuid.NewV7()
+	if err != nil {
+		return uuid.NewString()
+	}
+	return id.String()
+}
+
+// active returns the attached state of a running run, or nil.
+func (c *Coordinator) active(runID string) *runState {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.runs[runID]
+}
+
+// validRunID checks a run id from a request.
+func validRunID(runID string) error {
+	if err := queue.ValidateRunID(runID); err != nil {
+		return errorf(ErrInvalidRequest, "invalid run id '%s' (%w)", runID, err)
+	}
+	return nil
+}
+
+// getRecord reads a run record, mapping a missing one onto ErrRunNotFound.
+func (c *Coordinator) getRecord(ctx context.Context, runID string) (*stepflowv1.RunRecord, error) {
+	if err := validRunID(runID); err != nil {
+		return nil, err
+	}
+	rec, _, err := c.runStore.Get(ctx, runID)
+	if errors.Is(err, queue.ErrRunNotFound) {
+		return nil, errorf(ErrRunNotFound, "Execution '%s' not found", runID)
+	}
+	return rec, err
+}
+
+// ensureAttached returns the state of a running run, attaching it to this
+// coordinator if needed (a run left by a previous coordinator), or, for a
+// run that is not running, nil and its record.
+func (c *Coordinator) ensureAttached(ctx context.Context, runID string) (*runState, *stepflowv1.RunRecord, error) {
+	if err := validRunID(runID); err != nil {
+		return nil, nil, err
+	}
+	for {
+		c.mu.Lock()
+		if st := c.runs[runID]; st != nil {
+			c.mu.Unlock()
+			return st, nil, nil
+		}
+		if ch := c.attaching[runID]; ch != nil {
+			c.mu.Unlock()
+			select {
+			case <-ch:
+				continue
+			case <-ctx.Done():
+				return nil, nil, context.Cause(ctx)
+			}
+		}
+		ch := make(chan struct{})
+		c.attaching[runID] = ch
+		c.mu.Unlock()
+
+		st, rec, err := c.attachFromStore(ctx, runID)
+
+		c.mu.Lock()
+		delete(c.attaching, runID)
+		close(ch)
+		c.mu.Unlock()
+		return st, rec, err
+	}
+}
+
+func (c *Coordinator) attachFromStore(ctx context.Context, runID string) (*runState, *stepflowv1.RunRecord, error) {
+	rec, err := c.getRecord(ctx, runID)
+	if err != nil {
+		return nil, nil, err
+	}
+	if rec.GetStatus() != statusRunning {
+		return nil, rec, nil
+	}
+	st, err := c.attach(ctx, rec)
+	if err != nil {
+		return nil, nil, err
+	}
+	if st == nil { // finished while attaching
+		rec, err = c.getRecord(ctx, runID)
+		return nil, rec, err
+	}
+	return st, rec, nil
+}
+
+// attach takes over a running run: it opens (and repairs) its result
+// store, recreates its consumer if it is missing, writes the true
+// counters to the record, fails items whose max-deliveries advisory was
+// missed, and finishes the run if every item has a result. It returns nil
+// when the run finished on the way.
+func (c *Coordinator) attach(ctx context.Context, rec *stepflowv1.RunRecord) (*runState, error) {
+	runID := rec.GetRunId()
+	dir := c.runDir(runID)
+	log, counts, err := openResultLog(dir)
+	if err != nil {
+		return nil, err
+	}
+	st := newRunState(rec, dir, log, counts)
+	c.mu.Lock()
+	c.runs[runID] = st
+	if st.topLevel {
+		c.topLevel++
+	}
+	c.mu.Unlock()
+	c.log.Info("run attached", zap.String("run", runID), zap.Int("items", st.total),
+		zap.Int("succeeded", counts.Succeeded), zap.Int("failed", counts.Failed))
+
+	if st.complete() {
+		_, err := c.terminate(ctx, st, outcomeStatus(st), "")
+		return nil, err
+	}
+	if _, err := queue.RunConsumerHandle(ctx, c.js, runID); errors.Is(err, queue.ErrConsumerNotFound) {
+		// Stopped between creating the record and the consumer.
+		cc := queue.RunConsumerConfig{
+			MaxAckPending: max(int(rec.GetMaxConcurrency()), 1),
+			AckWait:       rec.GetAckWait().AsDuration(),
+			MaxDeliver:    cmp.Or(int(rec.GetMaxDeliver()), c.cfg.RunMaxDeliver),
+		}
+		if _, err := queue.CreateRunConsumer(ctx, c.js, runID, cc); err != nil {
+			return st, fmt.Errorf("coordinator: recreate consumer of run %s: %w", runID, err)
+		}
+	} else if err != nil {
+		return st, fmt.Errorf("coordinator: consumer of run %s: %w", runID, err)
+	}
+	c.flushCounts(ctx, st)
+	c.recoverExhausted(ctx, st)
+	return st, nil
+}
+
+// outcomeStatus is the final status of a run whose items all have a
+// result: completed iff none failed.
+func outcomeStatus(st *runState) stepflowv1.RunStatus {
+	_, failed, _, _ := st.snapshot()
+	if failed > 0 {
+		return statusFailed
+	}
+	return statusCompleted
+}
+
+// flushCounts writes the run's counters to its record when they changed
+// since the last write (one compare-and-set per run per aggregated batch,
+// not per item). The counters are absolute, so a repeated or lost write
+// is repaired by the next one.
+func (c *Coordinator) flushCounts(ctx context.Context, st *runState) {
+	s, f, status, _ := st.snapshot()
+	if status != statusRunning || [2]int{s, f} == st.flushed {
+		return
+	}
+	_, _, err := c.runStore.Modify(ctx, st.id, func(r *stepflowv1.RunRecord) error {
+		if queue.Terminal(r.GetStatus()) {
+			return errAlreadyTerminal
+		}
+		total := r.GetItemTotal()
+		r.Items = &stepflowv1.ItemCounts{
+			Completed: uint64(s), Failed: uint64(f),
+			Running: total - min(total, uint64(s+f)),
+		}
+		return nil
+	})
+	switch {
+	case err == nil:
+		st.mu.Lock()
+		st.flushed = [2]int{s, f}
+		st.mu.Unlock()
+	case errors.Is(err, errAlreadyTerminal):
+	default:
+		c.log.Warn("cannot update run counters; will retry", zap.String("run", st.id), zap.Error(err))
+	}
+}
+
+// terminate finishes a run: records its final status and counters,
+// deletes its consumer, removes its remaining items and its results from
+// the streams (they are in the result store), and wakes its waiters.
+// reason is stored as the run's error. It fails with ErrRunFinished when
+// the run has already finished.
+func (c *Coordinator) terminate(ctx context.Context, st *runState, status stepflowv1.RunStatus, reason string) (*stepflowv1.RunRecord, error) {
+	s, f, ok := st.finish(status)
+	if !ok {
+		return nil, errorf(ErrRunFinished, "Execution '%s' has already finished", st.id)
+	}
+	defer func() {
+		c.mu.Lock()
+		if c.runs[st.id] == st {
+			delete(c.runs, st.id)
+			if st.topLevel {
+				c.topLevel--
+			}
+		}
+		c.mu.Unlock()
+		close(st.done)
+		st.notify()
+	}()
+	cctx, cancel := cleanupCtx(ctx)
+	defer cancel()
+	rec, _, err := c.runStore.Modify(cctx, st.id, func(r *stepflowv1.RunRecord) error {
+		if queue.Terminal(r.GetStatus()) {
+			return errAlreadyTerminal
+		}
+		total := int(r.GetItemTotal())
+		r.Status = status
+		r.CompletedAt = timestamppb.Now()
+		counts := &stepflowv1.ItemCounts{Completed: uint64(s), Failed: uint64(f)}
+		if status == statusCancelled {
+			r.CancelRequested = true
+			counts.Cancelled = uint64(max(total-s-f, 0))
+		}
+		r.Items = counts
+		if reason != "" {
+			r.Error = reason
+		}
+		return nil
+	})
+	if errors.Is(err, errAlreadyTerminal) {
+		rec, _, err = c.runStore.Get(cctx, st.id)
+	}
+	if err != nil {
+		c.log.Error("cannot record the end of a run; a restart repairs it", zap.String("run", st.id), zap.Error(err))
+	}
+	if err := queue.DeleteRunConsumer(cctx, c.js, st.id); err != nil {
+		c.log.Warn("cannot delete run consumer", zap.String("run", st.id), zap.Error(err))
+	}
+	if n, err := queue.PurgeRunItems(cctx, c.js, st.id); err != nil {
+		c.log.Warn("cannot purge run items", zap.String("run", st.id), zap.Error(err))
+	} else if n > 0 {
+		c.log.Info("removed items left on the queue", zap.String("run", st.id), zap.Uint64("items", n))
+	}
+	if _, err := queue.PurgeRunResults(cctx, c.js, st.id); err != nil {
+		c.log.Warn("cannot purge run results", zap.String("run", st.id), zap.Error(err))
+	}
+	c.log.Info("run finished", zap.String("run", st.id), zap.String("status", queue.StatusName(status)),
+		zap.Int("succeeded", s), zap.Int("failed", f), zap.Int("items", st.total))
+	return rec, err
+}
+
+// cancelRun cancels a running run: its consumer is deleted (workers stop
+// getting its items; the results of items in flight are ignored), its
+// queued items are removed, and the items without a result count as
+// cancelled. ErrRunFinished for a finished run.
+func (c *Coordinator) cancelRun(ctx context.Context, runID string) (*stepflowv1.RunRecord, error) {
+	st, rec, err := c.ensureAttached(ctx, runID)
+	if err != nil {
+		return nil, err
+	}
+	if st == nil {
+		return rec, errorf(ErrRunFinished, "Execution '%s' is already %s", runID, queue.StatusName(rec.GetStatus()))
+	}
+	return c.terminate(ctx, st, statusCancelled, "")
+}
+
+// setConcurrency changes a running run's concurrency.
+func (c *Coordinator) setConcurrency(ctx context.Context, runID string, n int) (*stepflowv1.RunRecord, error) {
+	if n < 1 {
+		return nil, errorf(ErrInvalidRequest, "maxConcurrency must be at least 1, not %d", n)
+	}
+	st, rec, err := c.ensureAttached(ctx, runID)
+	if err != nil {
+		return nil, err
+	}
+	if st == nil {
+		return rec, errorf(ErrRunFinished, "Execution '%s' is already %s", runID, queue.StatusName(rec.GetStatus()))
+	}
+	if err := queue.UpdateRunConcurrency(ctx, c.js, runID, n); err != nil {
+		if errors.Is(err, queue.ErrConsumerNotFound) {
+			return nil, errorf(ErrRunFinished, "Execution '%s' has finished", runID)
+		}
+		return nil, err
+	}
+	rec, _, err = c.runStore.Modify(ctx, runID, func(r *stepflowv1.RunRecord) error {
+		r.MaxConcurrency = uint32(n)
+		return nil
+	})
+	return rec, err
+}
+
+// deleteRun removes a finished run: its record, result store and
+// Idempotency-Key. ErrRunActive for a run that has not finished.
+func (c *Coordinator) deleteRun(ctx context.Context, runID string) error {
+	rec, err := c.getRecord(ctx, runID)
+	if err != nil {
+		return err
+	}
+	if !queue.Terminal(rec.GetStatus()) {
+		return errorf(ErrRunActive, "Execution '%s' is %s; cancel it first", runID, queue.StatusName(rec.GetStatus()))
+	}
+	if err := c.runStore.Delete(ctx, runID); err != nil {
+		return err
+	}
+	dir := c.runDir(runID)
+	if h, err := os.ReadFile(filepath.Join(dir, keyFileName)); err == nil {
+		if err := c.keys.release(strings.TrimSpace(string(h)), runID); err != nil {
+			c.log.Warn("cannot release idempotency key", zap.String("run", runID), zap.Error(err))
+		}
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("coordinator: remove results of run %s: %w", runID, err)
+	}
+	if _, err := queue.PurgeRunResults(ctx, c.js, runID); err != nil {
+		c.log.Warn("cannot purge run results", zap.String("run", runID), zap.Error(err))
+	}
+	return nil
+}
+
+// waitRun returns the run's record once it is no longer running, or
+// ctx's error.
+func (c *Coordinator) waitRun(ctx context.Context, runID string) (*stepflowv1.RunRecord, error) {
+	st, rec, err := c.ensureAttached(ctx, runID)
+	if err != nil || st == nil {
+		return rec, err
+	}
+	select {
+	case <-st.done:
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
+	}
+	return c.getRecord(ctx, runID)
+}
+
+// listRecords returns every run record.
+func (c *Coordinator) listRecords(ctx context.Context) ([]*stepflowv1.RunRecord, error) {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	w, err := c.runStore.Watch(wctx, queue.WatchOptions{})
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = w.Stop() }()
+	var out []*stepflowv1.RunRecord
+	for ev := range w.Events() {
+		switch {
+		case ev.Ready:
+			return out, nil
+		case ev.Err != nil:
+			c.log.Warn("unreadable run record", zap.String("run", ev.RunID), zap.Error(ev.Err))
+		case ev.Record != nil:
+			out = append(out, ev.Record)
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, context.Cause(ctx)
+	}
+	return nil, errors.New("coordinator: run watch ended early")
+}
+
+// resume attaches every run a previous coordinator left running.
+func (c *Coordinator) resume(ctx context.Context) error {
+	recs, err := c.listRecords(ctx)
+	if err != nil {
+		return fmt.Errorf("coordinator: list runs: %w", err)
+	}
+	known := make(map[string]bool, len(recs))
+	for _, rec := range recs {
+		known[rec.GetRunId()] = queue.Terminal(rec.GetStatus())
+		if rec.GetStatus() != statusRunning {
+			continue
+		}
+		if _, _, err := c.ensureAttached(ctx, rec.GetRunId()); err != nil {
+			c.log.Error("cannot resume run", zap.String("run", rec.GetRunId()), zap.Error(err))
+		}
+	}
+	c.sweepConsumers(ctx, known)
+	return nil
+}
+
+// sweepConsumers deletes run consumers (and items) of runs that have
+// finished or no longer exist: left behind when a coordinator stopped in
+// the middle of finishing a run.
+func (c *Coordinator) sweepConsumers(ctx context.Context, terminal map[string]bool) {
+	s, err := c.js.Stream(ctx, queue.StreamItems)
+	if err != nil {
+		c.log.Warn("cannot list run consumers", zap.Error(err))
+		return
+	}
+	names := s.ConsumerNames(ctx)
+	var stale []string
+	for name := range names.Name() {
+		runID, ok := queue.RunIDFromConsumer(name)
+		if !ok {
+			continue
+		}
+		if fin, known := terminal[runID]; fin || !known {
+			stale = append(stale, runID)
+		}
+	}
+	if err := names.Err(); err != nil {
+		c.log.Warn("cannot list run consumers", zap.Error(err))
+	}
+	for _, runID := range stale {
+		if c.active(runID) != nil {
+			continue
+		}
+		if rec, err := c.getRecord(ctx, runID); err == nil && rec.GetStatus() == statusRunning {
+			continue // created meanwhile
+		}
+		c.log.Info("removing the consumer of a finished run", zap.String("run", runID))
+		_ = queue.DeleteRunConsumer(ctx, c.js, runID)
+		_, _ = queue.PurgeRunItems(ctx, c.js, runID)
+	}
+}
+
+// sweepUploads removes what uploads interrupted by a stop left behind:
+// items published for a run whose record was never created.
+func (c *Coordinator) sweepUploads(ctx context.Context) error {
+	dirs, err := os.ReadDir(filepath.Join(c.cfg.DataDir, "runs"))
+	if err != nil {
+		return fmt.Errorf("coordinator: data dir: %w", err)
+	}
+	for _, d := range dirs {
+		runID := d.Name()
+		marker := filepath.Join(c.runDir(runID), uploadMarkerName)
+		h, err := os.ReadFile(marker)
+		if errors.Is(err, os.ErrNotExist) || queue.ValidateRunID(runID) != nil {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("coordinator: upload marker: %w", err)
+		}
+		if _, _, err := c.runStore.Get(ctx, runID); err == nil {
+			_ = os.Remove(marker) // the run was created; only the marker is left
+			continue
+		} else if !errors.Is(err, queue.ErrRunNotFound) {
+			return fmt.Errorf("coordinator: %w", err)
+		}
+		n, err := queue.PurgeRunItems(ctx, c.js, runID)
+		if err != nil {
+			return fmt.Errorf("coordinator: %w", err)
+		}
+		_ = c.keys.release(strings.TrimSpace(string(h)), runID)
+		if err := os.RemoveAll(c.runDir(runID)); err != nil {
+			return fmt.Errorf("coordinator: %w", err)
+		}
+		c.log.Warn("discarded an interrupted upload", zap.String("run", runID), zap.Uint64("items", n))
+	}
+	return nil
+}
+
+// recoverExhausted fails the items of a run that reached their maximum
+// deliveries while no coordinator listened to the advisory: the run's
+// consumer has nothing left to deliver and nothing in flight, yet items
+// are still on the work queue.
+func (c *Coordinator) recoverExhausted(ctx context.Context, st *runState) {
+	cons, err := queue.RunConsumerHandle(ctx, c.js, st.id)
+	if err != nil {
+		return
+	}
+	info, err := cons.Info(ctx)
+	if err != nil || info.NumPending > 0 || info.NumAckPending > 0 {
+		return
+	}
+	stream, err := c.js.Stream(ctx, queue.StreamItems)
+	if err != nil {
+		return
+	}
+	maxDeliver := info.Config.MaxDeliver
+	for seq := uint64(1); ; {
+		msg, err := stream.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(queue.ItemSubject(st.id)))
+		if err != nil {
+			if !errors.Is(err, jetstream.ErrMsgNotFound) {
+				c.log.Warn("cannot look for exhausted items", zap.String("run", st.id), zap.Error(err))
+			}
+			return
+		}
+		item, err := queue.DecodeItem(msg.Data)
+		ev := queue.MaxDeliveriesEvent{RunID: st.id, Index: -1, StreamSeq: msg.Sequence, Deliveries: uint64(max(maxDeliver, 0)), Time: time.Now(), Item: item, Err: err}
+		if item != nil {
+			ev.Index = int(item.GetIndex())
+		}
+		c.onMaxDeliveries(ctx, ev)
+		seq = msg.Sequence + 1
+	}
+}
+
+// submission is a request for a new run, from the REST or the NATS API.
+type submission struct {
+	FlowID         string
+	Overrides      value.Value   // nil: none
+	Variables      *value.Object // nil: none
+	MaxConcurrency int           // 0: the item count, capped at ConcurrencyCap
+	ParentRunID    string        // "" for a top-level run
+	IdempotencyKey string        // "" for none
+	Inputs         inputSource
+}
+
+// inputSource calls fn with the JSON input of every item in order; it
+// returns fn's error, or its own (a *InputError for a malformed line, a
+// read error).
+type inputSource func(fn func(data []byte) error) error
+
+// errStopInputs stops an input source when publishing stopped.
+var errStopInputs = errors.New("coordinator: publishing stopped")
+
+// submit creates a run. The inputs are published to the work queue as
+// they are read, before the run's record and consumer exist: nothing
+// executes, and nothing is visible, until every input has been accepted.
+// An input that fails (malformed line, too many items, client gone,
+// publish error) thus rejects the whole submission: its published items
+// are purged and no run remains. Only then are the record and the
+// consumer created, so a run in the store always has all its items on
+// the queue (items_published = item_total).
+//
+// A submission with an Idempotency-Key that was used before returns the
+// existing run (created is false) without reading the inputs.
+func (c *Coordinator) submit(ctx context.Context, sub submission) (rec *stepflowv1.RunRecord, created bool, err error) {
+	if sub.MaxConcurrency < 0 {
+		return nil, false, errorf(ErrInvalidRequest, "maxConcurrency must be at least 1")
+	}
+	f, flowID, err := c.loadFlow(ctx, sub.FlowID)
+	if err != nil {
+		return nil, false, err
+	}
+	rootID := ""
+	if sub.ParentRunID != "" {
+		parent, err := c.getRecord(ctx, sub.ParentRunID)
+		if err != nil {
+			return nil, false, fmt.Errorf("parent run: %w", err)
+		}
+		rootID = cmp.Or(parent.GetRootRunId(), parent.GetRunId())
+	}
+	runErr := checkRunSettings(f, sub)
+	topLevel := sub.ParentRunID == ""
+	if topLevel {
+		if err := c.reserveRun(); err != nil {
+			return nil, false, err
+		}
+	}
+	runID := newRunID()
+	keyH := ""
+	if sub.IdempotencyKey != "" {
+		keyH = keyHash(sub.IdempotencyKey)
+		existing, claimed, err := c.keys.claim(keyH, runID)
+		if err != nil || !claimed {
+			if topLevel {
+				c.releaseRun()
+			}
+			if err != nil {
+				return nil, false, err
+			}
+			rec, err := c.idempotentRun(ctx, existing, flowID)
+			return rec, false, err
+		}
+	}
+
+	dir := c.runDir(runID)
+	ok := false
+	defer func() {
+		if ok {
+			return
+		}
+		cctx, cancel := cleanupCtx(ctx)
+		defer cancel()
+		if _, perr := queue.PurgeRunItems(cctx, c.js, runID); perr != nil {
+			c.log.Warn("cannot purge the items of a rejected upload", zap.String("run", runID), zap.Error(perr))
+		}
+		_ = os.RemoveAll(dir)
+		_ = c.keys.release(keyH, runID)
+		if topLevel {
+			c.releaseRun()
+		}
+	}()
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, false, fmt.Errorf("coordinator: run directory: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, uploadMarkerName), []byte(keyH), 0o640); err != nil {
+		return nil, false, fmt.Errorf("coordinator: upload marker: %w", err)
+	}
+	if keyH != "" {
+		if err := os.WriteFile(filepath.Join(dir, keyFileName), []byte(keyH), 0o640); err != nil {
+			return nil, false, fmt.Errorf("coordinator: run directory: %w", err)
+		}
+	}
+
+	cc := c.cfg.runConsumerConfig(1)
+	tmpl := &stepflowv1.Item{
+		FlowId:            flowID,
+		ParentRunId:       sub.ParentRunID,
+		RootRunId:         cmp.Or(rootID, runID),
+		HeartbeatInterval: durationpb.New(cc.HeartbeatInterval()),
+		MaxDeliver:        uint32(max(cc.MaxDeliver, 0)),
+	}
+	n, err := c.publishInputs(ctx, runID, dir, tmpl, sub.Inputs, runErr == nil)
+	if err != nil {
+		return nil, false, err
+	}
+
+	conc := sub.MaxConcurrency
+	if conc == 0 {
+		conc = max(1, min(n, c.cfg.ConcurrencyCap))
+	}
+	now := timestamppb.Now()
+	rec = &stepflowv1.RunRecord{
+		RunId:          runID,
+		FlowId:         flowID,
+		FlowName:       f.Name,
+		Status:         statusRunning,
+		MaxConcurrency: uint32(conc),
+		ItemTotal:      uint64(n),
+		ItemsPublished: uint64(n),
+		Items:          &stepflowv1.ItemCounts{Running: uint64(n)},
+		ParentRunId:    sub.ParentRunID,
+		RootRunId:      cmp.Or(rootID, runID),
+		CreatedAt:      now,
+		AckWait:        durationpb.New(cc.AckWait),
+		MaxDeliver:     uint32(max(cc.MaxDeliver, 0)),
+	}
+	if sub.Overrides != nil {
+		rec.Overrides = value.Marshal(sub.Overrides)
+	}
+	if sub.Variables != nil {
+		rec.Variables = value.Marshal(sub.Variables)
+	}
+	switch {
+	case runErr != nil:
+		// Like upstream: the run is created, and fails without items.
+		rec.Status, rec.CompletedAt, rec.Error = statusFailed, now, runErr.Error()
+		rec.Items = &stepflowv1.ItemCounts{Failed: uint64(n)}
+	case n == 0:
+		rec.Status, rec.CompletedAt = statusCompleted, now
+		rec.Items = &stepflowv1.ItemCounts{}
+	}
+	// A running run's state is registered before its record exists, so
+	// that nothing (an idempotent replay waiting on it, the aggregator)
+	// can attach a second writer to its result store.
+	var st *runState
+	if rec.GetStatus() == statusRunning {
+		log, counts, err := openResultLog(dir)
+		if err != nil {
+			return nil, false, err
+		}
+		st = newRunState(rec, dir, log, counts)
+		c.mu.Lock()
+		c.runs[runID] = st // counted in topLevel by reserveRun
+		c.mu.Unlock()
+	}
+	if _, err := c.runStore.Create(ctx, rec); err != nil {
+		if st != nil {
+			c.mu.Lock()
+			delete(c.runs, runID)
+			c.mu.Unlock()
+			st.detach()
+		}
+		return nil, false, fmt.Errorf("coordinator: create run: %w", err)
+	}
+	ok = true
+	_ = os.Remove(filepath.Join(dir, uploadMarkerName))
+	if st == nil {
+		if topLevel {
+			c.releaseRun()
+		}
+		c.log.Info("run created finished", zap.String("run", runID), zap.Int("items", n), zap.String("status", queue.StatusName(rec.GetStatus())))
+		return rec, true, nil
+	}
+	if _, err := queue.CreateRunConsumer(ctx, c.js, runID, c.cfg.runConsumerConfig(conc)); err != nil {
+		_, _ = c.terminate(ctx, st, statusFailed, "cannot create the run's consumer: "+err.Error())
+		return nil, false, fmt.Errorf("coordinator: run %s: %w", runID, err)
+	}
+	c.log.Info("run created", zap.String("run", runID), zap.String("flow", flowID), zap.Int("items", n),
+		zap.Int("max_concurrency", conc), zap.String("parent", sub.ParentRunID))
+	return rec, true, nil
+}
+
+// idempotentRun returns the run an Idempotency-Key maps to.
+func (c *Coordinator) idempotentRun(ctx context.Context, runID, flowID string) (*stepflowv1.RunRecord, error) {
+	rec, err := c.getRecord(ctx, runID)
+	if errors.Is(err, ErrRunNotFound) {
+		return nil, errorf(ErrIdempotencyConflict, "the first request with this Idempotency-Key (run %s) is still being accepted; retry later", runID)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if rec.GetFlowId() != flowID {
+		return nil, errorf(ErrIdempotencyConflict, "this Idempotency-Key was used for run %s of another flow", runID)
+	}
+	return rec, nil
+}
+
+// reserveRun counts a new top-level run against MaxConcurrentRuns.
+func (c *Coordinator) reserveRun() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.topLevel >= c.cfg.MaxConcurrentRuns {
+		return errorf(ErrTooManyRuns, "%d runs are in progress (the limit); retry when one has finished", c.topLevel)
+	}
+	c.topLevel++
+	return nil
+}
+
+func (c *Coordinator) releaseRun() {
+	c.mu.Lock()
+	c.topLevel--
+	c.mu.Unlock()
+}
+
+// publishInputs publishes the inputs (when publish is set; otherwise it
+// only counts them) and keeps small inputs for RunDetails; it returns the
+// number of items.
+func (c *Coordinator) publishInputs(ctx context.Context, runID, dir string, tmpl *stepflowv1.Item, src inputSource, publish bool) (int, error) {
+	detail := newDetailInputs(filepath.Join(dir, inputsFileName), c.cfg.MaxDetailInputsBytes)
+	defer detail.abort()
+	n := 0
+	var srcErr error
+	each := func(yield func(int, []byte) bool) func([]byte) error {
+		return func(data []byte) error {
+			if n >= c.cfg.MaxItemsPerRun {
+				return errorf(ErrTooLarge, "more than %d items (the coordinator's MaxItemsPerRun)", c.cfg.MaxItemsPerRun)
+			}
+			detail.add(data)
+			if yield != nil && !yield(n, data) {
+				return errStopInputs
+			}
+			n++
+			return nil
+		}
+	}
+	if !publish {
+		srcErr = src(each(nil))
+	} else {
+		items := func(yield func(int, []byte) bool) { srcErr = src(each(yield)) }
+		_, perr := queue.PublishItems(ctx, c.js, runID, items, queue.PublishItemsOptions{Template: tmpl, Blobs: c.blobs, Logger: c.log})
+		if srcErr == nil || errors.Is(srcErr, errStopInputs) {
+			srcErr = nil
+			if perr != nil && ctx.Err() == nil {
+				return n, fmt.Errorf("coordinator: publish the items of run %s: %w", runID, perr)
+			}
+			srcErr = perr // nil, or the interruption below
+		}
+	}
+	if srcErr != nil {
+		if err := ctx.Err(); err != nil {
+			return n, fmt.Errorf("coordinator: upload interrupted: %w", context.Cause(ctx))
+		}
+		return n, srcErr
+	}
+	if err := detail.finish(); err != nil {
+		c.log.Warn("cannot keep the run's inputs for its details", zap.String("run", runID), zap.Error(err))
+	}
+	return n, nil
+}
+
+// checkRunSettings applies the overrides and variables to the flow the
+// way a worker will, so that a run that cannot start fails at once.
+func checkRunSettings(f *flow.Flow, sub submission) error {
+	if sub.Overrides != nil {
+		ov, err := flow.ParseOverrides(sub.Overrides)
+		if err != nil {
+			return err
+		}
+		if _, err := f.ApplyOverrides(ov); err != nil {
+			return err
+		}
+	}
+	var vars map[string]value.Value
+	if sub.Variables != nil {
+		vars = make(map[string]value.Value, sub.Variables.Len())
+		for i := range sub.Variables.Len() {
+			k, v := sub.Variables.At(i)
+			vars[k] = v
+		}
+	}
+	_, err := f.Variables(vars)
+	return err
+}
+
+// loadFlow returns the flow with id and the id workers load it by: a flow
+// stored through POST /flows, or a blob of a flow (put_blob from a
+// component), which is then stored as a flow under its canonical id.
+func (c *Coordinator) loadFlow(ctx context.Context, id string) (*flow.Flow, string, error) {
+	notFound := errorf(ErrFlowNotFound, "Workflow '%s' not found", id)
+	if !blob.ValidID(id) {
+		return nil, "", notFound
+	}
+	data, err := c.flows.Get(ctx, id)
+	if err == nil {
+		v, err := value.Parse(data)
+		if err != nil {
+			return nil, "", fmt.Errorf("coordinator: stored flow %s: %w", id, err)
+		}
+		f, err := flow.FromValue(v)
+		if err != nil {
+			return nil, "", fmt.Errorf("coordinator: stored flow %s: %w", id, err)
+		}
+		return f, id, nil
+	}
+	if !errors.Is(err, queue.ErrFlowNotFound) {
+		return nil, "", err
+	}
+	b, err := c.blobs.Get(ctx, id)
+	if errors.Is(err, blob.ErrNotFound) {
+		return nil, "", notFound
+	}
+	if err != nil {
+		return nil, "", err
+	}
+	f, err := flow.FromValue(b.Data)
+	if err != nil {
+		return nil, "", errorf(ErrInvalidRequest, "blob %s is not a flow: %w", id, err)
+	}
+	fid, err := c.flows.Put(ctx, value.Marshal(f.Value()))
+	if err != nil {
+		return nil, "", err
+	}
+	return f, fid, nil
+}
+
+// detailInputs keeps a run's inputs for RunDetails while they stay under
+// a byte budget.
+type detailInputs struct {
+	path    string
+	limit   int64
+	f       *os.File
+	w       *bufio.Writer
+	n       int64
+	omitted bool
+}
+
+func newDetailInputs(path string, limit int64) *detailInputs {
+	return &detailInputs{path: path, limit: limit, omitted: limit < 0}
+}
+
+func (d *detailInputs) add(data []byte) {
+	if d.omitted {
+		return
+	}
+	if d.n+int64(len(data))+1 > d.limit {
+		d.abort()
+		return
+	}
+	if d.f == nil {
+		f, err := os.Create(d.path)
+		if err != nil {
+			d.omitted = true
+			return
+		}
+		d.f, d.w = f, bufio.NewWriterSize(f, 32<<10)
+	}
+	_, _ = d.w.Write(data)
+	_ = d.w.WriteByte('\n')
+	d.n += int64(len(data)) + 1
+}
+
+// finish keeps the file (an empty run keeps none).
+func (d *detailInputs) finish() error {
+	if d.omitted || d.f == nil {
+		return nil
+	}
+	err := errors.Join(d.w.Flush(), d.f.Close())
+	d.f = nil
+	if err != nil {
+		d.omitted = true
+		_ = os.Remove(d.path)
+	}
+	return err
+}
+
+// abort drops the file (over budget, or the upload failed).
+func (d *detailInputs) abort() {
+	if d.f != nil {
+		_ = d.f.Close()
+		_ = os.Remove(d.path)
+		d.f = nil
+	}
+	d.omitted = true
+}
+
+// sortNewestFirst orders records by creation time, newest first (ties by
+// run id, which is time-ordered for UUIDv7).
+func sortNewestFirst(recs []*stepflowv1.RunRecord) {
+	slices.SortFunc(recs, func(a, b *stepflowv1.RunRecord) int {
+		if c := b.GetCreatedAt().AsTime().Compare(a.GetCreatedAt().AsTime()); c != 0 {
+			return c
+		}
+		return strings.Compare(b.GetRunId(), a.GetRunId())
+	})
+}

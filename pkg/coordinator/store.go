@@ -1,0 +1,440 @@
+package coordinator
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// The result store of one run: two files in the run's directory.
+//
+//	results.log  append-only records, one per accepted result, in the order
+//	             the coordinator accepted them (completion order)
+//	index        8 bytes per item index: the offset+1 of the index's record
+//	             in results.log (little endian), 0 = no result yet; a sparse
+//	             file written at 8*index, so it needs no size up front
+//
+// A record is
+//
+//	index u64 | flags u8 | source u8 | completedAt i64 (unix ns) | len u32 | result [len] | crc32c u32
+//
+// all little endian, the CRC (Castagnoli) covering everything before it. The
+// CRC lets recovery tell a torn tail (a power loss in the middle of a write)
+// from a record, and readers double-check every record they are pointed to.
+//
+// Why files and not the results stream: reading a 1,000,000-item run back
+// in index order needs a lookup by index, which a stream keyed by
+// sequence does not have; an index file gives it with one pread per item
+// and constant memory, and the stream keeps only what is not yet copied
+// (the coordinator purges a finished run's results).
+const (
+	resultsLogName = "results.log"
+	indexName      = "index"
+	slotSize       = 8
+	recordHeader   = 8 + 1 + 1 + 8 + 4
+	recordTrailer  = 4
+
+	flagFailed = 1 << 0
+)
+
+// maxResultBytes bounds a stored result (larger ones are refused by NATS
+// anyway, or offloaded to blobs and inlined here).
+const maxResultBytes = 1 << 30
+
+var crcTable = crc32.MakeTable(crc32.Castagnoli)
+
+// errCorrupt is wrapped by errors about records that do not check out.
+var errCorrupt = errors.New("corrupt result record")
+
+// resultRecord is one stored result.
+type resultRecord struct {
+	Index       int
+	Failed      bool
+	Source      uint8 // stepflowv1.ResultSource
+	CompletedAt time.Time
+	Result      []byte // the FlowResult JSON
+}
+
+// size is the record's size on disk.
+func (r *resultRecord) size() int64 { return int64(recordHeader + len(r.Result) + recordTrailer) }
+
+// appendRecord appends the encoding of r to dst.
+func appendRecord(dst []byte, r *resultRecord) []byte {
+	start := len(dst)
+	dst = binary.LittleEndian.AppendUint64(dst, uint64(r.Index))
+	var flags uint8
+	if r.Failed {
+		flags |= flagFailed
+	}
+	dst = append(dst, flags, r.Source)
+	dst = binary.LittleEndian.AppendUint64(dst, uint64(r.CompletedAt.UnixNano()))
+	dst = binary.LittleEndian.AppendUint32(dst, uint32(len(r.Result)))
+	dst = append(dst, r.Result...)
+	return binary.LittleEndian.AppendUint32(dst, crc32.Checksum(dst[start:], crcTable))
+}
+
+// parseHeader decodes a record header; n is the length of the result.
+func parseHeader(h []byte) (r resultRecord, n int) {
+	r.Index = int(binary.LittleEndian.Uint64(h[0:8]))
+	r.Failed = h[8]&flagFailed != 0
+	r.Source = h[9]
+	r.CompletedAt = time.Unix(0, int64(binary.LittleEndian.Uint64(h[10:18]))).UTC()
+	return r, int(binary.LittleEndian.Uint32(h[18:22]))
+}
+
+// readRecordAt reads the record at off from f, whose committed size is
+// limit, reusing buf. The returned record's Result aliases buf.
+func readRecordAt(f io.ReaderAt, off, limit int64, buf []byte) (resultRecord, []byte, error) {
+	if off < 0 || off+recordHeader+recordTrailer > limit {
+		return resultRecord{}, buf, fmt.Errorf("%w: offset %d beyond the log (%d bytes)", errCorrupt, off, limit)
+	}
+	buf = grow(buf, recordHeader)
+	if _, err := f.ReadAt(buf[:recordHeader], off); err != nil {
+		return resultRecord{}, buf, fmt.Errorf("read result record at %d: %w", off, err)
+	}
+	rec, n := parseHeader(buf[:recordHeader])
+	if n > maxResultBytes || off+int64(recordHeader+n+recordTrailer) > limit {
+		return resultRecord{}, buf, fmt.Errorf("%w: record at %d runs past the log", errCorrupt, off)
+	}
+	total := recordHeader + n + recordTrailer
+	buf = grow(buf, total)
+	if _, err := f.ReadAt(buf[recordHeader:total], off+recordHeader); err != nil {
+		return resultRecord{}, buf, fmt.Errorf("read result record at %d: %w", off, err)
+	}
+	if crc32.Checksum(buf[:total-recordTrailer], crcTable) != binary.LittleEndian.Uint32(buf[total-recordTrailer:total]) {
+		return resultRecord{}, buf, fmt.Errorf("%w: checksum mismatch at %d", errCorrupt, off)
+	}
+	rec.Result = buf[recordHeader : recordHeader+n]
+	return rec, buf, nil
+}
+
+// grow returns b resized to n bytes, keeping its content.
+func grow(b []byte, n int) []byte {
+	if cap(b) < n {
+		nb := make([]byte, n, max(n, 2*cap(b)))
+		copy(nb, b)
+		return nb
+	}
+	return b[:n]
+}
+
+// resultLog is the writer of a run's result store. It is not safe for
+// concurrent use: the run's mutex guards it.
+type resultLog struct {
+	dir  string
+	log  *os.File
+	idx  *os.File
+	size int64  // bytes of complete records in the log
+	buf  []byte // encoding buffer
+	slot [slotSize]byte
+}
+
+// storeCounts are the outcome counts of the records a store holds,
+// first record per index only.
+type storeCounts struct {
+	Succeeded, Failed int
+}
+
+// openResultLog opens (creating) the result store in dir. It scans the log
+// to recover from a crash: a torn tail is cut off, index slots missing for
+// complete records are filled in (the crash fell between the two writes),
+// and the outcomes of the first record of each index are counted, which
+// is the truth the run record's counters are repaired from.
+func openResultLog(dir string) (*resultLog, storeCounts, error) {
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, storeCounts{}, fmt.Errorf("coordinator: result store: %w", err)
+	}
+	logf, err := os.OpenFile(filepath.Join(dir, resultsLogName), os.O_RDWR|os.O_CREATE, 0o640)
+	if err != nil {
+		return nil, storeCounts{}, fmt.Errorf("coordinator: result store: %w", err)
+	}
+	idxf, err := os.OpenFile(filepath.Join(dir, indexName), os.O_RDWR|os.O_CREATE, 0o640)
+	if err != nil {
+		_ = logf.Close()
+		return nil, storeCounts{}, fmt.Errorf("coordinator: result store: %w", err)
+	}
+	l := &resultLog{dir: dir, log: logf, idx: idxf}
+	counts, err := l.recover()
+	if err != nil {
+		_ = l.close()
+		return nil, storeCounts{}, err
+	}
+	return l, counts, nil
+}
+
+// recover scans the log; see openResultLog.
+func (l *resultLog) recover() (storeCounts, error) {
+	var counts storeCounts
+	st, err := l.log.Stat()
+	if err != nil {
+		return counts, fmt.Errorf("coordinator: result store: %w", err)
+	}
+	end := st.Size()
+	br := bufio.NewReaderSize(io.NewSectionReader(l.log, 0, end), 1<<20)
+	var off int64
+	hdr := make([]byte, recordHeader)
+	var body []byte
+	for off < end {
+		if _, err := io.ReadFull(br, hdr); err != nil {
+			break // torn header
+		}
+		rec, n := parseHeader(hdr)
+		if n > maxResultBytes || off+int64(recordHeader+n+recordTrailer) > end {
+			break // torn record
+		}
+		body = grow(body, n+recordTrailer)
+		if _, err := io.ReadFull(br, body); err != nil {
+			break
+		}
+		crc := crc32.Update(crc32.Checksum(hdr, crcTable), crcTable, body[:n])
+		if crc != binary.LittleEndian.Uint32(body[n:]) {
+			break
+		}
+		slot, err := l.slotOf(rec.Index)
+		if err != nil {
+			return counts, err
+		}
+		first := false
+		switch slot {
+		case 0:
+			if err := l.setSlot(rec.Index, off); err != nil {
+				return counts, err
+			}
+			first = true
+		case off + 1:
+			first = true
+		}
+		if first {
+			if rec.Failed {
+				counts.Failed++
+			} else {
+				counts.Succeeded++
+			}
+		}
+		off += int64(recordHeader + n + recordTrailer)
+	}
+	if off < end {
+		if err := l.log.Truncate(off); err != nil {
+			return counts, fmt.Errorf("coordinator: result store: cut torn tail: %w", err)
+		}
+	}
+	l.size = off
+	return counts, nil
+}
+
+// slotOf returns the slot of index: the record offset+1, or 0.
+func (l *resultLog) slotOf(index int) (int64, error) {
+	n, err := l.idx.ReadAt(l.slot[:], int64(index)*slotSize)
+	if n < slotSize {
+		if err == nil || errors.Is(err, io.EOF) {
+			return 0, nil // beyond the end: no result
+		}
+		return 0, fmt.Errorf("coordinator: result index: %w", err)
+	}
+	return int64(binary.LittleEndian.Uint64(l.slot[:])), nil
+}
+
+// setSlot points index at the record at off.
+func (l *resultLog) setSlot(index int, off int64) error {
+	binary.LittleEndian.PutUint64(l.slot[:], uint64(off+1))
+	if _, err := l.idx.WriteAt(l.slot[:], int64(index)*slotSize); err != nil {
+		return fmt.Errorf("coordinator: result index: %w", err)
+	}
+	return nil
+}
+
+// has reports whether index has a result.
+func (l *resultLog) has(index int) (bool, error) {
+	s, err := l.slotOf(index)
+	return s != 0, err
+}
+
+// add stores r unless its index already has a result (first result per
+// index wins); added reports whether it was stored. The record is written
+// before its index slot, so a slot never points at a missing record.
+func (l *resultLog) add(r *resultRecord) (added bool, err error) {
+	if r.Index < 0 {
+		return false, fmt.Errorf("coordinator: negative item index %d", r.Index)
+	}
+	if len(r.Result) > maxResultBytes {
+		return false, fmt.Errorf("coordinator: result of item %d is %d bytes, more than %d", r.Index, len(r.Result), maxResultBytes)
+	}
+	dup, err := l.has(r.Index)
+	if err != nil || dup {
+		return false, err
+	}
+	l.buf = appendRecord(l.buf[:0], r)
+	if _, err := l.log.WriteAt(l.buf, l.size); err != nil {
+		return false, fmt.Errorf("coordinator: result log: %w", err)
+	}
+	off := l.size
+	l.size += int64(len(l.buf))
+	if err := l.setSlot(r.Index, off); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// sync flushes both files to stable storage.
+func (l *resultLog) sync() error {
+	if err := l.log.Sync(); err != nil {
+		return fmt.Errorf("coordinator: sync result log: %w", err)
+	}
+	if err := l.idx.Sync(); err != nil {
+		return fmt.Errorf("coordinator: sync result index: %w", err)
+	}
+	return nil
+}
+
+func (l *resultLog) close() error {
+	return errors.Join(l.log.Close(), l.idx.Close())
+}
+
+// resultReader reads a run's result store while it is written (up to the
+// committed size it was opened with, or later raised) or after.
+type resultReader struct {
+	log   *os.File
+	idx   *os.File
+	limit int64 // committed log size
+	buf   []byte
+	slot  [slotSize]byte
+}
+
+// openResultReader opens the store in dir for reading, seeing records up
+// to limit bytes of the log (-1 = the file's current size). A run with no
+// store yet (no result) reads as empty.
+func openResultReader(dir string, limit int64) (*resultReader, error) {
+	logf, err := os.Open(filepath.Join(dir, resultsLogName))
+	if errors.Is(err, os.ErrNotExist) {
+		return &resultReader{}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("coordinator: open results: %w", err)
+	}
+	idxf, err := os.Open(filepath.Join(dir, indexName))
+	if err != nil {
+		_ = logf.Close()
+		return nil, fmt.Errorf("coordinator: open result index: %w", err)
+	}
+	if limit < 0 {
+		st, err := logf.Stat()
+		if err != nil {
+			_ = logf.Close()
+			_ = idxf.Close()
+			return nil, fmt.Errorf("coordinator: open results: %w", err)
+		}
+		limit = st.Size()
+	}
+	return &resultReader{log: logf, idx: idxf, limit: limit}, nil
+}
+
+// setLimit raises the committed size (a live run's log grew).
+func (r *resultReader) setLimit(limit int64) {
+	if limit > r.limit {
+		r.limit = limit
+	}
+}
+
+// close releases the files.
+func (r *resultReader) close() error {
+	if r.log == nil {
+		return nil
+	}
+	return errors.Join(r.log.Close(), r.idx.Close())
+}
+
+// byIndex calls fn for every index in [from, to) in order, with the
+// index's record or nil when it has none. The record is valid only during
+// the call. Memory use is constant: the index is read sequentially
+// through a small buffer and each record with one pread.
+func (r *resultReader) byIndex(from, to int, fn func(index int, rec *resultRecord) error) error {
+	if from >= to {
+		return nil
+	}
+	var br *bufio.Reader
+	if r.idx != nil {
+		br = bufio.NewReaderSize(io.NewSectionReader(r.idx, int64(from)*slotSize, int64(to-from)*slotSize), 64<<10)
+	}
+	for i := from; i < to; i++ {
+		var slot int64
+		if br != nil {
+			n, err := io.ReadFull(br, r.slot[:])
+			switch {
+			case n == slotSize:
+				slot = int64(binary.LittleEndian.Uint64(r.slot[:]))
+			case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
+				br = nil // past the end of the index: no more results
+			default:
+				return fmt.Errorf("coordinator: read result index: %w", err)
+			}
+		}
+		if slot == 0 || slot-1 >= r.limit {
+			if err := fn(i, nil); err != nil {
+				return err
+			}
+			continue
+		}
+		rec, buf, err := readRecordAt(r.log, slot-1, r.limit, r.buf)
+		r.buf = buf
+		if err != nil {
+			return fmt.Errorf("coordinator: result of item %d: %w", i, err)
+		}
+		if rec.Index != i {
+			return fmt.Errorf("coordinator: result of item %d: %w: record is for item %d", i, errCorrupt, rec.Index)
+		}
+		if err := fn(i, &rec); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// at returns index's record (valid until the next call), or nil.
+func (r *resultReader) at(index int) (*resultRecord, error) {
+	var out *resultRecord
+	err := r.byIndex(index, index+1, func(_ int, rec *resultRecord) error {
+		if rec != nil {
+			c := *rec
+			c.Result = append([]byte(nil), rec.Result...)
+			out = &c
+		}
+		return nil
+	})
+	return out, err
+}
+
+// scan calls fn for every record from byte offset from up to the
+// committed size, in log (completion) order, with the offset after the
+// record. Records that repeat an index already seen earlier in the log
+// (a crash between the record and its slot, then a redelivery) are
+// skipped: only a record its slot points to is reported.
+func (r *resultReader) scan(from int64, fn func(rec *resultRecord, next int64) error) (int64, error) {
+	if r.log == nil {
+		return from, nil
+	}
+	off := from
+	for off < r.limit {
+		rec, buf, err := readRecordAt(r.log, off, r.limit, r.buf)
+		r.buf = buf
+		if err != nil {
+			return off, err
+		}
+		next := off + rec.size()
+		n, err := r.idx.ReadAt(r.slot[:], int64(rec.Index)*slotSize)
+		if n == slotSize && int64(binary.LittleEndian.Uint64(r.slot[:])) == off+1 {
+			if err := fn(&rec, next); err != nil {
+				return off, err
+			}
+		} else if n < slotSize && err != nil && !errors.Is(err, io.EOF) {
+			return off, fmt.Errorf("coordinator: read result index: %w", err)
+		}
+		off = next
+	}
+	return off, nil
+}

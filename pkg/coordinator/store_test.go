@@ -1,0 +1,205 @@
+package coordinator
+
+import (
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+func result(i int) *resultRecord {
+	return &resultRecord{
+		Index:       i,
+		Failed:      i%7 == 0,
+		CompletedAt: time.Unix(1700000000, int64(i)).UTC(),
+		Result:      fmt.Appendf(nil, `{"outcome":"success","result":{"i":%d}}`, i),
+	}
+}
+
+// The store keeps the first result per index, reads back by index and in
+// completion order, and recovers from a torn tail and from a crash
+// between a record and its index slot.
+func TestResultStoreFirstWinsAndRecovery(t *testing.T) {
+	dir := t.TempDir()
+	l, counts, err := openResultLog(dir)
+	require.NoError(t, err)
+	require.Zero(t, counts)
+	order := []int{5, 0, 3, 9, 1}
+	for _, i := range order {
+		added, err := l.add(result(i))
+		require.NoError(t, err)
+		require.True(t, added)
+	}
+	dup := result(3)
+	dup.Result = []byte(`"second"`)
+	added, err := l.add(dup)
+	require.NoError(t, err)
+	require.False(t, added, "first result per index wins")
+	size := l.size
+	require.NoError(t, l.sync())
+	require.NoError(t, l.close())
+
+	rd, err := openResultReader(dir, -1)
+	require.NoError(t, err)
+	var byIndex []int
+	require.NoError(t, rd.byIndex(0, 12, func(i int, rec *resultRecord) error {
+		if rec != nil {
+			require.Equal(t, result(i).Result, rec.Result)
+			require.Equal(t, result(i).Failed, rec.Failed)
+			require.True(t, result(i).CompletedAt.Equal(rec.CompletedAt))
+			byIndex = append(byIndex, i)
+		}
+		return nil
+	}))
+	require.Equal(t, []int{0, 1, 3, 5, 9}, byIndex)
+	var completion []int
+	end, err := rd.scan(0, func(rec *resultRecord, _ int64) error {
+		completion = append(completion, rec.Index)
+		return nil
+	})
+	require.NoError(t, err)
+	require.Equal(t, size, end)
+	require.Equal(t, order, completion)
+	require.NoError(t, rd.close())
+
+	// A crash after a record was written but before its slot, then a
+	// redelivery writing the index again, then a torn half record.
+	logf, err := os.OpenFile(filepath.Join(dir, resultsLogName), os.O_RDWR, 0)
+	require.NoError(t, err)
+	orphan := appendRecord(nil, result(4))
+	again := appendRecord(nil, &resultRecord{Index: 4, Result: []byte(`"again"`)})
+	torn := appendRecord(nil, result(6))[:10]
+	_, err = logf.WriteAt(append(append(orphan, again...), torn...), size)
+	require.NoError(t, err)
+	require.NoError(t, logf.Close())
+
+	l, counts, err = openResultLog(dir)
+	require.NoError(t, err)
+	require.Equal(t, storeCounts{Succeeded: 5, Failed: 1}, counts) // 0 is a failure; 4 counted once
+	require.Equal(t, size+int64(len(orphan)+len(again)), l.size, "torn tail cut")
+	ok, err := l.has(4)
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.NoError(t, l.close())
+	rd, err = openResultReader(dir, -1)
+	require.NoError(t, err)
+	defer rd.close()
+	rec, err := rd.at(4)
+	require.NoError(t, err)
+	require.Equal(t, result(4).Result, rec.Result, "the first record of index 4 wins")
+	n := 0
+	_, err = rd.scan(0, func(*resultRecord, int64) error { n++; return nil })
+	require.NoError(t, err)
+	require.Equal(t, 6, n, "the repeated record is not reported")
+
+	// A store that does not exist reads as empty.
+	empty, err := openResultReader(filepath.Join(dir, "nope"), -1)
+	require.NoError(t, err)
+	require.NoError(t, empty.byIndex(0, 3, func(_ int, rec *resultRecord) error {
+		require.Nil(t, rec)
+		return nil
+	}))
+	require.NoError(t, empty.close())
+}
+
+// heapInUse returns the live heap after a collection.
+func heapInUse() uint64 {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapAlloc
+}
+
+// writeAndStream stores n results of about resultBytes each in random
+// order, then streams them back in index order to w; it returns the
+// largest live heap growth seen.
+func writeAndStream(tb testing.TB, dir string, n, resultBytes int, w io.Writer) uint64 {
+	base := heapInUse()
+	var peak uint64
+	sample := func() {
+		if h := heapInUse(); h > base && h-base > peak {
+			peak = h - base
+		}
+	}
+	l, _, err := openResultLog(dir)
+	require.NoError(tb, err)
+	pad := make([]byte, resultBytes)
+	for i := range pad {
+		pad[i] = 'x'
+	}
+	rec := &resultRecord{}
+	perm := rand.Perm(n)
+	for k, i := range perm {
+		rec.Index, rec.CompletedAt = i, time.Now()
+		rec.Result = fmt.Appendf(rec.Result[:0], `{"outcome":"success","result":{"i":%d,"pad":"%s"}}`, i, pad)
+		added, err := l.add(rec)
+		require.NoError(tb, err)
+		require.True(tb, added)
+		if k%(n/4) == 0 {
+			sample()
+		}
+	}
+	size := l.size
+	require.NoError(tb, l.close())
+	sample()
+
+	rd, err := openResultReader(dir, size)
+	require.NoError(tb, err)
+	defer rd.close()
+	next := 0
+	require.NoError(tb, rd.byIndex(0, n, func(i int, r *resultRecord) error {
+		require.Equal(tb, next, i)
+		next++
+		if i%(n/4) == 0 {
+			sample()
+		}
+		if _, err := w.Write(r.Result); err != nil {
+			return err
+		}
+		_, err := w.Write([]byte{'\n'})
+		return err
+	}))
+	require.Equal(tb, n, next)
+	sample()
+	return peak
+}
+
+// countingWriter counts bytes.
+type countingWriter struct{ n int64 }
+
+func (c *countingWriter) Write(p []byte) (int, error) { c.n += int64(len(p)); return len(p), nil }
+
+// The results of 100,000 items (about 27 MB) are written and streamed
+// back in index order with a live heap that stays in the kilobytes to
+// low megabytes: nothing proportional to the batch is held.
+func TestResultStoreBoundedMemory(t *testing.T) {
+	if testing.Short() {
+		t.Skip("writes 27 MB")
+	}
+	const n, size = 100_000, 200
+	var out countingWriter
+	peak := writeAndStream(t, t.TempDir(), n, size, &out)
+	require.Greater(t, out.n, int64(n*size))
+	t.Logf("streamed %d bytes; peak live heap growth %d bytes", out.n, peak)
+	require.Less(t, peak, uint64(4<<20), "live heap must not grow with the batch (%d bytes of results)", out.n)
+}
+
+// BenchmarkResultStore100k writes 100,000 results in random order and
+// streams them back in index order; peak-heap-bytes is the largest live
+// heap growth seen (compare with the ~27 MB of results).
+func BenchmarkResultStore100k(b *testing.B) {
+	b.ReportAllocs()
+	var peak uint64
+	for b.Loop() {
+		var out countingWriter
+		peak = max(peak, writeAndStream(b, b.TempDir(), 100_000, 200, &out))
+		b.SetBytes(out.n)
+	}
+	b.ReportMetric(float64(peak), "peak-heap-bytes")
+}
