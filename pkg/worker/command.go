@@ -1,0 +1,149 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"strconv"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// Exit codes of Main.
+const (
+	// ExitOK: stopped on request after draining.
+	ExitOK = 0
+	// ExitFailure: the worker could not start or did not stop cleanly.
+	ExitFailure = 1
+	// ExitUsage: bad flags.
+	ExitUsage = 2
+)
+
+// stopGrace is how long Main's Stop may take beyond the drain timeout
+// (closing plugins and the connection).
+const stopGrace = 15 * time.Second
+
+// Main is the worker command: it parses args (flags, with environment
+// variables as defaults), runs a worker until ctx ends (main cancels it
+// on SIGINT/SIGTERM), drains it, and returns the exit code. --help
+// writes to stdout; logs and errors go to stderr.
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	usageOut := stderr
+	for _, a := range args {
+		if a == "-h" || a == "-help" || a == "--help" {
+			usageOut = stdout
+		}
+	}
+	var (
+		cfg       Config
+		logLevel  string
+		logFormat string
+	)
+	fs.StringVar(&cfg.NATSURL, "nats-url", env("STEPFLOW_NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL(s), comma-separated (env STEPFLOW_NATS_URL)")
+	fs.StringVar(&cfg.NATS.CredsFile, "nats-creds", env("STEPFLOW_NATS_CREDS", ""), "NATS credentials file (env STEPFLOW_NATS_CREDS)")
+	fs.StringVar(&cfg.NATS.NKeySeedFile, "nats-nkey", env("STEPFLOW_NATS_NKEY", ""), "NATS nkey seed file (env STEPFLOW_NATS_NKEY)")
+	fs.StringVar(&cfg.NATS.Token, "nats-token", env("STEPFLOW_NATS_TOKEN", ""), "NATS token (env STEPFLOW_NATS_TOKEN)")
+	fs.StringVar(&cfg.NATS.User, "nats-user", env("STEPFLOW_NATS_USER", ""), "NATS user (env STEPFLOW_NATS_USER)")
+	fs.StringVar(&cfg.NATS.Password, "nats-password", env("STEPFLOW_NATS_PASSWORD", ""), "NATS password (env STEPFLOW_NATS_PASSWORD)")
+	fs.StringVar(&cfg.NATS.TLSCAFile, "nats-tls-ca", env("STEPFLOW_NATS_TLS_CA", ""), "CA of the NATS server certificate; requires TLS (env STEPFLOW_NATS_TLS_CA)")
+	fs.StringVar(&cfg.NATS.TLSCertFile, "nats-tls-cert", env("STEPFLOW_NATS_TLS_CERT", ""), "client certificate for mutual TLS (env STEPFLOW_NATS_TLS_CERT)")
+	fs.StringVar(&cfg.NATS.TLSKeyFile, "nats-tls-key", env("STEPFLOW_NATS_TLS_KEY", ""), "client key for mutual TLS (env STEPFLOW_NATS_TLS_KEY)")
+	fs.StringVar(&cfg.ConfigPath, "config", env("STEPFLOW_CONFIG", ""), "stepflow-config.yml naming the component servers; default: builtins only (env STEPFLOW_CONFIG)")
+	fs.IntVar(&cfg.Concurrency, "concurrency", envInt("STEPFLOW_WORKER_CONCURRENCY", runtime.NumCPU()), "items executed at once (env STEPFLOW_WORKER_CONCURRENCY)")
+	fs.IntVar(&cfg.HealthPort, "health-port", envInt("STEPFLOW_HEALTH_PORT", 0), "serve /healthz and /readyz on this port; 0 = none (env STEPFLOW_HEALTH_PORT)")
+	fs.StringVar(&cfg.HealthHost, "health-host", env("STEPFLOW_HEALTH_HOST", DefaultHealthHost), "address of the health server (env STEPFLOW_HEALTH_HOST)")
+	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", envDuration("STEPFLOW_DRAIN_TIMEOUT", DefaultDrainTimeout), "on SIGTERM, how long in-flight items may finish before they are handed back (env STEPFLOW_DRAIN_TIMEOUT)")
+	fs.StringVar(&cfg.WorkerID, "worker-id", env("STEPFLOW_WORKER_ID", ""), "worker id in results and logs; default <hostname>-<pid> (env STEPFLOW_WORKER_ID)")
+	fs.StringVar(&logLevel, "log-level", env("STEPFLOW_LOG_LEVEL", "info"), "log level: debug, info, warn, error (env STEPFLOW_LOG_LEVEL)")
+	fs.StringVar(&logFormat, "log-format", env("STEPFLOW_LOG_FORMAT", "text"), "log format: text or json (env STEPFLOW_LOG_FORMAT)")
+	fs.Usage = func() {
+		fmt.Fprintln(usageOut, "Usage: worker [flags]\n\nPulls batch items from NATS JetStream and executes them against the configured component servers.\n\nFlags:")
+		fs.SetOutput(usageOut)
+		fs.PrintDefaults()
+		fs.SetOutput(stderr)
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return ExitOK
+		}
+		return ExitUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "Error: unexpected arguments: %v\n", fs.Args())
+		return ExitUsage
+	}
+	log, err := newLogger(logLevel, logFormat, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "Error: %v\n", err)
+		return ExitUsage
+	}
+	defer func() { _ = log.Sync() }()
+	cfg.Logger = log
+
+	w, err := New(cfg)
+	if err != nil {
+		fmt.Fprintf(stderr, "Error: %v\n", err)
+		return ExitUsage
+	}
+	if err := w.Start(ctx); err != nil {
+		if ctx.Err() != nil {
+			return ExitOK // asked to stop while starting
+		}
+		log.Error("worker failed to start", zap.Error(err))
+		return ExitFailure
+	}
+	<-ctx.Done()
+	sctx, cancel := context.WithTimeout(context.Background(), max(w.cfg.DrainTimeout, 0)+stopGrace)
+	defer cancel()
+	if err := w.Stop(sctx); err != nil {
+		log.Error("worker did not stop cleanly", zap.Error(err))
+		return ExitFailure
+	}
+	return ExitOK
+}
+
+func newLogger(level, format string, out io.Writer) (*zap.Logger, error) {
+	var lvl zapcore.Level
+	if err := lvl.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("invalid --log-level %q: %w", level, err)
+	}
+	var enc zapcore.Encoder
+	switch format {
+	case "text", "":
+		enc = zapcore.NewConsoleEncoder(zap.NewDevelopmentEncoderConfig())
+	case "json":
+		enc = zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig())
+	default:
+		return nil, fmt.Errorf("invalid --log-format %q: want text or json", format)
+	}
+	return zap.New(zapcore.NewCore(enc, zapcore.Lock(zapcore.AddSync(out)), lvl)), nil
+}
+
+func env(key, def string) string {
+	if v, ok := os.LookupEnv(key); ok && v != "" {
+		return v
+	}
+	return def
+}
+
+func envInt(key string, def int) int {
+	if v, err := strconv.Atoi(env(key, "")); err == nil {
+		return v
+	}
+	return def
+}
+
+func envDuration(key string, def time.Duration) time.Duration {
+	if v, err := time.ParseDuration(env(key, "")); err == nil {
+		return v
+	}
+	return def
+}

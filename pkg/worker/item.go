@@ -1,0 +1,262 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/stepflow-go/stepflow/pkg/blob"
+	"github.com/stepflow-go/stepflow/pkg/executor"
+	"github.com/stepflow-go/stepflow/pkg/outcome"
+	"github.com/stepflow-go/stepflow/pkg/queue"
+	"github.com/stepflow-go/stepflow/pkg/value"
+	stepflowv1 "github.com/stepflow-go/stepflow/proto/stepflowv1"
+)
+
+// Timeouts of the result path.
+const (
+	// publishTimeout bounds the publication of one result (its PubAck).
+	publishTimeout = 30 * time.Second
+	// ackTimeout bounds the wait for the server's confirmation of an ack.
+	ackTimeout = 10 * time.Second
+)
+
+// More settle causes (see settle).
+var (
+	// errRunPaused: a message of a paused run arrived: Nak.
+	errRunPaused = errors.New("run paused")
+	// errMalformed: an item that cannot be executed at all: Term.
+	errMalformed = errors.New("malformed item")
+	// errPanic: the worker's own code panicked on the item: Nak with a
+	// delay (MaxDeliver bounds the retries).
+	errPanic = errors.New("worker panicked")
+)
+
+// delivery is one item message and what the scheduler knew of its run
+// when it arrived.
+type delivery struct {
+	msg       jetstream.Msg
+	runID     string
+	ctx       context.Context // the run's context
+	prep      *preparedRun
+	heartbeat time.Duration // the consumer's heartbeat interval
+}
+
+// process executes one delivery and settles it. It never panics.
+func (w *Worker) process(d delivery) {
+	err := w.handle(d)
+	defer func() {
+		if p := recover(); p != nil {
+			w.log.Error("panic while settling an item", zap.String("run", d.runID), zap.Any("panic", p))
+		}
+	}()
+	w.settle(d.msg, err)
+}
+
+// settle is the one place that acknowledges item messages; it decides
+// from handle's error:
+//
+//	nil                     Ack, waiting for the server's confirmation (the
+//	                        result is already stored: it was published and
+//	                        its PubAck received first)
+//	errRunCancelled         TermWithReason("run cancelled"): the run is
+//	                        over, no result is published, and the coordinator
+//	                        reports the item as cancelled
+//	errMalformed,
+//	queue.ErrBadMessage     TermWithReason: redelivering cannot help
+//	errWorkerStopping,
+//	errRunPaused            Nak: hand the item back for another worker (or
+//	                        for later) right away
+//	anything else           NakWithDelay(RetryDelay): a failure outside the
+//	                        item (the result could not be published, the
+//	                        flow could not be loaded); MaxDeliver bounds it
+func (w *Worker) settle(msg jetstream.Msg, cause error) {
+	var err error
+	action := "ack"
+	switch {
+	case cause == nil:
+		ctx, cancel := context.WithTimeout(context.Background(), ackTimeout)
+		err = msg.DoubleAck(ctx)
+		cancel()
+	case errors.Is(cause, errRunCancelled):
+		action = "term"
+		err = msg.TermWithReason("run cancelled")
+	case errors.Is(cause, errMalformed), errors.Is(cause, queue.ErrBadMessage):
+		action = "term"
+		w.log.Warn("malformed item terminated", zap.Error(cause))
+		err = msg.TermWithReason(truncate("malformed item: "+cause.Error(), 200))
+	case errors.Is(cause, errWorkerStopping), errors.Is(cause, errRunPaused):
+		action = "nak"
+		err = msg.Nak()
+	default:
+		action = "nak-delay"
+		w.log.Warn("item failed outside its flow; handing it back", zap.Error(cause), zap.Duration("delay", w.cfg.RetryDelay))
+		err = msg.NakWithDelay(w.cfg.RetryDelay)
+	}
+	if err != nil {
+		// The item is redelivered after AckWait; a re-executed item's
+		// result is dropped as a duplicate.
+		w.log.Warn("cannot settle item message", zap.String("action", action), zap.Error(err), zap.NamedError("cause", cause))
+	}
+}
+
+// handle executes one item and publishes its result. It returns nil when
+// the result is stored, and otherwise the reason the item was not
+// completed, for settle. It never acknowledges anything itself.
+func (w *Worker) handle(d delivery) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			w.log.Error("panic while handling an item", zap.String("run", d.runID), zap.Any("panic", p), zap.ByteString("stack", debug.Stack()))
+			err = fmt.Errorf("%w: %v", errPanic, p)
+		}
+	}()
+	startedAt := time.Now()
+	it, err := queue.DecodeItem(d.msg.Data())
+	if err != nil {
+		return err
+	}
+	if it.GetRunId() != d.runID {
+		return fmt.Errorf("%w: item of run %s delivered by the consumer of run %s", errMalformed, it.GetRunId(), d.runID)
+	}
+	md, err := d.msg.Metadata()
+	if err != nil {
+		return fmt.Errorf("%w: %w", errMalformed, err)
+	}
+	every := d.heartbeat
+	if every <= 0 {
+		every = queue.RunConsumerConfig{}.HeartbeatInterval()
+	}
+	if hb := it.GetHeartbeatInterval(); hb != nil && hb.AsDuration() > 0 {
+		every = hb.AsDuration()
+	}
+	stopHeartbeat := heartbeat(d.msg, every, w.log)
+	defer stopHeartbeat()
+
+	ctx := withItemRunID(d.ctx, d.runID)
+	res, err := w.execute(ctx, d, it)
+	// An item whose run was cancelled, or that the worker abandoned while
+	// draining, has a "cancelled" result (or error) that must not be
+	// published.
+	if cause := context.Cause(d.ctx); cause != nil {
+		return cause
+	}
+	if err != nil {
+		// Transient trouble is retried through a nak, except on the last
+		// delivery the consumer allows: then it is the item's result.
+		if last := it.GetMaxDeliver(); last == 0 || uint64(md.NumDelivered) < uint64(last) {
+			return err
+		}
+		res = outcome.Failure(outcome.Errorf(outcome.CodeComponent, "item %d failed on its last delivery (%d): %v", it.GetIndex(), md.NumDelivered, err))
+	}
+
+	out := &stepflowv1.ItemResult{
+		RunId:         d.runID,
+		Index:         it.GetIndex(),
+		Result:        res.AppendJSON(nil),
+		Failed:        res.Failed(),
+		Source:        stepflowv1.ResultSource_RESULT_SOURCE_WORKER,
+		WorkerId:      w.cfg.WorkerID,
+		Deliveries:    uint32(md.NumDelivered),
+		StartedAt:     timestamppb.New(startedAt),
+		FinishedAt:    timestamppb.Now(),
+		ItemStreamSeq: md.Sequence.Stream,
+	}
+	pctx, cancel := context.WithTimeout(context.Background(), publishTimeout)
+	defer cancel()
+	dup, err := queue.PublishResult(pctx, w.js, out, queue.ResultOptions{Subject: it.GetReplySubject(), Blobs: w.blobs})
+	if err != nil {
+		return fmt.Errorf("publish result %d of run %s: %w", it.GetIndex(), d.runID, err)
+	}
+	if dup {
+		w.log.Debug("result already stored (item re-executed); the first one counts",
+			zap.String("run", d.runID), zap.Uint64("index", it.GetIndex()), zap.Uint64("deliveries", md.NumDelivered))
+	}
+	return nil
+}
+
+// execute loads the item's input and run and executes the flow. A
+// problem of the item or the run itself is a failed result; an error is
+// returned only for transient trouble (NATS) and cancellation.
+func (w *Worker) execute(ctx context.Context, d delivery, it *stepflowv1.Item) (outcome.Result, error) {
+	if dl := it.GetDeadline(); dl != nil {
+		if !time.Now().Before(dl.AsTime()) {
+			return outcome.Failure(outcome.Errorf(outcome.CodeComponent, "item deadline %s passed before it started", dl.AsTime().UTC().Format(time.RFC3339))), nil
+		}
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadlineCause(ctx, dl.AsTime(), errors.New("item deadline exceeded"))
+		defer cancel()
+	}
+	raw, err := queue.ItemInput(ctx, it, w.blobs)
+	switch {
+	case errors.Is(err, blob.ErrNotFound):
+		return outcome.Failure(outcome.Errorf(outcome.CodeInvalidInput, "item %d: %v", it.GetIndex(), err)), nil
+	case err != nil:
+		return outcome.Result{}, err
+	}
+	input, err := value.Parse(raw)
+	if err != nil {
+		return outcome.Failure(outcome.Errorf(outcome.CodeInvalidInput, "item %d: input is not JSON: %v", it.GetIndex(), err)), nil
+	}
+	run, err := d.prep.get(ctx, it.GetFlowId())
+	switch {
+	case errors.Is(err, errRunUnusable):
+		return outcome.Failure(outcome.Errorf(outcome.CodeInvalidInput, "%v", err)), nil
+	case err != nil:
+		return outcome.Result{}, err
+	}
+	return runItem(ctx, run, int(it.GetIndex()), input), nil
+}
+
+// runItem executes the flow; a panic that escapes the executor's own
+// recovery fails the item rather than the worker.
+func runItem(ctx context.Context, run *executor.Run, index int, input value.Value) (res outcome.Result) {
+	defer func() {
+		if p := recover(); p != nil {
+			res = outcome.Failure(outcome.Errorf(outcome.CodeComponent, "item panicked: %v", p))
+		}
+	}()
+	return run.Execute(ctx, index, input)
+}
+
+// heartbeat sends an in-progress ack every interval until the returned
+// function is called (which waits for the heartbeat goroutine), so that
+// JetStream does not redeliver a long item to another worker.
+func heartbeat(msg jetstream.Msg, every time.Duration, log *zap.Logger) (stop func()) {
+	if every <= 0 {
+		return func() {}
+	}
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				if err := msg.InProgress(); err != nil {
+					log.Debug("in-progress ack failed", zap.Error(err))
+				}
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		<-finished
+	}
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}

@@ -1,0 +1,372 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+
+	"github.com/stepflow-go/stepflow/pkg/config"
+	"github.com/stepflow-go/stepflow/pkg/executor"
+	"github.com/stepflow-go/stepflow/pkg/plugin"
+	"github.com/stepflow-go/stepflow/pkg/queue"
+)
+
+// Errors of the lifecycle.
+var (
+	// ErrStopped is returned by Start on a worker that was stopped: a
+	// Worker runs once.
+	ErrStopped = errors.New("worker: stopped")
+)
+
+// Causes of item context cancellation; they decide how an abandoned item
+// is settled (see settle).
+var (
+	// errRunCancelled: the item's run was cancelled (or finished, or its
+	// record deleted) while it ran: Term, no result.
+	errRunCancelled = errors.New("run cancelled")
+	// errWorkerStopping: the worker's drain timed out (or Stop's caller
+	// gave up) while the item ran: Nak, another worker takes it.
+	errWorkerStopping = errors.New("worker stopping")
+)
+
+// lifecycle states
+const (
+	stateNew = iota
+	stateStarting
+	stateRunning
+	stateStopped
+)
+
+// Worker executes the items of active runs pulled from NATS JetStream.
+// Create it with New, run it with Start and end it with Stop; see the
+// package documentation for the design.
+type Worker struct {
+	cfg   Config
+	log   *zap.Logger
+	slots *slots
+
+	mu        sync.Mutex
+	state     int
+	startedCh chan struct{}
+	stoppedCh chan struct{}
+	stopReq   chan struct{}
+	stopOnce  sync.Once
+	stopErr   error // written before stoppedCh is closed
+
+	// workCtx is the parent of every item's context; workCancel hands
+	// in-flight items back (cause errWorkerStopping).
+	workCtx    context.Context
+	workCancel context.CancelCauseFunc
+
+	// Set by Start, read-only afterwards.
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	runStore *queue.RunStore
+	blobs    *queue.ObjectBlobStore
+	flows    *flowCache
+	plugins  *plugin.Plugins
+	exec     *executor.Executor
+	sched    *scheduler
+	health   *healthServer
+
+	watchReady atomic.Bool
+	draining   atomic.Bool
+
+	// onDrainStart, when set (tests), is called by the scheduler when it
+	// has stopped fetching.
+	onDrainStart func()
+}
+
+// New validates cfg (after WithDefaults) and returns a worker that is not
+// started yet.
+func New(cfg Config) (*Worker, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	workCtx, workCancel := context.WithCancelCause(context.Background())
+	return &Worker{
+		cfg:        cfg,
+		workCtx:    workCtx,
+		workCancel: workCancel,
+		log:        cfg.Logger.Named("worker").With(zap.String("worker_id", cfg.WorkerID)),
+		slots:      newSlots(cfg.Concurrency),
+		startedCh:  make(chan struct{}),
+		stoppedCh:  make(chan struct{}),
+		stopReq:    make(chan struct{}),
+	}, nil
+}
+
+// ID returns the worker id (Config.WorkerID).
+func (w *Worker) ID() string { return w.cfg.WorkerID }
+
+// Started is closed once Start has succeeded.
+func (w *Worker) Started() <-chan struct{} { return w.startedCh }
+
+// Stopped is closed once the worker has stopped: after Stop has drained
+// it, after a failed Start, or at once when Stop precedes Start.
+func (w *Worker) Stopped() <-chan struct{} { return w.stoppedCh }
+
+// HealthAddr returns the address the health server listens on ("" when
+// there is none), for HealthPort -1.
+func (w *Worker) HealthAddr() string {
+	if w.health == nil {
+		return ""
+	}
+	return w.health.addr()
+}
+
+// Start connects to NATS, opens the run, flow and blob stores, starts the
+// plugins (component servers) once for the whole life of the worker, and
+// starts pulling items. It waits for NATS and for the coordinator to have
+// provisioned the streams and buckets until ctx ends; ctx bounds startup
+// only, the worker then runs until Stop. Start on a started worker is a
+// no-op; on a stopped one it fails with ErrStopped.
+func (w *Worker) Start(ctx context.Context) error {
+	w.mu.Lock()
+	switch w.state {
+	case stateStarting, stateRunning:
+		w.mu.Unlock()
+		return nil
+	case stateStopped:
+		w.mu.Unlock()
+		return ErrStopped
+	}
+	w.state = stateStarting
+	w.mu.Unlock()
+
+	// A Stop during startup (waiting for NATS, say) aborts it.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	abort := make(chan struct{})
+	defer close(abort)
+	go func() {
+		select {
+		case <-w.stopReq:
+			cancel()
+		case <-abort:
+		}
+	}()
+	if err := w.start(ctx); err != nil {
+		_ = w.cleanup()
+		w.workCancel(ErrStopped)
+		w.mu.Lock()
+		w.state = stateStopped
+		close(w.stoppedCh)
+		w.mu.Unlock()
+		return err
+	}
+	w.mu.Lock()
+	w.state = stateRunning
+	w.mu.Unlock()
+	close(w.startedCh)
+	go w.run()
+	return nil
+}
+
+func (w *Worker) start(ctx context.Context) error {
+	if w.cfg.HealthPort != 0 {
+		h, err := startHealth(w.cfg.HealthHost, w.cfg.HealthPort, w.ready, w.log)
+		if err != nil {
+			return err
+		}
+		w.health = h
+	}
+	stepCfg, err := w.loadConfig()
+	if err != nil {
+		return err
+	}
+	nc, js, err := queue.Connect(ctx, w.cfg.NATSURL, w.cfg.NATS)
+	if err != nil {
+		return fmt.Errorf("worker: %w", err)
+	}
+	w.nc, w.js = nc, js
+	if err := w.openStores(ctx); err != nil {
+		return err
+	}
+
+	wd := w.cfg.WorkingDir
+	if wd == "" {
+		cwd, err := os.Getwd()
+		if err != nil {
+			return fmt.Errorf("worker: working directory: %w", err)
+		}
+		wd = stepCfg.WorkDir("", cwd)
+	}
+	nested := &natsRuns{nc: nc, slots: w.slots, timeout: w.cfg.RunsRequestTimeout, log: w.log.Named("runs")}
+	plugins, err := plugin.New(ctx, stepCfg, plugin.Options{
+		Blobs:      w.blobs,
+		Logger:     w.cfg.Logger,
+		WorkingDir: wd,
+		Runs:       nested,
+		Factories:  w.cfg.PluginFactories,
+	})
+	if err != nil {
+		return fmt.Errorf("worker: start plugins: %w", err)
+	}
+	w.plugins = plugins
+	w.exec = executor.New(executor.Config{Router: plugins, Logger: w.cfg.Logger.Named("executor")})
+
+	w.sched = newScheduler(w)
+	go w.sched.loop()
+	w.log.Info("worker started", zap.Int("concurrency", w.cfg.Concurrency), zap.String("nats", nc.ConnectedUrlRedacted()),
+		zap.Duration("drain_timeout", w.cfg.DrainTimeout))
+	return nil
+}
+
+// loadConfig returns the stepflow config: the given one, the file, or the
+// default.
+func (w *Worker) loadConfig() (*config.Config, error) {
+	switch {
+	case w.cfg.StepflowConfig != nil:
+		return w.cfg.StepflowConfig, nil
+	case w.cfg.ConfigPath != "":
+		c, err := config.Load(w.cfg.ConfigPath)
+		if err != nil {
+			return nil, fmt.Errorf("worker: %w", err)
+		}
+		return c, nil
+	}
+	return config.Default(), nil
+}
+
+// provisionRetry is the pause between attempts to open the stores while
+// the coordinator has not provisioned them yet.
+const provisionRetry = 500 * time.Millisecond
+
+// openStores binds the run, flow and blob stores, waiting (until ctx
+// ends) while they are not provisioned: workers never create them.
+func (w *Worker) openStores(ctx context.Context) error {
+	logged := false
+	for {
+		err := w.tryOpenStores(ctx)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, queue.ErrNotProvisioned) {
+			return fmt.Errorf("worker: %w", err)
+		}
+		if !logged {
+			w.log.Info("waiting for the coordinator to provision the JetStream layout", zap.Error(err))
+			logged = true
+		}
+		t := time.NewTimer(provisionRetry)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("worker: %w: %w", context.Cause(ctx), err)
+		}
+	}
+}
+
+func (w *Worker) tryOpenStores(ctx context.Context) error {
+	rs, err := queue.OpenRunStore(ctx, w.js)
+	if err != nil {
+		return err
+	}
+	fs, err := queue.OpenFlowStore(ctx, w.js)
+	if err != nil {
+		return err
+	}
+	bs, err := queue.OpenBlobStore(ctx, w.js)
+	if err != nil {
+		return err
+	}
+	w.runStore, w.flows, w.blobs = rs, newFlowCache(fs), bs
+	return nil
+}
+
+// run waits for Stop and shuts the worker down: stop fetching at once,
+// let in-flight items finish for DrainTimeout, then cancel and hand back
+// what still runs, and finally close the plugins and the connection.
+func (w *Worker) run() {
+	<-w.stopReq
+	w.draining.Store(true)
+	w.log.Info("stopping: no new items; draining in-flight items", zap.Duration("drain_timeout", w.cfg.DrainTimeout))
+	t := time.NewTimer(max(w.cfg.DrainTimeout, 0))
+	select {
+	case <-w.sched.done:
+		t.Stop()
+	case <-t.C:
+		w.log.Warn("drain timeout: cancelling in-flight items and handing them back")
+		w.workCancel(errWorkerStopping)
+		<-w.sched.done
+	}
+	w.workCancel(errWorkerStopping)
+	err := w.cleanup()
+	w.log.Info("worker stopped")
+	w.mu.Lock()
+	w.state = stateStopped
+	w.stopErr = err
+	close(w.stoppedCh)
+	w.mu.Unlock()
+}
+
+// cleanup closes what start opened, in reverse order; NATS last but one,
+// so that the naks and acks of drained items are flushed first.
+func (w *Worker) cleanup() error {
+	var errs []error
+	if w.plugins != nil {
+		if err := w.plugins.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("worker: close plugins: %w", err))
+		}
+	}
+	if w.nc != nil {
+		if err := w.nc.FlushTimeout(5 * time.Second); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+			w.log.Warn("flush before close", zap.Error(err))
+		}
+		w.nc.Close()
+	}
+	if w.health != nil {
+		if err := w.health.close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Stop stops fetching at once, lets in-flight items finish for
+// DrainTimeout, hands back (Nak) what still runs after that, then closes
+// the plugins and the NATS connection. It is idempotent, safe before
+// Start (the worker then never starts), and safe to call concurrently.
+// If ctx ends first, in-flight items are cancelled and handed back at
+// once, and Stop returns ctx's error while the shutdown completes in the
+// background (see Stopped).
+func (w *Worker) Stop(ctx context.Context) error {
+	w.mu.Lock()
+	if w.state == stateNew {
+		w.state = stateStopped
+		close(w.stoppedCh)
+	}
+	w.mu.Unlock()
+	w.stopOnce.Do(func() { close(w.stopReq) })
+	select {
+	case <-w.stoppedCh:
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return w.stopErr
+	case <-ctx.Done():
+		w.workCancel(errWorkerStopping)
+		return ctx.Err()
+	}
+}
+
+// ready reports whether the worker takes items: started, not draining,
+// connected to NATS and watching run records.
+func (w *Worker) ready() bool {
+	select {
+	case <-w.startedCh:
+	default:
+		return false
+	}
+	return !w.draining.Load() && w.nc != nil && w.nc.IsConnected() && w.watchReady.Load()
+}
