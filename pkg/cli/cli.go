@@ -1,6 +1,7 @@
 // Package cli implements the `stepflow` command line: run, validate, test,
-// visualize and list-components (and, as the project grows, the commands
-// that talk to a coordinator).
+// visualize and list-components locally; submit and runs against a
+// coordinator (distributed mode); serve runs a coordinator and workers in
+// one process.
 //
 // Commands write results to stdout and everything else (progress,
 // diagnostics, logs) to stderr, so that `stepflow run ... > out.jsonl`
@@ -174,6 +175,9 @@ func (a *app) rootCommand() *cobra.Command {
 		a.testCommand(),
 		a.visualizeCommand(),
 		a.listComponentsCommand(),
+		a.submitCommand(),
+		a.runsCommand(),
+		a.serveCommand(),
 	)
 	return root
 }

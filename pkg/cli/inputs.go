@@ -140,9 +140,15 @@ type runFlags struct {
 }
 
 func (r *runFlags) register(cmd *cobra.Command, defaultConcurrency int) {
+	r.registerShared(cmd, defaultConcurrency)
+	_ = cmd.MarkFlagRequired("flow")
+}
+
+// registerShared registers the flags without making --flow required
+// (submit --attach needs none).
+func (r *runFlags) registerShared(cmd *cobra.Command, defaultConcurrency int) {
 	fl := cmd.Flags()
 	fl.StringVar(&r.flowPath, "flow", "", "the flow file (.yaml, .yml or .json)")
-	_ = cmd.MarkFlagRequired("flow")
 	r.inputs.register(cmd)
 	fl.IntVar(&r.maxConcurrent, "max-concurrent", defaultConcurrency, "maximum number of items in flight at once")
 	fl.IntVar(&r.maxConcurrent, "max-concurrency", defaultConcurrency, "alias of --max-concurrent")

@@ -238,10 +238,16 @@ func (r *runCmd) runBatch(ctx context.Context, run *executor.Run) error {
 }
 
 func (r *runCmd) progress() progress.Mode {
-	if r.quiet {
+	return progressMode(r.quiet, r.progressMode, r.a.io.Stderr)
+}
+
+// progressMode maps --quiet and --progress onto a progress.Mode; "auto"
+// draws a bar when stderr is a terminal.
+func progressMode(quiet bool, mode string, stderr io.Writer) progress.Mode {
+	if quiet {
 		return progress.ModeQuiet
 	}
-	switch r.progressMode {
+	switch mode {
 	case "none":
 		return progress.ModeQuiet
 	case "bar":
@@ -249,7 +255,7 @@ func (r *runCmd) progress() progress.Mode {
 	case "plain":
 		return progress.ModePlain
 	}
-	if f, ok := r.a.io.Stderr.(*os.File); ok && progress.IsTerminal(f) {
+	if f, ok := stderr.(*os.File); ok && progress.IsTerminal(f) {
 		return progress.ModeTTY
 	}
 	return progress.ModePlain

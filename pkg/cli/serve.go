@@ -1,0 +1,172 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+
+	"github.com/stepflow-go/stepflow/pkg/config"
+	"github.com/stepflow-go/stepflow/pkg/coordinator"
+	"github.com/stepflow-go/stepflow/pkg/worker"
+)
+
+// defaultServeDataDir is serve's default --data-dir: next to the project,
+// like .git, so that two projects on one machine never share (and lock)
+// one JetStream store, and so that nothing that cleans caches deletes the
+// results of runs in progress.
+const defaultServeDataDir = ".stepflow-data"
+
+// serveStopTimeout bounds the shutdown of serve: the workers' drain and
+// the coordinator's stop.
+const serveStopTimeout = 60 * time.Second
+
+type serveCmd struct {
+	a                 *app
+	coord             coordinator.Config
+	workers           int
+	workerConcurrency int
+	configPath        string
+}
+
+func (a *app) serveCommand() *cobra.Command {
+	s := &serveCmd{a: a}
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run a coordinator and workers in one process (distributed mode on one machine)",
+		Long: `Run the stepflow coordinator (the /api/v1 REST API that 'stepflow submit' and
+'stepflow runs' talk to) and --workers in-process workers in one process.
+
+With --nats-url empty, an embedded NATS server stores its state in
+--data-dir; other workers ('stepflow-worker --nats-url …') may join it.
+--data-dir defaults to ./.stepflow-data (env STEPFLOW_DATA_DIR): state that
+belongs to the directory serve runs in, kept across restarts (runs in
+progress resume), never shared between two projects.
+
+The workers start the component servers of --config (default: the
+stepflow-config.yml of the current directory, else builtins only).
+
+The first line on stdout is {"port":N,"natsUrl":"nats://…"} once
+everything listens; logs go to stderr. SIGINT/SIGTERM drains the workers
+(in-flight items finish, or go back to the queue), then stops the
+coordinator, and exits 0.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return s.run(cmd.Context()) },
+	}
+	getenv := a.io.Getenv
+	port := coordinator.DefaultPort
+	if v := getenv("STEPFLOW_PORT"); v != "" {
+		if n, err := strconv.Atoi(v); err == nil {
+			port = n
+		}
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&s.coord.Host, "host", getenv("STEPFLOW_HOST"), `HTTP listen address ("" = every interface) (env STEPFLOW_HOST)`)
+	fl.IntVar(&s.coord.Port, "port", port, "HTTP port, 0 = any free port (env STEPFLOW_PORT)")
+	fl.StringVar(&s.coord.NATSURL, "nats-url", getenv("STEPFLOW_NATS_URL"), `NATS server URL; "" starts an embedded server (env STEPFLOW_NATS_URL)`)
+	fl.IntVar(&s.coord.NATSPort, "nats-port", coordinator.DefaultNATSPort, "client port of the embedded NATS server, 0 = any free port")
+	fl.StringVar(&s.coord.DataDir, "data-dir", envOr(getenv, "STEPFLOW_DATA_DIR", defaultServeDataDir), "directory for results and state, and the embedded NATS store (env STEPFLOW_DATA_DIR)")
+	fl.StringVar(&s.coord.AuthToken, "auth-token", getenv("STEPFLOW_AUTH_TOKEN"), "bearer token required by the REST API (prefer env STEPFLOW_AUTH_TOKEN)")
+	fl.IntVar(&s.workers, "workers", 2, "in-process workers (0 = coordinator only)")
+	fl.IntVar(&s.workerConcurrency, "worker-concurrency", runtime.NumCPU(), "items each worker executes at once")
+	fl.StringVar(&s.configPath, "config", "", "stepflow-config.yml of the workers' component servers (default: found in the current directory)")
+	return cmd
+}
+
+func (s *serveCmd) run(ctx context.Context) error {
+	if s.workers < 0 {
+		return usageErr("--workers must not be negative, got %d", s.workers)
+	}
+	if s.workerConcurrency < 1 {
+		return usageErr("--worker-concurrency must be at least 1, got %d", s.workerConcurrency)
+	}
+	log := s.a.log
+	var stepCfg *config.Config
+	if s.workers > 0 {
+		var err error
+		if stepCfg, err = discoverConfig(s.configPath, ""); err != nil {
+			return failure(fmt.Errorf("config: %w", err))
+		}
+	}
+	cfg := s.coord
+	cfg.Logger = log
+	c, err := coordinator.New(cfg)
+	if err != nil {
+		return usageErr("%v", err)
+	}
+	if err := c.Start(ctx); err != nil {
+		_ = c.Stop(context.Background())
+		return failure(fmt.Errorf("start the coordinator: %w", err))
+	}
+	workers, err := s.startWorkers(ctx, c.NATSURL(), stepCfg)
+	if err != nil {
+		s.shutdown(workers, c)
+		return failure(err)
+	}
+	line, _ := json.Marshal(coordinator.Ready{Port: c.Port(), NATSURL: c.NATSURL()})
+	if _, err := fmt.Fprintf(s.a.io.Stdout, "%s\n", line); err != nil {
+		log.Error("cannot write the ready line", zap.Error(err))
+	}
+	log.Info("serving", zap.String("url", c.URL()), zap.String("nats", c.NATSURL()), zap.Int("workers", len(workers)))
+	<-ctx.Done()
+	log.Info("shutting down", zap.NamedError("cause", context.Cause(ctx)))
+	if err := s.shutdown(workers, c); err != nil {
+		return failure(err)
+	}
+	return nil
+}
+
+// startWorkers starts the in-process workers, each with its own NATS
+// connection and component servers.
+func (s *serveCmd) startWorkers(ctx context.Context, natsURL string, stepCfg *config.Config) ([]*worker.Worker, error) {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "serve"
+	}
+	var workers []*worker.Worker
+	for i := range s.workers {
+		w, err := worker.New(worker.Config{
+			NATSURL:        natsURL,
+			StepflowConfig: stepCfg,
+			Concurrency:    s.workerConcurrency,
+			WorkerID:       fmt.Sprintf("%s-%d-w%d", host, os.Getpid(), i),
+			Logger:         s.a.log,
+		})
+		if err != nil {
+			return workers, fmt.Errorf("worker %d: %w", i, err)
+		}
+		workers = append(workers, w)
+		if err := w.Start(ctx); err != nil {
+			return workers, fmt.Errorf("start worker %d: %w", i, err)
+		}
+	}
+	return workers, nil
+}
+
+// shutdown drains the workers (in parallel), then stops the coordinator.
+func (s *serveCmd) shutdown(workers []*worker.Worker, c *coordinator.Coordinator) error {
+	ctx, cancel := context.WithTimeout(context.Background(), serveStopTimeout)
+	defer cancel()
+	errs := make([]error, len(workers)+1)
+	var wg sync.WaitGroup
+	for i, w := range workers {
+		wg.Go(func() {
+			if err := w.Stop(ctx); err != nil {
+				errs[i] = fmt.Errorf("stop worker %s: %w", w.ID(), err)
+			}
+		})
+	}
+	wg.Wait()
+	if err := c.Stop(ctx); err != nil {
+		errs[len(workers)] = err
+	}
+	return errors.Join(errs...)
+}
