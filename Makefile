@@ -7,13 +7,15 @@ RACE      ?= -race
 FUZZTIME  ?= 10s
 BENCHTIME ?= 1s
 
-.PHONY: help build test test-integration bench fuzz lint verify demo clean venv
+.PHONY: help build test test-integration bench fuzz lint verify demo example clean venv
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-build: ## build bin/stepflow
+build: ## build bin/stepflow, bin/coordinator and bin/worker
 	$(GO) build -o $(BIN)/stepflow ./cmd/stepflow
+	$(GO) build -o $(BIN)/coordinator ./cmd/coordinator
+	$(GO) build -o $(BIN)/worker ./cmd/worker
 
 test: venv mcp-deps ## every test (unit, conformance, real component servers), with the race detector
 	$(GO) test $(RACE) -count=1 -timeout 20m $(PKGS)
@@ -22,8 +24,8 @@ test-integration: venv ## only the multi-process tests in test/integration (part
 	$(GO) test $(RACE) -count=1 ./test/integration/...
 
 bench: build venv ## benchmarks: Go micro-benchmarks and the end-to-end batch figures
-	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./pkg/value/ ./pkg/expr/ ./pkg/executor/ ./pkg/jsonl/ ./pkg/reorder/ ./pkg/blob/
-	STEPFLOW_BIN=$(CURDIR)/$(BIN)/stepflow $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./test/bench/
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./pkg/value/ ./pkg/expr/ ./pkg/executor/ ./pkg/jsonl/ ./pkg/reorder/ ./pkg/blob/ ./pkg/protocol/ ./pkg/queue/ ./pkg/worker/
+	STEPFLOW_BIN=$(CURDIR)/$(BIN)/stepflow STEPFLOW_BIN_DIR=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./test/bench/
 
 fuzz: ## short fuzz runs of every fuzz target
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./pkg/value/
@@ -42,7 +44,10 @@ lint: ## gofmt, go vet and staticcheck
 verify: lint proto-check ## everything CI checks besides the tests: formatting, vet, staticcheck, tidy go.mod, fresh protobuf code
 	$(GO) mod tidy -diff
 
-demo: build ## run the example batch on this machine (local, embedded engine)
+demo: build ## the main job: a coordinator with embedded NATS, two workers, `stepflow submit` of the example batch
+	scripts/demo.sh
+
+example: build ## the example batch in-process with `stepflow run` (no coordinator)
 	$(BIN)/stepflow run --flow examples/hello/flow.yaml --inputs examples/hello/items.jsonl --max-concurrent 4 --output examples/hello/results.jsonl
 	@cat examples/hello/results.jsonl
 

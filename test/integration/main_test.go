@@ -23,8 +23,8 @@ var repoRoot = func() string {
 	return filepath.Clean(filepath.Join(wd, "..", ".."))
 }()
 
-// stepflowBin is the CLI built once for the whole package.
-var stepflowBin string
+// The binaries, built once for the whole package.
+var stepflowBin, coordinatorBin, workerBin string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "stepflow-integration-")
@@ -33,12 +33,16 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	stepflowBin = filepath.Join(dir, "stepflow")
-	build := exec.Command("go", "build", "-o", stepflowBin, "./cmd/stepflow")
-	build.Dir = repoRoot
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build stepflow:", err)
-		os.Exit(1)
+	coordinatorBin = filepath.Join(dir, "coordinator")
+	workerBin = filepath.Join(dir, "worker")
+	for bin, pkg := range map[string]string{stepflowBin: "./cmd/stepflow", coordinatorBin: "./cmd/coordinator", workerBin: "./cmd/worker"} {
+		build := exec.Command("go", "build", "-o", bin, pkg)
+		build.Dir = repoRoot
+		build.Stdout, build.Stderr = os.Stderr, os.Stderr
+		if err := build.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "build", pkg+":", err)
+			os.Exit(1)
+		}
 	}
 	code := m.Run()
 	_ = os.RemoveAll(dir)
