@@ -77,6 +77,16 @@ func (c *cluster) addWorker(concurrency int, config string, env ...string) {
 	c.procs = append(c.procs, startProcess(c.t, env, workerBin, args...))
 }
 
+// stopWorkers stops every worker process (SIGTERM: they drain and exit).
+func (c *cluster) stopWorkers() {
+	kept := c.procs[:1]
+	for _, p := range c.procs[1:] {
+		_ = p.Process.Signal(syscall.SIGTERM)
+		_ = p.Wait()
+	}
+	c.procs = kept
+}
+
 // stop sends SIGTERM to every process, workers first, and waits.
 func (c *cluster) stop() {
 	for i := len(c.procs) - 1; i >= 0; i-- {
