@@ -26,7 +26,8 @@ import (
 
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
+
+	"github.com/stepflow-go/stepflow/pkg/logging"
 )
 
 // Exit codes.
@@ -194,29 +195,19 @@ func envOr(getenv func(string) string, key, def string) string {
 }
 
 func (a *app) setupLogger() error {
-	var level zapcore.Level
-	if err := level.UnmarshalText([]byte(a.logLevel)); err != nil {
-		return usageErr("invalid --log-level %q: %v", a.logLevel, err)
-	}
-	encCfg := zap.NewDevelopmentEncoderConfig()
-	var enc zapcore.Encoder
-	switch a.logFormat {
-	case "text", "":
-		enc = zapcore.NewConsoleEncoder(encCfg)
-	case "json":
-		enc = zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig())
-	default:
-		return usageErr("invalid --log-format %q: want text or json", a.logFormat)
-	}
-	var sink zapcore.WriteSyncer = zapcore.AddSync(a.io.Stderr)
+	var sink io.Writer = a.io.Stderr
 	if a.logFile != "" {
 		f, err := os.OpenFile(a.logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 		if err != nil {
 			return &ExitError{Code: ExitFailure, Err: fmt.Errorf("open log file: %w", err)}
 		}
-		sink = zapcore.AddSync(f)
+		sink = f
 		a.closeLog = func() { _ = f.Close() }
 	}
-	a.log = zap.New(zapcore.NewCore(enc, zapcore.Lock(sink), level))
+	log, err := logging.New(a.logLevel, a.logFormat, sink)
+	if err != nil {
+		return usageErr("%v", err)
+	}
+	a.log = log
 	return nil
 }

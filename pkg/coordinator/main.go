@@ -12,7 +12,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
+
+	"github.com/stepflow-go/stepflow/pkg/logging"
 )
 
 // Exit codes of Main.
@@ -71,6 +72,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&cfg.DataDir, "data-dir", envOr("STEPFLOW_DATA_DIR", "stepflow-data"), "directory for results and state (and the embedded NATS store)")
 	fs.StringVar(&cfg.AuthToken, "auth-token", os.Getenv("STEPFLOW_AUTH_TOKEN"), "bearer token required by the REST API (prefer STEPFLOW_AUTH_TOKEN)")
 	level := fs.String("log-level", envOr("STEPFLOW_LOG_LEVEL", "info"), "log level: debug, info, warn or error")
+	format := fs.String("log-format", envOr("STEPFLOW_LOG_FORMAT", "json"), "log format: json or text")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return ExitOK
@@ -81,14 +83,11 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "coordinator: unexpected arguments %q\n", fs.Args())
 		return ExitUsage
 	}
-	lvl, err := zapcore.ParseLevel(*level)
+	log, err := logging.New(*level, *format, stderr)
 	if err != nil {
-		fmt.Fprintf(stderr, "coordinator: --log-level: %v\n", err)
+		fmt.Fprintf(stderr, "coordinator: %v\n", err)
 		return ExitUsage
 	}
-	enc := zap.NewProductionEncoderConfig()
-	enc.EncodeTime = zapcore.ISO8601TimeEncoder
-	log := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(enc), zapcore.Lock(zapcore.AddSync(stderr)), lvl))
 	defer func() { _ = log.Sync() }()
 	cfg.Logger = log
 

@@ -12,7 +12,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
+
+	"github.com/stepflow-go/stepflow/pkg/logging"
 )
 
 // Exit codes of Main.
@@ -80,7 +81,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "Error: unexpected arguments: %v\n", fs.Args())
 		return ExitUsage
 	}
-	log, err := newLogger(logLevel, logFormat, stderr)
+	log, err := logging.New(logLevel, logFormat, stderr)
 	if err != nil {
 		fmt.Fprintf(stderr, "Error: %v\n", err)
 		return ExitUsage
@@ -108,23 +109,6 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return ExitFailure
 	}
 	return ExitOK
-}
-
-func newLogger(level, format string, out io.Writer) (*zap.Logger, error) {
-	var lvl zapcore.Level
-	if err := lvl.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("invalid --log-level %q: %w", level, err)
-	}
-	var enc zapcore.Encoder
-	switch format {
-	case "text", "":
-		enc = zapcore.NewConsoleEncoder(zap.NewDevelopmentEncoderConfig())
-	case "json":
-		enc = zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig())
-	default:
-		return nil, fmt.Errorf("invalid --log-format %q: want text or json", format)
-	}
-	return zap.New(zapcore.NewCore(enc, zapcore.Lock(zapcore.AddSync(out)), lvl)), nil
 }
 
 func env(key, def string) string {
