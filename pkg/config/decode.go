@@ -3,7 +3,6 @@ package config
 import (
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -46,24 +45,11 @@ func buildOptions(opts []Option) options {
 // Load reads a config file: YAML for .yml/.yaml (and any other
 // extension), JSON for .json.
 func Load(path string, opts ...Option) (*Config, error) {
-	fh, err := os.Open(path)
+	data, err := value.ReadFile(path, MaxConfigBytes, "config")
 	if err != nil {
-		return nil, &Error{File: path, Msg: fmt.Sprintf("cannot read config: %v", unwrapPathError(err)), Err: err}
-	}
-	defer fh.Close()
-	data, err := io.ReadAll(io.LimitReader(fh, MaxConfigBytes+1))
-	if err != nil {
-		return nil, &Error{File: path, Msg: fmt.Sprintf("cannot read config: %v", unwrapPathError(err)), Err: err}
+		return nil, err
 	}
 	return Parse(data, path, opts...)
-}
-
-func unwrapPathError(err error) error {
-	var pe *os.PathError
-	if errors.As(err, &pe) {
-		return pe.Err
-	}
-	return err
 }
 
 // Parse decodes a config from YAML or JSON text. file names the source in
@@ -81,14 +67,9 @@ func Parse(data []byte, file string, opts ...Option) (*Config, error) {
 			return nil, err
 		}
 		// The YAML parser does not know every JSON escape: retry as JSON.
-		jv, jerr := value.Parse(data)
+		jv, jerr := d.ParseStrictJSON(data)
 		if jerr != nil {
-			var se *value.SyntaxError
-			if errors.As(jerr, &se) {
-				return nil, &Error{File: file, Pos: value.Pos{Line: se.Line, Col: se.Col},
-					Msg: "invalid JSON: " + se.Msg, Err: errors.Join(ErrInvalidConfig, jerr)}
-			}
-			return nil, err
+			return nil, jerr
 		}
 		v, d.Source, d.keys = jv, nil, nil
 	}

@@ -3,9 +3,7 @@ package flow
 import (
 	"errors"
 	"fmt"
-	"io"
 	"math"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -49,24 +47,11 @@ func Load(path string) (*Flow, error) {
 		return nil, &DecodeError{File: path, Err: ErrUnrecognizedExtension,
 			Msg: fmt.Sprintf("unrecognized file extension %q (expected .yaml, .yml, .json or .jsonl)", filepath.Ext(path))}
 	}
-	fh, err := os.Open(path)
+	data, err := value.ReadFile(path, MaxFlowBytes, "flow")
 	if err != nil {
-		return nil, &DecodeError{File: path, Msg: fmt.Sprintf("cannot read flow: %v", unwrapPathError(err)), Err: err}
-	}
-	defer fh.Close()
-	data, err := io.ReadAll(io.LimitReader(fh, MaxFlowBytes+1))
-	if err != nil {
-		return nil, &DecodeError{File: path, Msg: fmt.Sprintf("cannot read flow: %v", unwrapPathError(err)), Err: err}
+		return nil, err
 	}
 	return Parse(data, path)
-}
-
-func unwrapPathError(err error) error {
-	var pe *os.PathError
-	if errors.As(err, &pe) {
-		return pe.Err
-	}
-	return err
 }
 
 // Parse decodes a flow from YAML or JSON text. file names the source in
@@ -79,6 +64,7 @@ func Parse(data []byte, file string) (*Flow, error) {
 			Msg: fmt.Sprintf("flow document is larger than %d bytes", MaxFlowBytes)}
 	}
 	sm := value.SourceMap{}
+	d := decoder{value.Fields{File: file, Source: sm, Kind: ErrInvalidFlow}}
 	v, err := parseYAML(data, sm)
 	if err != nil {
 		yerr := yamlError(file, err)
@@ -86,18 +72,12 @@ func Parse(data []byte, file string) (*Flow, error) {
 		if ext != ".json" && ext != ".jsonl" {
 			return nil, yerr
 		}
-		jv, jerr := value.Parse(data)
+		jv, jerr := d.ParseStrictJSON(data)
 		if jerr != nil {
-			var se *value.SyntaxError
-			if errors.As(jerr, &se) {
-				return nil, &DecodeError{File: file, Pos: value.Pos{Line: se.Line, Col: se.Col},
-					Msg: "invalid JSON: " + se.Msg, Err: errors.Join(ErrInvalidFlow, jerr)}
-			}
-			return nil, yerr
+			return nil, jerr
 		}
-		v, sm = jv, nil
+		v, sm, d.Source = jv, nil, nil
 	}
-	d := decoder{value.Fields{File: file, Source: sm, Kind: ErrInvalidFlow}}
 	if v == nil {
 		return nil, d.Errorf("", nil, "empty document: a flow must be an object")
 	}

@@ -3,6 +3,8 @@ package value
 import (
 	"errors"
 	"fmt"
+	"io"
+	"os"
 	"strconv"
 	"strings"
 )
@@ -138,4 +140,48 @@ func (d Fields) ReqString(o *Object, key, path, what string) (string, *PlacedErr
 		return "", d.TypeError(PathField(path, key), "`"+key+"`", "a string", v)
 	}
 	return s, nil
+}
+
+// ReadFile reads a document file of at most limit bytes (one byte more is
+// read, so that the caller's size check can reject it). Errors are
+// PlacedErrors naming the file: `cannot read <what>: <cause>`.
+func ReadFile(path string, limit int64, what string) ([]byte, error) {
+	fh, err := os.Open(path)
+	if err != nil {
+		return nil, &PlacedError{File: path, Msg: fmt.Sprintf("cannot read %s: %v", what, unwrapPathError(err)), Err: err}
+	}
+	defer fh.Close()
+	data, err := io.ReadAll(io.LimitReader(fh, limit+1))
+	if err != nil {
+		return nil, &PlacedError{File: path, Msg: fmt.Sprintf("cannot read %s: %v", what, unwrapPathError(err)), Err: err}
+	}
+	return data, nil
+}
+
+func unwrapPathError(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
+// ParseStrictJSON parses a document as JSON, for .json files whose text
+// the YAML parser rejected (it does not know every JSON escape). Errors
+// are PlacedErrors wrapping d.Kind, at the line and column of a syntax
+// error.
+func (d Fields) ParseStrictJSON(data []byte) (Value, error) {
+	v, err := Parse(data)
+	if err == nil {
+		return v, nil
+	}
+	e := &PlacedError{File: d.File, Msg: "invalid JSON: " + err.Error(), Err: err}
+	var se *SyntaxError
+	if errors.As(err, &se) {
+		e.Pos, e.Msg = Pos{Line: se.Line, Col: se.Col}, "invalid JSON: "+se.Msg
+	}
+	if d.Kind != nil {
+		e.Err = errors.Join(d.Kind, err)
+	}
+	return nil, e
 }
