@@ -89,20 +89,13 @@ type Run struct {
 	inputSV   *flow.SchemaValidator
 	outputSV  *flow.SchemaValidator
 	mustSteps []int
-	// subflow marks a nested run: its items are not schema-validated.
-	subflow bool
 }
 
 // NewRun prepares a run of f. vars are the resolved variables (defaults
 // already applied, see flow.Flow.Variables); nil means none.
 func (e *Executor) NewRun(id string, f *flow.Flow, vars map[string]value.Value) (*Run, error) {
-	r := &Run{ID: id, Flow: f, Variables: vars, exec: e, index: make(map[string]int, len(f.Steps))}
-	for i, s := range f.Steps {
-		r.index[s.ID] = i
-		if s.MustExecute {
-			r.mustSteps = append(r.mustSteps, i)
-		}
-	}
+	r := e.plan(id, f)
+	r.Variables = vars
 	var err error
 	if r.inputSV, err = f.InputValidator(); err != nil {
 		return nil, fmt.Errorf("flow input schema: %w", err)
@@ -113,8 +106,13 @@ func (e *Executor) NewRun(id string, f *flow.Flow, vars map[string]value.Value) 
 	return r, nil
 }
 
-func (e *Executor) newSubRun(parent *Run, f *flow.Flow) *Run {
-	r := &Run{ID: parent.ID, Flow: f, exec: e, index: make(map[string]int, len(f.Steps)), subflow: true}
+// newSubRun prepares a nested run of f inside parent: no variables, and
+// no schema validation of its items (as upstream).
+func (e *Executor) newSubRun(parent *Run, f *flow.Flow) *Run { return e.plan(parent.ID, f) }
+
+// plan indexes the steps of f for a run.
+func (e *Executor) plan(id string, f *flow.Flow) *Run {
+	r := &Run{ID: id, Flow: f, exec: e, index: make(map[string]int, len(f.Steps))}
 	for i, s := range f.Steps {
 		r.index[s.ID] = i
 		if s.MustExecute {
@@ -140,7 +138,8 @@ type item struct {
 	input  value.Value
 	state  []uint8
 	result []outcome.Result
-	// attempts counts component calls per step.
+	// done receives the results of steps running on their own
+	// goroutines; made on first use.
 	done chan stepDone
 }
 
