@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 
 	"github.com/spf13/cobra"
 
@@ -208,19 +207,11 @@ func (t *testCmd) runFile(ctx context.Context, path string) *fileReport {
 		rep.errMsg = err.Error()
 		return rep
 	}
-	results := make([]outcome.Result, len(cases))
-	sem := make(chan struct{}, t.maxConcurrency)
-	var wg sync.WaitGroup
+	inputs := make([]value.Value, len(cases))
 	for i, c := range cases {
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			results[i] = run.Execute(ctx, i, c.Input)
-		}()
+		inputs[i] = c.Input
 	}
-	wg.Wait()
+	results := run.ExecuteAll(ctx, inputs, t.maxConcurrency, nil)
 	rep.total = len(cases)
 	changed := false
 	for i, c := range cases {

@@ -370,3 +370,34 @@ output: { out: { $step: c, path: "$.messages[0].content" } }
 		}
 	}
 }
+
+func TestExecuteAllBoundsConcurrencyAndKeepsOrder(t *testing.T) {
+	t.Parallel()
+	var inFlight, peak atomic.Int32
+	b := setup(t, router{"/t/c": func(_ context.Context, req *Request) (outcome.Result, error) {
+		cur := inFlight.Add(1)
+		defer inFlight.Add(-1)
+		for p := peak.Load(); cur > p && !peak.CompareAndSwap(p, cur); p = peak.Load() {
+		}
+		return outcome.Success(req.Input), nil
+	}})
+	f := mustFlow(t, "steps: [{ id: s, component: /t/c, input: { $input: $ } }]\noutput: { $step: s }\n")
+	r, err := b.exec.NewRun("r", f, nil)
+	require.NoError(t, err)
+	inputs := make([]value.Value, 100)
+	for i := range inputs {
+		inputs[i] = value.Int(int64(i))
+	}
+	var calls atomic.Int32
+	res := r.ExecuteAll(context.Background(), inputs, 3, func(int, outcome.Result) { calls.Add(1) })
+	for i, x := range res {
+		require.Equal(t, value.Int(int64(i)), x.Value)
+	}
+	require.LessOrEqual(t, peak.Load(), int32(3))
+	require.Equal(t, int32(100), calls.Load())
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	res = r.ExecuteAll(ctx, inputs, 3, nil)
+	require.Len(t, res, 100)
+}

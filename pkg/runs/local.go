@@ -13,6 +13,7 @@ import (
 	"github.com/stepflow-go/stepflow/pkg/blob"
 	"github.com/stepflow-go/stepflow/pkg/executor"
 	"github.com/stepflow-go/stepflow/pkg/flow"
+	"github.com/stepflow-go/stepflow/pkg/outcome"
 	"github.com/stepflow-go/stepflow/pkg/value"
 )
 
@@ -145,37 +146,38 @@ func (l *Local) Submit(ctx context.Context, req Request) (Status, error) {
 
 func (l *Local) execute(run *executor.Run, lr *localRun, inputs []value.Value, conc int) {
 	defer close(lr.done)
-	sem := make(chan struct{}, conc)
-	var wg sync.WaitGroup
-	for i, in := range inputs {
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			res := run.Execute(l.ctx, i, in)
-			l.mu.Lock()
-			defer l.mu.Unlock()
-			r := &lr.results[i]
-			r.Result, r.CompletedAt = &res, time.Now()
-			lr.status.Items.Running--
-			if res.Failed() {
-				r.Status = StatusFailed
-				lr.status.Items.Failed++
-			} else {
-				r.Status = StatusCompleted
-				lr.status.Items.Completed++
-			}
-		}()
-	}
-	wg.Wait()
+	run.ExecuteAll(l.ctx, inputs, conc, func(i int, res outcome.Result) {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		r := &lr.results[i]
+		r.Result, r.CompletedAt = &res, time.Now()
+		lr.status.Items.Running--
+		if res.Failed() {
+			r.Status = StatusFailed
+			lr.status.Items.Failed++
+		} else {
+			r.Status = StatusCompleted
+			lr.status.Items.Completed++
+		}
+	})
 	l.mu.Lock()
+	defer l.mu.Unlock()
 	lr.status.CompletedAt = time.Now()
-	lr.status.Status = StatusCompleted
-	if lr.status.Items.Failed > 0 {
+	switch {
+	case lr.status.Items.Running > 0:
+		// Close stopped the run before these items started.
+		for i := range lr.results {
+			if lr.results[i].Result == nil {
+				lr.results[i].Status = StatusCancelled
+			}
+		}
+		lr.status.Items.Cancelled, lr.status.Items.Running = lr.status.Items.Running, 0
+		lr.status.Status = StatusCancelled
+	case lr.status.Items.Failed > 0:
 		lr.status.Status = StatusFailed
+	default:
+		lr.status.Status = StatusCompleted
 	}
-	l.mu.Unlock()
 }
 
 // Get returns the status of a run.
