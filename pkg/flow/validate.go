@@ -2,7 +2,6 @@ package flow
 
 import (
 	"fmt"
-	"strconv"
 	"strings"
 
 	"github.com/stepflow-go/stepflow/pkg/expr"
@@ -101,18 +100,8 @@ func (d Diagnostic) String(file string) string {
 		file = d.File
 	}
 	var b strings.Builder
-	b.WriteString(file)
-	if !d.Pos.IsZero() {
-		if b.Len() > 0 {
-			b.WriteByte(':')
-		}
-		b.WriteString(strconv.Itoa(d.Pos.Line))
-		if d.Pos.Col > 0 {
-			b.WriteByte(':')
-			b.WriteString(strconv.Itoa(d.Pos.Col))
-		}
-	}
-	if b.Len() > 0 {
+	if place := value.Place(file, d.Pos); place != "" {
+		b.WriteString(place)
 		b.WriteString(": ")
 	}
 	b.WriteString(string(d.Level))

@@ -23,27 +23,35 @@ type PlacedError struct {
 // Error returns `file:line:col: msg`, leaving out the parts that are not
 // known. Without a position, the JSON path stands in for it.
 func (e *PlacedError) Error() string {
+	place := Place(e.File, e.Pos)
+	if e.Pos.IsZero() && e.Path != "" {
+		if place != "" {
+			place += ": "
+		}
+		place += e.Path
+	}
+	if place == "" {
+		return e.Msg
+	}
+	return place + ": " + e.Msg
+}
+
+// Place formats a place in a file as `file:line:col`, leaving out what is
+// unknown (the column when it is 0, the position when it is zero, the
+// file when it is ""); "" when nothing is known.
+func Place(file string, pos Pos) string {
 	var b strings.Builder
-	b.WriteString(e.File)
-	if !e.Pos.IsZero() {
+	b.WriteString(file)
+	if !pos.IsZero() {
 		if b.Len() > 0 {
 			b.WriteByte(':')
 		}
-		b.WriteString(strconv.Itoa(e.Pos.Line))
-		if e.Pos.Col > 0 {
+		b.WriteString(strconv.Itoa(pos.Line))
+		if pos.Col > 0 {
 			b.WriteByte(':')
-			b.WriteString(strconv.Itoa(e.Pos.Col))
+			b.WriteString(strconv.Itoa(pos.Col))
 		}
-	} else if e.Path != "" {
-		if b.Len() > 0 {
-			b.WriteString(": ")
-		}
-		b.WriteString(e.Path)
 	}
-	if b.Len() > 0 {
-		b.WriteString(": ")
-	}
-	b.WriteString(e.Msg)
 	return b.String()
 }
 
