@@ -32,6 +32,9 @@ const (
 	// aggMaxAckPending bounds the results handed to coordinators and not
 	// yet acked.
 	aggMaxAckPending = 4 * aggBatch
+	// aggCompactEvery is how often stored results are purged from the
+	// results stream.
+	aggCompactEvery = time.Second
 )
 
 // aggregator copies results from STEPFLOW_RESULTS into the result stores
@@ -52,6 +55,9 @@ type aggregator struct {
 	// gone remembers runs whose results are dropped (finished or
 	// unknown), so that stragglers do not cost a record lookup each.
 	gone map[string]struct{}
+	// compact holds the runs with results acked since the last compaction.
+	compact     map[string]struct{}
+	lastCompact time.Time
 }
 
 // newAggregator creates (or updates) the results consumer.
@@ -73,6 +79,7 @@ func newAggregator(ctx context.Context, c *Coordinator) (*aggregator, error) {
 	return &aggregator{
 		c: c, cons: cons, quit: make(chan struct{}), ctx: actx, close: cancel,
 		touched: map[*runState]struct{}{}, gone: map[string]struct{}{},
+		compact: map[string]struct{}{}, lastCompact: time.Now(),
 	}, nil
 }
 
@@ -236,6 +243,9 @@ func (a *aggregator) commit() {
 		a.c.flushCounts(a.ctx, st)
 		st.notify()
 	}
+	for st := range a.touched {
+		a.compact[st.id] = struct{}{}
+	}
 	clear(a.touched)
 	for _, m := range a.pending {
 		if err := m.Ack(); err != nil {
@@ -243,6 +253,34 @@ func (a *aggregator) commit() {
 		}
 	}
 	a.pending = a.pending[:0]
+	if time.Since(a.lastCompact) >= aggCompactEvery {
+		a.compactResults()
+	}
+}
+
+// compactResults purges the results below the consumer's ack floor of
+// the runs that had results since the last time: they are in their
+// stores, and the results stream would otherwise keep every result of a
+// run (and the server its bookkeeping) until the run ends. The ack floor
+// is shared by every coordinator, so no result another one has not stored
+// yet is touched.
+func (a *aggregator) compactResults() {
+	a.lastCompact = time.Now()
+	if len(a.compact) == 0 {
+		return
+	}
+	info, err := a.cons.Info(a.ctx)
+	if err != nil {
+		a.c.log.Debug("results consumer info", zap.Error(err))
+		return
+	}
+	floor := info.AckFloor.Stream
+	for runID := range a.compact {
+		if err := queue.PurgeRunResultsBefore(a.ctx, a.c.js, runID, floor+1); err != nil {
+			a.c.log.Debug("compacting results", zap.String("run", runID), zap.Error(err))
+		}
+	}
+	clear(a.compact)
 }
 
 // failureJSON is a FlowResult failure with message.

@@ -89,6 +89,11 @@ type Config struct {
 	// MaxItemsPerRun bounds a run's items (413 beyond). Default
 	// DefaultMaxItemsPerRun.
 	MaxItemsPerRun int
+	// PublishWindow bounds the items of a run on the work queue at once
+	// (published, without a result); the rest wait in the run's spool in
+	// DataDir. Default 0: four times the run's concurrency, at least 4096
+	// and at most 65536.
+	PublishWindow int
 	// ConcurrencyCap caps the default concurrency of a run (its item
 	// count) when the request sets none. Default DefaultConcurrencyCap.
 	ConcurrencyCap int

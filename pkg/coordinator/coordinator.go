@@ -55,6 +55,7 @@ type Coordinator struct {
 	apiClosed  bool
 	apiWG      sync.WaitGroup // API requests in progress
 	wg         sync.WaitGroup // HTTP server, aggregator
+	pubWG      sync.WaitGroup // run publishers; Add under mu while ctx is live
 
 	mu        sync.Mutex
 	runs      map[string]*runState     // running runs attached to this coordinator
@@ -296,6 +297,9 @@ func (c *Coordinator) shutdown(ctx context.Context) {
 		c.agg.stop()
 	}
 	c.wg.Wait()
+	c.mu.Lock() // no publisher starts after this: ctx is cancelled
+	c.mu.Unlock()
+	c.pubWG.Wait()
 	if c.advisories != nil {
 		c.advisories.Stop()
 	}

@@ -15,34 +15,46 @@
 //     are checked against it, and the submission is counted against
 //     Config.MaxConcurrentRuns (top-level runs only: a child run's parent
 //     waits for it, so refusing it could deadlock the tree).
-//  2. The inputs are published to STEPFLOW_ITEMS as they are read
-//     (queue.PublishItems, one message per item, reply subject
-//     queue.ResultSubject(runID)), never held in memory as a whole.
-//     Nothing executes yet: the run has no consumer, and no record.
-//  3. Once every input is on the queue, the run record is created
-//     (status running, item_total = items_published = N) and then the
+//  2. The inputs are encoded into Item messages as they are read (an
+//     input too large for a message goes to the blob store) and appended
+//     to the run's spool, DataDir/runs/<id>/items.spool; nothing is
+//     published yet, and nothing is ever held in memory as a whole.
+//  3. Once every input is spooled (and synced), the run record is created
+//     (status running, item_total = N, items_published = 0) and then the
 //     run's consumer, with MaxAckPending = the run's concurrency: the
 //     request's maxConcurrency, or N capped at Config.ConcurrencyCap.
-//     Workers, watching the run records, start pulling.
-//  4. Results are aggregated (below). When every item has a result the
+//     The run's publisher starts, and workers, watching the run records,
+//     start pulling.
+//  4. The publisher feeds the spool to STEPFLOW_ITEMS in a window: at
+//     most Config.PublishWindow items of the run (default four times its
+//     concurrency, 4,096 to 65,536) are on the queue without a result;
+//     each committed batch of results lets as many more in. The
+//     JetStream server thus holds a window per run, not the batch: the
+//     memory of a million-item run is the memory of a few thousand items.
+//     The record's items_published follows (every item below it is on the
+//     queue or has a result), written with the counters.
+//  5. Results are aggregated (below). When every item has a result the
 //     run finishes: completed if none failed, failed otherwise; its
-//     consumer is deleted, what is left of its items and results on the
-//     streams is purged, and waiters (a synchronous POST /runs, runs.get
-//     with "wait", event streams) are woken.
+//     publisher stops, its consumer is deleted, what is left of its items
+//     and results on the streams is purged, its spool is removed, and
+//     waiters (a synchronous POST /runs, runs.get with "wait", event
+//     streams) are woken.
 //
-// Publishing before the record makes an upload all-or-nothing, which a
-// stream cannot be otherwise without spooling: a malformed JSONL line, an
-// item over MaxItemsPerRun, a line over MaxBodyBytes, a client that goes
-// away or a publish that keeps failing rejects the submission (400 naming
-// the line, 413, ...); the items it published are purged, and no run, no
-// record and no consumer ever existed, so no worker ran any of them. A
-// DataDir/runs/<id>/uploading marker covers a coordinator that stops in
-// the middle: the next one purges the items of a marked run that has no
-// record. The price is that execution starts when the upload ends, not
-// during it. It also means a run in the store always has all its items
-// on the queue (items_published = item_total), so a restarted
-// coordinator never needs to republish: the inputs are gone with the
-// client anyway, and the queue already holds them.
+// Spooling before the record makes an upload all-or-nothing: a malformed
+// JSONL line, an item over MaxItemsPerRun, a line over MaxBodyBytes or a
+// client that goes away rejects the submission (400 naming the line,
+// 413, ...), and no run, no record and no consumer ever existed, so no
+// worker ran any of them. A DataDir/runs/<id>/uploading marker covers a
+// coordinator that stops in the middle: the next one removes the run's
+// directory (and, for uploads of older versions that published while
+// uploading, purges its items). The price is that execution starts when
+// the upload ends, not during it.
+//
+// A restarted coordinator resumes each running run's publisher from the
+// record's items_published: items below it that have no result are still
+// on the queue; items from it on are published again unless they have a
+// result (a repeat within the duplicate window is dropped by the stream;
+// a later one runs twice and the first result wins).
 //
 // Cancelling (POST /runs/{id}/cancel) really stops a run: the record
 // becomes cancelled with cancel_requested set (workers stop taking its

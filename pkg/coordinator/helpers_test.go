@@ -30,12 +30,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		// nats.go v1.55.0 races in ObjectStore.Put and can leave
-		// resetPendingAcksOnReconnect blocked on a nil channel (about once
-		// per thousand puts); see pkg/worker/helpers_test.go.
-		goleak.IgnoreTopFunction("github.com/nats-io/nats.go/jetstream.(*jetStream).resetPendingAcksOnReconnect"),
-	)
+	goleak.VerifyTestMain(m)
 }
 
 // echoFlow is a valid flow; the fake worker ignores it and echoes inputs.

@@ -169,3 +169,102 @@ func TestInterruptedUploadIsDiscarded(t *testing.T) {
 	require.Zero(t, subjectCount(t, js, queue.StreamItems, queue.ItemSubject(runID)))
 	require.NoDirExists(t, filepath.Join(dataDir, "runs", runID))
 }
+
+// A run's items go onto the work queue in a window behind its results,
+// not all at once; a coordinator stopped mid-run leaves the rest in its
+// spool, and the next one on the same DataDir publishes them: every item
+// runs and has exactly one result.
+func TestPublishWindowAndResume(t *testing.T) {
+	t.Parallel()
+	srv := queue.NewEmbedded(queue.EmbeddedConfig{StoreDir: t.TempDir(), Logger: testLogger(t)})
+	require.NoError(t, srv.Start(testCtx(t)))
+	t.Cleanup(srv.Shutdown)
+	const window, n = 8, 300
+	dataDir := t.TempDir()
+	newCoord := func() *coordinator.Coordinator {
+		c, err := coordinator.New(coordinator.Config{DataDir: dataDir, Host: "127.0.0.1", NATSURL: srv.ClientURL(), PublishWindow: window, Logger: testLogger(t)})
+		require.NoError(t, err)
+		require.NoError(t, c.Start(testCtx(t)))
+		return c
+	}
+	c1 := newCoord()
+	stopped := false
+	t.Cleanup(func() {
+		if !stopped {
+			_ = c1.Stop(context.Background())
+		}
+	})
+	js := inspectJS(t, srv)
+
+	// Items from 100 on wait until the first coordinator is gone. Every
+	// execution is counted, and the queue is sampled on each one.
+	gate := make(chan struct{})
+	var gateOnce sync.Once
+	openGate := func() { gateOnce.Do(func() { close(gate) }) }
+	t.Cleanup(openGate)
+	var (
+		mu      sync.Mutex
+		runs    = map[uint64]int{}
+		peak    uint64
+		subject string
+	)
+	startWorker(t, srv.ClientURL(), func(it *stepflowv1.Item, _ uint64) action {
+		mu.Lock()
+		runs[it.GetIndex()]++
+		s := subject
+		mu.Unlock()
+		if s != "" {
+			q := subjectCount(t, js, queue.StreamItems, s)
+			mu.Lock()
+			peak = max(peak, q)
+			mu.Unlock()
+		}
+		if it.GetIndex() >= 100 {
+			<-gate
+		}
+		return actEcho
+	})
+	cl := newClient(t, c1)
+	flowID := cl.storeFlow()
+	lines := inputLines(n)
+	r := cl.uploadJSONL(flowID, "&wait=false&maxConcurrency=2", lines, nil)
+	require.Equal(t, http.StatusOK, r.Status)
+	runID := r.JSON(t)["runId"].(string)
+	mu.Lock()
+	subject = queue.ItemSubject(runID)
+	mu.Unlock()
+	waitFor(t, 30*time.Second, func() bool {
+		return cl.get("/runs/" + runID).JSON(t)["items"].(map[string]any)["completed"] == 100.0
+	}, "the first 100 items done")
+	require.LessOrEqual(t, subjectCount(t, js, queue.StreamItems, subject), uint64(window+2))
+	counts := cl.get("/runs/" + runID).JSON(t)["items"].(map[string]any)
+	require.EqualValues(t, n-100, counts["queued"].(float64)+counts["running"].(float64), "unpublished items count as queued")
+
+	require.NoError(t, c1.Stop(context.Background()))
+	stopped = true
+	openGate()
+
+	c2 := newCoord()
+	t.Cleanup(func() { require.NoError(t, c2.Stop(context.Background())) })
+	cl2 := newClient(t, c2)
+	details := cl2.waitStatus(runID, "completed")
+	require.EqualValues(t, n, details["items"].(map[string]any)["completed"])
+	got := cl2.itemsJSONL(runID)
+	require.Len(t, got, n)
+	for i, line := range got {
+		require.JSONEq(t, echoResult(lines[i]), line, "item %d", i)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	// An item leaves the queue when its worker acks it, just after its
+	// result is published: each of the run's 2 slots may hold one such.
+	require.LessOrEqual(t, peak, uint64(window+2), "the queue never held more than the window")
+	for i := range uint64(n) {
+		require.GreaterOrEqual(t, runs[i], 1, "item %d ran", i)
+	}
+	// The record is written first, then the cleanup.
+	waitFor(t, 10*time.Second, func() bool {
+		_, err := os.Stat(filepath.Join(dataDir, "runs", runID, "items.spool"))
+		return errors.Is(err, os.ErrNotExist)
+	}, "the spool goes with the finished run")
+}

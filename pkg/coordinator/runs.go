@@ -65,6 +65,15 @@ type runState struct {
 	committed int64         // bytes of the result log readers may read
 	changed   chan struct{} // closed and replaced on every change
 	done      chan struct{} // closed when the run finished
+
+	// Publishing the spool (publisher.go).
+	conc      int                // the run's concurrency, which sizes its publish window
+	published int                // every item below this index is on the queue or has a result
+	flushedP  int                // published as last written to the record
+	frontier  int                // the publisher has passed every index below
+	below     int                // results with an index below frontier
+	pubStop   context.CancelFunc // nil: no publisher
+	pubDone   chan struct{}
 }
 
 func newRunState(rec *stepflowv1.RunRecord, dir string, log *resultLog, counts storeCounts) *runState {
@@ -82,7 +91,87 @@ func newRunState(rec *stepflowv1.RunRecord, dir string, log *resultLog, counts s
 		done:      make(chan struct{}),
 	}
 	st.flushed = [2]int{int(rec.GetItems().GetCompleted()), int(rec.GetItems().GetFailed())}
+	st.conc = max(int(rec.GetMaxConcurrency()), 1)
+	st.published = int(rec.GetItemsPublished())
+	st.flushedP = st.published
 	return st
+}
+
+// finished returns the number of items with a result.
+func (s *runState) finished() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.succeeded + s.failed
+}
+
+// concurrency returns the run's concurrency.
+func (s *runState) concurrency() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.conc
+}
+
+// setConcurrency records a new concurrency and wakes the publisher, whose
+// window grows with it.
+func (s *runState) setConcurrency(n int) {
+	s.mu.Lock()
+	s.conc = n
+	s.mu.Unlock()
+	s.notify()
+}
+
+// resetFrontier starts the publish accounting at index from: the items
+// below it were published before, and those without a result are still
+// on the queue.
+func (s *runState) resetFrontier(from int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.frontier, s.below = from, 0
+	if s.log == nil {
+		return
+	}
+	for i := range from {
+		if ok, err := s.log.has(i); ok && err == nil {
+			s.below++
+		}
+	}
+}
+
+// advance moves the publish frontier past index. With skipDone it
+// reports whether index has a result, and then moves only if it has.
+func (s *runState) advance(index int, skipDone bool) (done bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.log != nil {
+		if ok, err := s.log.has(index); ok && err == nil {
+			done = true
+		}
+	}
+	if skipDone && !done {
+		return false
+	}
+	if index >= s.frontier {
+		s.frontier = index + 1
+		if done {
+			s.below++
+		}
+	}
+	return done
+}
+
+// outstanding returns how many published items have no result: what
+// the run has on the queue.
+func (s *runState) outstanding() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.frontier - s.below
+}
+
+// setPublished records that every item below next is on the queue.
+func (s *runState) setPublished(next int) {
+	s.mu.Lock()
+	s.published = max(s.published, next)
+	s.mu.Unlock()
 }
 
 // add stores a result unless the run has finished, the index is out of
@@ -99,6 +188,9 @@ func (s *runState) add(rec *resultRecord) (bool, error) {
 	added, err := s.log.add(rec)
 	if err != nil || !added {
 		return false, err
+	}
+	if rec.Index < s.frontier {
+		s.below++
 	}
 	if rec.Failed {
 		s.failed++
@@ -328,6 +420,7 @@ func (c *Coordinator) attach(ctx context.Context, rec *stepflowv1.RunRecord) (*r
 	}
 	c.flushCounts(ctx, st)
 	c.recoverExhausted(ctx, st)
+	c.startPublisher(st, int(rec.GetItemsPublished()))
 	return st, nil
 }
 
@@ -347,13 +440,17 @@ func outcomeStatus(st *runState) stepflowv1.RunStatus {
 // is repaired by the next one.
 func (c *Coordinator) flushCounts(ctx context.Context, st *runState) {
 	s, f, status, _ := st.snapshot()
-	if status != statusRunning || [2]int{s, f} == st.flushed {
+	st.mu.Lock()
+	published, unchanged := st.published, [2]int{s, f} == st.flushed && st.published == st.flushedP
+	st.mu.Unlock()
+	if status != statusRunning || unchanged {
 		return
 	}
 	_, _, err := c.runStore.Modify(ctx, st.id, func(r *stepflowv1.RunRecord) error {
 		if queue.Terminal(r.GetStatus()) {
 			return errAlreadyTerminal
 		}
+		r.ItemsPublished = max(r.GetItemsPublished(), uint64(published))
 		total := r.GetItemTotal()
 		r.Items = &stepflowv1.ItemCounts{
 			Completed: uint64(s), Failed: uint64(f),
@@ -364,7 +461,7 @@ func (c *Coordinator) flushCounts(ctx context.Context, st *runState) {
 	switch {
 	case err == nil:
 		st.mu.Lock()
-		st.flushed = [2]int{s, f}
+		st.flushed, st.flushedP = [2]int{s, f}, published
 		st.mu.Unlock()
 	case errors.Is(err, errAlreadyTerminal):
 	default:
@@ -382,6 +479,7 @@ func (c *Coordinator) terminate(ctx context.Context, st *runState, status stepfl
 	if !ok {
 		return nil, errorf(ErrRunFinished, "Execution '%s' has already finished", st.id)
 	}
+	st.stopPublisher() // before the purge below, which must be the last word
 	defer func() {
 		c.mu.Lock()
 		if c.runs[st.id] == st {
@@ -431,6 +529,7 @@ func (c *Coordinator) terminate(ctx context.Context, st *runState, status stepfl
 	if _, err := queue.PurgeRunResults(cctx, c.js, st.id); err != nil {
 		c.log.Warn("cannot purge run results", zap.String("run", st.id), zap.Error(err))
 	}
+	_ = os.Remove(filepath.Join(st.dir, spoolFileName))
 	c.log.Info("run finished", zap.String("run", st.id), zap.String("status", queue.StatusName(status)),
 		zap.Int("succeeded", s), zap.Int("failed", f), zap.Int("items", st.total))
 	return rec, err
@@ -469,6 +568,7 @@ func (c *Coordinator) setConcurrency(ctx context.Context, runID string, n int) (
 		}
 		return nil, err
 	}
+	st.setConcurrency(n)
 	rec, _, err = c.runStore.Modify(ctx, runID, func(r *stepflowv1.RunRecord) error {
 		r.MaxConcurrency = uint32(n)
 		return nil
@@ -689,17 +789,13 @@ type submission struct {
 // read error).
 type inputSource func(fn func(data []byte) error) error
 
-// errStopInputs stops an input source when publishing stopped.
-var errStopInputs = errors.New("coordinator: publishing stopped")
-
-// submit creates a run. The inputs are published to the work queue as
+// submit creates a run. The inputs are spooled to the run's directory as
 // they are read, before the run's record and consumer exist: nothing
 // executes, and nothing is visible, until every input has been accepted.
-// An input that fails (malformed line, too many items, client gone,
-// publish error) thus rejects the whole submission: its published items
-// are purged and no run remains. Only then are the record and the
-// consumer created, so a run in the store always has all its items on
-// the queue (items_published = item_total).
+// An input that fails (malformed line, too many items, client gone) thus
+// rejects the whole submission and no run remains. Only then are the
+// record and the consumer created and the run's publisher started (see
+// publisher.go).
 //
 // A submission with an Idempotency-Key that was used before returns the
 // existing run (created is false) without reading the inputs.
@@ -749,11 +845,6 @@ func (c *Coordinator) submit(ctx context.Context, sub submission) (rec *stepflow
 		if ok {
 			return
 		}
-		cctx, cancel := cleanupCtx(ctx)
-		defer cancel()
-		if _, perr := queue.PurgeRunItems(cctx, c.js, runID); perr != nil {
-			c.log.Warn("cannot purge the items of a rejected upload", zap.String("run", runID), zap.Error(perr))
-		}
 		_ = os.RemoveAll(dir)
 		_ = c.keys.release(keyH, runID)
 		if topLevel {
@@ -780,7 +871,7 @@ func (c *Coordinator) submit(ctx context.Context, sub submission) (rec *stepflow
 		HeartbeatInterval: durationpb.New(cc.HeartbeatInterval()),
 		MaxDeliver:        uint32(max(cc.MaxDeliver, 0)),
 	}
-	n, err := c.publishInputs(ctx, runID, dir, tmpl, sub.Inputs, runErr == nil)
+	n, err := c.spoolInputs(ctx, runID, dir, tmpl, sub.Inputs, runErr == nil)
 	if err != nil {
 		return nil, false, err
 	}
@@ -797,7 +888,6 @@ func (c *Coordinator) submit(ctx context.Context, sub submission) (rec *stepflow
 		Status:         statusRunning,
 		MaxConcurrency: uint32(conc),
 		ItemTotal:      uint64(n),
-		ItemsPublished: uint64(n),
 		Items:          &stepflowv1.ItemCounts{Running: uint64(n)},
 		ParentRunId:    sub.ParentRunID,
 		RootRunId:      cmp.Or(rootID, runID),
@@ -856,6 +946,7 @@ func (c *Coordinator) submit(ctx context.Context, sub submission) (rec *stepflow
 		_, _ = c.terminate(ctx, st, statusFailed, "cannot create the run's consumer: "+err.Error())
 		return nil, false, fmt.Errorf("coordinator: run %s: %w", runID, err)
 	}
+	c.startPublisher(st, 0)
 	c.log.Info("run created", zap.String("run", runID), zap.String("flow", flowID), zap.Int("items", n),
 		zap.Int("max_concurrency", conc), zap.String("parent", sub.ParentRunID))
 	return rec, true, nil
@@ -893,45 +984,56 @@ func (c *Coordinator) releaseRun() {
 	c.mu.Unlock()
 }
 
-// publishInputs publishes the inputs (when publish is set; otherwise it
-// only counts them) and keeps small inputs for RunDetails; it returns the
-// number of items.
-func (c *Coordinator) publishInputs(ctx context.Context, runID, dir string, tmpl *stepflowv1.Item, src inputSource, publish bool) (int, error) {
+// spoolInputs encodes the inputs into the run's item spool (when spool
+// is set; otherwise it only counts them) and keeps small inputs for
+// RunDetails; it returns the number of items. Nothing is published: the
+// run's publisher feeds the spool to the work queue once the run exists.
+func (c *Coordinator) spoolInputs(ctx context.Context, runID, dir string, tmpl *stepflowv1.Item, src inputSource, spool bool) (int, error) {
 	detail := newDetailInputs(filepath.Join(dir, inputsFileName), c.cfg.MaxDetailInputsBytes)
 	defer detail.abort()
+	var (
+		enc *queue.ItemEncoder
+		sw  *spoolWriter
+		err error
+	)
+	if spool {
+		enc, err = queue.NewItemEncoder(c.js, runID, queue.PublishItemsOptions{Template: tmpl, Blobs: c.blobs})
+		if err != nil {
+			return 0, err
+		}
+		if sw, err = createSpool(filepath.Join(dir, spoolFileName)); err != nil {
+			return 0, err
+		}
+		defer sw.abort()
+	}
 	n := 0
-	var srcErr error
-	each := func(yield func(int, []byte) bool) func([]byte) error {
-		return func(data []byte) error {
-			if n >= c.cfg.MaxItemsPerRun {
-				return errorf(ErrTooLarge, "more than %d items (the coordinator's MaxItemsPerRun)", c.cfg.MaxItemsPerRun)
-			}
-			detail.add(data)
-			if yield != nil && !yield(n, data) {
-				return errStopInputs
-			}
-			n++
-			return nil
+	err = src(func(data []byte) error {
+		if n >= c.cfg.MaxItemsPerRun {
+			return errorf(ErrTooLarge, "more than %d items (the coordinator's MaxItemsPerRun)", c.cfg.MaxItemsPerRun)
 		}
-	}
-	if !publish {
-		srcErr = src(each(nil))
-	} else {
-		items := func(yield func(int, []byte) bool) { srcErr = src(each(yield)) }
-		_, perr := queue.PublishItems(ctx, c.js, runID, items, queue.PublishItemsOptions{Template: tmpl, Blobs: c.blobs, Logger: c.log})
-		if srcErr == nil || errors.Is(srcErr, errStopInputs) {
-			srcErr = nil
-			if perr != nil && ctx.Err() == nil {
-				return n, fmt.Errorf("coordinator: publish the items of run %s: %w", runID, perr)
+		detail.add(data)
+		if sw != nil {
+			msg, err := enc.Encode(ctx, n, data)
+			if err != nil {
+				return fmt.Errorf("coordinator: item %d: %w", n, err)
 			}
-			srcErr = perr // nil, or the interruption below
+			if err := sw.add(msg); err != nil {
+				return err
+			}
 		}
-	}
-	if srcErr != nil {
-		if err := ctx.Err(); err != nil {
+		n++
+		return nil
+	})
+	if err != nil {
+		if cerr := ctx.Err(); cerr != nil {
 			return n, fmt.Errorf("coordinator: upload interrupted: %w", context.Cause(ctx))
 		}
-		return n, srcErr
+		return n, err
+	}
+	if sw != nil {
+		if err := sw.finish(); err != nil {
+			return n, err
+		}
 	}
 	if err := detail.finish(); err != nil {
 		c.log.Warn("cannot keep the run's inputs for its details", zap.String("run", runID), zap.Error(err))

@@ -3,11 +3,16 @@ package queue
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
 
 	"github.com/stepflow-go/stepflow/pkg/blob"
 	"github.com/stepflow-go/stepflow/pkg/value"
@@ -20,6 +25,7 @@ import (
 // into chunks by the object store, so blobs far larger than max_payload
 // are fine. It is safe for concurrent use.
 type ObjectBlobStore struct {
+	js  jetstream.JetStream
 	obs jetstream.ObjectStore
 }
 
@@ -35,7 +41,7 @@ func OpenBlobStore(ctx context.Context, js jetstream.JetStream) (*ObjectBlobStor
 		}
 		return nil, fmt.Errorf("queue: object store %s: %w", BucketBlobs, err)
 	}
-	return &ObjectBlobStore{obs: obs}, nil
+	return &ObjectBlobStore{js: js, obs: obs}, nil
 }
 
 // Put stores data and returns its id. Storing data that is already stored
@@ -64,10 +70,65 @@ func (s *ObjectBlobStore) Put(ctx context.Context, kind blob.Kind, data value.Va
 		return "", fmt.Errorf("queue: look up blob %s: %w", id, err)
 	}
 	meta := jetstream.ObjectMeta{Name: id, Metadata: map[string]string{MetaBlobKind: string(kind)}}
-	if _, err := s.obs.Put(ctx, meta, bytes.NewReader(raw)); err != nil {
+	if err := s.put(ctx, meta, raw); err != nil {
 		return "", fmt.Errorf("queue: store blob %s (%d bytes): %w", id, len(raw), err)
 	}
 	return id, nil
+}
+
+// blobChunkSize is the object store's default chunk size.
+const blobChunkSize = 128 << 10
+
+// put writes a new object the way jetstream.ObjectStore.Put does (chunk
+// messages on $O.<bucket>.C.<nuid>, then the ObjectInfo on
+// $O.<bucket>.M.<base64url name> with a subject rollup), so ObjectStore.Get
+// reads it. It publishes synchronously on the store's own JetStream
+// context: ObjectStore.Put creates a JetStream context per call whose
+// reconnect listener goroutine can be left blocked forever on a nil
+// channel when the put ends before it starts (nats.go v1.55.0,
+// resetPendingAcksOnReconnect), one leaked goroutine per ~1,000 puts.
+// Blobs are written once, so the old chunks of a replaced object are not
+// a concern (Put only adds an object that does not exist).
+func (s *ObjectBlobStore) put(ctx context.Context, meta jetstream.ObjectMeta, data []byte) error {
+	id := nuid.Next()
+	chunkSubj := fmt.Sprintf("$O.%s.C.%s", BucketBlobs, id)
+	h := sha256.New()
+	chunks := 0
+	for off := 0; off < len(data); off += blobChunkSize {
+		chunk := data[off:min(off+blobChunkSize, len(data))]
+		h.Write(chunk)
+		if _, err := s.js.Publish(ctx, chunkSubj, chunk); err != nil {
+			s.purgePartial(chunkSubj)
+			return err
+		}
+		chunks++
+	}
+	meta.Opts = &jetstream.ObjectMetaOptions{ChunkSize: blobChunkSize}
+	info := jetstream.ObjectInfo{
+		ObjectMeta: meta, Bucket: BucketBlobs, NUID: id,
+		Size: uint64(len(data)), Chunks: uint32(chunks), Digest: jetstream.GetObjectDigestValue(h),
+	}
+	m := nats.NewMsg(fmt.Sprintf("$O.%s.M.%s", BucketBlobs, base64.URLEncoding.EncodeToString([]byte(meta.Name))))
+	m.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
+	var err error
+	if m.Data, err = json.Marshal(info); err != nil {
+		s.purgePartial(chunkSubj)
+		return err
+	}
+	if _, err := s.js.PublishMsg(ctx, m); err != nil {
+		s.purgePartial(chunkSubj)
+		return err
+	}
+	return nil
+}
+
+// purgePartial removes the chunks of a put that failed.
+func (s *ObjectBlobStore) purgePartial(chunkSubj string) {
+	ctx, cancel := context.WithTimeout(context.Background(), DefaultPublishAckTimeout)
+	defer cancel()
+	if st, err := s.js.Stream(ctx, "OBJ_"+BucketBlobs); err == nil {
+		_ = st.Purge(ctx, jetstream.WithPurgeSubject(chunkSubj))
+	}
 }
 
 // Get returns the blob with the id, or an error wrapping blob.ErrNotFound.

@@ -199,6 +199,24 @@ func PurgeRunResults(ctx context.Context, js jetstream.JetStream, runID string) 
 	return purgeSubject(ctx, js, StreamResults, runID, ResultSubject)
 }
 
+// PurgeRunResultsBefore removes runID's results with a stream sequence
+// below seq from STEPFLOW_RESULTS: those the results consumer has acked
+// (its ack floor + 1), so that the stream holds only results not yet
+// stored, not a whole batch of them.
+func PurgeRunResultsBefore(ctx context.Context, js jetstream.JetStream, runID string, seq uint64) error {
+	if err := ValidateRunID(runID); err != nil {
+		return err
+	}
+	s, err := js.Stream(ctx, StreamResults)
+	if err != nil {
+		return notProvisioned("stream "+StreamResults, err)
+	}
+	if err := s.Purge(ctx, jetstream.WithPurgeSubject(ResultSubject(runID)), jetstream.WithPurgeSequence(seq)); err != nil {
+		return fmt.Errorf("queue: purge results of run %s before %d: %w", runID, seq, err)
+	}
+	return nil
+}
+
 func purgeSubject(ctx context.Context, js jetstream.JetStream, stream, runID string, subject func(string) string) (uint64, error) {
 	if err := ValidateRunID(runID); err != nil {
 		return 0, err

@@ -58,12 +58,17 @@
 //     Replicas 3 covers that window: a PubAck means a quorum has the
 //     message.
 //   - Replicas: 1 by default (one server), 3 for production clusters.
-//   - Duplicate window: 10 minutes (DefaultDuplicateWindow) on both
-//     streams. It makes a retried publish (lost PubAck, reconnect,
-//     coordinator resuming PublishItems) idempotent; the server holds the
-//     ids of the window in memory, so it is not made longer. Results that
-//     arrive after it (an item redelivered after its AckWait) are dropped by
-//     the coordinator, which keeps the first result per index.
+//   - Duplicate window: 5 seconds (DefaultDuplicateWindow) on both
+//     streams. It makes a quickly retried publish (lost PubAck, reconnect,
+//     coordinator resuming its publisher) idempotent. The server holds
+//     the ids of the window in memory (publish rate x window), so it is
+//     short; results that arrive after it (an item redelivered after its
+//     AckWait, a retry after the window) are dropped by the coordinator,
+//     which keeps the first result per index.
+//   - Results are purged from STEPFLOW_RESULTS once the coordinators'
+//     results consumer has acked them (they are in a run's result store),
+//     every second; items are published in a window per run from the
+//     coordinator's spool. So the server holds windows, not batches.
 //   - Discard policy: new messages are refused when a stream is full, never
 //     old ones dropped, so an accepted item or result is never lost.
 //   - AckWait 30s (DefaultAckWait) with in-progress heartbeats every 10s:

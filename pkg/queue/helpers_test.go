@@ -18,12 +18,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		// nats.go v1.55.0 races in ObjectStore.Put and can leave
-		// resetPendingAcksOnReconnect blocked on a nil channel (about once
-		// per thousand puts); see pkg/worker/helpers_test.go.
-		goleak.IgnoreTopFunction("github.com/nats-io/nats.go/jetstream.(*jetStream).resetPendingAcksOnReconnect"),
-	)
+	goleak.VerifyTestMain(m)
 }
 
 // bundle is one test's JetStream: an embedded server on a random port with

@@ -72,8 +72,57 @@ type PublishItemsOptions struct {
 	// included); 0 = the server's max_payload. Set it to the stream's
 	// MaxMsgSize when that is smaller.
 	MaxPayload int
+	// Encoded says items yields encoded Item messages (ItemEncoder.Encode)
+	// rather than input JSON: the caller encoded them ahead, say into a
+	// spool, and PublishItems only publishes them. Template, Blobs and
+	// MaxPayload are then unused.
+	Encoded bool
+	// Progress, when set, is called from one goroutine as the PubAcks
+	// arrive, in index order, with the index after the item just stored:
+	// every yielded item below it is on the stream. A resumed publisher
+	// restarts from the last value it saw.
+	Progress func(next int)
 	// Logger receives a summary per call at debug level. Default: none.
 	Logger *zap.Logger
+}
+
+// ItemEncoder encodes the items of one run into Item messages, offloading
+// inputs too large for a message to a blob store.
+type ItemEncoder struct {
+	tmpl  *stepflowv1.Item
+	limit int
+	blobs blob.Store
+}
+
+// NewItemEncoder returns the encoder PublishItems uses for runID with
+// opts (Template, Blobs, MaxPayload). EnqueuedAt is now.
+func NewItemEncoder(js jetstream.JetStream, runID string, opts PublishItemsOptions) (*ItemEncoder, error) {
+	if err := ValidateRunID(runID); err != nil {
+		return nil, err
+	}
+	tmpl := &stepflowv1.Item{}
+	if opts.Template != nil {
+		tmpl = proto.CloneOf(opts.Template)
+	}
+	tmpl.RunId = runID
+	if tmpl.ReplySubject == "" {
+		tmpl.ReplySubject = ResultSubject(runID)
+	} else if !strings.HasPrefix(tmpl.ReplySubject, ResultSubjectPrefix) {
+		return nil, fmt.Errorf("%w: reply subject %q is not under %s", ErrInvalidConfig, tmpl.ReplySubject, ResultSubjects)
+	}
+	if tmpl.RootRunId == "" {
+		tmpl.RootRunId = runID
+	}
+	tmpl.EnqueuedAt = timestamppb.Now()
+	limit := payloadLimit(js, opts.MaxPayload) - headerAllowance - len(ItemSubject(runID))
+	return &ItemEncoder{tmpl: tmpl, limit: limit, blobs: opts.Blobs}, nil
+}
+
+// Encode returns the message of item index with input (JSON). An input
+// too large for one message goes to the blob store, or fails with
+// ErrPayloadTooLarge without one. Not safe for concurrent use.
+func (e *ItemEncoder) Encode(ctx context.Context, index int, input []byte) ([]byte, error) {
+	return encodeItem(ctx, e.tmpl, index, input, e.limit, e.blobs)
 }
 
 // PublishItems publishes the items of runID to STEPFLOW_ITEMS, one message
@@ -104,26 +153,14 @@ func PublishItems(ctx context.Context, js jetstream.JetStream, runID string, ite
 	retries := cmp.Or(opts.Retries, DefaultPublishRetries)
 	retries = max(retries, 0)
 	ackTimeout := cmp.Or(opts.AckTimeout, DefaultPublishAckTimeout)
-	maxPayload := payloadLimit(js, opts.MaxPayload)
-
-	tmpl := &stepflowv1.Item{}
-	if opts.Template != nil {
-		tmpl = proto.CloneOf(opts.Template)
+	enc, err := NewItemEncoder(js, runID, opts)
+	if err != nil {
+		return 0, err
 	}
-	tmpl.RunId = runID
-	if tmpl.ReplySubject == "" {
-		tmpl.ReplySubject = ResultSubject(runID)
-	} else if !strings.HasPrefix(tmpl.ReplySubject, ResultSubjectPrefix) {
-		return 0, fmt.Errorf("%w: reply subject %q is not under %s", ErrInvalidConfig, tmpl.ReplySubject, ResultSubjects)
-	}
-	if tmpl.RootRunId == "" {
-		tmpl.RootRunId = runID
-	}
-	tmpl.EnqueuedAt = timestamppb.Now()
 	subject := ItemSubject(runID)
 
 	p := &itemPublisher{
-		js: js, retries: retries, ackTimeout: ackTimeout,
+		js: js, retries: retries, ackTimeout: ackTimeout, progress: opts.Progress,
 		queue: make(chan pendingPub, maxPending),
 		stop:  make(chan struct{}),
 	}
@@ -152,10 +189,13 @@ func PublishItems(ctx context.Context, js jetstream.JetStream, runID string, ite
 			stopAt = index
 			break
 		}
-		data, err := encodeItem(ctx, tmpl, index, input, maxPayload-headerAllowance-len(subject), opts.Blobs)
-		if err != nil {
-			stopAt, stopErr = index, err
-			break
+		data := input
+		if !opts.Encoded {
+			var err error
+			if data, err = enc.Encode(ctx, index, input); err != nil {
+				stopAt, stopErr = index, err
+				break
+			}
 		}
 		msg := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{
 			jetstream.MsgIDHeader:          []string{MsgID(runID, index)},
@@ -253,6 +293,7 @@ type itemPublisher struct {
 	js         jetstream.JetStream
 	retries    int
 	ackTimeout time.Duration
+	progress   func(next int)
 	queue      chan pendingPub
 	stop       chan struct{} // closed by the collector after a failure
 
@@ -296,6 +337,9 @@ func (p *itemPublisher) collect(ctx context.Context) {
 		p.acked++
 		if ack.Duplicate {
 			p.dups++
+		}
+		if p.progress != nil {
+			p.progress(pp.index + 1)
 		}
 	}
 }

@@ -17,14 +17,17 @@ const (
 	// acknowledged publish is on a quorum (2 of 3) of servers.
 	DefaultReplicas = 1
 	// DefaultDuplicateWindow is how long the streams remember Nats-Msg-Ids:
-	// a publish retried within it (a lost PubAck, a coordinator resuming,
-	// a worker re-executing an item) is acknowledged as a duplicate and not
-	// stored again. The server keeps every id of the window in memory
-	// (about 100 bytes each), so 10 minutes covers retries and quick
-	// restarts without holding millions of ids; the coordinator still
-	// keeps the first result per index for duplicates that arrive later
-	// (an item redelivered after its AckWait, for instance).
-	DefaultDuplicateWindow = 10 * time.Minute
+	// a publish retried within it (a lost PubAck, a coordinator resuming
+	// its publisher) is acknowledged as a duplicate and not stored again.
+	// The server keeps every id of the window in memory, about 130 bytes
+	// each plus garbage-collector headroom, so the cost is the publish
+	// rate times the window: at 20,000 items/s, 5 s is 100,000 ids per
+	// stream (some 25 MB), 10 minutes would be 12 million (GBs). Nothing
+	// depends on the window for correctness: the coordinator keeps the
+	// first result per index, so a duplicate that gets through (a retry
+	// after the window, an item redelivered after its AckWait) costs an
+	// execution, never a second result.
+	DefaultDuplicateWindow = 5 * time.Second
 	// DefaultResultsMaxAge is how long results stay on STEPFLOW_RESULTS: a
 	// safety net for results the coordinator has already copied out (it
 	// deletes a finished run's results itself), long enough to survive a

@@ -27,14 +27,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		// nats.go v1.55.0 races in ObjectStore.Put: the private JetStream
-		// context it creates per put starts resetPendingAcksOnReconnect,
-		// and the deferred cleanupReplySub may nil the status channel
-		// before that goroutine reads it, leaving it blocked on a nil
-		// channel for good (rarely: about once per thousand put_blob).
-		goleak.IgnoreTopFunction("github.com/nats-io/nats.go/jetstream.(*jetStream).resetPendingAcksOnReconnect"),
-	)
+	goleak.VerifyTestMain(m)
 }
 
 // bundle is one test's JetStream (an embedded server with its store in

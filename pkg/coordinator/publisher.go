@@ -1,0 +1,146 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/stepflow-go/stepflow/pkg/queue"
+)
+
+// Publish window: how many items of a run may be on the work queue
+// (published and without a result) at once. The rest wait in the run's
+// spool, so the JetStream server holds a window per run, not a batch.
+const (
+	// minPublishWindow keeps workers busy between refills: the window is
+	// refilled as results are committed (every aggBatch results or
+	// aggLinger), so it must cover several commits.
+	minPublishWindow = 4096
+	// maxPublishWindow bounds a run with a huge concurrency.
+	maxPublishWindow = 1 << 16
+	// publishRetryDelay is the first pause after a failed publish; it
+	// doubles up to publishRetryMax.
+	publishRetryDelay = 100 * time.Millisecond
+	publishRetryMax   = 10 * time.Second
+)
+
+// publishWindow is the window of a run with concurrency conc: four times
+// its concurrency, within [minPublishWindow, maxPublishWindow], or
+// Config.PublishWindow when set.
+func (c *Coordinator) publishWindow(conc int) int {
+	if c.cfg.PublishWindow > 0 {
+		return c.cfg.PublishWindow
+	}
+	return min(max(4*conc, minPublishWindow), maxPublishWindow)
+}
+
+// startPublisher starts feeding the run's spool to the work queue from
+// index from. A stopping coordinator starts nothing: the next one resumes
+// from the record's items_published.
+func (c *Coordinator) startPublisher(st *runState, from int) {
+	if from >= st.total {
+		return
+	}
+	path := filepath.Join(st.dir, spoolFileName)
+	if _, err := os.Stat(path); err != nil {
+		c.log.Error("the run's item spool is missing; its unpublished items cannot run (cancel the run)",
+			zap.String("run", st.id), zap.Int("published", from), zap.Int("items", st.total), zap.Error(err))
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ctx.Err() != nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(c.ctx)
+	done := make(chan struct{})
+	st.mu.Lock()
+	st.pubStop, st.pubDone = cancel, done
+	st.mu.Unlock()
+	c.pubWG.Add(1)
+	go func() {
+		defer c.pubWG.Done()
+		defer close(done)
+		defer cancel()
+		c.publish(ctx, st, path, from)
+	}()
+}
+
+// stopPublisher stops the run's publisher and waits for it.
+func (st *runState) stopPublisher() {
+	st.mu.Lock()
+	stop, done := st.pubStop, st.pubDone
+	st.mu.Unlock()
+	if stop != nil {
+		stop()
+		<-done
+	}
+}
+
+// publish feeds the spool to the queue, keeping at most a window of the
+// run's items on it; it retries failed publishes with backoff until the
+// spool is on the queue or ctx ends.
+func (c *Coordinator) publish(ctx context.Context, st *runState, path string, from int) {
+	log := c.log.With(zap.String("run", st.id))
+	resumed := from > 0
+	delay := publishRetryDelay
+	st.resetFrontier(from)
+	for from < st.total {
+		var spoolErr error
+		items := func(yield func(int, []byte) bool) {
+			spoolErr = readSpool(path, from, func(index int, data []byte) (bool, error) {
+				if resumed && st.advance(index, true) {
+					return true, nil // finished before a restart
+				}
+				for {
+					ch := st.changes()
+					if st.outstanding() < c.publishWindow(st.concurrency()) {
+						break
+					}
+					select {
+					case <-ch:
+					case <-ctx.Done():
+						return false, nil
+					}
+				}
+				st.advance(index, false)
+				return yield(index, data), nil
+			})
+		}
+		_, err := queue.PublishItems(ctx, c.js, st.id, items, queue.PublishItemsOptions{
+			From: from, Encoded: true, Logger: log,
+			Progress: st.setPublished,
+		})
+		if spoolErr != nil {
+			log.Error("cannot read the run's item spool; its unpublished items cannot run (cancel the run)", zap.Error(spoolErr))
+			return
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		if err == nil {
+			st.setPublished(st.total)
+			c.flushCounts(ctx, st)
+			log.Debug("every item is on the queue")
+			return
+		}
+		var pe *queue.PublishError
+		if errors.As(err, &pe) {
+			from = pe.ResumeFrom
+		}
+		resumed = true
+		log.Warn("publishing items failed; retrying", zap.Int("from", from), zap.Duration("in", delay), zap.Error(err))
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		delay = min(2*delay, publishRetryMax)
+	}
+}
