@@ -55,12 +55,13 @@ type Coordinator struct {
 	apiClosed  bool
 	apiWG      sync.WaitGroup // API requests in progress
 	wg         sync.WaitGroup // HTTP server, aggregator
-	pubWG      sync.WaitGroup // run publishers; Add under mu while ctx is live
+	pubWG      sync.WaitGroup // run publishers; Add under mu unless pubClosed
 
 	mu        sync.Mutex
 	runs      map[string]*runState     // running runs attached to this coordinator
 	attaching map[string]chan struct{} // runs being attached
 	topLevel  int                      // top-level runs in progress, uploads included
+	pubClosed bool                     // shutting down: no new publisher
 }
 
 // New returns a coordinator for cfg (defaults applied); it does not start
@@ -297,7 +298,8 @@ func (c *Coordinator) shutdown(ctx context.Context) {
 		c.agg.stop()
 	}
 	c.wg.Wait()
-	c.mu.Lock() // no publisher starts after this: ctx is cancelled
+	c.mu.Lock()
+	c.pubClosed = true // no publisher starts after this
 	c.mu.Unlock()
 	c.pubWG.Wait()
 	if c.advisories != nil {

@@ -53,7 +53,7 @@ func (c *Coordinator) startPublisher(st *runState, from int) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.ctx.Err() != nil {
+	if c.pubClosed {
 		return
 	}
 	ctx, cancel := context.WithCancel(c.ctx)

@@ -97,13 +97,6 @@ func newRunState(rec *stepflowv1.RunRecord, dir string, log *resultLog, counts s
 	return st
 }
 
-// finished returns the number of items with a result.
-func (s *runState) finished() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.succeeded + s.failed
-}
-
 // concurrency returns the run's concurrency.
 func (s *runState) concurrency() int {
 	s.mu.Lock()
