@@ -89,6 +89,14 @@ type Config struct {
 	// MaxItemsPerRun bounds a run's items (413 beyond). Default
 	// DefaultMaxItemsPerRun.
 	MaxItemsPerRun int
+	// ID names this coordinator among those sharing a NATS deployment
+	// (the leadership lease holder). Default: the host name and the HTTP
+	// port, or the pid when the port is 0.
+	ID string
+	// AdvertiseURL is the REST API base URL other coordinators forward
+	// requests to while this one leads, e.g. http://10.0.0.7:7840 (a pod
+	// IP). Default URL().
+	AdvertiseURL string
 	// PublishWindow bounds the items of a run on the work queue at once
 	// (published, without a result); the rest wait in the run's spool in
 	// DataDir. Default 0: four times the run's concurrency, at least 4096

@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -56,6 +58,11 @@ type Coordinator struct {
 	apiWG      sync.WaitGroup // API requests in progress
 	wg         sync.WaitGroup // HTTP server, aggregator
 	pubWG      sync.WaitGroup // run publishers; Add under mu unless pubClosed
+
+	id        string       // this coordinator among those sharing NATS
+	lease     *queue.Lease // the leadership lease
+	leader    leaderState
+	lostLease atomic.Bool
 
 	mu        sync.Mutex
 	runs      map[string]*runState     // running runs attached to this coordinator
@@ -211,22 +218,8 @@ func (c *Coordinator) start(ctx context.Context) error {
 		return fmt.Errorf("coordinator: %w", err)
 	}
 
-	if err := c.sweepUploads(ctx); err != nil {
-		return err
-	}
-	c.advisories, err = queue.WatchMaxDeliveries(c.ctx, js, c.onMaxDeliveries, queue.AdvisoryOptions{Logger: cfg.Logger})
-	if err != nil {
+	if c.lease, err = queue.OpenLease(ctx, js); err != nil {
 		return fmt.Errorf("coordinator: %w", err)
-	}
-	if err := c.resume(ctx); err != nil {
-		return err
-	}
-	if c.agg, err = newAggregator(ctx, c); err != nil {
-		return err
-	}
-	c.wg.Go(c.agg.run)
-	if err := c.serveAPI(); err != nil {
-		return err
 	}
 
 	ln, err := net.Listen("tcp", net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port)))
@@ -234,6 +227,11 @@ func (c *Coordinator) start(ctx context.Context) error {
 		return fmt.Errorf("coordinator: listen: %w", err)
 	}
 	c.listener = ln
+	c.id = cmp.Or(cfg.ID, defaultID(cfg.Port))
+	if _, err := c.campaign(ctx); err != nil {
+		return err
+	}
+	c.wg.Go(func() { c.keepLease(c.ctx) })
 	c.httpSrv = &http.Server{
 		Handler:           c.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -245,8 +243,8 @@ func (c *Coordinator) start(ctx context.Context) error {
 			c.log.Error("HTTP server stopped", zap.Error(err))
 		}
 	})
-	c.log.Info("coordinator started", zap.String("url", c.URL()), zap.String("nats", c.natsURL),
-		zap.String("data_dir", cfg.DataDir))
+	c.log.Info("coordinator started", zap.String("id", c.id), zap.Bool("leader", c.leading()), zap.String("url", c.URL()),
+		zap.String("nats", c.natsURL), zap.String("data_dir", cfg.DataDir))
 	return nil
 }
 
@@ -314,6 +312,13 @@ func (c *Coordinator) shutdown(ctx context.Context) {
 	c.mu.Unlock()
 	for _, st := range states {
 		st.detach()
+	}
+	if c.lease != nil && c.leading() && !c.lostLease.Load() {
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		if err := c.lease.Release(rctx); err != nil {
+			c.log.Warn("cannot release the leadership lease; a standby takes over when it expires", zap.Error(err))
+		}
+		cancel()
 	}
 	if c.nc != nil {
 		if err := c.nc.FlushTimeout(time.Second); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {

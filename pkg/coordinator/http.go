@@ -64,7 +64,7 @@ func (c *Coordinator) Handler() http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		c.writeError(w, r, errorf(ErrRunNotFound, "no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
-	return c.cors(c.auth(mux))
+	return c.forward(c.cors(c.auth(mux)))
 }
 
 // auth requires the bearer token on everything but the health check.

@@ -48,6 +48,8 @@ type Ready struct {
 //	--nats-port   embedded NATS client port, 0 = any free port; default 4222
 //	--data-dir    state directory; default ./stepflow-data [STEPFLOW_DATA_DIR]
 //	--auth-token  bearer token required by the REST API [STEPFLOW_AUTH_TOKEN]
+//	--id          this coordinator's name among those sharing NATS [STEPFLOW_COORDINATOR_ID]
+//	--advertise-url  REST URL other coordinators forward to [STEPFLOW_ADVERTISE_URL]
 //	--log-level   debug, info, warn or error; default info [STEPFLOW_LOG_LEVEL]
 //
 // Prefer the environment variable for the token: flags are visible to
@@ -70,6 +72,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&cfg.NATSURL, "nats-url", os.Getenv("STEPFLOW_NATS_URL"), `NATS server URL ("" = start an embedded NATS server in the data dir)`)
 	fs.IntVar(&cfg.NATSPort, "nats-port", DefaultNATSPort, "client port of the embedded NATS server (0 = any free port)")
 	fs.StringVar(&cfg.DataDir, "data-dir", envOr("STEPFLOW_DATA_DIR", "stepflow-data"), "directory for results and state (and the embedded NATS store)")
+	fs.StringVar(&cfg.ID, "id", os.Getenv("STEPFLOW_COORDINATOR_ID"), "name of this coordinator among those sharing NATS (default: host name and port)")
+	fs.StringVar(&cfg.AdvertiseURL, "advertise-url", os.Getenv("STEPFLOW_ADVERTISE_URL"), "REST API URL other coordinators forward requests to while this one leads (default: http://<host>:<port>)")
 	fs.StringVar(&cfg.AuthToken, "auth-token", os.Getenv("STEPFLOW_AUTH_TOKEN"), "bearer token required by the REST API (prefer STEPFLOW_AUTH_TOKEN)")
 	level := fs.String("log-level", envOr("STEPFLOW_LOG_LEVEL", "info"), "log level: debug, info, warn or error")
 	format := fs.String("log-format", envOr("STEPFLOW_LOG_FORMAT", "json"), "log format: json or text")
@@ -104,7 +108,12 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if _, err := fmt.Fprintf(stdout, "%s\n", line); err != nil {
 		log.Error("cannot write the ready line", zap.Error(err))
 	}
-	<-ctx.Done()
+	select {
+	case <-ctx.Done():
+	case <-c.Stopped():
+		log.Error("stopped: another coordinator took the leadership lease; restart to stand by")
+		return ExitFailure
+	}
 	log.Info("shutting down", zap.NamedError("cause", context.Cause(ctx)))
 	sctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
 	defer cancel()

@@ -380,7 +380,7 @@ func (c *Coordinator) attachFromStore(ctx context.Context, runID string) (*runSt
 func (c *Coordinator) attach(ctx context.Context, rec *stepflowv1.RunRecord) (*runState, error) {
 	runID := rec.GetRunId()
 	dir := c.runDir(runID)
-	log, counts, err := openResultLog(dir)
+	log, counts, err := openResultLog(ctx, dir)
 	if err != nil {
 		return nil, err
 	}
@@ -908,7 +908,7 @@ func (c *Coordinator) submit(ctx context.Context, sub submission) (rec *stepflow
 	// can attach a second writer to its result store.
 	var st *runState
 	if rec.GetStatus() == statusRunning {
-		log, counts, err := openResultLog(dir)
+		log, counts, err := openResultLog(ctx, dir)
 		if err != nil {
 			return nil, false, err
 		}

@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"bufio"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -146,13 +147,17 @@ type storeCounts struct {
 // complete records are filled in (the crash fell between the two writes),
 // and the outcomes of the first record of each index are counted, which
 // is the truth the run record's counters are repaired from.
-func openResultLog(dir string) (*resultLog, storeCounts, error) {
+func openResultLog(ctx context.Context, dir string) (*resultLog, storeCounts, error) {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, storeCounts{}, fmt.Errorf("coordinator: result store: %w", err)
 	}
 	logf, err := os.OpenFile(filepath.Join(dir, resultsLogName), os.O_RDWR|os.O_CREATE, 0o640)
 	if err != nil {
 		return nil, storeCounts{}, fmt.Errorf("coordinator: result store: %w", err)
+	}
+	if err := lockResultLog(ctx, logf); err != nil {
+		_ = logf.Close()
+		return nil, storeCounts{}, err
 	}
 	idxf, err := os.OpenFile(filepath.Join(dir, indexName), os.O_RDWR|os.O_CREATE, 0o640)
 	if err != nil {
@@ -166,6 +171,31 @@ func openResultLog(dir string) (*resultLog, storeCounts, error) {
 		return nil, storeCounts{}, err
 	}
 	return l, counts, nil
+}
+
+// lockResultLog waits for the lock of a run's result log: held by the
+// coordinator that has the run attached, so that a leader that stalled
+// past its lease cannot write a run its successor took (the successor
+// waits until the stalled one notices and lets go, or dies).
+func lockResultLog(ctx context.Context, f *os.File) error {
+	delay := 10 * time.Millisecond
+	for {
+		ok, err := tryLock(f)
+		if err != nil {
+			return fmt.Errorf("coordinator: lock result store: %w", err)
+		}
+		if ok {
+			return nil
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("coordinator: result store %s is locked by another coordinator: %w", f.Name(), context.Cause(ctx))
+		case <-t.C:
+		}
+		delay = min(2*delay, time.Second)
+	}
 }
 
 // recover scans the log; see openResultLog.

@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -27,7 +28,7 @@ func result(i int) *resultRecord {
 // between a record and its index slot.
 func TestResultStoreFirstWinsAndRecovery(t *testing.T) {
 	dir := t.TempDir()
-	l, counts, err := openResultLog(dir)
+	l, counts, err := openResultLog(context.Background(), dir)
 	require.NoError(t, err)
 	require.Zero(t, counts)
 	order := []int{5, 0, 3, 9, 1}
@@ -79,7 +80,7 @@ func TestResultStoreFirstWinsAndRecovery(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, logf.Close())
 
-	l, counts, err = openResultLog(dir)
+	l, counts, err = openResultLog(context.Background(), dir)
 	require.NoError(t, err)
 	require.Equal(t, storeCounts{Succeeded: 5, Failed: 1}, counts) // 0 is a failure; 4 counted once
 	require.Equal(t, size+int64(len(orphan)+len(again)), l.size, "torn tail cut")
@@ -127,7 +128,7 @@ func writeAndStream(tb testing.TB, dir string, n, resultBytes int, w io.Writer) 
 			peak = h - base
 		}
 	}
-	l, _, err := openResultLog(dir)
+	l, _, err := openResultLog(context.Background(), dir)
 	require.NoError(tb, err)
 	pad := make([]byte, resultBytes)
 	for i := range pad {
@@ -202,4 +203,28 @@ func BenchmarkResultStore100k(b *testing.B) {
 		b.SetBytes(out.n)
 	}
 	b.ReportMetric(float64(peak), "peak-heap-bytes")
+}
+
+// A run's result log is locked while a coordinator has it open: a second
+// one (another coordinator on a shared DataDir) waits until it is closed.
+func TestResultLogLock(t *testing.T) {
+	dir := t.TempDir()
+	l, _, err := openResultLog(context.Background(), dir)
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	_, _, err = openResultLog(ctx, dir)
+	require.ErrorContains(t, err, "locked by another coordinator")
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+
+	got := make(chan error, 1)
+	go func() {
+		l2, _, err := openResultLog(context.Background(), dir)
+		if err == nil {
+			err = l2.close()
+		}
+		got <- err
+	}()
+	require.NoError(t, l.close())
+	require.NoError(t, <-got)
 }

@@ -33,6 +33,9 @@ const (
 	// BucketFlows is the key-value bucket of flows by content hash: key =
 	// flow id (64 lowercase hex digits), value = the flow's canonical JSON.
 	BucketFlows = "STEPFLOW_FLOWS"
+	// BucketCoordinators is the key-value bucket of the coordinators'
+	// leadership lease (Lease); its max age is the lease TTL.
+	BucketCoordinators = "STEPFLOW_COORDINATORS"
 	// BucketBlobs is the object store of blobs (blob.Store): object name =
 	// blob id, object metadata MetaBlobKind = the blob kind.
 	BucketBlobs = "STEPFLOW_BLOBS"

@@ -67,6 +67,9 @@ type Config struct {
 	// compresses well; costs CPU on the server). Items are not compressed:
 	// they are short-lived.
 	Compression bool
+	// LeaseTTL is the max age of BucketCoordinators: how long a dead
+	// leader's lease lasts. Default DefaultLeaseTTL.
+	LeaseTTL time.Duration
 	// Logger receives what Provision did. Default: no logs.
 	Logger *zap.Logger
 }
@@ -83,6 +86,9 @@ func (c Config) WithDefaults() Config {
 	if c.ResultsMaxAge == 0 {
 		c.ResultsMaxAge = DefaultResultsMaxAge
 	}
+	if c.LeaseTTL == 0 {
+		c.LeaseTTL = DefaultLeaseTTL
+	}
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()
 	}
@@ -94,6 +100,8 @@ func (c Config) Validate() error {
 	switch {
 	case c.Replicas < 1 || c.Replicas > 5:
 		return fmt.Errorf("%w: Replicas must be 1 to 5 (JetStream's limit), not %d", ErrInvalidConfig, c.Replicas)
+	case c.LeaseTTL < time.Second:
+		return fmt.Errorf("%w: LeaseTTL must be at least 1s, not %s", ErrInvalidConfig, c.LeaseTTL)
 	case c.DuplicateWindow < 0:
 		return fmt.Errorf("%w: DuplicateWindow must not be negative", ErrInvalidConfig)
 	case c.ResultsMaxAge < 0:
@@ -195,6 +203,16 @@ func Provision(ctx context.Context, js jetstream.JetStream, cfg Config) error {
 		Compression: cfg.Compression,
 	}); err != nil {
 		return fmt.Errorf("queue: provision bucket %s: %w", BucketFlows, err)
+	}
+	if _, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      BucketCoordinators,
+		Description: "stepflow coordinator leadership lease",
+		History:     1,
+		TTL:         cfg.LeaseTTL,
+		Storage:     jetstream.FileStorage,
+		Replicas:    cfg.Replicas,
+	}); err != nil {
+		return fmt.Errorf("queue: provision bucket %s: %w", BucketCoordinators, err)
 	}
 	if _, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
 		Bucket:      BucketBlobs,

@@ -77,7 +77,7 @@ func TestProvisionIdempotent(t *testing.T) {
 		return out
 	}
 	first := snapshot()
-	require.Len(t, first, 5) // 2 streams, 2 KV buckets, 1 object store
+	require.Len(t, first, 6) // 2 streams, 3 KV buckets, 1 object store
 	items := first[queue.StreamItems]
 	require.Equal(t, jetstream.WorkQueuePolicy, items.Retention)
 	require.Equal(t, jetstream.FileStorage, items.Storage)
@@ -897,4 +897,69 @@ func TestObjectBlobStorePutLeavesNoGoroutines(t *testing.T) {
 	data, err := obs.GetBytes(ctx, id)
 	require.NoError(t, err)
 	require.Equal(t, value.Marshal(big), data)
+}
+
+// The leadership lease: one holder at a time; renewed by its holder only;
+// taken over by a restarted holder (same id) or by force; free again once
+// released or expired.
+func TestLease(t *testing.T) {
+	t.Parallel()
+	b := setup(t, false)
+	ctx := testCtx(t)
+	require.NoError(t, queue.Provision(ctx, b.js, queue.Config{LeaseTTL: time.Second}))
+	a, err := queue.OpenLease(ctx, b.js)
+	require.NoError(t, err)
+	c, err := queue.OpenLease(ctx, b.js)
+	require.NoError(t, err)
+	require.Equal(t, time.Second, a.TTL())
+
+	ha, hc := queue.Holder{ID: "a", URL: "http://a"}, queue.Holder{ID: "c", URL: "http://c"}
+	won, _, err := a.Acquire(ctx, ha, false)
+	require.NoError(t, err)
+	require.True(t, won)
+	won, cur, err := c.Acquire(ctx, hc, false)
+	require.NoError(t, err)
+	require.False(t, won)
+	require.Equal(t, "http://a", cur.URL)
+	require.ErrorIs(t, c.Renew(ctx, hc), queue.ErrLeaseLost)
+	require.NoError(t, a.Renew(ctx, ha))
+
+	// A forced take-over (an embedded server's coordinator) wins; the old
+	// holder's renewal then fails.
+	won, _, err = c.Acquire(ctx, hc, true)
+	require.NoError(t, err)
+	require.True(t, won)
+	require.ErrorIs(t, a.Renew(ctx, ha), queue.ErrLeaseLost)
+	h, ok, err := a.Holder(ctx)
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Equal(t, "c", h.ID)
+
+	// Released: free at once.
+	require.NoError(t, c.Release(ctx))
+	_, ok, err = a.Holder(ctx)
+	require.NoError(t, err)
+	require.False(t, ok)
+	won, _, err = a.Acquire(ctx, ha, false)
+	require.NoError(t, err)
+	require.True(t, won)
+
+	// Not renewed: it expires after its TTL and another takes it.
+	changes, err := c.Changes(ctx)
+	require.NoError(t, err)
+	deadline := time.After(10 * time.Second)
+	for {
+		won, _, err := c.Acquire(ctx, hc, false)
+		require.NoError(t, err)
+		if won {
+			break
+		}
+		select {
+		case <-changes:
+		case <-time.After(200 * time.Millisecond):
+		case <-deadline:
+			t.Fatal("the lease never expired")
+		}
+	}
+	require.ErrorIs(t, a.Renew(ctx, ha), queue.ErrLeaseLost)
 }

@@ -1,0 +1,249 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/stepflow-go/stepflow/pkg/queue"
+)
+
+// Leadership. Several coordinators may share one NATS deployment and one
+// DataDir (a shared volume): all of them serve the REST API, and one, the
+// holder of the leadership lease (queue.Lease), runs everything else:
+// publishing, result aggregation, the NATS API and the max-deliveries
+// advisories. The others are standbys that forward every REST request to
+// the leader. When the leader dies, its lease expires after its TTL and a
+// standby takes over exactly as a coordinator restarted on the DataDir
+// would (resume): every running run is attached, its result store
+// repaired, its publisher resumed. Each run's result log is locked
+// (flock) while attached, so a leader that stalls past its lease cannot
+// write a run a new leader has taken: the new leader waits for the lock.
+//
+// A leader that finds the lease held by another coordinator (it stalled
+// for longer than the TTL) stops: Stopped is closed and the process
+// exits with a failure, for its supervisor to restart it as a standby.
+
+// leaderState is the coordinator's view of the lease.
+type leaderState struct {
+	mu      sync.Mutex
+	leading bool
+	holder  queue.Holder // the leader, when known
+	proxy   *httputil.ReverseProxy
+}
+
+// LostLeadership reports whether the coordinator stopped because another
+// coordinator took its leadership lease.
+func (c *Coordinator) LostLeadership() bool { return c.lostLease.Load() }
+
+// holder is this coordinator as a lease holder.
+func (c *Coordinator) holder() queue.Holder {
+	u := c.cfg.AdvertiseURL
+	if u == "" {
+		u = c.URL()
+	}
+	return queue.Holder{ID: c.id, URL: strings.TrimSuffix(u, "/"), Since: time.Now().UTC()}
+}
+
+// campaign tries once to take the lease; when it does, it leads.
+func (c *Coordinator) campaign(ctx context.Context) (bool, error) {
+	h := c.holder()
+	won, cur, err := c.lease.Acquire(ctx, h, c.embedded != nil)
+	if err != nil {
+		return false, err
+	}
+	if !won {
+		c.setFollower(cur)
+		return false, nil
+	}
+	c.log.Info("leading", zap.String("id", c.id))
+	if err := c.lead(ctx); err != nil {
+		rctx, cancel := cleanupCtx(ctx)
+		_ = c.lease.Release(rctx)
+		cancel()
+		return false, err
+	}
+	c.leader.mu.Lock()
+	c.leader.leading, c.leader.holder, c.leader.proxy = true, h, nil
+	c.leader.mu.Unlock()
+	return true, nil
+}
+
+// lead starts what only the leader runs.
+func (c *Coordinator) lead(ctx context.Context) error {
+	if err := c.sweepUploads(ctx); err != nil {
+		return err
+	}
+	var err error
+	c.advisories, err = queue.WatchMaxDeliveries(c.ctx, c.js, c.onMaxDeliveries, queue.AdvisoryOptions{Logger: c.cfg.Logger})
+	if err != nil {
+		return fmt.Errorf("coordinator: %w", err)
+	}
+	if err := c.resume(ctx); err != nil {
+		return err
+	}
+	if c.agg, err = newAggregator(ctx, c); err != nil {
+		return err
+	}
+	c.wg.Go(c.agg.run)
+	return c.serveAPI()
+}
+
+// setFollower records the current leader, for forwarding.
+func (c *Coordinator) setFollower(h queue.Holder) {
+	c.leader.mu.Lock()
+	defer c.leader.mu.Unlock()
+	if c.leader.proxy != nil && c.leader.holder.URL == h.URL {
+		c.leader.holder = h
+		return
+	}
+	c.leader.holder, c.leader.proxy = h, nil
+	if h.URL == "" {
+		return
+	}
+	target, err := url.Parse(h.URL)
+	if err != nil {
+		c.log.Warn("the leader advertises a malformed URL", zap.String("leader", h.ID), zap.String("url", h.URL))
+		return
+	}
+	p := httputil.NewSingleHostReverseProxy(target)
+	p.FlushInterval = -1 // event streams
+	p.ErrorLog = zap.NewStdLog(c.log.Named("forward"))
+	p.ErrorHandler = func(w http.ResponseWriter, r *http.Request, err error) {
+		c.log.Debug("forwarding to the leader failed", zap.String("leader", h.ID), zap.Error(err))
+		w.Header().Set("Retry-After", "1")
+		writeEnvelope(w, http.StatusServiceUnavailable, fmt.Sprintf("the leader coordinator (%s) cannot be reached; retry", h.ID))
+	}
+	c.leader.proxy = p
+	c.log.Info("standing by", zap.String("leader", h.ID), zap.String("leader_url", h.URL))
+}
+
+// leading reports whether this coordinator holds the lease.
+func (c *Coordinator) leading() bool {
+	c.leader.mu.Lock()
+	defer c.leader.mu.Unlock()
+	return c.leader.leading
+}
+
+// localPaths are answered by every coordinator itself: health checks
+// and metrics describe this process.
+var localPaths = map[string]bool{"/api/v1/health": true, "/healthz": true, "/readyz": true, "/metrics": true}
+
+// forward serves the REST API as the leader, or forwards requests to it.
+// Health checks are always answered here.
+func (c *Coordinator) forward(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c.leader.mu.Lock()
+		leading, proxy, h := c.leader.leading, c.leader.proxy, c.leader.holder
+		c.leader.mu.Unlock()
+		if leading || localPaths[r.URL.Path] {
+			next.ServeHTTP(w, r)
+			return
+		}
+		if proxy == nil {
+			w.Header().Set("Retry-After", "1")
+			writeEnvelope(w, http.StatusServiceUnavailable, "no coordinator leads at the moment (a standby takes over within the lease TTL); retry")
+			return
+		}
+		w.Header().Set("Stepflow-Forwarded-To", h.ID)
+		proxy.ServeHTTP(w, r)
+	})
+}
+
+// keepLease renews the lease while leading, and campaigns for it while
+// standing by, until ctx ends.
+func (c *Coordinator) keepLease(ctx context.Context) {
+	ttl := c.lease.TTL()
+	tick := time.NewTicker(max(ttl/4, 100*time.Millisecond))
+	defer tick.Stop()
+	changes, err := c.lease.Changes(ctx)
+	if err != nil {
+		c.log.Warn("cannot watch the lease; polling it", zap.Error(err))
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		case _, ok := <-changes:
+			if !ok {
+				changes = nil
+			}
+		}
+		if c.leading() {
+			if !c.renew(ctx) {
+				return
+			}
+			continue
+		}
+		h, held, err := c.lease.Holder(ctx)
+		switch {
+		case err != nil:
+			c.log.Debug("reading the lease", zap.Error(err))
+		case held && h.ID != c.id:
+			c.setFollower(h)
+		default:
+			c.lifeMu.Lock() // lead() sets what shutdown releases
+			if ctx.Err() == nil {
+				if _, err := c.campaign(ctx); err != nil && ctx.Err() == nil {
+					c.log.Error("cannot take over as leader", zap.Error(err))
+				}
+			}
+			c.lifeMu.Unlock()
+		}
+	}
+}
+
+// renew extends the lease; it returns false after stopping the
+// coordinator because another one took the lease.
+func (c *Coordinator) renew(ctx context.Context) bool {
+	h := c.holder()
+	c.leader.mu.Lock()
+	h.Since = c.leader.holder.Since
+	c.leader.mu.Unlock()
+	err := c.lease.Renew(ctx, h)
+	if err == nil || ctx.Err() != nil {
+		return true
+	}
+	if !errors.Is(err, queue.ErrLeaseLost) {
+		c.log.Warn("cannot renew the leadership lease; retrying", zap.Error(err))
+		return true
+	}
+	// Expired (NATS was away longer than the TTL, say): nobody else led
+	// meanwhile if nobody holds it now, and the run locks keep anybody who
+	// did from our runs' stores, so take it again.
+	won, cur, aerr := c.lease.Acquire(ctx, h, c.embedded != nil)
+	if aerr == nil && won {
+		c.log.Warn("the leadership lease had expired; took it again", zap.Error(err))
+		return true
+	}
+	c.log.Error("another coordinator took the leadership lease; stopping", zap.String("leader", cur.ID), zap.Error(err))
+	c.leader.mu.Lock()
+	c.leader.leading = false
+	c.leader.mu.Unlock()
+	c.lostLease.Store(true)
+	go func() { _ = c.Stop(context.WithoutCancel(ctx)) }()
+	return false
+}
+
+// defaultID is a coordinator id unique on this host: the host name, and
+// the HTTP port when fixed (the pid otherwise).
+func defaultID(port int) string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "coordinator"
+	}
+	if port > 0 {
+		return fmt.Sprintf("%s:%d", host, port)
+	}
+	return fmt.Sprintf("%s-%d", host, os.Getpid())
+}
