@@ -178,6 +178,7 @@ func (a *app) rootCommand() *cobra.Command {
 		a.listComponentsCommand(),
 		a.submitCommand(),
 		a.runsCommand(),
+		a.topCommand(),
 		a.serveCommand(),
 	)
 	return root

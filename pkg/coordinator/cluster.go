@@ -21,8 +21,12 @@ const (
 	// before the cluster view marks it stale.
 	staleHeartbeats = 2
 	// slowFactor: a worker whose mean item duration exceeds slowFactor
-	// times the fleet's median is marked slow.
+	// times the fleet's median (and the median by at least slowMargin)
+	// is marked slow.
 	slowFactor = 2
+	// slowMargin keeps sub-millisecond noise from marking workers slow:
+	// items of 0.1ms against 0.3ms are not a slow worker.
+	slowMargin = 50 * time.Millisecond
 )
 
 // handleCluster answers GET /api/v1/cluster: what an operator needs to see
@@ -164,7 +168,8 @@ type workerView struct {
 // heartbeat is older than staleHeartbeats intervals; slow when the mean
 // item duration of its recent window exceeds slowFactor times the fleet
 // median (the lower median of the fresh workers that finished items
-// recently, so that with two workers the slower one can stand out).
+// recently, so that with two workers the slower one can stand out) by
+// at least slowMargin.
 func workerViews(ws []queue.WorkerEntry, now time.Time) []workerView {
 	out := make([]workerView, len(ws))
 	var means []time.Duration
@@ -187,7 +192,8 @@ func workerViews(ws []queue.WorkerEntry, now time.Time) []workerView {
 	median := means[(len(means)-1)/2]
 	for i := range out {
 		st := out[i].st
-		out[i].slow = !out[i].stale && st.GetWindowItems() > 0 && st.GetMeanDuration().AsDuration() > slowFactor*median
+		mean := st.GetMeanDuration().AsDuration()
+		out[i].slow = !out[i].stale && st.GetWindowItems() > 0 && mean > slowFactor*median && mean-median >= slowMargin
 	}
 	return out
 }

@@ -37,6 +37,9 @@ func TestWorkerViewsStaleAndSlow(t *testing.T) {
 	require.Equal(t, map[string][2]bool{"a": {false, false}, "b": {false, false}, "c": {true, false}, "d": {false, false}},
 		judge(entry("a", 0, 100*time.Millisecond, 10), entry("b", 1500*time.Millisecond, 200*time.Millisecond, 10),
 			entry("c", 2100*time.Millisecond, time.Hour, 10), entry("d", 0, time.Hour, 0)))
+	// Sub-millisecond differences are noise, not a slow worker.
+	require.Equal(t, map[string][2]bool{"a": {false, false}, "b": {false, false}},
+		judge(entry("a", 0, 100*time.Microsecond, 10), entry("b", 0, 900*time.Microsecond, 10)))
 	// One worker alone is never slow.
 	require.Equal(t, map[string][2]bool{"a": {false, false}}, judge(entry("a", 0, time.Hour, 3)))
 	// A fleet of three with one outlier.

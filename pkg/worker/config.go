@@ -40,7 +40,7 @@ const (
 	DefaultRetryDelay = time.Second
 	// DefaultStatusInterval is how often a worker puts its status
 	// (slots, items, durations) into the worker registry.
-	DefaultStatusInterval = 5 * time.Second
+	DefaultStatusInterval = 2 * time.Second
 	// DefaultHealthHost is the address the health server listens on: this
 	// machine only unless told otherwise.
 	DefaultHealthHost = "127.0.0.1"

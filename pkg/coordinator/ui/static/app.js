@@ -69,6 +69,7 @@ function fmtBytes(n) {
 
 function fmtDuration(ms) {
   if (ms == null || !isFinite(ms)) return '–';
+  if (ms < 1) return Math.round(ms * 1000) + 'µs';
   if (ms < 1000) return Math.round(ms) + 'ms';
   const s = ms / 1000;
   if (s < 60) return s.toFixed(s < 10 ? 1 : 0) + 's';
