@@ -24,7 +24,8 @@ type announcer struct {
 	started time.Time
 	reg     *queue.WorkerRegistry // bound lazily: a registry missing at start may appear later
 
-	stop chan struct{}
+	ctx  context.Context // ends at close: a put in progress gives up
+	stop context.CancelFunc
 	done chan struct{}
 }
 
@@ -33,8 +34,8 @@ func (w *Worker) startAnnouncer(ctx context.Context) *announcer {
 	if err != nil {
 		host = ""
 	}
-	a := &announcer{w: w, log: w.log.Named("registry"), host: host, started: time.Now(),
-		stop: make(chan struct{}), done: make(chan struct{})}
+	a := &announcer{w: w, log: w.log.Named("registry"), host: host, started: time.Now(), done: make(chan struct{})}
+	a.ctx, a.stop = context.WithCancel(context.Background())
 	a.announce(ctx) // at once, so that the worker is visible as soon as it runs
 	go a.loop()
 	return a
@@ -46,10 +47,10 @@ func (a *announcer) loop() {
 	defer t.Stop()
 	for {
 		select {
-		case <-a.stop:
+		case <-a.ctx.Done():
 			return
 		case <-t.C:
-			ctx, cancel := context.WithTimeout(context.Background(), a.w.cfg.StatusInterval)
+			ctx, cancel := context.WithTimeout(a.ctx, a.w.cfg.StatusInterval)
 			a.announce(ctx)
 			cancel()
 		}
@@ -108,15 +109,15 @@ func (a *announcer) status(now time.Time) *stepflowv1.WorkerStatus {
 }
 
 // close stops the heartbeats and removes the worker from the registry.
-// When the removal fails (NATS away), the key expires after
-// queue.WorkerTTL; the worker still stops cleanly.
+// When NATS is away, the key expires after queue.WorkerTTL instead; the
+// worker still stops cleanly, without waiting for it.
 func (a *announcer) close() {
-	close(a.stop)
+	a.stop()
 	<-a.done
-	if a.reg == nil {
+	if a.reg == nil || !a.w.nc.IsConnected() {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	if err := a.reg.Delete(ctx, a.w.cfg.WorkerID); err != nil {
 		a.log.Warn("cannot remove the worker from the registry; it expires on its own", zap.Error(err),
