@@ -274,6 +274,7 @@ function renderRuns(list) {
   const body = document.querySelector('#runs tbody');
   const seen = new Set();
   let live = 0;
+  let anchor = null; // the last node placed, to keep the API's order (newest first)
   for (const s of list) {
     seen.add(s.runId);
     let v = runs.get(s.runId);
@@ -293,7 +294,12 @@ function renderRuns(list) {
     } else {
       applySummary(v, s, 'poll');
     }
-    body.append(v.row, v.detail); // keeps the API's order (newest first)
+    // Move rows only when the order changed: moving a row would take
+    // the focus from a Scale field being typed in.
+    const want = anchor ? anchor.nextElementSibling : body.firstElementChild;
+    if (want !== v.row) body.insertBefore(v.row, want);
+    if (v.row.nextElementSibling !== v.detail) body.insertBefore(v.detail, v.row.nextElementSibling);
+    anchor = v.detail;
     if (s.status === 'running' && live < MAX_LIVE) {
       live++;
       follow(v);
