@@ -1,5 +1,5 @@
 // Package cli implements the `stepflow` command line: run, validate, test,
-// visualize and list-components locally; submit and runs against a
+// visualize and list-components locally; submit, runs and top against a
 // coordinator (distributed mode); serve runs a coordinator and workers in
 // one process.
 //
@@ -178,6 +178,7 @@ func (a *app) rootCommand() *cobra.Command {
 		a.listComponentsCommand(),
 		a.submitCommand(),
 		a.runsCommand(),
+		a.topCommand(),
 		a.serveCommand(),
 	)
 	return root

@@ -138,6 +138,7 @@ func (s *serveCmd) startWorkers(ctx context.Context, natsURL string, stepCfg *co
 			StepflowConfig: stepCfg,
 			Concurrency:    s.workerConcurrency,
 			WorkerID:       fmt.Sprintf("%s-%d-w%d", host, os.Getpid(), i),
+			Version:        Version,
 			Logger:         s.a.log,
 		})
 		if err != nil {

@@ -137,9 +137,22 @@
 // flowId, maxConcurrency, wait, and overrides and variables as JSON, in
 // the query), "wait": false, Idempotency-Key, PATCH /runs/{id}
 // {"maxConcurrency":N}, GET /runs/{id}/events (server-sent events),
-// GET /runs/{id}/items?format=jsonl|offset|limit, and "queued" and
+// GET /runs/{id}/items?format=jsonl|offset|limit|status, GET /cluster
+// (streams, run consumers, the worker registry and runs in one answer, for
+// `stepflow top` and the runs page; see handleCluster), and "queued" and
 // "redelivered" in the item statistics. With Config.AuthToken set, every
-// call but GET /api/v1/health needs "Authorization: Bearer <token>".
+// call but GET /api/v1/health needs "Authorization: Bearer <token>", or
+// the runs page's session cookie.
+//
+// # Runs page
+//
+// /ui/ serves a page (embedded HTML, CSS and vanilla JS, nothing loaded
+// from elsewhere) listing the runs with live progress (the events stream),
+// their counts and failed items with their errors, Cancel and Scale
+// buttons, and the stream and worker panels of GET /cluster. With a token,
+// /ui/login trades it for an HttpOnly, SameSite=Strict session cookie (an
+// expiry and its HMAC keyed by the token, never the token); mutating
+// requests on the cookie must carry X-Stepflow-UI: 1. See ui.go.
 //
 // # NATS API
 //

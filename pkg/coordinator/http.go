@@ -40,8 +40,9 @@ const (
 // retryAfterSeconds is the Retry-After of a 429.
 const retryAfterSeconds = 5
 
-// Handler returns the REST API (under /api/v1), with bearer-token
-// authentication when Config.AuthToken is set and permissive CORS like
+// Handler returns the REST API (under /api/v1) and the runs page (under
+// /ui/), with bearer-token authentication when Config.AuthToken is set
+// (or the runs page's session cookie, see ui.go) and permissive CORS like
 // upstream. It is what Start serves; tests and embedders may mount it
 // elsewhere.
 func (c *Coordinator) Handler() http.Handler {
@@ -61,35 +62,56 @@ func (c *Coordinator) Handler() http.Handler {
 	mux.HandleFunc("GET /api/v1/runs/{runId}/flow", c.handleRunFlow)
 	mux.HandleFunc("GET /api/v1/runs/{runId}/events", c.handleEvents)
 	mux.HandleFunc("POST /api/v1/runs/{runId}/cancel", c.handleCancel)
+	mux.HandleFunc("GET /api/v1/cluster", c.handleCluster)
+	c.mountUI(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		c.writeError(w, r, errorf(ErrRunNotFound, "no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
 	return c.forward(c.cors(c.auth(mux)))
 }
 
-// auth requires the bearer token on everything but the health check.
+// auth requires the bearer token on everything but the health check and
+// the runs page's sign-in. Without an Authorization header, the runs
+// page's session cookie is accepted instead; a mutating request on the
+// cookie alone must carry UIHeader (CSRF protection). An unauthenticated
+// page of the runs UI redirects to its sign-in form.
 func (c *Coordinator) auth(next http.Handler) http.Handler {
 	if c.cfg.AuthToken == "" {
 		return next
 	}
 	want := []byte(c.cfg.AuthToken)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/api/v1/health" {
+		if r.URL.Path == "/api/v1/health" || uiPublic(r) {
 			next.ServeHTTP(w, r)
 			return
 		}
-		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok || subtle.ConstantTimeCompare([]byte(strings.TrimSpace(got)), want) != 1 {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="stepflow"`)
-			writeEnvelope(w, http.StatusUnauthorized, "missing or invalid bearer token")
+		authz := r.Header.Get("Authorization")
+		got, ok := strings.CutPrefix(authz, "Bearer ")
+		if ok && subtle.ConstantTimeCompare([]byte(strings.TrimSpace(got)), want) == 1 {
+			next.ServeHTTP(w, r)
 			return
 		}
-		next.ServeHTTP(w, r)
+		if authz == "" && c.validSession(r, time.Now()) {
+			if !safeMethod(r.Method) && r.Header.Get(UIHeader) != "1" {
+				writeEnvelope(w, http.StatusForbidden, "a request authenticated by the runs page's session cookie must carry the header "+UIHeader+": 1")
+				return
+			}
+			next.ServeHTTP(w, r)
+			return
+		}
+		if (r.URL.Path == "/ui" || strings.HasPrefix(r.URL.Path, "/ui/")) && safeMethod(r.Method) {
+			http.Redirect(w, r, "/ui/login", http.StatusSeeOther)
+			return
+		}
+		w.Header().Set("WWW-Authenticate", `Bearer realm="stepflow"`)
+		writeEnvelope(w, http.StatusUnauthorized, "missing or invalid bearer token")
 	})
 }
 
-// cors answers preflight requests and allows any origin (no cookies are
-// used; the bearer token is an explicit header).
+// cors answers preflight requests and allows any origin for the bearer
+// token API. The runs page's session cookie is SameSite=Strict and
+// mutations on it need UIHeader, which preflights do not allow, so other
+// origins cannot use a signed-in browser's session.
 func (c *Coordinator) cors(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h := w.Header()
@@ -531,6 +553,20 @@ func (n itemCounts) value() *value.Object {
 // when the run runs here (fresher than the record), and the run
 // consumer's in-flight and pending counts for running and queued.
 func (c *Coordinator) countsOf(ctx context.Context, rec *stepflowv1.RunRecord) itemCounts {
+	var cs *queue.ConsumerStats
+	if rec.GetStatus() == statusRunning {
+		if cons, err := queue.RunConsumerHandle(ctx, c.js, rec.GetRunId()); err == nil {
+			if info, err := cons.Info(ctx); err == nil {
+				cs = &queue.ConsumerStats{NumAckPending: info.NumAckPending, NumRedelivered: info.NumRedelivered}
+			}
+		}
+	}
+	return c.countsWith(rec, cs)
+}
+
+// countsWith is countsOf with the run consumer's state already read (nil
+// when unknown).
+func (c *Coordinator) countsWith(rec *stepflowv1.RunRecord, cs *queue.ConsumerStats) itemCounts {
 	it := rec.GetItems()
 	n := itemCounts{
 		Total:     int(rec.GetItemTotal()),
@@ -546,12 +582,10 @@ func (c *Coordinator) countsOf(ctx context.Context, rec *stepflowv1.RunRecord) i
 	}
 	remaining := max(n.Total-n.Completed-n.Failed-n.Cancelled, 0)
 	n.Running = remaining
-	if cons, err := queue.RunConsumerHandle(ctx, c.js, rec.GetRunId()); err == nil {
-		if info, err := cons.Info(ctx); err == nil {
-			n.Running = min(info.NumAckPending, remaining)
-			n.Queued = remaining - n.Running
-			n.Redelivered = info.NumRedelivered
-		}
+	if cs != nil {
+		n.Running = min(cs.NumAckPending, remaining)
+		n.Queued = remaining - n.Running
+		n.Redelivered = cs.NumRedelivered
 	}
 	return n
 }
@@ -799,7 +833,10 @@ func itemStatus(rec *resultRecord) string {
 // the result store with constant memory: {"itemCount","items":[…]} or,
 // with ?format=jsonl (or Accept: application/x-ndjson), one FlowResult
 // per line for the items that have one (what `stepflow submit` writes).
-// ?offset= and ?limit= select a page of indices.
+// ?offset= is the first index; ?limit= bounds the items answered.
+// ?status= (completed, failed, running, cancelled) answers only the items
+// with that status, scanning from offset until limit of them are found:
+// the runs page lists a run's failures with ?status=failed&limit=20.
 func (c *Coordinator) handleItems(w http.ResponseWriter, r *http.Request) {
 	rec, err := c.getRecord(r.Context(), r.PathValue("runId"))
 	if err != nil {
@@ -812,6 +849,13 @@ func (c *Coordinator) handleItems(w http.ResponseWriter, r *http.Request) {
 	limit, err2 := intParam(q.Get("limit"), total)
 	if err = errors.Join(err, err2); err != nil {
 		c.writeError(w, r, err)
+		return
+	}
+	want := q.Get("status")
+	switch want {
+	case "", runs.StatusCompleted, runs.StatusFailed, runs.StatusRunning, runs.StatusCancelled:
+	default:
+		c.writeError(w, r, errorf(ErrInvalidRequest, "unknown item status %q (completed, failed, running, cancelled)", want))
 		return
 	}
 	format := q.Get("format")
@@ -833,14 +877,36 @@ func (c *Coordinator) handleItems(w http.ResponseWriter, r *http.Request) {
 	defer rd.close()
 	from := min(offset, total)
 	to := min(total, from+min(limit, total))
+	// match reports whether an item is answered; with a status filter
+	// the scan goes on to the end and stops after limit matches
+	// (errEnoughItems).
+	matched := 0
+	match := func(*resultRecord) (bool, error) { return true, nil }
+	if want != "" {
+		to = total
+		match = func(res *resultRecord) (bool, error) {
+			if matched >= limit {
+				return false, errEnoughItems
+			}
+			st := missingStatus(status)
+			if res != nil {
+				st = itemStatus(res)
+			}
+			if st != want {
+				return false, nil
+			}
+			matched++
+			return true, nil
+		}
+	}
 
 	bw := bufio.NewWriterSize(w, 64<<10)
 	if asJSONL {
 		w.Header().Set("Content-Type", "application/x-ndjson")
 		w.WriteHeader(http.StatusOK)
 		err = rd.byIndex(from, to, func(_ int, res *resultRecord) error {
-			if res == nil {
-				return nil
+			if ok, err := match(res); !ok || res == nil {
+				return err
 			}
 			_, _ = bw.Write(res.Result)
 			return bw.WriteByte('\n')
@@ -850,18 +916,29 @@ func (c *Coordinator) handleItems(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusOK)
 		_, _ = fmt.Fprintf(bw, `{"itemCount":%d,"items":[`, total)
 		var buf []byte
+		first := true
 		err = rd.byIndex(from, to, func(i int, res *resultRecord) error {
+			if ok, err := match(res); !ok {
+				return err
+			}
 			buf = buf[:0]
-			if i > from {
+			if !first {
 				buf = append(buf, ',')
 			}
+			first = false
 			buf = appendItemResult(buf, i, res, status)
 			_, err := bw.Write(buf)
 			return err
 		})
+		if errors.Is(err, errEnoughItems) {
+			err = nil
+		}
 		if err == nil {
 			_, err = bw.WriteString("]}")
 		}
+	}
+	if errors.Is(err, errEnoughItems) { // JSONL
+		err = nil
 	}
 	if err == nil {
 		err = bw.Flush()
@@ -872,6 +949,9 @@ func (c *Coordinator) handleItems(w http.ResponseWriter, r *http.Request) {
 		panic(http.ErrAbortHandler)
 	}
 }
+
+// errEnoughItems ends a filtered item scan that found limit items.
+var errEnoughItems = errors.New("enough items")
 
 // appendItemResult appends upstream's ItemResult JSON.
 func appendItemResult(buf []byte, index int, res *resultRecord, run stepflowv1.RunStatus) []byte {

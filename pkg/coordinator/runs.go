@@ -63,6 +63,7 @@ type runState struct {
 	flushed   [2]int // succeeded, failed as last written to the record
 	status    stepflowv1.RunStatus
 	committed int64         // bytes of the result log readers may read
+	lastAdded time.Time     // when the last result was stored (zero: none since attached)
 	changed   chan struct{} // closed and replaced on every change
 	done      chan struct{} // closed when the run finished
 
@@ -191,7 +192,16 @@ func (s *runState) add(rec *resultRecord) (bool, error) {
 		s.succeeded++
 	}
 	s.committed = s.log.size
+	s.lastAdded = time.Now()
 	return true, nil
+}
+
+// lastResult returns when the run's last result was stored by this
+// coordinator (zero when none since it attached the run).
+func (s *runState) lastResult() time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lastAdded
 }
 
 // hasResult reports whether index has a result.

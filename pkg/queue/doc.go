@@ -19,6 +19,8 @@
 //	STEPFLOW_RUNS     KV bucket, key runID, value RunRecord (CAS on revision)
 //	STEPFLOW_FLOWS    KV bucket, key flow id (SHA-256), value canonical flow JSON
 //	STEPFLOW_BLOBS    object store, object = blob id, metadata = blob kind
+//	STEPFLOW_WORKERS  KV bucket, key WorkerKey(worker id), value WorkerStatus
+//	                  (a worker's heartbeat), MaxAge WorkerTTL
 //
 // Wire messages are the protobuf messages of proto/stepflow/v1/queue.proto
 // (package stepflowv1); JSON values inside them are JSON bytes.
@@ -46,7 +48,16 @@
 // Consumers on a work-queue stream must have disjoint filters (the server
 // rejects overlaps, ErrFilterConflict): per-run subjects make that hold.
 // Monitoring must therefore never add a consumer on STEPFLOW_ITEMS; it
-// reads stream and consumer info instead.
+// reads stream and consumer info instead (Streams, RunConsumers).
+//
+// # Worker registry
+//
+// Workers announce themselves in STEPFLOW_WORKERS: every few seconds each
+// puts a WorkerStatus (slots, items in flight per run, items done, recent
+// item durations) under its key, and deletes the key when it stops
+// cleanly. The bucket's MaxAge (WorkerTTL) drops the key of a worker that
+// died. ListWorkers reads the registry for `stepflow top` and the
+// coordinator's GET /api/v1/cluster.
 //
 // # Reliability settings and why
 //

@@ -1,6 +1,8 @@
 package queue
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"strconv"
 	"strings"
@@ -39,6 +41,11 @@ const (
 	// BucketBlobs is the object store of blobs (blob.Store): object name =
 	// blob id, object metadata MetaBlobKind = the blob kind.
 	BucketBlobs = "STEPFLOW_BLOBS"
+	// BucketWorkers is the key-value bucket of worker heartbeats: key =
+	// WorkerKey(worker id), value = a protobuf WorkerStatus. Its MaxAge
+	// (WorkerTTL) removes the key of a worker that died without deleting
+	// it.
+	BucketWorkers = "STEPFLOW_WORKERS"
 
 	// RunConsumerPrefix is the prefix of the durable consumer of each run
 	// on StreamItems.
@@ -79,6 +86,36 @@ func RunConsumer(runID string) string { return RunConsumerPrefix + runID }
 // inside the stream's duplicate window is acknowledged as a duplicate and
 // not stored again.
 func MsgID(runID string, index int) string { return runID + "." + strconv.Itoa(index) }
+
+// WorkerKey returns the key of workerID in BucketWorkers: the id itself
+// when every character is one a KV key allows without ambiguity
+// ([A-Za-z0-9_=-]), otherwise the id with each other character replaced
+// by '_' and a short hash of the id appended, so two ids never share a
+// key. The WorkerStatus stored under the key carries the exact id.
+func WorkerKey(workerID string) string {
+	clean := true
+	for i := range len(workerID) {
+		if !keyChar(workerID[i]) {
+			clean = false
+			break
+		}
+	}
+	if clean && workerID != "" {
+		return workerID
+	}
+	b := []byte(workerID)
+	for i, c := range b {
+		if !keyChar(c) {
+			b[i] = '_'
+		}
+	}
+	sum := sha256.Sum256([]byte(workerID))
+	return string(b) + "-" + hex.EncodeToString(sum[:4])
+}
+
+func keyChar(c byte) bool {
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '='
+}
 
 // ParseMsgID splits a MsgID into its run id and index.
 func ParseMsgID(id string) (runID string, index int, err error) {

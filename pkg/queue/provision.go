@@ -33,6 +33,15 @@ const (
 	// deletes a finished run's results itself), long enough to survive a
 	// coordinator outage over a weekend.
 	DefaultResultsMaxAge = 7 * 24 * time.Hour
+	// WorkerTTL is the MaxAge of BucketWorkers: a worker's heartbeat key
+	// disappears this long after its last put, so a worker killed without
+	// a clean stop leaves the registry on its own. Workers heartbeat at
+	// most every MaxWorkerHeartbeat, so a live worker's key never expires.
+	WorkerTTL = 30 * time.Second
+	// MaxWorkerHeartbeat is the longest heartbeat interval a worker may
+	// use: a third of WorkerTTL, so two lost heartbeats do not remove a
+	// live worker from the registry.
+	MaxWorkerHeartbeat = WorkerTTL / 3
 )
 
 // Config configures Provision: the streams and buckets of the layout.
@@ -213,6 +222,9 @@ func Provision(ctx context.Context, js jetstream.JetStream, cfg Config) error {
 		Replicas:    cfg.Replicas,
 	}); err != nil {
 		return fmt.Errorf("queue: provision bucket %s: %w", BucketCoordinators, err)
+	}
+	if _, err := js.CreateOrUpdateKeyValue(ctx, workersBucketConfig(cfg.Replicas)); err != nil {
+		return fmt.Errorf("queue: provision bucket %s: %w", BucketWorkers, err)
 	}
 	if _, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
 		Bucket:      BucketBlobs,

@@ -61,6 +61,12 @@ func TestProvisionIdempotent(t *testing.T) {
 	require.ErrorIs(t, err, queue.ErrNotProvisioned)
 	_, err = queue.OpenBlobStore(ctx, b.js)
 	require.ErrorIs(t, err, queue.ErrNotProvisioned)
+	_, err = queue.OpenWorkerRegistry(ctx, b.js)
+	require.ErrorIs(t, err, queue.ErrNotProvisioned)
+	_, err = queue.ListWorkers(ctx, b.js)
+	require.ErrorIs(t, err, queue.ErrNotProvisioned)
+	_, err = queue.Streams(ctx, b.js)
+	require.ErrorIs(t, err, queue.ErrNotProvisioned)
 	_, err = queue.PublishResult(ctx, b.js, &stepflowv1.ItemResult{RunId: "r1"}, queue.ResultOptions{})
 	require.ErrorIs(t, err, queue.ErrNotProvisioned)
 	_, err = queue.CreateRunConsumer(ctx, b.js, "r1", queue.RunConsumerConfig{MaxAckPending: 1})
@@ -77,7 +83,7 @@ func TestProvisionIdempotent(t *testing.T) {
 		return out
 	}
 	first := snapshot()
-	require.Len(t, first, 6) // 2 streams, 3 KV buckets, 1 object store
+	require.Len(t, first, 7) // 2 streams, 4 KV buckets, 1 object store
 	items := first[queue.StreamItems]
 	require.Equal(t, jetstream.WorkQueuePolicy, items.Retention)
 	require.Equal(t, jetstream.FileStorage, items.Storage)
@@ -91,6 +97,9 @@ func TestProvisionIdempotent(t *testing.T) {
 	require.Contains(t, first, "KV_"+queue.BucketRuns)
 	require.Contains(t, first, "KV_"+queue.BucketFlows)
 	require.Contains(t, first, "OBJ_"+queue.BucketBlobs)
+	workers := first["KV_"+queue.BucketWorkers]
+	require.Equal(t, queue.WorkerTTL, workers.MaxAge)
+	require.Equal(t, int64(1), workers.MaxMsgsPerSubject)
 
 	// Again, twice: nothing changes, nothing fails.
 	require.NoError(t, queue.Provision(ctx, b.js, queue.Config{}))

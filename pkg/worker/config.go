@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"strconv"
 	"time"
 
@@ -37,6 +38,9 @@ const (
 	// the flow could not be loaded): long enough not to spin, short
 	// enough to be invisible in a batch's duration.
 	DefaultRetryDelay = time.Second
+	// DefaultStatusInterval is how often a worker puts its status
+	// (slots, items, durations) into the worker registry.
+	DefaultStatusInterval = 2 * time.Second
 	// DefaultHealthHost is the address the health server listens on: this
 	// machine only unless told otherwise.
 	DefaultHealthHost = "127.0.0.1"
@@ -92,6 +96,16 @@ type Config struct {
 	// set "0.0.0.0" so that the kubelet reaches the probes.
 	HealthHost string
 
+	// StatusInterval is how often the worker puts its WorkerStatus into
+	// the worker registry (queue.BucketWorkers), which `stepflow top` and
+	// the coordinator's GET /api/v1/cluster read. Default
+	// DefaultStatusInterval; at most queue.MaxWorkerHeartbeat, so that the
+	// registry's TTL never drops a live worker.
+	StatusInterval time.Duration
+	// Version is the stepflow version the worker reports in its status.
+	// Default: the main module's version from the build info.
+	Version string
+
 	// WorkerID names this worker in results (ItemResult.worker_id), logs
 	// and NATS monitoring. Default "<hostname>-<pid>".
 	WorkerID string
@@ -108,6 +122,13 @@ func (c Config) WithDefaults() Config {
 	c.RunsRequestTimeout = cmp.Or(c.RunsRequestTimeout, DefaultRunsRequestTimeout)
 	c.RetryDelay = cmp.Or(c.RetryDelay, DefaultRetryDelay)
 	c.HealthHost = cmp.Or(c.HealthHost, DefaultHealthHost)
+	c.StatusInterval = cmp.Or(c.StatusInterval, DefaultStatusInterval)
+	if c.Version == "" {
+		c.Version = "unknown"
+		if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+			c.Version = bi.Main.Version
+		}
+	}
 	if c.WorkerID == "" {
 		host, err := os.Hostname()
 		if err != nil || host == "" {
@@ -141,6 +162,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: RetryDelay must not be negative", ErrInvalidConfig)
 	case c.HealthPort < -1 || c.HealthPort > 65535:
 		return fmt.Errorf("%w: HealthPort must be 0 (none), -1 (ephemeral) or a port up to 65535, not %d", ErrInvalidConfig, c.HealthPort)
+	case c.StatusInterval < 10*time.Millisecond || c.StatusInterval > queue.MaxWorkerHeartbeat:
+		return fmt.Errorf("%w: StatusInterval must be 10ms to %s (a third of the registry's TTL), not %s", ErrInvalidConfig, queue.MaxWorkerHeartbeat, c.StatusInterval)
 	case c.WorkerID == "":
 		return fmt.Errorf("%w: empty WorkerID", ErrInvalidConfig)
 	case c.StepflowConfig != nil && c.ConfigPath != "":

@@ -95,6 +95,18 @@
 // result stream's deduplication (or by the coordinator, first result per
 // index wins).
 //
+// # Worker registry
+//
+// From Start until it has drained, the worker puts its status into the
+// worker registry (queue.BucketWorkers) every StatusInterval (2s): host,
+// pid, version, slots total and busy, items in flight per run, items
+// completed, failed and handed back, and the mean and p95 duration of
+// the items finished in the last five minutes (stats.go). A clean stop
+// deletes it; the bucket's MaxAge drops the key of a worker that died.
+// `stepflow top` and the coordinator's GET /api/v1/cluster read it to
+// show each worker's load and to mark stale and slow workers. A registry
+// that cannot be reached only costs the status, never an item.
+//
 // # Health
 //
 // With HealthPort set, /healthz answers 200 while the process is alive

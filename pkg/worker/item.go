@@ -50,6 +50,8 @@ type delivery struct {
 
 // process executes one delivery and settles it. It never panics.
 func (w *Worker) process(d delivery) {
+	w.stats.begin(d.runID)
+	defer w.stats.end(d.runID)
 	err := w.handle(d)
 	defer func() {
 		if p := recover(); p != nil {
@@ -93,9 +95,11 @@ func (w *Worker) settle(msg jetstream.Msg, cause error) {
 		err = msg.TermWithReason(truncate("malformed item: "+cause.Error(), 200))
 	case errors.Is(cause, errWorkerStopping), errors.Is(cause, errRunPaused):
 		action = "nak"
+		w.stats.handedBack()
 		err = msg.Nak()
 	default:
 		action = "nak-delay"
+		w.stats.handedBack()
 		w.log.Warn("item failed outside its flow; handing it back", zap.Error(cause), zap.Duration("delay", w.cfg.RetryDelay))
 		err = msg.NakWithDelay(w.cfg.RetryDelay)
 	}
@@ -173,6 +177,7 @@ func (w *Worker) handle(d delivery) (err error) {
 	if err != nil {
 		return fmt.Errorf("publish result %d of run %s: %w", it.GetIndex(), d.runID, err)
 	}
+	w.stats.finished(time.Since(startedAt), out.Failed, time.Now())
 	if dup {
 		w.log.Debug("result already stored (item re-executed); the first one counts",
 			zap.String("run", d.runID), zap.Uint64("index", it.GetIndex()), zap.Uint64("deliveries", md.NumDelivered))

@@ -52,6 +52,7 @@ type Worker struct {
 	cfg   Config
 	log   *zap.Logger
 	slots *slots
+	stats *stats
 
 	mu        sync.Mutex
 	state     int
@@ -76,6 +77,7 @@ type Worker struct {
 	exec     *executor.Executor
 	sched    *scheduler
 	health   *healthServer
+	announce *announcer
 
 	watchReady atomic.Bool
 	draining   atomic.Bool
@@ -99,6 +101,7 @@ func New(cfg Config) (*Worker, error) {
 		workCancel: workCancel,
 		log:        cfg.Logger.Named("worker").With(zap.String("worker_id", cfg.WorkerID)),
 		slots:      newSlots(cfg.Concurrency),
+		stats:      newStats(),
 		startedCh:  make(chan struct{}),
 		stoppedCh:  make(chan struct{}),
 		stopReq:    make(chan struct{}),
@@ -217,6 +220,7 @@ func (w *Worker) start(ctx context.Context) error {
 
 	w.sched = newScheduler(w)
 	go w.sched.loop()
+	w.announce = w.startAnnouncer(ctx)
 	w.log.Info("worker started", zap.Int("concurrency", w.cfg.Concurrency), zap.String("nats", nc.ConnectedUrlRedacted()),
 		zap.Duration("drain_timeout", w.cfg.DrainTimeout))
 	return nil
@@ -311,10 +315,14 @@ func (w *Worker) run() {
 	w.mu.Unlock()
 }
 
-// cleanup closes what start opened, in reverse order; NATS last but one,
-// so that the naks and acks of drained items are flushed first.
+// cleanup closes what start opened, in reverse order: the worker leaves
+// the registry first; NATS last but one, so that the naks and acks of
+// drained items are flushed first.
 func (w *Worker) cleanup() error {
 	var errs []error
+	if w.announce != nil {
+		w.announce.close()
+	}
 	if w.plugins != nil {
 		if err := w.plugins.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("worker: close plugins: %w", err))

@@ -510,6 +510,8 @@ func TestConfig(t *testing.T) {
 	require.Equal(t, DefaultDrainTimeout, c.DrainTimeout)
 	require.Equal(t, DefaultFetchMaxWait, c.FetchMaxWait)
 	require.Equal(t, DefaultHealthHost, c.HealthHost)
+	require.Equal(t, DefaultStatusInterval, c.StatusInterval)
+	require.NotEmpty(t, c.Version)
 	require.NotEmpty(t, c.WorkerID)
 	require.Equal(t, "stepflow-worker-"+c.WorkerID, c.NATS.Name)
 	require.NotNil(t, c.Logger)
@@ -519,6 +521,7 @@ func TestConfig(t *testing.T) {
 		"concurrency": {NATSURL: "x", Concurrency: -1},
 		"health port": {NATSURL: "x", HealthPort: 70000},
 		"fetch wait":  {NATSURL: "x", FetchMaxWait: time.Millisecond},
+		"status slow": {NATSURL: "x", StatusInterval: time.Minute},
 	} {
 		_, err := New(bad)
 		require.ErrorIs(t, err, ErrInvalidConfig, name)

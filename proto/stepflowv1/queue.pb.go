@@ -760,6 +760,225 @@ func (x *RunRecord) GetError() string {
 	return ""
 }
 
+// WorkerStatus is a worker's heartbeat: one key (queue.WorkerKey of the
+// worker id) in the KV bucket STEPFLOW_WORKERS, put every heartbeat
+// interval and deleted when the worker stops cleanly. The bucket's MaxAge
+// removes the key of a worker that died; until then the coordinator marks
+// it stale when its last heartbeat is older than two intervals. It is what
+// `stepflow top`, GET /api/v1/cluster and the runs page show of a worker.
+type WorkerStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The worker id (worker.Config.WorkerID), as in ItemResult.worker_id.
+	WorkerId string `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	// The host name of the worker's machine (the pod name on Kubernetes).
+	Host string `protobuf:"bytes,2,opt,name=host,proto3" json:"host,omitempty"`
+	// The worker's process id.
+	Pid int32 `protobuf:"varint,3,opt,name=pid,proto3" json:"pid,omitempty"`
+	// The stepflow version the worker runs.
+	Version string `protobuf:"bytes,4,opt,name=version,proto3" json:"version,omitempty"`
+	// When the worker started.
+	StartedAt *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	// When this heartbeat was sent (the worker's clock).
+	HeartbeatAt *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=heartbeat_at,json=heartbeatAt,proto3" json:"heartbeat_at,omitempty"`
+	// How often the worker sends its heartbeat.
+	HeartbeatInterval *durationpb.Duration `protobuf:"bytes,7,opt,name=heartbeat_interval,json=heartbeatInterval,proto3" json:"heartbeat_interval,omitempty"`
+	// The worker's capacity: its configured concurrency plus the slots lent
+	// to items waiting on child runs.
+	SlotsTotal uint32 `protobuf:"varint,8,opt,name=slots_total,json=slotsTotal,proto3" json:"slots_total,omitempty"`
+	// Items executing now.
+	SlotsBusy uint32 `protobuf:"varint,9,opt,name=slots_busy,json=slotsBusy,proto3" json:"slots_busy,omitempty"`
+	// Slots currently lent to items waiting on child runs (part of
+	// slots_total).
+	SlotsLent uint32 `protobuf:"varint,10,opt,name=slots_lent,json=slotsLent,proto3" json:"slots_lent,omitempty"`
+	// Items executing now, by run id.
+	RunBusy map[string]uint32 `protobuf:"bytes,11,rep,name=run_busy,json=runBusy,proto3" json:"run_busy,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	// Items this worker finished with a successful result since it started.
+	ItemsCompleted uint64 `protobuf:"varint,12,opt,name=items_completed,json=itemsCompleted,proto3" json:"items_completed,omitempty"`
+	// Items this worker finished with a failed result since it started.
+	ItemsFailed uint64 `protobuf:"varint,13,opt,name=items_failed,json=itemsFailed,proto3" json:"items_failed,omitempty"`
+	// Items this worker handed back without a result (nak: transient
+	// trouble, drain, paused run) since it started.
+	ItemsReturned uint64 `protobuf:"varint,14,opt,name=items_returned,json=itemsReturned,proto3" json:"items_returned,omitempty"`
+	// The items finished within the recent window that the durations below
+	// are computed over.
+	WindowItems uint32 `protobuf:"varint,15,opt,name=window_items,json=windowItems,proto3" json:"window_items,omitempty"`
+	// How far back the window reaches.
+	Window *durationpb.Duration `protobuf:"bytes,16,opt,name=window,proto3" json:"window,omitempty"`
+	// Mean execution time of the items of the window (start of execution to
+	// stored result).
+	MeanDuration *durationpb.Duration `protobuf:"bytes,17,opt,name=mean_duration,json=meanDuration,proto3" json:"mean_duration,omitempty"`
+	// 95th percentile of the same.
+	P95Duration *durationpb.Duration `protobuf:"bytes,18,opt,name=p95_duration,json=p95Duration,proto3" json:"p95_duration,omitempty"`
+	// The worker is draining: it takes no new items and stops when the items
+	// in flight are done.
+	Draining      bool `protobuf:"varint,19,opt,name=draining,proto3" json:"draining,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WorkerStatus) Reset() {
+	*x = WorkerStatus{}
+	mi := &file_stepflow_v1_queue_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkerStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkerStatus) ProtoMessage() {}
+
+func (x *WorkerStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_stepflow_v1_queue_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkerStatus.ProtoReflect.Descriptor instead.
+func (*WorkerStatus) Descriptor() ([]byte, []int) {
+	return file_stepflow_v1_queue_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *WorkerStatus) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+func (x *WorkerStatus) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *WorkerStatus) GetPid() int32 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+func (x *WorkerStatus) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *WorkerStatus) GetStartedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartedAt
+	}
+	return nil
+}
+
+func (x *WorkerStatus) GetHeartbeatAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.HeartbeatAt
+	}
+	return nil
+}
+
+func (x *WorkerStatus) GetHeartbeatInterval() *durationpb.Duration {
+	if x != nil {
+		return x.HeartbeatInterval
+	}
+	return nil
+}
+
+func (x *WorkerStatus) GetSlotsTotal() uint32 {
+	if x != nil {
+		return x.SlotsTotal
+	}
+	return 0
+}
+
+func (x *WorkerStatus) GetSlotsBusy() uint32 {
+	if x != nil {
+		return x.SlotsBusy
+	}
+	return 0
+}
+
+func (x *WorkerStatus) GetSlotsLent() uint32 {
+	if x != nil {
+		return x.SlotsLent
+	}
+	return 0
+}
+
+func (x *WorkerStatus) GetRunBusy() map[string]uint32 {
+	if x != nil {
+		return x.RunBusy
+	}
+	return nil
+}
+
+func (x *WorkerStatus) GetItemsCompleted() uint64 {
+	if x != nil {
+		return x.ItemsCompleted
+	}
+	return 0
+}
+
+func (x *WorkerStatus) GetItemsFailed() uint64 {
+	if x != nil {
+		return x.ItemsFailed
+	}
+	return 0
+}
+
+func (x *WorkerStatus) GetItemsReturned() uint64 {
+	if x != nil {
+		return x.ItemsReturned
+	}
+	return 0
+}
+
+func (x *WorkerStatus) GetWindowItems() uint32 {
+	if x != nil {
+		return x.WindowItems
+	}
+	return 0
+}
+
+func (x *WorkerStatus) GetWindow() *durationpb.Duration {
+	if x != nil {
+		return x.Window
+	}
+	return nil
+}
+
+func (x *WorkerStatus) GetMeanDuration() *durationpb.Duration {
+	if x != nil {
+		return x.MeanDuration
+	}
+	return nil
+}
+
+func (x *WorkerStatus) GetP95Duration() *durationpb.Duration {
+	if x != nil {
+		return x.P95Duration
+	}
+	return nil
+}
+
+func (x *WorkerStatus) GetDraining() bool {
+	if x != nil {
+		return x.Draining
+	}
+	return false
+}
+
 var File_stepflow_v1_queue_proto protoreflect.FileDescriptor
 
 const file_stepflow_v1_queue_proto_rawDesc = "" +
@@ -832,7 +1051,35 @@ const file_stepflow_v1_queue_proto_rawDesc = "" +
 	"\back_wait\x18\x10 \x01(\v2\x19.google.protobuf.DurationR\aackWait\x12\x1f\n" +
 	"\vmax_deliver\x18\x11 \x01(\rR\n" +
 	"maxDeliver\x12\x14\n" +
-	"\x05error\x18\x12 \x01(\tR\x05error*\x86\x01\n" +
+	"\x05error\x18\x12 \x01(\tR\x05error\"\xf0\x06\n" +
+	"\fWorkerStatus\x12\x1b\n" +
+	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x12\n" +
+	"\x04host\x18\x02 \x01(\tR\x04host\x12\x10\n" +
+	"\x03pid\x18\x03 \x01(\x05R\x03pid\x12\x18\n" +
+	"\aversion\x18\x04 \x01(\tR\aversion\x129\n" +
+	"\n" +
+	"started_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x12=\n" +
+	"\fheartbeat_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\vheartbeatAt\x12H\n" +
+	"\x12heartbeat_interval\x18\a \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\x12\x1f\n" +
+	"\vslots_total\x18\b \x01(\rR\n" +
+	"slotsTotal\x12\x1d\n" +
+	"\n" +
+	"slots_busy\x18\t \x01(\rR\tslotsBusy\x12\x1d\n" +
+	"\n" +
+	"slots_lent\x18\n" +
+	" \x01(\rR\tslotsLent\x12A\n" +
+	"\brun_busy\x18\v \x03(\v2&.stepflow.v1.WorkerStatus.RunBusyEntryR\arunBusy\x12'\n" +
+	"\x0fitems_completed\x18\f \x01(\x04R\x0eitemsCompleted\x12!\n" +
+	"\fitems_failed\x18\r \x01(\x04R\vitemsFailed\x12%\n" +
+	"\x0eitems_returned\x18\x0e \x01(\x04R\ritemsReturned\x12!\n" +
+	"\fwindow_items\x18\x0f \x01(\rR\vwindowItems\x121\n" +
+	"\x06window\x18\x10 \x01(\v2\x19.google.protobuf.DurationR\x06window\x12>\n" +
+	"\rmean_duration\x18\x11 \x01(\v2\x19.google.protobuf.DurationR\fmeanDuration\x12<\n" +
+	"\fp95_duration\x18\x12 \x01(\v2\x19.google.protobuf.DurationR\vp95Duration\x12\x1a\n" +
+	"\bdraining\x18\x13 \x01(\bR\bdraining\x1a:\n" +
+	"\fRunBusyEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01*\x86\x01\n" +
 	"\fResultSource\x12\x1d\n" +
 	"\x19RESULT_SOURCE_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14RESULT_SOURCE_WORKER\x10\x01\x12 \n" +
@@ -859,7 +1106,7 @@ func file_stepflow_v1_queue_proto_rawDescGZIP() []byte {
 }
 
 var file_stepflow_v1_queue_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_stepflow_v1_queue_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_stepflow_v1_queue_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_stepflow_v1_queue_proto_goTypes = []any{
 	(ResultSource)(0),             // 0: stepflow.v1.ResultSource
 	(RunStatus)(0),                // 1: stepflow.v1.RunStatus
@@ -867,28 +1114,37 @@ var file_stepflow_v1_queue_proto_goTypes = []any{
 	(*ItemResult)(nil),            // 3: stepflow.v1.ItemResult
 	(*ItemCounts)(nil),            // 4: stepflow.v1.ItemCounts
 	(*RunRecord)(nil),             // 5: stepflow.v1.RunRecord
-	nil,                           // 6: stepflow.v1.Item.TraceContextEntry
-	(*timestamppb.Timestamp)(nil), // 7: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 8: google.protobuf.Duration
+	(*WorkerStatus)(nil),          // 6: stepflow.v1.WorkerStatus
+	nil,                           // 7: stepflow.v1.Item.TraceContextEntry
+	nil,                           // 8: stepflow.v1.WorkerStatus.RunBusyEntry
+	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 10: google.protobuf.Duration
 }
 var file_stepflow_v1_queue_proto_depIdxs = []int32{
-	7,  // 0: stepflow.v1.Item.enqueued_at:type_name -> google.protobuf.Timestamp
-	7,  // 1: stepflow.v1.Item.deadline:type_name -> google.protobuf.Timestamp
-	8,  // 2: stepflow.v1.Item.heartbeat_interval:type_name -> google.protobuf.Duration
-	6,  // 3: stepflow.v1.Item.trace_context:type_name -> stepflow.v1.Item.TraceContextEntry
+	9,  // 0: stepflow.v1.Item.enqueued_at:type_name -> google.protobuf.Timestamp
+	9,  // 1: stepflow.v1.Item.deadline:type_name -> google.protobuf.Timestamp
+	10, // 2: stepflow.v1.Item.heartbeat_interval:type_name -> google.protobuf.Duration
+	7,  // 3: stepflow.v1.Item.trace_context:type_name -> stepflow.v1.Item.TraceContextEntry
 	0,  // 4: stepflow.v1.ItemResult.source:type_name -> stepflow.v1.ResultSource
-	7,  // 5: stepflow.v1.ItemResult.started_at:type_name -> google.protobuf.Timestamp
-	7,  // 6: stepflow.v1.ItemResult.finished_at:type_name -> google.protobuf.Timestamp
+	9,  // 5: stepflow.v1.ItemResult.started_at:type_name -> google.protobuf.Timestamp
+	9,  // 6: stepflow.v1.ItemResult.finished_at:type_name -> google.protobuf.Timestamp
 	1,  // 7: stepflow.v1.RunRecord.status:type_name -> stepflow.v1.RunStatus
 	4,  // 8: stepflow.v1.RunRecord.items:type_name -> stepflow.v1.ItemCounts
-	7,  // 9: stepflow.v1.RunRecord.created_at:type_name -> google.protobuf.Timestamp
-	7,  // 10: stepflow.v1.RunRecord.completed_at:type_name -> google.protobuf.Timestamp
-	8,  // 11: stepflow.v1.RunRecord.ack_wait:type_name -> google.protobuf.Duration
-	12, // [12:12] is the sub-list for method output_type
-	12, // [12:12] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	9,  // 9: stepflow.v1.RunRecord.created_at:type_name -> google.protobuf.Timestamp
+	9,  // 10: stepflow.v1.RunRecord.completed_at:type_name -> google.protobuf.Timestamp
+	10, // 11: stepflow.v1.RunRecord.ack_wait:type_name -> google.protobuf.Duration
+	9,  // 12: stepflow.v1.WorkerStatus.started_at:type_name -> google.protobuf.Timestamp
+	9,  // 13: stepflow.v1.WorkerStatus.heartbeat_at:type_name -> google.protobuf.Timestamp
+	10, // 14: stepflow.v1.WorkerStatus.heartbeat_interval:type_name -> google.protobuf.Duration
+	8,  // 15: stepflow.v1.WorkerStatus.run_busy:type_name -> stepflow.v1.WorkerStatus.RunBusyEntry
+	10, // 16: stepflow.v1.WorkerStatus.window:type_name -> google.protobuf.Duration
+	10, // 17: stepflow.v1.WorkerStatus.mean_duration:type_name -> google.protobuf.Duration
+	10, // 18: stepflow.v1.WorkerStatus.p95_duration:type_name -> google.protobuf.Duration
+	19, // [19:19] is the sub-list for method output_type
+	19, // [19:19] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_stepflow_v1_queue_proto_init() }
@@ -902,7 +1158,7 @@ func file_stepflow_v1_queue_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_stepflow_v1_queue_proto_rawDesc), len(file_stepflow_v1_queue_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   5,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
