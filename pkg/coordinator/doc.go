@@ -126,8 +126,22 @@
 // the query), "wait": false, Idempotency-Key, PATCH /runs/{id}
 // {"maxConcurrency":N}, GET /runs/{id}/events (server-sent events),
 // GET /runs/{id}/items?format=jsonl|offset|limit, and "queued" and
-// "redelivered" in the item statistics. With Config.AuthToken set, every
-// call but GET /api/v1/health needs "Authorization: Bearer <token>".
+// "redelivered" in the item statistics, and GET /api/v1/backlog
+// ({"queued","inFlight","backlog","runs"} over the running runs, what a
+// KEDA metrics-api scaler reads). With Config.AuthToken set, every call
+// but GET /api/v1/health, /healthz and /readyz needs
+// "Authorization: Bearer <token>".
+//
+// # Health and metrics
+//
+// Next to the API: GET /healthz (200 while the process serves), GET
+// /readyz (200 while started, not stopping, connected to NATS and
+// Config.ReadyCheck passes; 503 with the reason otherwise) and GET
+// /metrics (Prometheus text, behind the token). The per-run series
+// (stepflow_run_*) and the backlog are read from the run states at
+// scrape time, one consumer info request per running run, so counting
+// costs nothing per item; finished runs stay for
+// Config.MetricsRunRetention. docs/operations.md lists every metric.
 //
 // # NATS API
 //

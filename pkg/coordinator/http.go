@@ -21,6 +21,7 @@ import (
 	"github.com/stepflow-go/stepflow/pkg/blob"
 	"github.com/stepflow-go/stepflow/pkg/flow"
 	"github.com/stepflow-go/stepflow/pkg/jsonl"
+	"github.com/stepflow-go/stepflow/pkg/metrics"
 	"github.com/stepflow-go/stepflow/pkg/queue"
 	"github.com/stepflow-go/stepflow/pkg/runs"
 	"github.com/stepflow-go/stepflow/pkg/value"
@@ -40,12 +41,17 @@ const (
 // retryAfterSeconds is the Retry-After of a 429.
 const retryAfterSeconds = 5
 
-// Handler returns the REST API (under /api/v1), with bearer-token
-// authentication when Config.AuthToken is set and permissive CORS like
-// upstream. It is what Start serves; tests and embedders may mount it
-// elsewhere.
+// Handler returns the REST API (under /api/v1), the probes (/healthz,
+// /readyz) and /metrics, with bearer-token authentication when
+// Config.AuthToken is set (on everything but the probes and
+// /api/v1/health) and permissive CORS like upstream. It is what Start
+// serves; tests and embedders may mount it elsewhere.
 func (c *Coordinator) Handler() http.Handler {
 	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", c.handleHealthz)
+	mux.HandleFunc("GET /readyz", c.handleReadyz)
+	mux.Handle("GET /metrics", metrics.Handler(c.reg, c.log))
+	mux.HandleFunc("GET /api/v1/backlog", c.handleBacklog)
 	mux.HandleFunc("GET /api/v1/health", c.handleHealth)
 	mux.HandleFunc("GET /api/v1/components", c.handleComponents)
 	mux.HandleFunc("POST /api/v1/flows", c.handleStoreFlow)
@@ -67,14 +73,20 @@ func (c *Coordinator) Handler() http.Handler {
 	return c.cors(c.auth(mux))
 }
 
-// auth requires the bearer token on everything but the health check.
+// unauthenticated are the paths served without the bearer token: the
+// health checks, which reveal nothing but whether the process is up
+// (probes and load balancers carry no token). /metrics is not among
+// them: run ids and flow names are in its labels.
+var unauthenticated = map[string]bool{"/api/v1/health": true, "/healthz": true, "/readyz": true}
+
+// auth requires the bearer token on everything but the health checks.
 func (c *Coordinator) auth(next http.Handler) http.Handler {
 	if c.cfg.AuthToken == "" {
 		return next
 	}
 	want := []byte(c.cfg.AuthToken)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/api/v1/health" {
+		if unauthenticated[r.URL.Path] {
 			next.ServeHTTP(w, r)
 			return
 		}
@@ -544,10 +556,21 @@ func (c *Coordinator) countsOf(ctx context.Context, rec *stepflowv1.RunRecord) i
 	if st := c.active(rec.GetRunId()); st != nil {
 		n.Completed, n.Failed, _, _ = st.snapshot()
 	}
+	return c.liveCounts(ctx, rec.GetRunId(), n)
+}
+
+// liveCounts completes the counts of a running run (Total, Completed,
+// Failed and Cancelled set) with the split of its remaining items
+// between running (handed to a worker, not acked: the consumer's
+// NumAckPending) and queued, and the items in flight on a redelivery,
+// from one consumer info request. Without an answer, every remaining
+// item counts as running.
+func (c *Coordinator) liveCounts(ctx context.Context, runID string, n itemCounts) itemCounts {
 	remaining := max(n.Total-n.Completed-n.Failed-n.Cancelled, 0)
-	n.Running = remaining
-	if cons, err := queue.RunConsumerHandle(ctx, c.js, rec.GetRunId()); err == nil {
-		if info, err := cons.Info(ctx); err == nil {
+	n.Running, n.Queued, n.Redelivered = remaining, 0, 0
+	if cons, err := queue.RunConsumerHandle(ctx, c.js, runID); err == nil {
+		// js.Consumer has just fetched the info: CachedInfo is current.
+		if info := cons.CachedInfo(); info != nil {
 			n.Running = min(info.NumAckPending, remaining)
 			n.Queued = remaining - n.Running
 			n.Redelivered = info.NumRedelivered

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -55,6 +56,10 @@ type runState struct {
 	dir      string
 	topLevel bool
 	total    int
+	meta     runMeta // for metrics
+
+	maxConc      atomic.Int64  // the run's concurrency, for metrics
+	redeliveries atomic.Uint64 // extra deliveries of the items with a stored result
 
 	mu        sync.Mutex
 	log       *resultLog // nil once the run finished (or was detached)
@@ -73,6 +78,7 @@ func newRunState(rec *stepflowv1.RunRecord, dir string, log *resultLog, counts s
 		dir:       dir,
 		topLevel:  rec.GetParentRunId() == "",
 		total:     int(rec.GetItemTotal()),
+		meta:      metaOf(rec),
 		log:       log,
 		succeeded: counts.Succeeded,
 		failed:    counts.Failed,
@@ -82,6 +88,7 @@ func newRunState(rec *stepflowv1.RunRecord, dir string, log *resultLog, counts s
 		done:      make(chan struct{}),
 	}
 	st.flushed = [2]int{int(rec.GetItems().GetCompleted()), int(rec.GetItems().GetFailed())}
+	st.maxConc.Store(int64(rec.GetMaxConcurrency()))
 	return st
 }
 
@@ -382,6 +389,7 @@ func (c *Coordinator) terminate(ctx context.Context, st *runState, status stepfl
 	if !ok {
 		return nil, errorf(ErrRunFinished, "Execution '%s' has already finished", st.id)
 	}
+	c.runFinished(st.finalSnapshot(status, s, f, time.Now()))
 	defer func() {
 		c.mu.Lock()
 		if c.runs[st.id] == st {
@@ -469,6 +477,7 @@ func (c *Coordinator) setConcurrency(ctx context.Context, runID string, n int) (
 		}
 		return nil, err
 	}
+	st.maxConc.Store(int64(n))
 	rec, _, err = c.runStore.Modify(ctx, runID, func(r *stepflowv1.RunRecord) error {
 		r.MaxConcurrency = uint32(n)
 		return nil
@@ -849,6 +858,7 @@ func (c *Coordinator) submit(ctx context.Context, sub submission) (rec *stepflow
 		if topLevel {
 			c.releaseRun()
 		}
+		c.runFinished(recordSnapshot(rec))
 		c.log.Info("run created finished", zap.String("run", runID), zap.Int("items", n), zap.String("status", queue.StatusName(rec.GetStatus())))
 		return rec, true, nil
 	}
