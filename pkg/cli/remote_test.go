@@ -422,6 +422,13 @@ func TestServe(t *testing.T) {
 	require.True(t, ok)
 	require.Equal(t, 1.0, v)
 	require.Len(t, m.Find("go_goroutines"), 1, "one Go collector for the process")
+	doc, err := os.ReadFile(filepath.Join("..", "..", "docs", "operations.md"))
+	require.NoError(t, err)
+	for name := range m {
+		if strings.HasPrefix(name, "stepflow_") {
+			require.Contains(t, string(doc), "`"+name+"`", "docs/operations.md documents every metric")
+		}
+	}
 
 	cancel()
 	require.Equal(t, ExitOK, <-done, stderr.String())
