@@ -157,6 +157,9 @@ func (c *Coordinator) runFinished(snap runSnapshot) {
 	c.metrics.runsFinished.WithLabelValues(queue.StatusName(snap.status)).Inc()
 	c.finishedMu.Lock()
 	defer c.finishedMu.Unlock()
+	// A run finishes once, but a record write that failed may let it be
+	// attached and finished again: one series set per run.
+	c.finished = slices.DeleteFunc(c.finished, func(r runSnapshot) bool { return r.id == snap.id })
 	c.finished = append(c.finished, snap)
 	if len(c.finished) > maxFinishedRuns {
 		c.finished = slices.Delete(c.finished, 0, len(c.finished)-maxFinishedRuns)
@@ -338,11 +341,15 @@ func (rc *runCollector) Collect(ch chan<- prometheus.Metric) {
 	b := backlogOf(active)
 	ch <- prometheus.MustNewConstMetric(rc.backlog, prometheus.GaugeValue, float64(b.Queued+b.InFlight))
 	ch <- prometheus.MustNewConstMetric(rc.active, prometheus.GaugeValue, float64(b.Runs))
+	ids := make(map[string]bool, len(active))
 	for _, r := range active {
+		ids[r.id] = true
 		rc.collectRun(ch, r)
 	}
 	for _, r := range c.recentlyFinished(time.Now()) {
-		rc.collectRun(ch, r)
+		if !ids[r.id] { // attached again (see runFinished)
+			rc.collectRun(ch, r)
+		}
 	}
 	if c.nc.IsConnected() && ctx.Err() == nil {
 		if info, err := c.agg.cons.Info(ctx); err == nil {
