@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/stepflow-go/stepflow/pkg/config"
 	"github.com/stepflow-go/stepflow/pkg/coordinator"
+	"github.com/stepflow-go/stepflow/pkg/metrics/metricstest"
 	"github.com/stepflow-go/stepflow/pkg/worker"
 )
 
@@ -399,6 +401,34 @@ func TestServe(t *testing.T) {
 	r := stepflow(t, map[string]string{"STEPFLOW_TOKEN": "tok"}, "", "submit", "--url", url, "--flow", f, "--inputs", items, "-q")
 	require.Equal(t, ExitOK, r.code, r.stderr)
 	require.Equal(t, local.stdout, r.stdout)
+
+	// One /metrics for the coordinator and both workers; /readyz covers
+	// the workers and needs no token.
+	resp, err := (&http.Client{Transport: &http.Transport{DisableKeepAlives: true}}).Get(url + "/readyz")
+	require.NoError(t, err)
+	require.NoError(t, resp.Body.Close())
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	var m metricstest.Families
+	require.Eventually(t, func() bool {
+		m = metricstest.Scrape(t, url+"/metrics", "tok")
+		return m.Sum("stepflow_worker_items_total", "outcome", "succeeded") == 50
+	}, 30*time.Second, 20*time.Millisecond, "50 items settled by the workers")
+	require.Len(t, m.LabelValues("stepflow_worker_slots", "worker"), 2)
+	require.Equal(t, 4.0, m.Sum("stepflow_worker_slots"))
+	require.Equal(t, uint64(50), m.HistogramCount("stepflow_component_call_duration_seconds", "component", "/builtin/create_messages", "outcome", "ok"))
+	require.Equal(t, 50.0, m.Sum("stepflow_run_items", "state", "completed"))
+	require.Equal(t, 2.0, m.Sum("stepflow_worker_nats_connected"))
+	v, ok := m.Value("stepflow_coordinator_nats_connected")
+	require.True(t, ok)
+	require.Equal(t, 1.0, v)
+	require.Len(t, m.Find("go_goroutines"), 1, "one Go collector for the process")
+	doc, err := os.ReadFile(filepath.Join("..", "..", "docs", "operations.md"))
+	require.NoError(t, err)
+	for name := range m {
+		if strings.HasPrefix(name, "stepflow_") {
+			require.Contains(t, string(doc), "`"+name+"`", "docs/operations.md documents every metric")
+		}
+	}
 
 	cancel()
 	require.Equal(t, ExitOK, <-done, stderr.String())

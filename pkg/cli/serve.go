@@ -9,13 +9,16 @@ import (
 	"runtime"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
 	"github.com/stepflow-go/stepflow/pkg/config"
 	"github.com/stepflow-go/stepflow/pkg/coordinator"
+	"github.com/stepflow-go/stepflow/pkg/metrics"
 	"github.com/stepflow-go/stepflow/pkg/worker"
 )
 
@@ -53,6 +56,10 @@ progress resume), never shared between two projects.
 
 The workers start the component servers of --config (default: the
 stepflow-config.yml of the current directory, else builtins only).
+
+Besides the API, the HTTP port serves /healthz, /readyz (the workers
+included) and /metrics (the coordinator's and the workers' metrics,
+behind --auth-token like the API; see docs/operations.md).
 
 The first line on stdout is {"port":N,"natsUrl":"nats://…"} once
 everything listens; logs go to stderr. SIGINT/SIGTERM drains the workers
@@ -96,8 +103,15 @@ func (s *serveCmd) run(ctx context.Context) error {
 			return failure(fmt.Errorf("config: %w", err))
 		}
 	}
+	// One registry for the whole process: the coordinator's /metrics
+	// shows the coordinator's metrics and every in-process worker's
+	// (labelled worker=<id>); /readyz also waits for the workers.
+	reg := metrics.NewRegistry()
+	var started atomic.Pointer[[]*worker.Worker]
 	cfg := s.coord
 	cfg.Logger = log
+	cfg.Metrics = reg
+	cfg.ReadyCheck = func() error { return workersReady(started.Load(), s.workers) }
 	c, err := coordinator.New(cfg)
 	if err != nil {
 		return usageErr("%v", err)
@@ -106,11 +120,12 @@ func (s *serveCmd) run(ctx context.Context) error {
 		_ = c.Stop(context.Background())
 		return failure(fmt.Errorf("start the coordinator: %w", err))
 	}
-	workers, err := s.startWorkers(ctx, c.NATSURL(), stepCfg)
+	workers, err := s.startWorkers(ctx, c.NATSURL(), stepCfg, reg)
 	if err != nil {
 		s.shutdown(workers, c)
 		return failure(err)
 	}
+	started.Store(&workers)
 	line, _ := json.Marshal(coordinator.Ready{Port: c.Port(), NATSURL: c.NATSURL()})
 	if _, err := fmt.Fprintf(s.a.io.Stdout, "%s\n", line); err != nil {
 		log.Error("cannot write the ready line", zap.Error(err))
@@ -126,7 +141,7 @@ func (s *serveCmd) run(ctx context.Context) error {
 
 // startWorkers starts the in-process workers, each with its own NATS
 // connection and component servers.
-func (s *serveCmd) startWorkers(ctx context.Context, natsURL string, stepCfg *config.Config) ([]*worker.Worker, error) {
+func (s *serveCmd) startWorkers(ctx context.Context, natsURL string, stepCfg *config.Config, reg *prometheus.Registry) ([]*worker.Worker, error) {
 	host, err := os.Hostname()
 	if err != nil || host == "" {
 		host = "serve"
@@ -140,6 +155,7 @@ func (s *serveCmd) startWorkers(ctx context.Context, natsURL string, stepCfg *co
 			WorkerID:       fmt.Sprintf("%s-%d-w%d", host, os.Getpid(), i),
 			Version:        Version,
 			Logger:         s.a.log,
+			Metrics:        reg,
 		})
 		if err != nil {
 			return workers, fmt.Errorf("worker %d: %w", i, err)
@@ -150,6 +166,23 @@ func (s *serveCmd) startWorkers(ctx context.Context, natsURL string, stepCfg *co
 		}
 	}
 	return workers, nil
+}
+
+// workersReady is serve's part of the coordinator's /readyz: every
+// in-process worker ready (nil started: they are still starting).
+func workersReady(started *[]*worker.Worker, want int) error {
+	if want == 0 {
+		return nil
+	}
+	if started == nil {
+		return errors.New("workers starting")
+	}
+	for _, w := range *started {
+		if err := w.Ready(); err != nil {
+			return fmt.Errorf("worker %s: %w", w.ID(), err)
+		}
+	}
+	return nil
 }
 
 // shutdown drains the workers (in parallel), then stops the coordinator.

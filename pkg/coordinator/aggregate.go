@@ -51,7 +51,10 @@ type aggregator struct {
 	close context.CancelFunc
 
 	pending []jetstream.Msg
-	touched map[*runState]struct{}
+	// finishedAt holds the finish times of the results of the batch
+	// that were stored, for the aggregation lag observed at commit.
+	finishedAt []time.Time
+	touched    map[*runState]struct{}
 	// gone remembers runs whose results are dropped (finished or
 	// unknown), so that stragglers do not cost a record lookup each.
 	gone map[string]struct{}
@@ -153,9 +156,11 @@ func (a *aggregator) consume(msgs <-chan jetstream.Msg) {
 // handle stores one result in its run's store.
 func (a *aggregator) handle(m jetstream.Msg) {
 	log := a.c.log
+	results := a.c.metrics.results
 	r, err := queue.DecodeResult(m.Data())
 	if err != nil {
 		log.Warn("dropping a malformed result", zap.String("subject", m.Subject()), zap.Error(err))
+		results.WithLabelValues(resultDropped).Inc()
 		_ = m.Term()
 		return
 	}
@@ -167,6 +172,7 @@ func (a *aggregator) handle(m jetstream.Msg) {
 		return
 	}
 	if st == nil {
+		results.WithLabelValues(resultDropped).Inc()
 		a.pending = append(a.pending, m) // finished or unknown run: drop
 		return
 	}
@@ -187,6 +193,7 @@ func (a *aggregator) handle(m jetstream.Msg) {
 	added, err := st.add(rec)
 	if errors.Is(err, errIndexRange) {
 		log.Warn("dropping a result for an item the run does not have", zap.Error(err))
+		results.WithLabelValues(resultDropped).Inc()
 		a.pending = append(a.pending, m)
 		return
 	}
@@ -195,7 +202,14 @@ func (a *aggregator) handle(m jetstream.Msg) {
 		_ = m.NakWithDelay(time.Second)
 		return
 	}
-	if !added {
+	if added {
+		results.WithLabelValues(resultStored).Inc()
+		st.redeliveries.Add(uint64(max(r.GetDeliveries(), 1) - 1))
+		if r.GetFinishedAt() != nil {
+			a.finishedAt = append(a.finishedAt, completed)
+		}
+	} else {
+		results.WithLabelValues(resultDuplicate).Inc()
 		log.Debug("dropping a duplicate result", zap.String("run", runID), zap.Uint64("index", r.GetIndex()))
 	}
 	a.pending = append(a.pending, m)
@@ -228,6 +242,11 @@ func (a *aggregator) runFor(runID string) (*runState, error) {
 // commit makes the batch durable, updates counters, finishes complete
 // runs and acks the batch.
 func (a *aggregator) commit() {
+	now := time.Now()
+	for _, t := range a.finishedAt {
+		a.c.metrics.aggLag.Observe(max(now.Sub(t).Seconds(), 0))
+	}
+	a.finishedAt = a.finishedAt[:0]
 	for st := range a.touched {
 		if a.c.cfg.SyncResults {
 			if err := st.sync(); err != nil {
@@ -321,6 +340,7 @@ func (c *Coordinator) onMaxDeliveries(ctx context.Context, ev queue.MaxDeliverie
 		log.Error("cannot fail an item that exceeded its maximum deliveries", zap.Error(err))
 		return
 	}
+	c.metrics.exhausted.Inc()
 	if err := queue.DeleteItemMsg(ctx, c.js, ev.StreamSeq); err != nil {
 		log.Warn("cannot delete an exhausted item", zap.Error(err))
 	}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/stepflow-go/stepflow/pkg/queue"
@@ -34,6 +35,10 @@ const (
 	// consumer: how long a result fetched by a coordinator that then died
 	// waits before another (or the restarted) coordinator gets it.
 	DefaultResultsAckWait = 30 * time.Second
+	// DefaultMetricsRunRetention is how long a finished run keeps its
+	// per-run series (stepflow_run_*) on /metrics, so that a scrape
+	// after the end still sees its final counts.
+	DefaultMetricsRunRetention = 5 * time.Minute
 )
 
 // Config configures a Coordinator. The zero value plus a DataDir is a
@@ -70,13 +75,27 @@ type Config struct {
 	DataDir string
 
 	// AuthToken, when set, is required as "Authorization: Bearer <token>"
-	// on every API call but GET /api/v1/health. Compared in constant
-	// time.
+	// on every API call and /metrics, but not on the health checks
+	// (GET /api/v1/health, /healthz, /readyz). Compared in constant time.
 	AuthToken string
 
 	// Logger receives the coordinator's logs, named "coordinator".
 	// Default: none.
 	Logger *zap.Logger
+
+	// Metrics is the registry the coordinator registers its metrics in
+	// (at Start; they are unregistered at Stop) and serves on /metrics.
+	// Default: a registry of its own with the Go runtime and process
+	// collectors (metrics.NewRegistry). An embedder that shares one
+	// registry between components (`stepflow serve`) passes it here.
+	Metrics *prometheus.Registry
+	// MetricsRunRetention is how long a finished run keeps its per-run
+	// series on /metrics. Default DefaultMetricsRunRetention; the 1000
+	// most recently finished runs are kept at most.
+	MetricsRunRetention time.Duration
+	// ReadyCheck, when set, is one more condition of GET /readyz (nil =
+	// ready): `stepflow serve` reports its in-process workers there.
+	ReadyCheck func() error
 
 	// MaxBodyBytes bounds a JSON request body, and one line of a JSONL
 	// upload (413 beyond). Default DefaultMaxBodyBytes.
@@ -160,6 +179,9 @@ func (c Config) WithDefaults() Config {
 	if c.APIMaxWait == 0 {
 		c.APIMaxWait = DefaultAPIMaxWait
 	}
+	if c.MetricsRunRetention == 0 {
+		c.MetricsRunRetention = DefaultMetricsRunRetention
+	}
 	return c
 }
 
@@ -190,6 +212,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: ResultsAckWait must be at least 1s", ErrInvalidConfig)
 	case c.APIMaxWait < 0:
 		return fmt.Errorf("%w: APIMaxWait must not be negative", ErrInvalidConfig)
+	case c.MetricsRunRetention < 0:
+		return fmt.Errorf("%w: MetricsRunRetention must not be negative", ErrInvalidConfig)
 	}
 	if c.NATSURL == "" && c.NATSConnect.InProcess != nil {
 		return fmt.Errorf("%w: NATSConnect.InProcess needs NATSURL (an embedded server is started otherwise)", ErrInvalidConfig)

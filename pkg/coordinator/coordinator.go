@@ -16,8 +16,10 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/stepflow-go/stepflow/pkg/metrics"
 	"github.com/stepflow-go/stepflow/pkg/queue"
 )
 
@@ -64,6 +66,12 @@ type Coordinator struct {
 	leader    leaderState
 	lostLease atomic.Bool
 
+	reg        *prometheus.Registry
+	metrics    *coordMetrics
+	registered []prometheus.Collector // unregistered by shutdown
+	finishedMu sync.Mutex
+	finished   []runSnapshot // recently finished runs, oldest first
+
 	mu        sync.Mutex
 	runs      map[string]*runState     // running runs attached to this coordinator
 	attaching map[string]chan struct{} // runs being attached
@@ -79,8 +87,14 @@ func New(cfg Config) (*Coordinator, error) {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancelCause(context.Background())
+	reg := cfg.Metrics
+	if reg == nil {
+		reg = metrics.NewRegistry()
+	}
 	return &Coordinator{
 		cfg:       cfg,
+		reg:       reg,
+		metrics:   newCoordMetrics(),
 		log:       cfg.Logger.Named("coordinator"),
 		started:   make(chan struct{}),
 		stopped:   make(chan struct{}),
@@ -221,6 +235,9 @@ func (c *Coordinator) start(ctx context.Context) error {
 	if c.lease, err = queue.OpenLease(ctx, js); err != nil {
 		return fmt.Errorf("coordinator: %w", err)
 	}
+	if err := c.registerMetrics(); err != nil {
+		return err
+	}
 
 	ln, err := net.Listen("tcp", net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port)))
 	if err != nil {
@@ -284,6 +301,9 @@ func (c *Coordinator) shutdown(ctx context.Context) {
 		cancel()
 	} else if c.listener != nil {
 		_ = c.listener.Close()
+	}
+	for _, col := range c.registered {
+		c.reg.Unregister(col)
 	}
 	for _, s := range c.apiSubs {
 		_ = s.Unsubscribe()

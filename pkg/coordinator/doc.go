@@ -139,10 +139,12 @@
 // {"maxConcurrency":N}, GET /runs/{id}/events (server-sent events),
 // GET /runs/{id}/items?format=jsonl|offset|limit|status, GET /cluster
 // (streams, run consumers, the worker registry and runs in one answer, for
-// `stepflow top` and the runs page; see handleCluster), and "queued" and
+// `stepflow top` and the runs page; see handleCluster), GET
+// /api/v1/backlog ({"queued","inFlight","backlog","runs"} over the running
+// runs, what a KEDA metrics-api scaler reads), and "queued" and
 // "redelivered" in the item statistics. With Config.AuthToken set, every
-// call but GET /api/v1/health needs "Authorization: Bearer <token>", or
-// the runs page's session cookie.
+// call but GET /api/v1/health, /healthz and /readyz needs
+// "Authorization: Bearer <token>", or the runs page's session cookie.
 //
 // # Runs page
 //
@@ -153,6 +155,17 @@
 // /ui/login trades it for an HttpOnly, SameSite=Strict session cookie (an
 // expiry and its HMAC keyed by the token, never the token); mutating
 // requests on the cookie must carry X-Stepflow-UI: 1. See ui.go.
+//
+// # Health and metrics
+//
+// Next to the API: GET /healthz (200 while the process serves), GET
+// /readyz (200 while started, not stopping, connected to NATS and
+// Config.ReadyCheck passes; 503 with the reason otherwise) and GET
+// /metrics (Prometheus text, behind the token). The per-run series
+// (stepflow_run_*) and the backlog are read from the run states at
+// scrape time, one consumer info request per running run, so counting
+// costs nothing per item; finished runs stay for
+// Config.MetricsRunRetention. docs/operations.md lists every metric.
 //
 // # NATS API
 //

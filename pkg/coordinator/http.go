@@ -21,6 +21,7 @@ import (
 	"github.com/stepflow-go/stepflow/pkg/blob"
 	"github.com/stepflow-go/stepflow/pkg/flow"
 	"github.com/stepflow-go/stepflow/pkg/jsonl"
+	"github.com/stepflow-go/stepflow/pkg/metrics"
 	"github.com/stepflow-go/stepflow/pkg/queue"
 	"github.com/stepflow-go/stepflow/pkg/runs"
 	"github.com/stepflow-go/stepflow/pkg/value"
@@ -40,13 +41,20 @@ const (
 // retryAfterSeconds is the Retry-After of a 429.
 const retryAfterSeconds = 5
 
-// Handler returns the REST API (under /api/v1) and the runs page (under
-// /ui/), with bearer-token authentication when Config.AuthToken is set
-// (or the runs page's session cookie, see ui.go) and permissive CORS like
-// upstream. It is what Start serves; tests and embedders may mount it
-// elsewhere.
+// Handler returns the REST API (under /api/v1), the runs page (under
+// /ui/), the probes (/healthz, /readyz) and /metrics, with bearer-token
+// authentication when Config.AuthToken is set (on everything but the
+// probes, /api/v1/health and the runs page's sign-in; the runs page's
+// session cookie also works, see ui.go) and permissive CORS like
+// upstream. A standby coordinator forwards everything but the probes and
+// /metrics to the leader (leader.go). It is what Start serves; tests and
+// embedders may mount it elsewhere.
 func (c *Coordinator) Handler() http.Handler {
 	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", c.handleHealthz)
+	mux.HandleFunc("GET /readyz", c.handleReadyz)
+	mux.Handle("GET /metrics", metrics.Handler(c.reg, c.log))
+	mux.HandleFunc("GET /api/v1/backlog", c.handleBacklog)
 	mux.HandleFunc("GET /api/v1/health", c.handleHealth)
 	mux.HandleFunc("GET /api/v1/components", c.handleComponents)
 	mux.HandleFunc("POST /api/v1/flows", c.handleStoreFlow)
@@ -70,7 +78,13 @@ func (c *Coordinator) Handler() http.Handler {
 	return c.forward(c.cors(c.auth(mux)))
 }
 
-// auth requires the bearer token on everything but the health check and
+// unauthenticated are the paths served without the bearer token: the
+// health checks, which reveal nothing but whether the process is up
+// (probes and load balancers carry no token). /metrics is not among
+// them: run ids and flow names are in its labels.
+var unauthenticated = map[string]bool{"/api/v1/health": true, "/healthz": true, "/readyz": true}
+
+// auth requires the bearer token on everything but the health checks and
 // the runs page's sign-in. Without an Authorization header, the runs
 // page's session cookie is accepted instead; a mutating request on the
 // cookie alone must carry UIHeader (CSRF protection). An unauthenticated
@@ -81,7 +95,7 @@ func (c *Coordinator) auth(next http.Handler) http.Handler {
 	}
 	want := []byte(c.cfg.AuthToken)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/api/v1/health" || uiPublic(r) {
+		if unauthenticated[r.URL.Path] || uiPublic(r) {
 			next.ServeHTTP(w, r)
 			return
 		}
@@ -555,13 +569,24 @@ func (n itemCounts) value() *value.Object {
 func (c *Coordinator) countsOf(ctx context.Context, rec *stepflowv1.RunRecord) itemCounts {
 	var cs *queue.ConsumerStats
 	if rec.GetStatus() == statusRunning {
-		if cons, err := queue.RunConsumerHandle(ctx, c.js, rec.GetRunId()); err == nil {
-			if info, err := cons.Info(ctx); err == nil {
-				cs = &queue.ConsumerStats{NumAckPending: info.NumAckPending, NumRedelivered: info.NumRedelivered}
-			}
-		}
+		cs = c.consumerStats(ctx, rec.GetRunId())
 	}
 	return c.countsWith(rec, cs)
+}
+
+// consumerStats reads the run consumer's state in one request; nil when
+// it cannot.
+func (c *Coordinator) consumerStats(ctx context.Context, runID string) *queue.ConsumerStats {
+	cons, err := queue.RunConsumerHandle(ctx, c.js, runID)
+	if err != nil {
+		return nil
+	}
+	// js.Consumer has just fetched the info: CachedInfo is current.
+	info := cons.CachedInfo()
+	if info == nil {
+		return nil
+	}
+	return &queue.ConsumerStats{NumAckPending: info.NumAckPending, NumRedelivered: info.NumRedelivered}
 }
 
 // countsWith is countsOf with the run consumer's state already read (nil
@@ -580,8 +605,23 @@ func (c *Coordinator) countsWith(rec *stepflowv1.RunRecord, cs *queue.ConsumerSt
 	if st := c.active(rec.GetRunId()); st != nil {
 		n.Completed, n.Failed, _, _ = st.snapshot()
 	}
+	return withConsumer(n, cs)
+}
+
+// liveCounts completes the counts of a running run (Total, Completed,
+// Failed and Cancelled set) from one consumer info request.
+func (c *Coordinator) liveCounts(ctx context.Context, runID string, n itemCounts) itemCounts {
+	return withConsumer(n, c.consumerStats(ctx, runID))
+}
+
+// withConsumer splits a running run's remaining items between running
+// (handed to a worker, not acked: the consumer's NumAckPending) and
+// queued (on the queue, or in the run's spool), and sets the items in
+// flight on a redelivery. Without the consumer's state, every remaining
+// item counts as running.
+func withConsumer(n itemCounts, cs *queue.ConsumerStats) itemCounts {
 	remaining := max(n.Total-n.Completed-n.Failed-n.Cancelled, 0)
-	n.Running = remaining
+	n.Running, n.Queued, n.Redelivered = remaining, 0, 0
 	if cs != nil {
 		n.Running = min(cs.NumAckPending, remaining)
 		n.Queued = remaining - n.Running

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -55,6 +56,10 @@ type runState struct {
 	dir      string
 	topLevel bool
 	total    int
+	meta     runMeta // for metrics
+
+	maxConc      atomic.Int64  // the run's concurrency, for metrics
+	redeliveries atomic.Uint64 // extra deliveries of the items with a stored result
 
 	mu        sync.Mutex
 	log       *resultLog // nil once the run finished (or was detached)
@@ -83,6 +88,7 @@ func newRunState(rec *stepflowv1.RunRecord, dir string, log *resultLog, counts s
 		dir:       dir,
 		topLevel:  rec.GetParentRunId() == "",
 		total:     int(rec.GetItemTotal()),
+		meta:      metaOf(rec),
 		log:       log,
 		succeeded: counts.Succeeded,
 		failed:    counts.Failed,
@@ -95,6 +101,7 @@ func newRunState(rec *stepflowv1.RunRecord, dir string, log *resultLog, counts s
 	st.conc = max(int(rec.GetMaxConcurrency()), 1)
 	st.published = int(rec.GetItemsPublished())
 	st.flushedP = st.published
+	st.maxConc.Store(int64(rec.GetMaxConcurrency()))
 	return st
 }
 
@@ -483,6 +490,7 @@ func (c *Coordinator) terminate(ctx context.Context, st *runState, status stepfl
 		return nil, errorf(ErrRunFinished, "Execution '%s' has already finished", st.id)
 	}
 	st.stopPublisher() // before the purge below, which must be the last word
+	c.runFinished(st.finalSnapshot(status, s, f, time.Now()))
 	defer func() {
 		c.mu.Lock()
 		if c.runs[st.id] == st {
@@ -572,6 +580,7 @@ func (c *Coordinator) setConcurrency(ctx context.Context, runID string, n int) (
 		return nil, err
 	}
 	st.setConcurrency(n)
+	st.maxConc.Store(int64(n))
 	rec, _, err = c.runStore.Modify(ctx, runID, func(r *stepflowv1.RunRecord) error {
 		r.MaxConcurrency = uint32(n)
 		return nil
@@ -942,6 +951,7 @@ func (c *Coordinator) submit(ctx context.Context, sub submission) (rec *stepflow
 		if topLevel {
 			c.releaseRun()
 		}
+		c.runFinished(recordSnapshot(rec))
 		c.log.Info("run created finished", zap.String("run", runID), zap.Int("items", n), zap.String("status", queue.StatusName(rec.GetStatus())))
 		return rec, true, nil
 	}

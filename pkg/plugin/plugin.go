@@ -273,6 +273,31 @@ func (ps *Plugins) ListComponents(ctx context.Context) ([]ComponentInfo, error) 
 	return out, nil
 }
 
+// HealthReporter is implemented by plugins that can be down.
+type HealthReporter = pluginapi.HealthReporter
+
+// PluginHealth is the health of one plugin.
+type PluginHealth struct {
+	// Plugin is the plugin's name.
+	Plugin string
+	// Err is nil while the plugin is up, otherwise why it is not.
+	Err error
+}
+
+// Health returns the health of every plugin that reports one (a
+// HealthReporter: the component-server plugins), in config order.
+// In-process plugins (builtin, mock) are always up and not listed. It
+// does no I/O.
+func (ps *Plugins) Health() []PluginHealth {
+	var out []PluginHealth
+	for _, name := range ps.names {
+		if hr, ok := ps.plugins[name].(HealthReporter); ok {
+			out = append(out, PluginHealth{Plugin: name, Err: hr.Health()})
+		}
+	}
+	return out
+}
+
 // Close closes every plugin, in reverse order, and returns their errors
 // joined. It is idempotent.
 func (ps *Plugins) Close() error {

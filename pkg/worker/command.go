@@ -59,7 +59,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&cfg.NATS.TLSKeyFile, "nats-tls-key", env("STEPFLOW_NATS_TLS_KEY", ""), "client key for mutual TLS (env STEPFLOW_NATS_TLS_KEY)")
 	fs.StringVar(&cfg.ConfigPath, "config", env("STEPFLOW_CONFIG", ""), "stepflow-config.yml naming the component servers; default: builtins only (env STEPFLOW_CONFIG)")
 	fs.IntVar(&cfg.Concurrency, "concurrency", envInt("STEPFLOW_WORKER_CONCURRENCY", runtime.NumCPU()), "items executed at once (env STEPFLOW_WORKER_CONCURRENCY)")
-	fs.IntVar(&cfg.HealthPort, "health-port", envInt("STEPFLOW_HEALTH_PORT", 0), "serve /healthz and /readyz on this port; 0 = none (env STEPFLOW_HEALTH_PORT)")
+	fs.IntVar(&cfg.HealthPort, "health-port", envInt("STEPFLOW_HEALTH_PORT", 0), "serve /healthz, /readyz and /metrics on this port; 0 = none (env STEPFLOW_HEALTH_PORT)")
 	fs.StringVar(&cfg.HealthHost, "health-host", env("STEPFLOW_HEALTH_HOST", DefaultHealthHost), "address of the health server (env STEPFLOW_HEALTH_HOST)")
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", envDuration("STEPFLOW_DRAIN_TIMEOUT", DefaultDrainTimeout), "on SIGTERM, how long in-flight items may finish before they are handed back (env STEPFLOW_DRAIN_TIMEOUT)")
 	fs.StringVar(&cfg.WorkerID, "worker-id", env("STEPFLOW_WORKER_ID", ""), "worker id in results and logs; default <hostname>-<pid> (env STEPFLOW_WORKER_ID)")

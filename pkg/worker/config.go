@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/stepflow-go/stepflow/pkg/config"
@@ -88,9 +89,9 @@ type Config struct {
 	// RetryDelay: see DefaultRetryDelay (the default).
 	RetryDelay time.Duration
 
-	// HealthPort serves /healthz and /readyz over plain HTTP on
-	// HealthHost:HealthPort. 0 = no health server; -1 = an ephemeral port
-	// (tests; see Worker.HealthAddr).
+	// HealthPort serves /healthz, /readyz and /metrics over plain HTTP
+	// on HealthHost:HealthPort. 0 = no health server; -1 = an ephemeral
+	// port (tests; see Worker.HealthAddr).
 	HealthPort int
 	// HealthHost: see DefaultHealthHost (the default). In a container,
 	// set "0.0.0.0" so that the kubelet reaches the probes.
@@ -111,6 +112,14 @@ type Config struct {
 	WorkerID string
 	// Logger receives the worker's logs, named "worker". Default: none.
 	Logger *zap.Logger
+
+	// Metrics is the registry the worker registers its metrics in, each
+	// labelled worker=<WorkerID> (at Start; they are unregistered when
+	// it stops), and that the health server serves on /metrics. Default:
+	// a registry of its own with the Go runtime and process collectors
+	// (metrics.NewRegistry). Embedders running several workers in one
+	// process (`stepflow serve`) pass one shared registry.
+	Metrics *prometheus.Registry
 }
 
 // WithDefaults returns a copy of c with every zero field set to its

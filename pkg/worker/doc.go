@@ -109,7 +109,12 @@
 //
 // # Health
 //
-// With HealthPort set, /healthz answers 200 while the process is alive
-// and /readyz answers 200 while the worker takes items (connected to
-// NATS, plugins started, watching run records, not draining).
+// With HealthPort set, /healthz answers 200 while the process is alive,
+// /readyz answers 200 while the worker takes items (connected to NATS,
+// watching run records, not draining, and every component server up:
+// plugin.Plugins.Health) and 503 with the reason otherwise, and /metrics
+// serves Config.Metrics: items by outcome, item and component call
+// durations (timed by wrapping the executor's router, so the executor
+// knows nothing of metrics), slots, NATS and component-server state,
+// each labelled worker=<WorkerID>. docs/operations.md lists them.
 package worker

@@ -12,12 +12,14 @@ import (
 	"go.uber.org/zap"
 )
 
-// healthServer serves the probes:
+// healthServer serves the probes and the metrics:
 //
 //	GET /healthz  200 while the process is alive (liveness)
 //	GET /readyz   200 while the worker takes items: started, not
-//	              draining, connected to NATS and watching run records;
-//	              503 otherwise (readiness)
+//	              draining, connected to NATS, watching run records and
+//	              every component server up; 503 with the reason
+//	              otherwise (readiness)
+//	GET /metrics  the worker's registry, Prometheus text format
 type healthServer struct {
 	srv  *http.Server
 	ln   net.Listener
@@ -25,7 +27,7 @@ type healthServer struct {
 	err  error // written before done is closed
 }
 
-func startHealth(host string, port int, ready func() bool, log *zap.Logger) (*healthServer, error) {
+func startHealth(host string, port int, ready func() error, metrics http.Handler, log *zap.Logger) (*healthServer, error) {
 	if port < 0 {
 		port = 0
 	}
@@ -40,13 +42,14 @@ func startHealth(host string, port int, ready func() bool, log *zap.Logger) (*he
 	})
 	mux.HandleFunc("GET /readyz", func(rw http.ResponseWriter, _ *http.Request) {
 		rw.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		if !ready() {
+		if err := ready(); err != nil {
 			rw.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = rw.Write([]byte("not ready\n"))
+			_, _ = fmt.Fprintf(rw, "not ready: %v\n", err)
 			return
 		}
 		_, _ = rw.Write([]byte("ready\n"))
 	})
+	mux.Handle("GET /metrics", metrics)
 	h := &healthServer{
 		srv:  &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second},
 		ln:   ln,

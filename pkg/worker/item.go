@@ -52,13 +52,15 @@ type delivery struct {
 func (w *Worker) process(d delivery) {
 	w.stats.begin(d.runID)
 	defer w.stats.end(d.runID)
-	err := w.handle(d)
+	start := time.Now()
+	failed, err := w.handle(d)
 	defer func() {
 		if p := recover(); p != nil {
 			w.log.Error("panic while settling an item", zap.String("run", d.runID), zap.Any("panic", p))
 		}
 	}()
 	w.settle(d.msg, err)
+	w.metrics.countItem(err, failed, time.Since(start))
 }
 
 // settle is the one place that acknowledges item messages; it decides
@@ -111,26 +113,27 @@ func (w *Worker) settle(msg jetstream.Msg, cause error) {
 }
 
 // handle executes one item and publishes its result. It returns nil when
-// the result is stored, and otherwise the reason the item was not
-// completed, for settle. It never acknowledges anything itself.
-func (w *Worker) handle(d delivery) (err error) {
+// the result is stored (failed tells whether that result is a failure),
+// and otherwise the reason the item was not completed, for settle. It
+// never acknowledges anything itself.
+func (w *Worker) handle(d delivery) (failed bool, err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			w.log.Error("panic while handling an item", zap.String("run", d.runID), zap.Any("panic", p), zap.ByteString("stack", debug.Stack()))
-			err = fmt.Errorf("%w: %v", errPanic, p)
+			failed, err = false, fmt.Errorf("%w: %v", errPanic, p)
 		}
 	}()
 	startedAt := time.Now()
 	it, err := queue.DecodeItem(d.msg.Data())
 	if err != nil {
-		return err
+		return false, err
 	}
 	if it.GetRunId() != d.runID {
-		return fmt.Errorf("%w: item of run %s delivered by the consumer of run %s", errMalformed, it.GetRunId(), d.runID)
+		return false, fmt.Errorf("%w: item of run %s delivered by the consumer of run %s", errMalformed, it.GetRunId(), d.runID)
 	}
 	md, err := d.msg.Metadata()
 	if err != nil {
-		return fmt.Errorf("%w: %w", errMalformed, err)
+		return false, fmt.Errorf("%w: %w", errMalformed, err)
 	}
 	every := d.heartbeat
 	if every <= 0 {
@@ -148,13 +151,13 @@ func (w *Worker) handle(d delivery) (err error) {
 	// draining, has a "cancelled" result (or error) that must not be
 	// published.
 	if cause := context.Cause(d.ctx); cause != nil {
-		return cause
+		return false, cause
 	}
 	if err != nil {
 		// Transient trouble is retried through a nak, except on the last
 		// delivery the consumer allows: then it is the item's result.
 		if last := it.GetMaxDeliver(); last == 0 || uint64(md.NumDelivered) < uint64(last) {
-			return err
+			return false, err
 		}
 		res = outcome.Failure(outcome.Errorf(outcome.CodeComponent, "item %d failed on its last delivery (%d): %v", it.GetIndex(), md.NumDelivered, err))
 	}
@@ -175,14 +178,14 @@ func (w *Worker) handle(d delivery) (err error) {
 	defer cancel()
 	dup, err := queue.PublishResult(pctx, w.js, out, queue.ResultOptions{Subject: it.GetReplySubject(), Blobs: w.blobs})
 	if err != nil {
-		return fmt.Errorf("publish result %d of run %s: %w", it.GetIndex(), d.runID, err)
+		return false, fmt.Errorf("publish result %d of run %s: %w", it.GetIndex(), d.runID, err)
 	}
 	w.stats.finished(time.Since(startedAt), out.Failed, time.Now())
 	if dup {
 		w.log.Debug("result already stored (item re-executed); the first one counts",
 			zap.String("run", d.runID), zap.Uint64("index", it.GetIndex()), zap.Uint64("deliveries", md.NumDelivered))
 	}
-	return nil
+	return res.Failed(), nil
 }
 
 // execute loads the item's input and run and executes the flow. A

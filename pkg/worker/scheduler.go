@@ -142,6 +142,7 @@ func (s *scheduler) loop() {
 			s.onFetch(fe)
 		case rs := <-s.finished:
 			s.inflight--
+			s.slots.busy.Add(-1)
 			rs.inflight--
 			s.forget(rs)
 		case <-s.slots.Changed():
@@ -288,8 +289,11 @@ func (s *scheduler) onFetch(fe fetchEvent) {
 		switch {
 		case s.stopping:
 			s.w.settle(fe.msg, errWorkerStopping)
+			s.w.metrics.countItem(errWorkerStopping, false, 0)
 		case !rs.active:
-			s.w.settle(fe.msg, inactiveCause(rs))
+			cause := inactiveCause(rs)
+			s.w.settle(fe.msg, cause)
+			s.w.metrics.countItem(cause, false, 0)
 		default:
 			s.start(rs, fe.msg)
 		}
@@ -322,6 +326,7 @@ func (s *scheduler) onFetch(fe fetchEvent) {
 // start runs one delivered item on its own goroutine.
 func (s *scheduler) start(rs *runState, msg jetstream.Msg) {
 	s.inflight++
+	s.slots.busy.Add(1)
 	rs.inflight++
 	d := delivery{msg: msg, runID: rs.id, ctx: rs.ctx, prep: rs.prep, heartbeat: rs.heartbeat}
 	s.wg.Go(func() {

@@ -20,6 +20,7 @@ import (
 type slots struct {
 	base    int
 	lent    atomic.Int64
+	busy    atomic.Int64  // items executing, for metrics (the scheduler keeps its own count)
 	changed chan struct{} // 1-buffered: "capacity changed"
 }
 
@@ -29,6 +30,9 @@ func newSlots(n int) *slots {
 
 // Capacity returns the number of items the worker may run now.
 func (s *slots) Capacity() int { return s.base + int(s.lent.Load()) }
+
+// Busy returns the number of items executing.
+func (s *slots) Busy() int { return int(s.busy.Load()) }
 
 // Lent returns the number of slots currently lent.
 func (s *slots) Lent() int { return int(s.lent.Load()) }

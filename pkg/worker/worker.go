@@ -5,16 +5,19 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/stepflow-go/stepflow/pkg/config"
 	"github.com/stepflow-go/stepflow/pkg/executor"
+	"github.com/stepflow-go/stepflow/pkg/metrics"
 	"github.com/stepflow-go/stepflow/pkg/plugin"
 	"github.com/stepflow-go/stepflow/pkg/queue"
 )
@@ -82,6 +85,11 @@ type Worker struct {
 	watchReady atomic.Bool
 	draining   atomic.Bool
 
+	reg        *prometheus.Registry
+	metrics    *workerMetrics
+	registered []prometheus.Collector // unregistered by cleanup
+	unregister func(prometheus.Collector) bool
+
 	// onDrainStart, when set (tests), is called by the scheduler when it
 	// has stopped fetching.
 	onDrainStart func()
@@ -95,8 +103,14 @@ func New(cfg Config) (*Worker, error) {
 		return nil, err
 	}
 	workCtx, workCancel := context.WithCancelCause(context.Background())
+	reg := cfg.Metrics
+	if reg == nil {
+		reg = metrics.NewRegistry()
+	}
 	return &Worker{
 		cfg:        cfg,
+		reg:        reg,
+		metrics:    newWorkerMetrics(),
 		workCtx:    workCtx,
 		workCancel: workCancel,
 		log:        cfg.Logger.Named("worker").With(zap.String("worker_id", cfg.WorkerID)),
@@ -176,8 +190,11 @@ func (w *Worker) Start(ctx context.Context) error {
 }
 
 func (w *Worker) start(ctx context.Context) error {
+	if err := w.registerMetrics(); err != nil {
+		return err
+	}
 	if w.cfg.HealthPort != 0 {
-		h, err := startHealth(w.cfg.HealthHost, w.cfg.HealthPort, w.ready, w.log)
+		h, err := startHealth(w.cfg.HealthHost, w.cfg.HealthPort, w.Ready, metrics.Handler(w.reg, w.log), w.log)
 		if err != nil {
 			return err
 		}
@@ -216,7 +233,7 @@ func (w *Worker) start(ctx context.Context) error {
 		return fmt.Errorf("worker: start plugins: %w", err)
 	}
 	w.plugins = plugins
-	w.exec = executor.New(executor.Config{Router: plugins, Logger: w.cfg.Logger.Named("executor")})
+	w.exec = executor.New(executor.Config{Router: timedRouter{next: plugins, m: w.metrics}, Logger: w.cfg.Logger.Named("executor")})
 
 	w.sched = newScheduler(w)
 	go w.sched.loop()
@@ -339,6 +356,9 @@ func (w *Worker) cleanup() error {
 			errs = append(errs, err)
 		}
 	}
+	for _, col := range w.registered {
+		w.unregister(col)
+	}
 	return errors.Join(errs...)
 }
 
@@ -368,13 +388,49 @@ func (w *Worker) Stop(ctx context.Context) error {
 	}
 }
 
-// ready reports whether the worker takes items: started, not draining,
-// connected to NATS and watching run records.
-func (w *Worker) ready() bool {
+// Readiness errors.
+var (
+	errNotStarted = errors.New("starting")
+	errDraining   = errors.New("draining")
+	errNoWatch    = errors.New("not watching run records yet")
+)
+
+// isStarted reports whether Start has succeeded (the fields it sets may
+// be read).
+func (w *Worker) isStarted() bool {
 	select {
 	case <-w.startedCh:
+		return true
 	default:
 		return false
 	}
-	return !w.draining.Load() && w.nc != nil && w.nc.IsConnected() && w.watchReady.Load()
 }
+
+// Ready returns nil while the worker takes items: started, not draining,
+// connected to NATS, watching run records, and every component server
+// up (plugin.Plugins.Health); otherwise the reason. /readyz answers 200
+// or 503 with it.
+func (w *Worker) Ready() error {
+	if !w.isStarted() {
+		return errNotStarted
+	}
+	if w.draining.Load() {
+		return errDraining
+	}
+	if st := w.nc.Status(); st != nats.CONNECTED {
+		return fmt.Errorf("not connected to NATS (%s)", strings.ToLower(st.String()))
+	}
+	if !w.watchReady.Load() {
+		return errNoWatch
+	}
+	var errs []error
+	for _, h := range w.plugins.Health() {
+		if h.Err != nil {
+			errs = append(errs, h.Err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// ready reports whether Ready is nil.
+func (w *Worker) ready() bool { return w.Ready() == nil }

@@ -102,10 +102,13 @@ func TestFakeCrashMidCall(t *testing.T) {
 	t.Parallel()
 	p := started(t, fake(t, "normal"), testOptions)
 	pid := mcp.ServerPID(p)
+	require.NoError(t, p.Health())
 
 	_, err := call(t, p, "/crash", `{}`)
 	require.ErrorIs(t, err, mcp.ErrServerExited)
 	require.EqualError(t, err, `mcp tool "crash": mcp server exited (exit status 7); stderr: about to crash`)
+	// Down until the next call restarts it.
+	require.ErrorContains(t, p.Health(), `mcp server "test"`)
 
 	// Concurrent calls after the crash share one restart.
 	const n = 8
@@ -125,6 +128,9 @@ func TestFakeCrashMidCall(t *testing.T) {
 	newPID := mcp.ServerPID(p)
 	require.NotEqual(t, pid, newPID)
 	require.True(t, processGone(pid))
+	require.NoError(t, p.Health())
+	require.NoError(t, p.Close())
+	require.ErrorIs(t, p.Health(), mcp.ErrClosed)
 }
 
 func TestFakeCallerCancels(t *testing.T) {

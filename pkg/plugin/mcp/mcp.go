@@ -202,8 +202,9 @@ type attempt struct {
 }
 
 var (
-	_ pluginapi.Plugin        = (*Plugin)(nil)
-	_ executor.NamedComponent = (*tool)(nil)
+	_ pluginapi.Plugin         = (*Plugin)(nil)
+	_ pluginapi.HealthReporter = (*Plugin)(nil)
+	_ executor.NamedComponent  = (*tool)(nil)
 )
 
 // Factory is the pluginapi.Factory of `type: mcp`.
@@ -277,6 +278,27 @@ func (p *Plugin) Close() error {
 	}
 	p.wg.Wait()
 	return nil
+}
+
+// Health implements pluginapi.HealthReporter: nil while a server runs;
+// otherwise why not. A server that died is started again by the next
+// call (after the back-off), not before: until then it is down.
+func (p *Plugin) Health() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch {
+	case p.closed:
+		return fmt.Errorf("mcp server %q: %w", p.name, ErrClosed)
+	case p.sess != nil && !p.sess.dead():
+		return nil
+	case p.sess != nil:
+		return fmt.Errorf("mcp server %q exited (%v); it is restarted by the next call", p.name, p.sess.failure())
+	case p.starting != nil:
+		return fmt.Errorf("mcp server %q: starting", p.name)
+	case p.failures > 0:
+		return fmt.Errorf("mcp server %q: down after %d consecutive failures; the next call starts it again", p.name, p.failures)
+	}
+	return fmt.Errorf("mcp server %q: not started", p.name)
 }
 
 // Components lists the server's tools as components /T. The list is the

@@ -39,6 +39,16 @@ type Plugin interface {
 	Close() error
 }
 
+// HealthReporter is implemented by plugins that depend on something that
+// can be down: a component server process or a remote server. Health
+// returns nil while it is up, otherwise why not (restarting, the last
+// restart failed, closed). It reads state only, never does I/O, and does
+// not block: readiness probes and metric scrapes call it. Plugins that
+// run in-process (builtin, mock) do not implement it; they are always up.
+type HealthReporter interface {
+	Health() error
+}
+
 // Factory builds a plugin from its configuration. It must not start it.
 type Factory func(ctx context.Context, cfg *config.Plugin, host Host) (Plugin, error)
 

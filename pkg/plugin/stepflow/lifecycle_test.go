@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/stepflow-go/stepflow/pkg/config"
+	"github.com/stepflow-go/stepflow/pkg/plugin"
 	"github.com/stepflow-go/stepflow/pkg/plugin/pluginapi"
 	"github.com/stepflow-go/stepflow/pkg/plugin/stepflow"
 )
@@ -70,4 +72,41 @@ func TestRestartFailure(t *testing.T) {
 	require.ErrorIs(t, err, stepflow.ErrServerFailed)
 	require.ErrorContains(t, err, "restart failed: process exited: exit status 7 before announcing its port")
 	require.GreaterOrEqual(t, e.startCount(), 2)
+}
+
+// TestHealth: the plugin reports its server down from its death until
+// a restarted server is up, for good once a restart failed, and once
+// closed; package plugin lists it by name.
+func TestHealth(t *testing.T) {
+	t.Parallel()
+	t.Run("restarted", func(t *testing.T) {
+		t.Parallel()
+		e := newEnv(t, sdkHTTP, envOptions{})
+		require.NoError(t, e.sp.Health())
+		require.Equal(t, []plugin.PluginHealth{{Plugin: "python"}}, e.plugins.Health())
+		_, err := e.call("/die", `{}`)
+		require.ErrorIs(t, err, stepflow.ErrServerFailed)
+		// The failed call killed the instance: down at once.
+		err = e.sp.Health()
+		require.ErrorIs(t, err, stepflow.ErrServerFailed)
+		require.ErrorContains(t, err, "restarting")
+		require.Eventually(t, func() bool { return e.sp.Health() == nil }, testTimeout, 10*time.Millisecond, "up again")
+		e.mustCall("/echo", `{}`)
+		require.NoError(t, e.plugins.Close())
+		require.ErrorIs(t, e.sp.Health(), stepflow.ErrClosed)
+		hs := e.plugins.Health()
+		require.Len(t, hs, 1)
+		require.ErrorIs(t, hs[0].Err, stepflow.ErrClosed)
+	})
+	t.Run("restart fails", func(t *testing.T) {
+		t.Parallel()
+		e := newEnv(t, sdkHTTP, envOptions{extraEnv: map[string]string{"START_ONCE": "1"}})
+		require.NoError(t, e.sp.Health())
+		_, err := e.call("/die", `{}`)
+		require.ErrorIs(t, err, stepflow.ErrServerFailed)
+		require.Eventually(t, func() bool {
+			err := e.sp.Health()
+			return err != nil && strings.Contains(err.Error(), "restart failed: process exited: exit status 7")
+		}, testTimeout, 10*time.Millisecond, "down with the restart's error")
+	})
 }

@@ -105,7 +105,10 @@ type Plugin struct {
 	closeErr  error
 }
 
-var _ pluginapi.Plugin = (*Plugin)(nil)
+var (
+	_ pluginapi.Plugin         = (*Plugin)(nil)
+	_ pluginapi.HealthReporter = (*Plugin)(nil)
+)
 
 // New builds the plugin for cfg (which must be a stepflow plugin). It
 // starts nothing; Start does.
@@ -344,6 +347,31 @@ func (p *Plugin) failed(in *instance, err error) *ServerError {
 	closed := p.closed
 	p.mu.Unlock()
 	return &ServerError{Plugin: p.name, Cause: in.deathCause(), Restarting: !closed, Err: err}
+}
+
+// Health implements pluginapi.HealthReporter: nil while the current
+// server is running (subprocess modes) or has completed its handshake
+// (remote mode, which is not probed further); otherwise why not: not
+// started, restarting, the last restart failed, or closed.
+func (p *Plugin) Health() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch {
+	case p.closed:
+		return fmt.Errorf("component server %q: %w", p.name, ErrClosed)
+	case p.startErr != nil:
+		return &ServerError{Plugin: p.name, Cause: fmt.Errorf("restart failed: %w", p.startErr), Restarting: true}
+	case p.cur == nil:
+		return fmt.Errorf("component server %q: not started", p.name)
+	case p.cur.isDead():
+		return &ServerError{Plugin: p.name, Cause: p.cur.deathCause(), Restarting: true}
+	}
+	select {
+	case <-p.cur.exited(): // the supervisor is about to notice
+		return &ServerError{Plugin: p.name, Cause: p.cur.proc.exitCause(), Restarting: true}
+	default:
+	}
+	return nil
 }
 
 // Components lists the server's components (components/list). Pattern
