@@ -134,7 +134,12 @@ func freePort() (int, error) {
 
 // getPaths GETs every path at base until it answers 200, and reports
 // paths of expectedAfterMerge that answer 404 as pending.
-func (c *Checker) getPaths(who, bin, base string, paths []string, deadline time.Duration) error {
+//
+// Probes and scrapers send no token, so a path must answer 200 without
+// one. A path of expectedAfterMerge that answers 404, or 401 without the
+// token and 404 with it (the coordinator's auth runs before routing), is
+// not served by this branch's binary yet.
+func (c *Checker) getPaths(who, bin, base, token string, paths []string, deadline time.Duration) error {
 	var errs []error
 	hc := &http.Client{Timeout: 5 * time.Second}
 	for _, p := range paths {
@@ -147,9 +152,15 @@ func (c *Checker) getPaths(who, bin, base string, paths []string, deadline time.
 				}
 				break
 			}
-			if err == nil && status == http.StatusNotFound && slices.Contains(expectedAfterMerge[bin], p) {
-				c.logf("     %s: GET %s -> 404: pending, expected after merge (expected.go)", who, p)
-				break
+			if err == nil && slices.Contains(expectedAfterMerge[bin], p) {
+				withToken := status
+				if status == http.StatusUnauthorized && token != "" {
+					withToken, _, _ = httpGet(hc, base+p, token)
+				}
+				if withToken == http.StatusNotFound {
+					c.logf("     %s: GET %s -> %d: not served yet, expected after merge (expected.go)", who, p, status)
+					break
+				}
 			}
 			if time.Now().After(end) {
 				errs = append(errs, fmt.Errorf("%s: GET %s: status %d, %v %s", who, p, status, err, body))
@@ -246,7 +257,7 @@ func (c *Checker) checkDynamic(o *overlay, cs []*ours) (err error) {
 	var natsPaths []string
 	monitor, _ := containerPortByName(n.C, "monitor")
 	natsPaths = httpPaths(workload{STS: n.STS}, n.C, monitor)
-	if err := c.getPaths("StatefulSet/"+n.STS.Name, "nats-server", "http://"+ns.MonitorAddr().String(), natsPaths, 20*time.Second); err != nil {
+	if err := c.getPaths("StatefulSet/"+n.STS.Name, "nats-server", "http://"+ns.MonitorAddr().String(), "", natsPaths, 20*time.Second); err != nil {
 		return err
 	}
 
@@ -273,11 +284,11 @@ func (c *Checker) checkDynamic(o *overlay, cs []*ours) (err error) {
 	}
 	go func() { _, _ = io.Copy(io.Discard, out) }()
 	base := "http://127.0.0.1:" + strconv.Itoa(port)
+	token, _ := coord.setting("auth-token")
 	cport, _ := containerPortByName(coord.C, "")
-	if err := c.getPaths(coord.where(), "coordinator", base, httpPaths(coord.W, coord.C, cport), 30*time.Second); err != nil {
+	if err := c.getPaths(coord.where(), "coordinator", base, token, httpPaths(coord.W, coord.C, cport), 30*time.Second); err != nil {
 		return err
 	}
-	token, _ := coord.setting("auth-token")
 	if err := c.checkBacklog(o, base, token); err != nil {
 		return err
 	}
@@ -308,7 +319,7 @@ func (c *Checker) checkDynamic(o *overlay, cs []*ours) (err error) {
 		}
 	}()
 	wport, _ := containerPortByName(worker.C, "")
-	if err := c.getPaths(worker.where(), "worker", "http://127.0.0.1:"+strconv.Itoa(hport), httpPaths(worker.W, worker.C, wport), 90*time.Second); err != nil {
+	if err := c.getPaths(worker.where(), "worker", "http://127.0.0.1:"+strconv.Itoa(hport), "", httpPaths(worker.W, worker.C, wport), 90*time.Second); err != nil {
 		return fmt.Errorf("%w\nworker stderr:\n%s", err, tail(wp.stderr))
 	}
 
@@ -371,9 +382,12 @@ func (c *Checker) checkBacklog(o *overlay, base, token string) error {
 	if err != nil {
 		return err
 	}
-	if status == http.StatusNotFound && slices.Contains(expectedAfterMerge["coordinator"], backlogPath) {
-		c.logf("     coordinator: GET %s -> 404: pending, expected after merge (expected.go)", backlogPath)
-		return nil
+	if slices.Contains(expectedAfterMerge["coordinator"], backlogPath) {
+		withToken, _, _ := httpGet(hc, base+backlogPath, token)
+		if withToken == http.StatusNotFound {
+			c.logf("     coordinator: GET %s -> %d/%d: not served yet, expected after merge (expected.go)", backlogPath, status, withToken)
+			return nil
+		}
 	}
 	if status != http.StatusUnauthorized {
 		return fmt.Errorf("coordinator: GET %s without the token: status %d, want 401", backlogPath, status)
@@ -421,7 +435,7 @@ func (c *Checker) localConfig(o *overlay, w *ours, tmp string) (string, error) {
 		mapping[imageVenv] = filepath.Join(c.Root, localVenv)
 	}
 	var errs []error
-	for _, m := range absPathRE.FindAllStringSubmatch(content, -1) {
+	for _, m := range absPathRE.FindAllStringSubmatch(stripComments(content), -1) {
 		p := m[1]
 		mapped := ""
 		for dst, src := range mapping {
@@ -494,4 +508,18 @@ func (c *Checker) submit(base, token, tmp string) error {
 	}
 	c.logf("     %s: %d items through the coordinator and a worker, all succeeded", smokeFlow, got)
 	return nil
+}
+
+// stripComments drops YAML comments (a # at a line's start or after a
+// blank), which may mention paths of the container.
+func stripComments(y string) string {
+	lines := strings.Split(y, "\n")
+	for i, l := range lines {
+		if strings.HasPrefix(strings.TrimSpace(l), "#") {
+			lines[i] = ""
+		} else if j := strings.Index(l, " #"); j >= 0 {
+			lines[i] = l[:j]
+		}
+	}
+	return strings.Join(lines, "\n")
 }

@@ -96,9 +96,9 @@ type TriggerAuthentication struct {
 // TriggerAuthenticationSpec is keda.sh/v1alpha1 TriggerAuthentication.spec
 // (the in-cluster sources only).
 type TriggerAuthenticationSpec struct {
-	SecretTargetRef          []AuthTargetRef             `json:"secretTargetRef,omitempty"`
-	ConfigMapTargetRef       []AuthTargetRef             `json:"configMapTargetRef,omitempty"`
-	Env                      []AuthEnvironment           `json:"env,omitempty"`
+	SecretTargetRef          []AuthTargetRef            `json:"secretTargetRef,omitempty"`
+	ConfigMapTargetRef       []AuthTargetRef            `json:"configMapTargetRef,omitempty"`
+	Env                      []AuthEnvironment          `json:"env,omitempty"`
 	BoundServiceAccountToken []BoundServiceAccountToken `json:"boundServiceAccountToken,omitempty"`
 }
 
