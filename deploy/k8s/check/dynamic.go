@@ -162,7 +162,10 @@ func (c *Checker) getPaths(who, bin, base, token string, paths []string, deadlin
 					break
 				}
 			}
-			if time.Now().After(end) {
+			// 404 and 401 are answers, not a server still starting
+			// (readiness answers 503 until it is ready).
+			definitive := err == nil && (status == http.StatusNotFound || status == http.StatusUnauthorized)
+			if definitive || time.Now().After(end) {
 				errs = append(errs, fmt.Errorf("%s: GET %s: status %d, %v %s", who, p, status, err, body))
 				break
 			}
