@@ -211,14 +211,14 @@ func secretValue(o *overlay, name, key string) (string, error) {
 	if s := get[corev1.Secret](o, "Secret", name); s != nil {
 		v, ok := secretData(s)[key]
 		if !ok {
-			return "", fmt.Errorf("Secret %q has no key %q", name, key)
+			return "", fmt.Errorf("secret %q has no key %q", name, key)
 		}
 		return v, nil
 	}
 	if keys, ok := externalSecrets[name]; ok && contains(keys, key) {
 		return externalSecretValue, nil
 	}
-	return "", fmt.Errorf("Secret %q (key %q) is neither in the overlay nor a documented external Secret", name, key)
+	return "", fmt.Errorf("secret %q (key %q) is neither in the overlay nor a documented external Secret", name, key)
 }
 
 // expandVars does the kubelet's $(VAR) expansion.

@@ -7,7 +7,6 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
@@ -230,5 +229,3 @@ func natsURLFor(s *server.Server) string {
 	u, _ := url.Parse(s.ClientURL())
 	return "nats://127.0.0.1:" + u.Port()
 }
-
-var _ = strconv.Itoa

@@ -385,7 +385,7 @@ func (c *Checker) checkServices(o *overlay) error {
 			}
 		}
 		if sel == nil {
-			errs = append(errs, fmt.Errorf("Service/%s: selector %v selects no pod of the overlay", s.Name, s.Spec.Selector))
+			errs = append(errs, fmt.Errorf("service %s: selector %v selects no pod of the overlay", s.Name, s.Spec.Selector))
 			continue
 		}
 		for _, p := range s.Spec.Ports {
@@ -396,7 +396,7 @@ func (c *Checker) checkServices(o *overlay) error {
 				}
 			}
 			if !found {
-				errs = append(errs, fmt.Errorf("Service/%s port %d: targetPort %s is not a port of %s", s.Name, p.Port, p.TargetPort.String(), sel.Ref))
+				errs = append(errs, fmt.Errorf("service %s port %d: targetPort %s is not a port of %s", s.Name, p.Port, p.TargetPort.String(), sel.Ref))
 			}
 		}
 	}
