@@ -7,10 +7,10 @@ RACE      ?= -race
 FUZZTIME  ?= 10s
 BENCHTIME ?= 1s
 
-.PHONY: help build test test-integration bench fuzz lint verify demo example clean venv
+.PHONY: help build test test-integration bench fuzz lint verify demo example clean venv k8s-check
 
 help: ## list the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 build: ## build bin/stepflow, bin/coordinator and bin/worker
 	$(GO) build -o $(BIN)/stepflow ./cmd/stepflow
@@ -43,6 +43,14 @@ lint: ## gofmt, go vet and staticcheck
 
 verify: lint proto-check ## everything CI checks besides the tests: formatting, vet, staticcheck, tidy go.mod, fresh protobuf code
 	$(GO) mod tidy -diff
+
+# deploy/k8s/check is its own Go module (kustomize and k8s.io/api stay out
+# of go.mod). It renders every overlay, decodes it strictly, checks it
+# against bin/coordinator, bin/worker and deploy/docker, then starts NATS
+# (from the overlay's config), the coordinator and a worker as the
+# manifests configure them and runs examples/data-pipeline through them.
+k8s-check: build venv ## check deploy/k8s: render every overlay, strict API types, flags/env/probes/grace periods/images against the binaries (runs them)
+	cd deploy/k8s/check && $(GO) mod tidy -diff && $(GO) vet ./... && $(GO) test -count=1 ./... && $(GO) run . $(CURDIR)
 
 demo: build ## the main job: a coordinator with embedded NATS, two workers, `stepflow submit` of the example batch
 	scripts/demo.sh

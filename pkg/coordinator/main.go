@@ -47,6 +47,8 @@ type Ready struct {
 //	--nats-url    NATS server URL; "" starts an embedded server [STEPFLOW_NATS_URL]
 //	--nats-port   embedded NATS client port, 0 = any free port; default 4222
 //	--data-dir    state directory; default ./stepflow-data [STEPFLOW_DATA_DIR]
+//	--nats-replicas replicas of every stream and bucket: 1, or 3 on a
+//	              NATS cluster; default 1 [STEPFLOW_NATS_REPLICAS]
 //	--auth-token  bearer token required by the REST API [STEPFLOW_AUTH_TOKEN]
 //	--id          this coordinator's name among those sharing NATS [STEPFLOW_COORDINATOR_ID]
 //	--advertise-url  REST URL other coordinators forward to [STEPFLOW_ADVERTISE_URL]
@@ -66,11 +68,17 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return ExitUsage
 	}
+	replicasDefault, err := envInt("STEPFLOW_NATS_REPLICAS", 0)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return ExitUsage
+	}
 	var cfg Config
 	fs.StringVar(&cfg.Host, "host", os.Getenv("STEPFLOW_HOST"), `HTTP listen address ("" = every interface)`)
 	fs.IntVar(&cfg.Port, "port", portDefault, "HTTP port (0 = any free port)")
 	fs.StringVar(&cfg.NATSURL, "nats-url", os.Getenv("STEPFLOW_NATS_URL"), `NATS server URL ("" = start an embedded NATS server in the data dir)`)
 	fs.IntVar(&cfg.NATSPort, "nats-port", DefaultNATSPort, "client port of the embedded NATS server (0 = any free port)")
+	fs.IntVar(&cfg.Queue.Replicas, "nats-replicas", replicasDefault, "replicas of every JetStream stream and bucket (1 on one server, 3 on a cluster; 0 = 1); applied at start, also to existing streams")
 	fs.StringVar(&cfg.DataDir, "data-dir", envOr("STEPFLOW_DATA_DIR", "stepflow-data"), "directory for results and state (and the embedded NATS store)")
 	fs.StringVar(&cfg.ID, "id", os.Getenv("STEPFLOW_COORDINATOR_ID"), "name of this coordinator among those sharing NATS (default: host name and port)")
 	fs.StringVar(&cfg.AdvertiseURL, "advertise-url", os.Getenv("STEPFLOW_ADVERTISE_URL"), "REST API URL other coordinators forward requests to while this one leads (default: http://<host>:<port>)")
@@ -138,7 +146,7 @@ func envInt(key string, def int) (int, error) {
 	}
 	n, err := strconv.Atoi(v)
 	if err != nil {
-		return 0, fmt.Errorf("coordinator: %s=%q is not a port number", key, v)
+		return 0, fmt.Errorf("coordinator: %s=%q is not a whole number", key, v)
 	}
 	return n, nil
 }

@@ -61,6 +61,7 @@ func TestMainUsageErrors(t *testing.T) {
 		{"--log-level", "loud"},
 		{"--port", "-5", "--data-dir", t.TempDir()},
 		{"--data-dir", ""},
+		{"--nats-replicas", "7", "--data-dir", t.TempDir()},
 		{"extra-arg"},
 	} {
 		var stdout, stderr bytes.Buffer
@@ -71,4 +72,17 @@ func TestMainUsageErrors(t *testing.T) {
 	var stdout, stderr bytes.Buffer
 	require.Equal(t, coordinator.ExitOK, coordinator.Main(testCtx(t), []string{"--help"}, &stdout, &stderr))
 	require.Contains(t, stderr.String(), "-nats-url")
+}
+
+// --nats-replicas reaches the provisioning of the streams: a single
+// embedded server refuses replicated streams, so R3 fails the start with
+// the server's reason, and the default (R1) starts.
+func TestMainNATSReplicas(t *testing.T) {
+	t.Parallel()
+	var stdout, stderr bytes.Buffer
+	code := coordinator.Main(testCtx(t), []string{"--port", "0", "--nats-port", "0", "--host", "127.0.0.1",
+		"--data-dir", t.TempDir(), "--log-level", "error", "--nats-replicas", "3"}, &stdout, &stderr)
+	require.Equal(t, coordinator.ExitFailure, code, "stderr: %s", stderr.String())
+	require.Empty(t, stdout.String())
+	require.Contains(t, stderr.String(), "replicas")
 }
