@@ -16,6 +16,7 @@ import (
 
 	"github.com/stepflow-go/stepflow/pkg/config"
 	"github.com/stepflow-go/stepflow/pkg/coordinator"
+	"github.com/stepflow-go/stepflow/pkg/queue"
 	"github.com/stepflow-go/stepflow/pkg/worker"
 )
 
@@ -35,6 +36,7 @@ type serveCmd struct {
 	workers           int
 	workerConcurrency int
 	configPath        string
+	tokenFile         *string
 }
 
 func (a *app) serveCommand() *cobra.Command {
@@ -71,10 +73,13 @@ coordinator, and exits 0.`,
 	fl := cmd.Flags()
 	fl.StringVar(&s.coord.Host, "host", getenv("STEPFLOW_HOST"), `HTTP listen address ("" = every interface) (env STEPFLOW_HOST)`)
 	fl.IntVar(&s.coord.Port, "port", port, "HTTP port, 0 = any free port (env STEPFLOW_PORT)")
-	fl.StringVar(&s.coord.NATSURL, "nats-url", getenv("STEPFLOW_NATS_URL"), `NATS server URL; "" starts an embedded server (env STEPFLOW_NATS_URL)`)
+	fl.StringVar(&s.coord.NATSURL, "nats-url", getenv(queue.EnvNATSURL), `NATS server URL; "" starts an embedded server (env `+queue.EnvNATSURL+`)`)
+	fl.StringVar(&s.coord.NATSHost, "nats-host", getenv("STEPFLOW_NATS_HOST"), `listen address of the embedded NATS server (default 127.0.0.1) (env STEPFLOW_NATS_HOST)`)
 	fl.IntVar(&s.coord.NATSPort, "nats-port", coordinator.DefaultNATSPort, "client port of the embedded NATS server, 0 = any free port")
 	fl.StringVar(&s.coord.DataDir, "data-dir", envOr(getenv, "STEPFLOW_DATA_DIR", defaultServeDataDir), "directory for results and state, and the embedded NATS store (env STEPFLOW_DATA_DIR)")
-	fl.StringVar(&s.coord.AuthToken, "auth-token", getenv("STEPFLOW_AUTH_TOKEN"), "bearer token required by the REST API (prefer env STEPFLOW_AUTH_TOKEN)")
+	s.tokenFile = coordinator.RegisterSecurityFlags(fl, &s.coord, getenv)
+	queue.RegisterConnectFlags(fl, &s.coord.NATSConnect, getenv)
+	queue.RegisterEmbeddedFlags(fl, &s.coord.EmbeddedNATS, getenv)
 	fl.IntVar(&s.workers, "workers", 2, "in-process workers (0 = coordinator only)")
 	fl.IntVar(&s.workerConcurrency, "worker-concurrency", runtime.NumCPU(), "items each worker executes at once")
 	fl.StringVar(&s.configPath, "config", "", "stepflow-config.yml of the workers' component servers (default: found in the current directory)")
@@ -98,6 +103,10 @@ func (s *serveCmd) run(ctx context.Context) error {
 	}
 	cfg := s.coord
 	cfg.Logger = log
+	var err error
+	if cfg.AuthToken, err = coordinator.LoadAuthToken(cfg.AuthToken, *s.tokenFile); err != nil {
+		return usageErr("%v", err)
+	}
 	c, err := coordinator.New(cfg)
 	if err != nil {
 		return usageErr("%v", err)
@@ -106,12 +115,12 @@ func (s *serveCmd) run(ctx context.Context) error {
 		_ = c.Stop(context.Background())
 		return failure(fmt.Errorf("start the coordinator: %w", err))
 	}
-	workers, err := s.startWorkers(ctx, c.NATSURL(), stepCfg)
+	workers, err := s.startWorkers(ctx, c, stepCfg)
 	if err != nil {
 		s.shutdown(workers, c)
 		return failure(err)
 	}
-	line, _ := json.Marshal(coordinator.Ready{Port: c.Port(), NATSURL: c.NATSURL()})
+	line, _ := json.Marshal(coordinator.Ready{Port: c.Port(), NATSURL: c.NATSURL(), TLS: c.TLS()})
 	if _, err := fmt.Fprintf(s.a.io.Stdout, "%s\n", line); err != nil {
 		log.Error("cannot write the ready line", zap.Error(err))
 	}
@@ -125,16 +134,23 @@ func (s *serveCmd) run(ctx context.Context) error {
 }
 
 // startWorkers starts the in-process workers, each with its own NATS
-// connection and component servers.
-func (s *serveCmd) startWorkers(ctx context.Context, natsURL string, stepCfg *config.Config) ([]*worker.Worker, error) {
+// connection (in-process to an embedded server, with the coordinator's
+// credentials) and component servers.
+func (s *serveCmd) startWorkers(ctx context.Context, c *coordinator.Coordinator, stepCfg *config.Config) ([]*worker.Worker, error) {
 	host, err := os.Hostname()
 	if err != nil || host == "" {
 		host = "serve"
+	}
+	natsURL, nopts := c.NATSURL(), s.coord.NATSConnect
+	if e := c.EmbeddedNATS(); e != nil {
+		nopts = s.coord.EmbeddedNATS.ClientAuth(nopts).WithoutTLS()
+		nopts.InProcess = e
 	}
 	var workers []*worker.Worker
 	for i := range s.workers {
 		w, err := worker.New(worker.Config{
 			NATSURL:        natsURL,
+			NATS:           nopts,
 			StepflowConfig: stepCfg,
 			Concurrency:    s.workerConcurrency,
 			WorkerID:       fmt.Sprintf("%s-%d-w%d", host, os.Getpid(), i),

@@ -4,6 +4,8 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	neturl "net/url"
+	"strings"
 	"sync"
 	"time"
 
@@ -161,7 +163,7 @@ func Connect(ctx context.Context, url string, opts ConnectOptions) (*nats.Conn, 
 
 	nc, err := nats.Connect(url, no...)
 	if err != nil {
-		return nil, nil, fmt.Errorf("queue: connect to NATS at %s: %w", url, err)
+		return nil, nil, fmt.Errorf("queue: connect to NATS at %s: %w", RedactURL(url), err)
 	}
 	if !nc.IsConnected() {
 		log.Info("NATS not reachable yet; retrying", zap.Error(nc.LastError()))
@@ -171,9 +173,9 @@ func Connect(ctx context.Context, url string, opts ConnectOptions) (*nats.Conn, 
 			last := cmp.Or(lastErr.get(), nc.LastError())
 			nc.Close()
 			if last != nil {
-				return nil, nil, fmt.Errorf("queue: connect to NATS at %s: %w (last error: %w)", url, context.Cause(ctx), last)
+				return nil, nil, fmt.Errorf("queue: connect to NATS at %s: %w (last error: %w)", RedactURL(url), context.Cause(ctx), last)
 			}
-			return nil, nil, fmt.Errorf("queue: connect to NATS at %s: %w", url, context.Cause(ctx))
+			return nil, nil, fmt.Errorf("queue: connect to NATS at %s: %w", RedactURL(url), context.Cause(ctx))
 		}
 	}
 	js, err := jetstream.New(nc,
@@ -185,6 +187,29 @@ func Connect(ctx context.Context, url string, opts ConnectOptions) (*nats.Conn, 
 		return nil, nil, fmt.Errorf("queue: JetStream: %w", err)
 	}
 	return nc, js, nil
+}
+
+// RedactURL returns a NATS URL (or comma-separated list) with the
+// password or token of each URL replaced by "xxxxx", so that credentials
+// written into a URL never reach a log or an error.
+func RedactURL(urls string) string {
+	parts := strings.Split(urls, ",")
+	for i, p := range parts {
+		u, err := neturl.Parse(strings.TrimSpace(p))
+		if err != nil || u.User == nil {
+			if err != nil && strings.Contains(p, "@") {
+				parts[i] = "[unparsable URL with credentials]"
+			}
+			continue
+		}
+		if _, ok := u.User.Password(); ok {
+			u.User = neturl.UserPassword(u.User.Username(), "xxxxx")
+		} else {
+			u.User = neturl.User("xxxxx") // a token
+		}
+		parts[i] = u.String()
+	}
+	return strings.Join(parts, ",")
 }
 
 // connErr remembers the last connection error for Connect's report.

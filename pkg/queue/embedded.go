@@ -36,6 +36,19 @@ type EmbeddedConfig struct {
 	// "stepflow-embedded".
 	ServerName string
 
+	// ConfigFile is a nats-server configuration file
+	// (https://docs.nats.io/running-a-nats-service/configuration) read for
+	// everything about who may connect and how: `authorization` (users
+	// with permissions, nkeys, tokens), `accounts`, operator mode
+	// (`operator`, `resolver`), `tls`, limits, monitoring. stepflow then
+	// sets what it owns on top: JetStream on, StoreDir, the sync settings,
+	// Host, Port and DontListen (a `listen`/`port` in the file is
+	// ignored), ServerName unless the file names the server, and
+	// MaxPayload when set. Users defined under `accounts` need
+	// `jetstream: enabled` in their account. Not combinable with Token,
+	// User/Password or NKeys. See docs/security.md.
+	ConfigFile string
+
 	// Token requires clients to present this token. Mutually exclusive
 	// with User/Password and NKeys.
 	Token string
@@ -129,26 +142,35 @@ func (e *Embedded) options() (*server.Options, error) {
 	if auth > 1 {
 		return nil, fmt.Errorf("%w: embedded NATS server takes one of Token, User/Password or NKeys", ErrInvalidConfig)
 	}
+	if auth > 0 && c.ConfigFile != "" {
+		return nil, fmt.Errorf("%w: embedded NATS server: a config file (--nats-server-config) sets authorization itself; drop the token, user or nkeys", ErrInvalidConfig)
+	}
 	if c.Port < 0 || c.Port > 65535 {
 		return nil, fmt.Errorf("%w: port %d out of range", ErrInvalidConfig, c.Port)
 	}
-	o := &server.Options{
-		ServerName:         cmp.Or(c.ServerName, "stepflow-embedded"),
-		Host:               cmp.Or(c.Host, "127.0.0.1"),
-		Port:               c.Port,
-		DontListen:         c.DontListen,
-		JetStream:          true,
-		StoreDir:           c.StoreDir,
-		SyncInterval:       c.SyncInterval,
-		SyncAlways:         c.SyncAlways,
-		JetStreamMaxMemory: c.MaxMemory,
-		JetStreamMaxStore:  c.MaxStore,
-		MaxPayload:         c.MaxPayload,
-		NoSigs:             true, // signals belong to main
-		Authorization:      c.Token,
-		Username:           c.User,
-		Password:           c.Password,
-		HTTPPort:           0, // no monitoring port
+	o := &server.Options{}
+	if c.ConfigFile != "" {
+		var err error
+		if o, err = server.ProcessConfigFile(c.ConfigFile); err != nil {
+			return nil, fmt.Errorf("%w: embedded NATS server config: %w", ErrInvalidConfig, err)
+		}
+	}
+	o.ServerName = cmp.Or(o.ServerName, c.ServerName, "stepflow-embedded")
+	o.Host = cmp.Or(c.Host, "127.0.0.1")
+	o.Port = c.Port
+	o.DontListen = c.DontListen
+	o.JetStream = true
+	o.StoreDir = c.StoreDir
+	o.SyncInterval = c.SyncInterval
+	o.SyncAlways = c.SyncAlways
+	o.JetStreamMaxMemory = cmp.Or(c.MaxMemory, o.JetStreamMaxMemory)
+	o.JetStreamMaxStore = cmp.Or(c.MaxStore, o.JetStreamMaxStore)
+	o.MaxPayload = cmp.Or(c.MaxPayload, o.MaxPayload)
+	o.NoSigs = true // signals belong to main
+	if c.ConfigFile == "" {
+		o.Authorization = c.Token
+		o.Username = c.User
+		o.Password = c.Password
 	}
 	if o.Port == 0 {
 		o.Port = server.RANDOM_PORT
@@ -162,6 +184,9 @@ func (e *Embedded) options() (*server.Options, error) {
 		o.TLS = true
 		o.TLSVerify = c.TLSVerifyClients
 	case c.TLSCertFile != "" || c.TLSKeyFile != "":
+		if c.TLSCertFile == "" || c.TLSKeyFile == "" {
+			return nil, fmt.Errorf("%w: embedded NATS server TLS needs both a certificate and a key", ErrInvalidConfig)
+		}
 		tc, err := server.GenTLSConfig(&server.TLSConfigOpts{
 			CertFile: c.TLSCertFile, KeyFile: c.TLSKeyFile, CaFile: c.TLSCAFile, Verify: c.TLSVerifyClients,
 		})
@@ -174,7 +199,7 @@ func (e *Embedded) options() (*server.Options, error) {
 	case c.TLSVerifyClients || c.TLSCAFile != "":
 		return nil, fmt.Errorf("%w: TLS client verification needs TLSCertFile and TLSKeyFile", ErrInvalidConfig)
 	}
-	if o.TLS {
+	if o.TLS && o.TLSTimeout == 0 {
 		o.TLSTimeout = 2 // seconds, the server default
 	}
 	return o, nil
@@ -291,6 +316,9 @@ func (e *Embedded) InProcessConn() (net.Conn, error) {
 	}
 	return s.InProcessConn()
 }
+
+// Secured reports whether the server requires clients to authenticate.
+func (e *Embedded) Secured() bool { return e.cfg.Secured() }
 
 // Server returns the running nats-server, or nil; for diagnostics.
 func (e *Embedded) Server() *server.Server {
