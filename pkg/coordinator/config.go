@@ -196,6 +196,11 @@ func (c Config) Validate() error {
 	if c.NATSURL != "" && (c.EmbeddedNATS.Secured() || c.EmbeddedNATS.TLSCertFile != "" || c.EmbeddedNATS.TLSKeyFile != "") {
 		return fmt.Errorf("%w: the --nats-server-* settings configure the embedded NATS server, which is not started with --nats-url", ErrInvalidConfig)
 	}
+	if c.NATSURL == "" {
+		if err := c.EmbeddedNATS.Validate(); err != nil {
+			return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+		}
+	}
 	if c.NATSURL == "" && c.NATSConnect.InProcess != nil {
 		return fmt.Errorf("%w: NATSConnect.InProcess needs NATSURL (an embedded server is started otherwise)", ErrInvalidConfig)
 	}

@@ -202,7 +202,7 @@ func (c *Coordinator) start(ctx context.Context) error {
 		if err := c.embedded.Start(ctx); err != nil {
 			return fmt.Errorf("coordinator: %w", err)
 		}
-		url = c.embedded.ClientURL()
+		url = "" // in-process: the client URL may say tls://, which is for TCP clients
 		copts = ec.ClientAuth(copts).WithoutTLS()
 		copts.InProcess = c.embedded
 		// The server is up: a connection that fails now is refused
@@ -221,8 +221,9 @@ func (c *Coordinator) start(ctx context.Context) error {
 		return fmt.Errorf("coordinator: %w", err)
 	}
 	c.nc, c.js = nc, js
-	c.natsURL = url
-	if c.embedded == nil {
+	if c.embedded != nil {
+		c.natsURL = c.embedded.ClientURL()
+	} else {
 		c.natsURL = nc.ConnectedUrlRedacted()
 	}
 

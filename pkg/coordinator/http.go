@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"cmp"
 	"context"
+	"crypto/sha256"
 	"crypto/subtle"
 	"errors"
 	"fmt"
@@ -79,14 +80,17 @@ func (c *Coordinator) auth(next http.Handler) http.Handler {
 	if c.cfg.AuthToken == "" {
 		return next
 	}
-	want := []byte(c.cfg.AuthToken)
+	// Digests of equal length are compared, so that the time taken
+	// reveals neither the token's bytes nor its length.
+	want := sha256.Sum256([]byte(c.cfg.AuthToken))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if unauthenticatedPaths[r.URL.Path] {
 			next.ServeHTTP(w, r)
 			return
 		}
 		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok || subtle.ConstantTimeCompare([]byte(strings.TrimSpace(got)), want) != 1 {
+		gotSum := sha256.Sum256([]byte(strings.TrimSpace(got)))
+		if !ok || subtle.ConstantTimeCompare(gotSum[:], want[:]) != 1 {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="stepflow"`)
 			writeEnvelope(w, http.StatusUnauthorized, "missing or invalid bearer token")
 			return

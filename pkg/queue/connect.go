@@ -65,9 +65,10 @@ type ConnectOptions struct {
 // allowed) and returns the connection and a JetStream handle on it (the
 // jetstream package API). If the server is not reachable yet, Connect keeps
 // trying until ctx ends, so that a worker started before NATS waits for it
-// rather than failing; the error then includes the last connection error
-// (an authorization failure, for instance). After the first connection
-// the client reconnects forever.
+// rather than failing; the error then includes the last connection error.
+// A server that refuses the credentials twice ends the wait at once with
+// that error (nats.ErrAuthorization, for instance). After the first
+// connection the client reconnects forever.
 //
 // The caller closes the connection (nc.Drain or nc.Close) when done.
 func Connect(ctx context.Context, url string, opts ConnectOptions) (*nats.Conn, jetstream.JetStream, error) {
@@ -77,6 +78,11 @@ func Connect(ctx context.Context, url string, opts ConnectOptions) (*nats.Conn, 
 	}
 	log = log.Named("nats")
 	connected := make(chan struct{}, 1)
+	// closed: the client gave up, which it does before the first
+	// connection only when the server refused the same credentials twice
+	// (nats.go's auth-error abort): retrying cannot help.
+	closed := make(chan struct{})
+	var closedOnce sync.Once
 	var lastErr connErr
 	no := []nats.Option{
 		nats.Name(cmp.Or(opts.Name, "stepflow")),
@@ -108,6 +114,7 @@ func Connect(ctx context.Context, url string, opts ConnectOptions) (*nats.Conn, 
 			log.Info("reconnected to NATS", zap.String("url", nc.ConnectedUrlRedacted()))
 		}),
 		nats.ClosedHandler(func(nc *nats.Conn) {
+			closedOnce.Do(func() { close(closed) })
 			if err := nc.LastError(); err != nil {
 				log.Info("NATS connection closed", zap.Error(err))
 			} else {
@@ -169,6 +176,12 @@ func Connect(ctx context.Context, url string, opts ConnectOptions) (*nats.Conn, 
 		log.Info("NATS not reachable yet; retrying", zap.Error(nc.LastError()))
 		select {
 		case <-connected:
+		case <-closed:
+			last := cmp.Or(lastErr.get(), nc.LastError())
+			if last == nil {
+				last = nats.ErrConnectionClosed
+			}
+			return nil, nil, fmt.Errorf("queue: connect to NATS at %s: %w", RedactURL(url), last)
 		case <-ctx.Done():
 			last := cmp.Or(lastErr.get(), nc.LastError())
 			nc.Close()

@@ -120,19 +120,17 @@ func NewEmbedded(cfg EmbeddedConfig) *Embedded {
 	return &Embedded{cfg: cfg, log: log.Named("nats-server")}
 }
 
-// options builds the server options from the config.
-func (e *Embedded) options() (*server.Options, error) {
-	c := e.cfg
-	if c.StoreDir == "" {
-		return nil, fmt.Errorf("%w: embedded NATS server needs a StoreDir", ErrInvalidConfig)
-	}
+// Validate reports settings that cannot work together, without reading
+// any file (Start reads ConfigFile and the TLS files). A StoreDir is not
+// required here: embedders set it last.
+func (c EmbeddedConfig) Validate() error {
 	auth := 0
 	if c.Token != "" {
 		auth++
 	}
 	if c.User != "" || c.Password != "" {
 		if c.User == "" || c.Password == "" {
-			return nil, fmt.Errorf("%w: embedded NATS server needs both User and Password", ErrInvalidConfig)
+			return fmt.Errorf("%w: embedded NATS server needs both User and Password", ErrInvalidConfig)
 		}
 		auth++
 	}
@@ -140,13 +138,28 @@ func (e *Embedded) options() (*server.Options, error) {
 		auth++
 	}
 	if auth > 1 {
-		return nil, fmt.Errorf("%w: embedded NATS server takes one of Token, User/Password or NKeys", ErrInvalidConfig)
+		return fmt.Errorf("%w: embedded NATS server takes one of Token, User/Password or NKeys", ErrInvalidConfig)
 	}
 	if auth > 0 && c.ConfigFile != "" {
-		return nil, fmt.Errorf("%w: embedded NATS server: a config file (--nats-server-config) sets authorization itself; drop the token, user or nkeys", ErrInvalidConfig)
+		return fmt.Errorf("%w: embedded NATS server: a config file (--nats-server-config) sets authorization itself; drop the token, user or nkeys", ErrInvalidConfig)
 	}
 	if c.Port < 0 || c.Port > 65535 {
-		return nil, fmt.Errorf("%w: port %d out of range", ErrInvalidConfig, c.Port)
+		return fmt.Errorf("%w: port %d out of range", ErrInvalidConfig, c.Port)
+	}
+	if c.TLSConfig == nil && (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
+		return fmt.Errorf("%w: embedded NATS server TLS needs both a certificate and a key", ErrInvalidConfig)
+	}
+	return nil
+}
+
+// options builds the server options from the config.
+func (e *Embedded) options() (*server.Options, error) {
+	c := e.cfg
+	if c.StoreDir == "" {
+		return nil, fmt.Errorf("%w: embedded NATS server needs a StoreDir", ErrInvalidConfig)
+	}
+	if err := c.Validate(); err != nil {
+		return nil, err
 	}
 	o := &server.Options{}
 	if c.ConfigFile != "" {
@@ -184,9 +197,6 @@ func (e *Embedded) options() (*server.Options, error) {
 		o.TLS = true
 		o.TLSVerify = c.TLSVerifyClients
 	case c.TLSCertFile != "" || c.TLSKeyFile != "":
-		if c.TLSCertFile == "" || c.TLSKeyFile == "" {
-			return nil, fmt.Errorf("%w: embedded NATS server TLS needs both a certificate and a key", ErrInvalidConfig)
-		}
 		tc, err := server.GenTLSConfig(&server.TLSConfigOpts{
 			CertFile: c.TLSCertFile, KeyFile: c.TLSKeyFile, CaFile: c.TLSCAFile, Verify: c.TLSVerifyClients,
 		})
