@@ -211,7 +211,7 @@ func (w *Worker) start(ctx context.Context) error {
 		// /proc/self/environ holds its credentials).
 		ConfineFiles: true,
 		Runs:         nested,
-		Factories:  w.cfg.PluginFactories,
+		Factories:    w.cfg.PluginFactories,
 	})
 	if err != nil {
 		return fmt.Errorf("worker: start plugins: %w", err)
