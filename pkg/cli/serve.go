@@ -53,13 +53,18 @@ With --nats-url empty, an embedded NATS server stores its state in
 belongs to the directory serve runs in, kept across restarts (runs in
 progress resume), never shared between two projects.
 
+Security (docs/security.md): --auth-token(-file) and --tls-cert/--tls-key
+protect the REST API; --nats-server-* make the embedded NATS server require
+credentials (the in-process workers use the server's token or user, or the
+--nats-* client credentials); --nats-* connect to an external NATS.
+
 The workers start the component servers of --config (default: the
 stepflow-config.yml of the current directory, else builtins only).
 
 The first line on stdout is {"port":N,"natsUrl":"nats://…"} once
-everything listens; logs go to stderr. SIGINT/SIGTERM drains the workers
-(in-flight items finish, or go back to the queue), then stops the
-coordinator, and exits 0.`,
+everything listens ("tls":true is added with --tls-cert); logs go to
+stderr. SIGINT/SIGTERM drains the workers (in-flight items finish, or go
+back to the queue), then stops the coordinator, and exits 0.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return s.run(cmd.Context()) },
 	}
