@@ -51,7 +51,7 @@ func TestNATSWorkerPermissions(t *testing.T) {
 
 	c := startCoordinator(t, []string{"STEPFLOW_NATS_PASSWORD=coord-pw"},
 		"--nats-url", srv.ClientURL(), "--nats-user", "coordinator", "--log-level", "warn")
-	startWorker(t, []string{"STEPFLOW_NATS_USER=worker", "STEPFLOW_NATS_PASSWORD=worker-pw"},
+	worker, workerLogs := startWorkerCmd(t, []string{"STEPFLOW_NATS_USER=worker", "STEPFLOW_NATS_PASSWORD=worker-pw"},
 		"--nats-url", srv.ClientURL(), "--concurrency", "2", "--config", "examples/batch-processor/stepflow-config.yml")
 
 	// Nested runs, put_blob of the sub-flow.
@@ -61,6 +61,10 @@ func TestNATSWorkerPermissions(t *testing.T) {
 	require.Equal(t, batchProcessorWant, lines(out))
 	// put_blob and get_blob.
 	submitHello(t, c.URL())
+	// The worker drains and stops (its run watch ends) cleanly too.
+	stopProcess(worker)
+	require.True(t, worker.ProcessState.Success(), "the worker exits 0 after SIGTERM")
+	require.NotContains(t, workerLogs.String(), "ERROR")
 	require.Empty(t, violations(serverLogs), "the worker needed a subject auth.conf does not grant")
 
 	// Now as the worker user.
@@ -100,11 +104,8 @@ func TestNATSWorkerPermissions(t *testing.T) {
 		return js.DeleteStream(ctx, queue.StreamItems)
 	})
 	expectDenied("purging the items stream", "$JS.API.STREAM.PURGE.STEPFLOW_ITEMS", func(ctx context.Context) error {
-		s, err := js.Stream(ctx, queue.StreamItems)
-		if err != nil {
-			return err
-		}
-		return s.Purge(ctx)
+		_, err := nc.RequestWithContext(ctx, "$JS.API.STREAM.PURGE."+queue.StreamItems, []byte(`{}`))
+		return err
 	})
 	expectDenied("deleting the runs bucket", "$JS.API.STREAM.DELETE.KV_STEPFLOW_RUNS", func(ctx context.Context) error {
 		return js.DeleteKeyValue(ctx, queue.BucketRuns)

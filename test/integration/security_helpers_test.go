@@ -237,6 +237,14 @@ func (p *coordProc) URL() string {
 // collected.
 func startWorker(t *testing.T, env []string, args ...string) *lockedBuffer {
 	t.Helper()
+	_, logs := startWorkerCmd(t, env, args...)
+	return logs
+}
+
+// startWorkerCmd is startWorker that also returns the process (stopping
+// it twice is harmless).
+func startWorkerCmd(t *testing.T, env []string, args ...string) (*exec.Cmd, *lockedBuffer) {
+	t.Helper()
 	cmd := exec.Command(workerBin, append([]string{"--log-level", "warn"}, args...)...)
 	cmd.Dir = repoRoot
 	cmd.Env = append(os.Environ(), env...)
@@ -244,11 +252,15 @@ func startWorker(t *testing.T, env []string, args ...string) *lockedBuffer {
 	cmd.Stderr = logs
 	require.NoError(t, cmd.Start())
 	t.Cleanup(func() { stopProcess(cmd) })
-	return logs
+	return cmd, logs
 }
 
 // stopProcess sends SIGTERM and waits, killing the process after 60s.
+// A process already stopped is left alone.
 func stopProcess(cmd *exec.Cmd) {
+	if cmd.ProcessState != nil {
+		return
+	}
 	_ = cmd.Process.Signal(syscall.SIGTERM)
 	done := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(done) }()
