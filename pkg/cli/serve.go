@@ -148,7 +148,7 @@ func (s *serveCmd) startWorkers(ctx context.Context, c *coordinator.Coordinator,
 	}
 	natsURL, nopts := c.NATSURL(), s.coord.NATSConnect
 	if e := c.EmbeddedNATS(); e != nil {
-		natsURL = "" // in-process
+		natsURL = e.InProcessURL()
 		nopts = s.coord.EmbeddedNATS.ClientAuth(nopts).WithoutTLS()
 		nopts.InProcess = e
 	}

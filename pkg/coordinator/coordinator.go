@@ -202,7 +202,7 @@ func (c *Coordinator) start(ctx context.Context) error {
 		if err := c.embedded.Start(ctx); err != nil {
 			return fmt.Errorf("coordinator: %w", err)
 		}
-		url = "" // in-process: the client URL may say tls://, which is for TCP clients
+		url = c.embedded.InProcessURL()
 		copts = ec.ClientAuth(copts).WithoutTLS()
 		copts.InProcess = c.embedded
 		// The server is up: a connection that fails now is refused

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -313,6 +314,14 @@ func (e *Embedded) clientURL(s *server.Server) string {
 	}
 	u.Host = net.JoinHostPort(host, strconv.Itoa(addr.Port))
 	return u.String()
+}
+
+// InProcessURL is the URL to pass to Connect with ConnectOptions.InProcess
+// set: ClientURL with the nats:// scheme, since an in-process connection
+// never uses TLS (a tls:// URL would make the client insist on it); "" with
+// DontListen. Only logs show it: the connection bypasses TCP.
+func (e *Embedded) InProcessURL() string {
+	return strings.Replace(e.ClientURL(), "tls://", "nats://", 1)
 }
 
 // InProcessConn returns a connection to the server that bypasses TCP
