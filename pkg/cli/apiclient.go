@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,12 +13,14 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"time"
 
 	"go.uber.org/zap"
 
+	"github.com/stepflow-go/stepflow/pkg/coordinator"
 	"github.com/stepflow-go/stepflow/pkg/value"
 )
 
@@ -33,9 +37,18 @@ type apiClient struct {
 	http  *http.Client
 }
 
+// clientOptions are the credentials and trust of an apiClient.
+type clientOptions struct {
+	// token is the bearer token; "" sends none.
+	token string
+	// caCertFile is a PEM file of CA certificates trusted for https://
+	// coordinators besides the system's roots.
+	caCertFile string
+}
+
 // newAPIClient normalises rawURL (with or without the /api/v1 suffix, as
 // upstream, where only scheme, host and port matter) and returns a client.
-func newAPIClient(rawURL, token string) (*apiClient, error) {
+func newAPIClient(rawURL string, opts clientOptions) (*apiClient, error) {
 	u, err := url.Parse(strings.TrimSpace(rawURL))
 	if err != nil {
 		return nil, fmt.Errorf("--url %q: %w", rawURL, err)
@@ -53,7 +66,21 @@ func newAPIClient(rawURL, token string) (*apiClient, error) {
 	// Dialing and response headers are bounded by the transport.
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.ResponseHeaderTimeout = 0
-	return &apiClient{base: base, token: token, http: &http.Client{Transport: tr}}, nil
+	if opts.caCertFile != "" {
+		pem, err := os.ReadFile(opts.caCertFile)
+		if err != nil {
+			return nil, fmt.Errorf("--ca-cert: %w", err)
+		}
+		pool, err := x509.SystemCertPool()
+		if err != nil {
+			pool = x509.NewCertPool()
+		}
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--ca-cert %s: no PEM certificate in the file", opts.caCertFile)
+		}
+		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	}
+	return &apiClient{base: base, token: opts.token, http: &http.Client{Transport: tr}}, nil
 }
 
 // close releases idle connections.
@@ -69,6 +96,9 @@ type apiError struct {
 }
 
 func (e *apiError) Error() string {
+	if e.Status == http.StatusUnauthorized {
+		return fmt.Sprintf("unauthorized: check --token / STEPFLOW_TOKEN (or --token-file): coordinator: %s (HTTP %d)", e.Message, e.Status)
+	}
 	return fmt.Sprintf("coordinator: %s (HTTP %d)", e.Message, e.Status)
 }
 
@@ -132,7 +162,7 @@ func (c *apiClient) do(req *http.Request) (*http.Response, error) {
 		if ctxErr := req.Context().Err(); ctxErr != nil {
 			return nil, fmt.Errorf("%s %s: %w", req.Method, req.URL.Path, context.Cause(req.Context()))
 		}
-		return nil, &transportError{op: req.Method + " " + req.URL.String(), err: unwrapURLError(err)}
+		return nil, &transportError{op: req.Method + " " + redactedURL(req.URL), err: unwrapURLError(err)}
 	}
 	if resp.StatusCode/100 == 2 {
 		return resp, nil
@@ -150,6 +180,14 @@ func (c *apiClient) do(req *http.Request) (*http.Response, error) {
 		ae.Message = http.StatusText(resp.StatusCode)
 	}
 	return nil, ae
+}
+
+// redactedURL is u without its query, for messages: the query of a run
+// upload carries its overrides (and, from older clients, its variables).
+func redactedURL(u *url.URL) string {
+	r := *u
+	r.RawQuery, r.User = "", nil
+	return r.String()
 }
 
 func unwrapURLError(err error) error {
@@ -181,7 +219,7 @@ func (c *apiClient) doJSON(ctx context.Context, method, path string, body value.
 	defer resp.Body.Close()
 	data, err := io.ReadAll(resp.Body)
 	if err != nil {
-		return nil, &transportError{op: method + " " + req.URL.String(), err: err}
+		return nil, &transportError{op: method + " " + redactedURL(req.URL), err: err}
 	}
 	if out != nil {
 		if raw, ok := out.(*json.RawMessage); ok {
@@ -251,9 +289,6 @@ func (c *apiClient) createRun(ctx context.Context, r createRunRequest) (createRu
 	if r.Overrides != nil {
 		q.Set("overrides", string(value.Marshal(r.Overrides)))
 	}
-	if r.Variables != nil {
-		q.Set("variables", string(value.Marshal(r.Variables)))
-	}
 	body, size, err := r.Body()
 	if err != nil {
 		return createRunResponse{}, err
@@ -267,6 +302,11 @@ func (c *apiClient) createRun(ctx context.Context, r createRunRequest) (createRu
 	req.Header.Set("Content-Type", "application/x-ndjson")
 	if r.IdempotencyKey != "" {
 		req.Header.Set("Idempotency-Key", r.IdempotencyKey)
+	}
+	if r.Variables != nil {
+		// In a header, not the query: variables may be secrets, and URLs
+		// end up in proxy logs.
+		req.Header.Set(coordinator.VariablesHeader, string(value.Marshal(r.Variables)))
 	}
 	resp, err := c.do(req)
 	if err != nil {
@@ -465,9 +505,9 @@ func (c *apiClient) events(ctx context.Context, id, lastID string, fn func(sseEv
 		if ctx.Err() != nil {
 			return context.Cause(ctx)
 		}
-		return &transportError{op: "GET " + req.URL.String(), err: err}
+		return &transportError{op: "GET " + redactedURL(req.URL), err: err}
 	}
-	return &transportError{op: "GET " + req.URL.String(), err: errStreamEnded}
+	return &transportError{op: "GET " + redactedURL(req.URL), err: errStreamEnded}
 }
 
 // retrier retries failed requests with exponential backoff for as long

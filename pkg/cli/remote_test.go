@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
@@ -432,6 +433,58 @@ func TestServe(t *testing.T) {
 
 	cancel()
 	require.Equal(t, ExitOK, <-done, stderr.String())
+}
+
+// TestServeSecuredNATS: serve's embedded NATS server requires a user and
+// password (from the environment, which --help does not print), its
+// in-process workers log in with them, the API token comes from a file;
+// a NATS client without credentials is refused.
+func TestServeSecuredNATS(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	tokenFile := tempFile(t, dir, "token", "file-tok\n")
+	env := map[string]string{"STEPFLOW_NATS_SERVER_USER": "stepflow", "STEPFLOW_NATS_SERVER_PASSWORD": "nats-pw-77", "STEPFLOW_AUTH_TOKEN_FILE": tokenFile}
+	help := stepflow(t, env, "", "serve", "--help")
+	require.Equal(t, ExitOK, help.code)
+	require.Contains(t, help.stdout, "(env STEPFLOW_NATS_SERVER_PASSWORD)")
+	require.NotContains(t, help.stdout, "nats-pw-77", "secrets from the environment are not shown as defaults")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	pr, pw := io.Pipe()
+	var stderr syncBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- Execute(ctx, []string{"serve", "--port", "0", "--nats-port", "0", "--data-dir", filepath.Join(dir, "data"),
+			"--workers", "1", "--worker-concurrency", "2"},
+			IO{Stdin: strings.NewReader(""), Stdout: pw, Stderr: &stderr, Getenv: func(k string) string { return env[k] }})
+		_ = pw.Close()
+	}()
+	line, err := bufio.NewReader(pr).ReadString('\n')
+	require.NoError(t, err, stderr.String())
+	go func() { _, _ = io.Copy(io.Discard, pr) }()
+	var ready coordinator.Ready
+	require.NoError(t, json.Unmarshal([]byte(line), &ready), line)
+
+	nc, err := nats.Connect(ready.NATSURL, nats.Timeout(5*time.Second))
+	if nc != nil {
+		nc.Close()
+	}
+	require.ErrorIs(t, err, nats.ErrAuthorization)
+
+	url := "http://127.0.0.1:" + strconv.Itoa(ready.Port)
+	f := tempFile(t, dir, "flow.yaml", greetFlow)
+	items := greetBatch(t, dir, "items.jsonl", 20, 0)
+	r := stepflow(t, map[string]string{"STEPFLOW_TOKEN": "file-tok"}, "", "submit", "--url", url, "--flow", f, "--inputs", items, "-q")
+	require.Equal(t, ExitOK, r.code, r.stderr)
+	require.Len(t, strings.Split(strings.TrimSpace(r.stdout), "\n"), 20)
+	r = stepflow(t, map[string]string{"STEPFLOW_TOKEN": "wrong"}, "", "runs", "list", "--url", url)
+	require.Equal(t, ExitFailure, r.code)
+	require.Contains(t, r.stderr, "unauthorized: check --token / STEPFLOW_TOKEN")
+
+	cancel()
+	require.Equal(t, ExitOK, <-done, stderr.String())
+	require.NotContains(t, stderr.String(), "nats-pw-77")
 }
 
 // syncBuffer is a bytes.Buffer safe for concurrent use.

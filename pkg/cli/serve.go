@@ -19,6 +19,7 @@ import (
 	"github.com/stepflow-go/stepflow/pkg/config"
 	"github.com/stepflow-go/stepflow/pkg/coordinator"
 	"github.com/stepflow-go/stepflow/pkg/metrics"
+	"github.com/stepflow-go/stepflow/pkg/queue"
 	"github.com/stepflow-go/stepflow/pkg/worker"
 )
 
@@ -38,6 +39,7 @@ type serveCmd struct {
 	workers           int
 	workerConcurrency int
 	configPath        string
+	tokenFile         *string
 }
 
 func (a *app) serveCommand() *cobra.Command {
@@ -54,6 +56,11 @@ With --nats-url empty, an embedded NATS server stores its state in
 belongs to the directory serve runs in, kept across restarts (runs in
 progress resume), never shared between two projects.
 
+Security (docs/security.md): --auth-token(-file) and --tls-cert/--tls-key
+protect the REST API; --nats-server-* make the embedded NATS server require
+credentials (the in-process workers use the server's token or user, or the
+--nats-* client credentials); --nats-* connect to an external NATS.
+
 The workers start the component servers of --config (default: the
 stepflow-config.yml of the current directory, else builtins only).
 
@@ -62,9 +69,9 @@ included) and /metrics (the coordinator's and the workers' metrics,
 behind --auth-token like the API; see docs/operations.md).
 
 The first line on stdout is {"port":N,"natsUrl":"nats://…"} once
-everything listens; logs go to stderr. SIGINT/SIGTERM drains the workers
-(in-flight items finish, or go back to the queue), then stops the
-coordinator, and exits 0.`,
+everything listens ("tls":true is added with --tls-cert); logs go to
+stderr. SIGINT/SIGTERM drains the workers (in-flight items finish, or go
+back to the queue), then stops the coordinator, and exits 0.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return s.run(cmd.Context()) },
 	}
@@ -78,10 +85,13 @@ coordinator, and exits 0.`,
 	fl := cmd.Flags()
 	fl.StringVar(&s.coord.Host, "host", getenv("STEPFLOW_HOST"), `HTTP listen address ("" = every interface) (env STEPFLOW_HOST)`)
 	fl.IntVar(&s.coord.Port, "port", port, "HTTP port, 0 = any free port (env STEPFLOW_PORT)")
-	fl.StringVar(&s.coord.NATSURL, "nats-url", getenv("STEPFLOW_NATS_URL"), `NATS server URL; "" starts an embedded server (env STEPFLOW_NATS_URL)`)
+	fl.StringVar(&s.coord.NATSURL, "nats-url", getenv(queue.EnvNATSURL), `NATS server URL; "" starts an embedded server (env `+queue.EnvNATSURL+`)`)
+	fl.StringVar(&s.coord.NATSHost, "nats-host", getenv("STEPFLOW_NATS_HOST"), `listen address of the embedded NATS server (default 127.0.0.1) (env STEPFLOW_NATS_HOST)`)
 	fl.IntVar(&s.coord.NATSPort, "nats-port", coordinator.DefaultNATSPort, "client port of the embedded NATS server, 0 = any free port")
 	fl.StringVar(&s.coord.DataDir, "data-dir", envOr(getenv, "STEPFLOW_DATA_DIR", defaultServeDataDir), "directory for results and state, and the embedded NATS store (env STEPFLOW_DATA_DIR)")
-	fl.StringVar(&s.coord.AuthToken, "auth-token", getenv("STEPFLOW_AUTH_TOKEN"), "bearer token required by the REST API (prefer env STEPFLOW_AUTH_TOKEN)")
+	s.tokenFile = coordinator.RegisterSecurityFlags(fl, &s.coord, getenv)
+	queue.RegisterConnectFlags(fl, &s.coord.NATSConnect, getenv)
+	queue.RegisterEmbeddedFlags(fl, &s.coord.EmbeddedNATS, getenv)
 	fl.IntVar(&s.workers, "workers", 2, "in-process workers (0 = coordinator only)")
 	fl.IntVar(&s.workerConcurrency, "worker-concurrency", runtime.NumCPU(), "items each worker executes at once")
 	fl.StringVar(&s.configPath, "config", "", "stepflow-config.yml of the workers' component servers (default: found in the current directory)")
@@ -112,6 +122,10 @@ func (s *serveCmd) run(ctx context.Context) error {
 	cfg.Logger = log
 	cfg.Metrics = reg
 	cfg.ReadyCheck = func() error { return workersReady(started.Load(), s.workers) }
+	var err error
+	if cfg.AuthToken, err = coordinator.LoadAuthToken(cfg.AuthToken, *s.tokenFile); err != nil {
+		return usageErr("%v", err)
+	}
 	c, err := coordinator.New(cfg)
 	if err != nil {
 		return usageErr("%v", err)
@@ -120,13 +134,13 @@ func (s *serveCmd) run(ctx context.Context) error {
 		_ = c.Stop(context.Background())
 		return failure(fmt.Errorf("start the coordinator: %w", err))
 	}
-	workers, err := s.startWorkers(ctx, c.NATSURL(), stepCfg, reg)
+	workers, err := s.startWorkers(ctx, c, stepCfg, reg)
 	if err != nil {
 		s.shutdown(workers, c)
 		return failure(err)
 	}
 	started.Store(&workers)
-	line, _ := json.Marshal(coordinator.Ready{Port: c.Port(), NATSURL: c.NATSURL()})
+	line, _ := json.Marshal(coordinator.Ready{Port: c.Port(), NATSURL: c.NATSURL(), TLS: c.TLS()})
 	if _, err := fmt.Fprintf(s.a.io.Stdout, "%s\n", line); err != nil {
 		log.Error("cannot write the ready line", zap.Error(err))
 	}
@@ -140,16 +154,24 @@ func (s *serveCmd) run(ctx context.Context) error {
 }
 
 // startWorkers starts the in-process workers, each with its own NATS
-// connection and component servers.
-func (s *serveCmd) startWorkers(ctx context.Context, natsURL string, stepCfg *config.Config, reg *prometheus.Registry) ([]*worker.Worker, error) {
+// connection (in-process to an embedded server, with the coordinator's
+// credentials) and component servers.
+func (s *serveCmd) startWorkers(ctx context.Context, c *coordinator.Coordinator, stepCfg *config.Config, reg *prometheus.Registry) ([]*worker.Worker, error) {
 	host, err := os.Hostname()
 	if err != nil || host == "" {
 		host = "serve"
+	}
+	natsURL, nopts := c.NATSURL(), s.coord.NATSConnect
+	if e := c.EmbeddedNATS(); e != nil {
+		natsURL = e.InProcessURL()
+		nopts = s.coord.EmbeddedNATS.ClientAuth(nopts).WithoutTLS()
+		nopts.InProcess = e
 	}
 	var workers []*worker.Worker
 	for i := range s.workers {
 		w, err := worker.New(worker.Config{
 			NATSURL:        natsURL,
+			NATS:           nopts,
 			StepflowConfig: stepCfg,
 			Concurrency:    s.workerConcurrency,
 			WorkerID:       fmt.Sprintf("%s-%d-w%d", host, os.Getpid(), i),

@@ -12,6 +12,7 @@ import (
 	"maps"
 	"os"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -33,21 +34,42 @@ const defaultRetryTimeout = 2 * time.Minute
 type remoteFlags struct {
 	url          string
 	token        string
+	tokenFile    string
+	caCert       string
 	retryTimeout time.Duration
 }
 
 func (r *remoteFlags) register(fl *pflag.FlagSet, getenv func(string) string) {
 	fl.StringVar(&r.url, "url", envOr(getenv, "STEPFLOW_URL", defaultCoordinatorURL), "coordinator URL, with or without the /api/v1 suffix (env STEPFLOW_URL)")
-	fl.StringVar(&r.token, "token", getenv("STEPFLOW_TOKEN"), "bearer token of the coordinator API (prefer env STEPFLOW_TOKEN: flags show in the process list)")
+	// The token from the environment is not the flag's documented
+	// default: --help would print it.
+	fl.StringVar(&r.token, "token", "", "bearer token of the coordinator API; prefer the env variable or --token-file: flags show in the process list (env STEPFLOW_TOKEN)")
+	r.token = getenv("STEPFLOW_TOKEN")
+	fl.StringVar(&r.tokenFile, "token-file", getenv("STEPFLOW_TOKEN_FILE"), "file holding the bearer token (env STEPFLOW_TOKEN_FILE)")
+	fl.StringVar(&r.caCert, "ca-cert", getenv("STEPFLOW_CA_CERT"), "PEM file of the CA that signed an https:// coordinator's certificate, trusted besides the system's (env STEPFLOW_CA_CERT)")
 	fl.DurationVar(&r.retryTimeout, "retry-timeout", defaultRetryTimeout, "how long to keep retrying while the coordinator cannot be reached (a restart), with backoff; 0 = no retries")
 }
 
-// client returns the API client; a malformed URL is a failure (exit 1).
+// client returns the API client; a malformed URL, an unreadable token
+// file or CA certificate is a failure (exit 1).
 func (r *remoteFlags) client() (*apiClient, error) {
 	if r.retryTimeout < 0 {
 		return nil, usageErr("--retry-timeout must not be negative")
 	}
-	c, err := newAPIClient(r.url, r.token)
+	token := r.token
+	if r.tokenFile != "" {
+		if token != "" {
+			return nil, usageErr("give the token either with --token (or STEPFLOW_TOKEN) or with --token-file (or STEPFLOW_TOKEN_FILE), not both")
+		}
+		data, err := os.ReadFile(r.tokenFile)
+		if err != nil {
+			return nil, &ExitError{Code: ExitFailure, Err: fmt.Errorf("--token-file: %w", err)}
+		}
+		if token = strings.TrimSpace(string(data)); token == "" {
+			return nil, &ExitError{Code: ExitFailure, Err: fmt.Errorf("--token-file %s is empty", r.tokenFile)}
+		}
+	}
+	c, err := newAPIClient(r.url, clientOptions{token: token, caCertFile: r.caCert})
 	if err != nil {
 		return nil, &ExitError{Code: ExitFailure, Err: err}
 	}

@@ -43,6 +43,11 @@
 //     to [] for stdio and mcp plugins.
 //   - A relative `workingDirectory` is taken relative to the config file's
 //     directory.
+//   - Plugin processes (stepflow and mcp) start with the few variables of
+//     BaseEnv (PATH, HOME, locale, TZ, TMPDIR) plus their `env`; upstream
+//     passes a stepflow plugin's `env` alone and an mcp plugin the whole
+//     environment. So a component server never sees the worker's secrets
+//     unless its `env` passes them on (docs/security.md).
 //
 // Mock plugins key their behaviours by the component input written as a
 // YAML complex key (`{ input: "a" }: {…}`); Parse keeps those keys as JSON
@@ -140,7 +145,9 @@ type StepflowPlugin struct {
 	Command string
 	// Args are the command's arguments; never nil when Command is set.
 	Args []string
-	// Env is the child's whole environment, in the order written.
+	// Env is added to the child's environment, in the order written. The
+	// child inherits only the BaseEnv variables of the runtime's
+	// environment (see ProcessEnv); upstream passes Env alone.
 	Env []EnvVar
 	// HealthCheck configures health polling of an HTTP subprocess, with
 	// defaults filled in.
@@ -184,7 +191,9 @@ type MCPPlugin struct {
 	Command string
 	// Args are its arguments; never nil.
 	Args []string
-	// Env is added to the inherited environment, in the order written.
+	// Env is added to the child's environment, in the order written. The
+	// child inherits only the BaseEnv variables of the runtime's
+	// environment (see ProcessEnv); upstream passes the whole environment.
 	Env []EnvVar
 	// Timeout bounds each tool call (`timeoutMs`); 0 means none.
 	Timeout time.Duration

@@ -64,6 +64,13 @@ type Config struct {
 	// NATSPort is the embedded server's client port; 0 picks a free one.
 	// Main's --nats-port defaults to DefaultNATSPort (4222).
 	NATSPort int
+	// EmbeddedNATS holds the embedded server's authorization and TLS
+	// settings (ConfigFile, Token, User/Password, NKeys, TLS files); its
+	// StoreDir, Host, Port and Logger are set from the fields above. The
+	// coordinator connects to its embedded server in-process, with
+	// NATSConnect's credentials, else with the server's Token or
+	// User/Password (EmbeddedConfig.ClientAuth). Only without NATSURL.
+	EmbeddedNATS queue.EmbeddedConfig
 	// Queue configures the JetStream layout provisioned at start
 	// (replicas, limits); the zero value is the single-server default.
 	Queue queue.Config
@@ -77,7 +84,12 @@ type Config struct {
 	// AuthToken, when set, is required as "Authorization: Bearer <token>"
 	// on every API call and /metrics, but not on the health checks
 	// (GET /api/v1/health, /healthz, /readyz). Compared in constant time.
+	// See LoadAuthToken for reading it from a file.
 	AuthToken string
+	// TLSCertFile and TLSKeyFile, when set, serve the REST API over HTTPS
+	// with this certificate (PEM; the certificate file may hold the
+	// chain). Both or neither.
+	TLSCertFile, TLSKeyFile string
 
 	// Logger receives the coordinator's logs, named "coordinator".
 	// Default: none.
@@ -214,6 +226,17 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: APIMaxWait must not be negative", ErrInvalidConfig)
 	case c.MetricsRunRetention < 0:
 		return fmt.Errorf("%w: MetricsRunRetention must not be negative", ErrInvalidConfig)
+	}
+	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
+		return fmt.Errorf("%w: HTTPS needs both a certificate and a key (--tls-cert and --tls-key)", ErrInvalidConfig)
+	}
+	if c.NATSURL != "" && (c.EmbeddedNATS.Secured() || c.EmbeddedNATS.TLSCertFile != "" || c.EmbeddedNATS.TLSKeyFile != "") {
+		return fmt.Errorf("%w: the --nats-server-* settings configure the embedded NATS server, which is not started with --nats-url", ErrInvalidConfig)
+	}
+	if c.NATSURL == "" {
+		if err := c.EmbeddedNATS.Validate(); err != nil {
+			return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+		}
 	}
 	if c.NATSURL == "" && c.NATSConnect.InProcess != nil {
 		return fmt.Errorf("%w: NATSConnect.InProcess needs NATSURL (an embedded server is started otherwise)", ErrInvalidConfig)

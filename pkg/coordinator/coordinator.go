@@ -3,6 +3,7 @@ package coordinator
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -22,6 +23,10 @@ import (
 	"github.com/stepflow-go/stepflow/pkg/metrics"
 	"github.com/stepflow-go/stepflow/pkg/queue"
 )
+
+// embeddedConnectTimeout bounds the coordinator's connection to its own
+// embedded NATS server, which is already accepting connections.
+const embeddedConnectTimeout = 10 * time.Second
 
 // Coordinator is the REST API, run bookkeeping and result aggregation of
 // the distributed mode. Create it with New, then Start and Stop it.
@@ -126,7 +131,7 @@ func (c *Coordinator) Port() int {
 }
 
 // URL returns the base URL of the REST API, http://127.0.0.1:<port> when
-// listening on every interface ("" before Start).
+// listening on every interface (https:// with TLS; "" before Start).
 func (c *Coordinator) URL() string {
 	if c.listener == nil {
 		return ""
@@ -135,8 +140,20 @@ func (c *Coordinator) URL() string {
 	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
 		host = "127.0.0.1"
 	}
-	return "http://" + net.JoinHostPort(host, strconv.Itoa(c.Port()))
+	scheme := "http://"
+	if c.cfg.TLSCertFile != "" {
+		scheme = "https://"
+	}
+	return scheme + net.JoinHostPort(host, strconv.Itoa(c.Port()))
 }
+
+// TLS reports whether the REST API is served over HTTPS.
+func (c *Coordinator) TLS() bool { return c.cfg.TLSCertFile != "" }
+
+// EmbeddedNATS returns the embedded NATS server, or nil when the
+// coordinator uses an external one (or before Start). `stepflow serve`
+// connects its in-process workers to it without TCP.
+func (c *Coordinator) EmbeddedNATS() *queue.Embedded { return c.embedded }
 
 // NATSURL returns the URL of the NATS server the coordinator uses: the
 // embedded server's (nats://127.0.0.1:<port>) or the configured one with
@@ -189,29 +206,47 @@ func (c *Coordinator) start(ctx context.Context) error {
 		return fmt.Errorf("coordinator: data dir: %w", err)
 	}
 
+	var tlsCfg *tls.Config
+	if cfg.TLSCertFile != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
+		if err != nil {
+			return fmt.Errorf("coordinator: TLS certificate: %w", err)
+		}
+		tlsCfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+
 	url, copts := cfg.NATSURL, cfg.NATSConnect
+	connectCtx := ctx
 	if url == "" {
-		c.embedded = queue.NewEmbedded(queue.EmbeddedConfig{
-			StoreDir: filepath.Join(cfg.DataDir, "nats"),
-			Host:     cfg.NATSHost,
-			Port:     cfg.NATSPort,
-			Logger:   cfg.Logger,
-		})
+		ec := cfg.EmbeddedNATS
+		ec.StoreDir = filepath.Join(cfg.DataDir, "nats")
+		ec.Host, ec.Port, ec.Logger = cfg.NATSHost, cfg.NATSPort, cfg.Logger
+		c.embedded = queue.NewEmbedded(ec)
 		if err := c.embedded.Start(ctx); err != nil {
 			return fmt.Errorf("coordinator: %w", err)
 		}
-		url = c.embedded.ClientURL()
+		url = c.embedded.InProcessURL()
+		copts = ec.ClientAuth(copts).WithoutTLS()
 		copts.InProcess = c.embedded
+		// The server is up: a connection that fails now is refused
+		// (wrong or missing credentials), and retrying cannot help.
+		var cancel context.CancelFunc
+		connectCtx, cancel = context.WithTimeout(ctx, embeddedConnectTimeout)
+		defer cancel()
 	}
 	copts.Name = "stepflow-coordinator"
 	copts.Logger = cfg.Logger
-	nc, js, err := queue.Connect(ctx, url, copts)
+	nc, js, err := queue.Connect(connectCtx, url, copts)
 	if err != nil {
+		if c.embedded != nil && c.embedded.Secured() && !copts.HasAuth() {
+			return fmt.Errorf("coordinator: the embedded NATS server requires authentication: give the coordinator its credentials (--nats-user/--nats-password, --nats-token, --nats-nkey or --nats-creds): %w", err)
+		}
 		return fmt.Errorf("coordinator: %w", err)
 	}
 	c.nc, c.js = nc, js
-	c.natsURL = url
-	if c.embedded == nil {
+	if c.embedded != nil {
+		c.natsURL = c.embedded.ClientURL()
+	} else {
 		c.natsURL = nc.ConnectedUrlRedacted()
 	}
 
@@ -244,6 +279,9 @@ func (c *Coordinator) start(ctx context.Context) error {
 		return fmt.Errorf("coordinator: listen: %w", err)
 	}
 	c.listener = ln
+	if tlsCfg != nil {
+		ln = tls.NewListener(ln, tlsCfg)
+	}
 	c.id = cmp.Or(cfg.ID, defaultID(cfg.Port))
 	if _, err := c.campaign(ctx); err != nil {
 		return err

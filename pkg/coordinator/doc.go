@@ -135,7 +135,8 @@
 // keys, errors as {"code":<status>,"message":"…"}; see Handler for the
 // routes. Additions: JSONL uploads (Content-Type application/x-ndjson;
 // flowId, maxConcurrency, wait, and overrides and variables as JSON, in
-// the query), "wait": false, Idempotency-Key, PATCH /runs/{id}
+// the query; variables preferably in the Stepflow-Variables header),
+// "wait": false, Idempotency-Key, PATCH /runs/{id}
 // {"maxConcurrency":N}, GET /runs/{id}/events (server-sent events),
 // GET /runs/{id}/items?format=jsonl|offset|limit|status, GET /cluster
 // (streams, run consumers, the worker registry and runs in one answer, for
@@ -145,6 +146,9 @@
 // "redelivered" in the item statistics. With Config.AuthToken set, every
 // call but GET /api/v1/health, /healthz and /readyz needs
 // "Authorization: Bearer <token>", or the runs page's session cookie.
+// Secret variables (and input fields the flow's schema marks
+// `is_secret`) are shown as "[REDACTED]" by GET /runs/{id}. See
+// docs/security.md.
 //
 // # Runs page
 //

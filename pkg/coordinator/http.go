@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"cmp"
 	"context"
+	"crypto/sha256"
 	"crypto/subtle"
 	"errors"
 	"fmt"
@@ -78,14 +79,19 @@ func (c *Coordinator) Handler() http.Handler {
 	return c.forward(c.cors(c.auth(mux)))
 }
 
-// unauthenticated are the paths served without the bearer token: the
-// health checks, which reveal nothing but whether the process is up
-// (probes and load balancers carry no token). /metrics is not among
-// them: run ids and flow names are in its labels.
-var unauthenticated = map[string]bool{"/api/v1/health": true, "/healthz": true, "/readyz": true}
+// unauthenticatedPaths are the only paths served without the bearer
+// token: liveness and readiness checks, which reveal nothing but whether
+// the process is up (probes and load balancers carry no token). /metrics
+// is not among them: run ids and flow names are in its labels. Keep every
+// exemption here (and the runs page's sign-in, uiPublic).
+var unauthenticatedPaths = map[string]bool{
+	"/api/v1/health": true,
+	"/healthz":       true,
+	"/readyz":        true,
+}
 
-// auth requires the bearer token on everything but the health checks and
-// the runs page's sign-in. Without an Authorization header, the runs
+// auth requires the bearer token on everything but unauthenticatedPaths
+// and the runs page's sign-in. Without an Authorization header, the runs
 // page's session cookie is accepted instead; a mutating request on the
 // cookie alone must carry UIHeader (CSRF protection). An unauthenticated
 // page of the runs UI redirects to its sign-in form.
@@ -93,15 +99,18 @@ func (c *Coordinator) auth(next http.Handler) http.Handler {
 	if c.cfg.AuthToken == "" {
 		return next
 	}
-	want := []byte(c.cfg.AuthToken)
+	// Digests of equal length are compared, so that the time taken
+	// reveals neither the token's bytes nor its length.
+	want := sha256.Sum256([]byte(c.cfg.AuthToken))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if unauthenticated[r.URL.Path] || uiPublic(r) {
+		if unauthenticatedPaths[r.URL.Path] || uiPublic(r) {
 			next.ServeHTTP(w, r)
 			return
 		}
 		authz := r.Header.Get("Authorization")
 		got, ok := strings.CutPrefix(authz, "Bearer ")
-		if ok && subtle.ConstantTimeCompare([]byte(strings.TrimSpace(got)), want) == 1 {
+		gotSum := sha256.Sum256([]byte(strings.TrimSpace(got)))
+		if ok && subtle.ConstantTimeCompare(gotSum[:], want[:]) == 1 {
 			next.ServeHTTP(w, r)
 			return
 		}
@@ -132,7 +141,7 @@ func (c *Coordinator) cors(next http.Handler) http.Handler {
 		h.Set("Access-Control-Allow-Origin", "*")
 		if r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
 			h.Set("Access-Control-Allow-Methods", "GET, POST, PATCH, DELETE, OPTIONS")
-			h.Set("Access-Control-Allow-Headers", "Authorization, Content-Type, Idempotency-Key, Last-Event-ID")
+			h.Set("Access-Control-Allow-Headers", "Authorization, Content-Type, Idempotency-Key, Last-Event-ID, "+VariablesHeader)
 			h.Set("Access-Control-Max-Age", "3600")
 			w.WriteHeader(http.StatusNoContent)
 			return
@@ -475,9 +484,16 @@ func submissionFromObject(o *value.Object, inputsKey string) (submission, bool, 
 	return sub, wait, err
 }
 
+// VariablesHeader carries the variables (a JSON object) of a JSONL
+// upload. The query parameter "variables" is accepted too, but variables
+// may be secrets, and URLs end up in proxy and access logs where headers
+// usually do not; `stepflow submit` uses the header.
+const VariablesHeader = "Stepflow-Variables"
+
 // jsonlSubmission reads a JSONL upload: the body has one input per line;
 // flowId, maxConcurrency, wait, overrides and variables are query
-// parameters (the last two as JSON).
+// parameters (the last two as JSON); variables may come in the
+// VariablesHeader instead.
 func (c *Coordinator) jsonlSubmission(r *http.Request) (submission, bool, error) {
 	q := r.URL.Query()
 	sub := submission{FlowID: q.Get("flowId")}
@@ -506,14 +522,21 @@ func (c *Coordinator) jsonlSubmission(r *http.Request) (submission, bool, error)
 		}
 		sub.Overrides = overridesField(v)
 	}
-	if s := q.Get("variables"); s != "" {
-		v, err := value.ParseString(s)
+	vars, where := q.Get("variables"), "query parameter variables"
+	if h := r.Header.Get(VariablesHeader); h != "" {
+		if vars != "" {
+			return sub, false, errorf(ErrInvalidRequest, "variables given both in the query and in the %s header", VariablesHeader)
+		}
+		vars, where = h, VariablesHeader+" header"
+	}
+	if vars != "" {
+		v, err := value.ParseString(vars)
 		if err != nil {
-			return sub, false, errorf(ErrInvalidRequest, "query parameter variables is not JSON: %w", err)
+			return sub, false, errorf(ErrInvalidRequest, "%s is not JSON: %w", where, err)
 		}
 		o, ok := v.(*value.Object)
 		if !ok && v != nil {
-			return sub, false, errorf(ErrInvalidRequest, "query parameter variables must be a JSON object")
+			return sub, false, errorf(ErrInvalidRequest, "%s must be a JSON object", where)
 		}
 		sub.Variables = o
 	}
@@ -730,7 +753,18 @@ func (c *Coordinator) handleGetRun(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	o := summary(rec, c.countsOf(r.Context(), rec))
-	if inputs, ok := c.detailInputs(rec); ok {
+	// Secrets are redacted by the flow's schemas; without the flow, the
+	// inputs are omitted and every variable is redacted.
+	f, _, ferr := c.loadFlow(r.Context(), rec.GetFlowId())
+	if ferr != nil {
+		c.log.Debug("run details without the flow: secrets cannot be told apart, redacting", zap.String("run", rec.GetRunId()), zap.Error(ferr))
+	}
+	if inputs, ok := c.detailInputs(rec); ok && f != nil {
+		if list, isList := inputs.([]value.Value); isList {
+			for i, in := range list {
+				list[i] = f.RedactInput(in)
+			}
+		}
 		o.Set("inputs", inputs)
 	} else {
 		o.Set("inputsOmitted", true)
@@ -742,10 +776,37 @@ func (c *Coordinator) handleGetRun(w http.ResponseWriter, r *http.Request) {
 	}
 	if len(rec.GetVariables()) > 0 {
 		if v, err := value.Parse(rec.GetVariables()); err == nil {
-			o.Set("variables", v)
+			o.Set("variables", redactVariables(f, v))
 		}
 	}
 	writeJSON(w, http.StatusOK, o)
+}
+
+// redactVariables replaces the secret variables of a run (by f's variable
+// schema) with "[REDACTED]"; with no flow, every variable.
+func redactVariables(f *flow.Flow, v value.Value) value.Value {
+	vo, ok := v.(*value.Object)
+	if !ok {
+		return v
+	}
+	vars := make(map[string]value.Value, vo.Len())
+	for i := range vo.Len() {
+		k, x := vo.At(i)
+		vars[k] = x
+	}
+	if f != nil {
+		vars = f.RedactVariables(vars)
+	}
+	out := value.NewObject(vo.Len())
+	for i := range vo.Len() {
+		k, _ := vo.At(i)
+		if f == nil {
+			out.Set(k, flow.Redacted)
+		} else {
+			out.Set(k, vars[k])
+		}
+	}
+	return out
 }
 
 // detailInputs returns the kept inputs of a run.

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/stepflow-go/stepflow/pkg/logging"
+	"github.com/stepflow-go/stepflow/pkg/queue"
 )
 
 // Exit codes of Main.
@@ -33,6 +34,9 @@ const stopTimeout = 30 * time.Second
 type Ready struct {
 	Port    int    `json:"port"`
 	NATSURL string `json:"natsUrl"`
+	// TLS is true when the REST API is served over HTTPS; omitted
+	// otherwise, so the line is unchanged for plain HTTP.
+	TLS bool `json:"tls,omitempty"`
 }
 
 // Main is the coordinator command: it parses args (without the program
@@ -52,10 +56,16 @@ type Ready struct {
 //	--auth-token  bearer token required by the REST API [STEPFLOW_AUTH_TOKEN]
 //	--id          this coordinator's name among those sharing NATS [STEPFLOW_COORDINATOR_ID]
 //	--advertise-url  REST URL other coordinators forward to [STEPFLOW_ADVERTISE_URL]
+//	--auth-token-file  file holding that token [STEPFLOW_AUTH_TOKEN_FILE]
+//	--tls-cert, --tls-key  serve the REST API over HTTPS [STEPFLOW_TLS_CERT, STEPFLOW_TLS_KEY]
+//	--nats-user … --nats-tls-key  NATS client credentials and TLS (queue.RegisterConnectFlags)
+//	--nats-server-config … --nats-server-tls-key  make the embedded NATS
+//	              server require them (queue.RegisterEmbeddedFlags)
 //	--log-level   debug, info, warn or error; default info [STEPFLOW_LOG_LEVEL]
 //
-// Prefer the environment variable for the token: flags are visible to
-// every user of the machine in the process list.
+// Prefer the environment variable or a file for the token: flags are
+// visible to every user of the machine in the process list. Secrets read
+// from the environment are never shown as flag defaults in --help.
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("coordinator", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -74,17 +84,20 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return ExitUsage
 	}
 	var cfg Config
-	fs.StringVar(&cfg.Host, "host", os.Getenv("STEPFLOW_HOST"), `HTTP listen address ("" = every interface)`)
-	fs.IntVar(&cfg.Port, "port", portDefault, "HTTP port (0 = any free port)")
-	fs.StringVar(&cfg.NATSURL, "nats-url", os.Getenv("STEPFLOW_NATS_URL"), `NATS server URL ("" = start an embedded NATS server in the data dir)`)
+	fs.StringVar(&cfg.Host, "host", os.Getenv("STEPFLOW_HOST"), `HTTP listen address ("" = every interface) (env STEPFLOW_HOST)`)
+	fs.IntVar(&cfg.Port, "port", portDefault, "HTTP port (0 = any free port) (env STEPFLOW_PORT)")
+	fs.StringVar(&cfg.NATSURL, "nats-url", os.Getenv(queue.EnvNATSURL), `NATS server URL ("" = start an embedded NATS server in the data dir) (env `+queue.EnvNATSURL+`)`)
+	fs.StringVar(&cfg.NATSHost, "nats-host", os.Getenv("STEPFLOW_NATS_HOST"), `listen address of the embedded NATS server (default 127.0.0.1; "0.0.0.0" lets workers on other machines join) (env STEPFLOW_NATS_HOST)`)
 	fs.IntVar(&cfg.NATSPort, "nats-port", DefaultNATSPort, "client port of the embedded NATS server (0 = any free port)")
-	fs.IntVar(&cfg.Queue.Replicas, "nats-replicas", replicasDefault, "replicas of every JetStream stream and bucket (1 on one server, 3 on a cluster; 0 = 1); applied at start, also to existing streams")
-	fs.StringVar(&cfg.DataDir, "data-dir", envOr("STEPFLOW_DATA_DIR", "stepflow-data"), "directory for results and state (and the embedded NATS store)")
-	fs.StringVar(&cfg.ID, "id", os.Getenv("STEPFLOW_COORDINATOR_ID"), "name of this coordinator among those sharing NATS (default: host name and port)")
-	fs.StringVar(&cfg.AdvertiseURL, "advertise-url", os.Getenv("STEPFLOW_ADVERTISE_URL"), "REST API URL other coordinators forward requests to while this one leads (default: http://<host>:<port>)")
-	fs.StringVar(&cfg.AuthToken, "auth-token", os.Getenv("STEPFLOW_AUTH_TOKEN"), "bearer token required by the REST API (prefer STEPFLOW_AUTH_TOKEN)")
-	level := fs.String("log-level", envOr("STEPFLOW_LOG_LEVEL", "info"), "log level: debug, info, warn or error")
-	format := fs.String("log-format", envOr("STEPFLOW_LOG_FORMAT", "json"), "log format: json or text")
+	fs.IntVar(&cfg.Queue.Replicas, "nats-replicas", replicasDefault, "replicas of every JetStream stream and bucket (1 on one server, 3 on a cluster; 0 = 1); applied at start, also to existing streams (env STEPFLOW_NATS_REPLICAS)")
+	fs.StringVar(&cfg.DataDir, "data-dir", envOr("STEPFLOW_DATA_DIR", "stepflow-data"), "directory for results and state (and the embedded NATS store) (env STEPFLOW_DATA_DIR)")
+	fs.StringVar(&cfg.ID, "id", os.Getenv("STEPFLOW_COORDINATOR_ID"), "name of this coordinator among those sharing NATS (default: host name and port) (env STEPFLOW_COORDINATOR_ID)")
+	fs.StringVar(&cfg.AdvertiseURL, "advertise-url", os.Getenv("STEPFLOW_ADVERTISE_URL"), "REST API URL other coordinators forward requests to while this one leads (default: http://<host>:<port>) (env STEPFLOW_ADVERTISE_URL)")
+	tokenFile := RegisterSecurityFlags(fs, &cfg, os.Getenv)
+	queue.RegisterConnectFlags(fs, &cfg.NATSConnect, os.Getenv)
+	queue.RegisterEmbeddedFlags(fs, &cfg.EmbeddedNATS, os.Getenv)
+	level := fs.String("log-level", envOr("STEPFLOW_LOG_LEVEL", "info"), "log level: debug, info, warn or error (env STEPFLOW_LOG_LEVEL)")
+	format := fs.String("log-format", envOr("STEPFLOW_LOG_FORMAT", "json"), "log format: json or text (env STEPFLOW_LOG_FORMAT)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return ExitOK
@@ -93,6 +106,10 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "coordinator: unexpected arguments %q\n", fs.Args())
+		return ExitUsage
+	}
+	if cfg.AuthToken, err = LoadAuthToken(cfg.AuthToken, *tokenFile); err != nil {
+		fmt.Fprintf(stderr, "coordinator: %v\n", err)
 		return ExitUsage
 	}
 	log, err := logging.New(*level, *format, stderr)
@@ -112,7 +129,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		log.Error("cannot start", zap.Error(err))
 		return ExitFailure
 	}
-	line, _ := json.Marshal(Ready{Port: c.Port(), NATSURL: c.NATSURL()})
+	line, _ := json.Marshal(Ready{Port: c.Port(), NATSURL: c.NATSURL(), TLS: c.TLS()})
 	if _, err := fmt.Fprintf(stdout, "%s\n", line); err != nil {
 		log.Error("cannot write the ready line", zap.Error(err))
 	}

@@ -73,6 +73,9 @@ type Options struct {
 	// LookupEnv reads the environment (OPENAI_API_KEY, OPENAI_API_BASE);
 	// default os.LookupEnv.
 	LookupEnv func(string) (string, bool)
+	// ConfineFiles confines /builtin/load_file to WorkingDir
+	// (pluginapi.Host.ConfineFiles).
+	ConfineFiles bool
 	// Runs is the run machinery for component callbacks; nil for none.
 	Runs Runs
 	// Factories adds or replaces plugin types.
@@ -180,7 +183,7 @@ func pluginError(cfg *config.Config, pc *config.Plugin, err error) error {
 }
 
 func (o Options) host(cfg *config.Config) (Host, error) {
-	h := Host{Blobs: o.Blobs, WorkingDir: o.WorkingDir, Logger: o.Logger, HTTPClient: o.HTTPClient, LookupEnv: o.LookupEnv, Runs: o.Runs}
+	h := Host{Blobs: o.Blobs, WorkingDir: o.WorkingDir, Logger: o.Logger, HTTPClient: o.HTTPClient, LookupEnv: o.LookupEnv, Runs: o.Runs, ConfineFiles: o.ConfineFiles}
 	if h.Blobs == nil {
 		h.Blobs = blob.NewMemory()
 	}

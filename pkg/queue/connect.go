@@ -4,6 +4,8 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	neturl "net/url"
+	"strings"
 	"sync"
 	"time"
 
@@ -63,9 +65,10 @@ type ConnectOptions struct {
 // allowed) and returns the connection and a JetStream handle on it (the
 // jetstream package API). If the server is not reachable yet, Connect keeps
 // trying until ctx ends, so that a worker started before NATS waits for it
-// rather than failing; the error then includes the last connection error
-// (an authorization failure, for instance). After the first connection
-// the client reconnects forever.
+// rather than failing; the error then includes the last connection error.
+// A server that refuses the credentials twice ends the wait at once with
+// that error (nats.ErrAuthorization, for instance). After the first
+// connection the client reconnects forever.
 //
 // The caller closes the connection (nc.Drain or nc.Close) when done.
 func Connect(ctx context.Context, url string, opts ConnectOptions) (*nats.Conn, jetstream.JetStream, error) {
@@ -75,6 +78,11 @@ func Connect(ctx context.Context, url string, opts ConnectOptions) (*nats.Conn, 
 	}
 	log = log.Named("nats")
 	connected := make(chan struct{}, 1)
+	// closed: the client gave up, which it does before the first
+	// connection only when the server refused the same credentials twice
+	// (nats.go's auth-error abort): retrying cannot help.
+	closed := make(chan struct{})
+	var closedOnce sync.Once
 	var lastErr connErr
 	no := []nats.Option{
 		nats.Name(cmp.Or(opts.Name, "stepflow")),
@@ -106,6 +114,7 @@ func Connect(ctx context.Context, url string, opts ConnectOptions) (*nats.Conn, 
 			log.Info("reconnected to NATS", zap.String("url", nc.ConnectedUrlRedacted()))
 		}),
 		nats.ClosedHandler(func(nc *nats.Conn) {
+			closedOnce.Do(func() { close(closed) })
 			if err := nc.LastError(); err != nil {
 				log.Info("NATS connection closed", zap.Error(err))
 			} else {
@@ -161,19 +170,25 @@ func Connect(ctx context.Context, url string, opts ConnectOptions) (*nats.Conn, 
 
 	nc, err := nats.Connect(url, no...)
 	if err != nil {
-		return nil, nil, fmt.Errorf("queue: connect to NATS at %s: %w", url, err)
+		return nil, nil, fmt.Errorf("queue: connect to NATS at %s: %w", RedactURL(url), err)
 	}
 	if !nc.IsConnected() {
 		log.Info("NATS not reachable yet; retrying", zap.Error(nc.LastError()))
 		select {
 		case <-connected:
+		case <-closed:
+			last := cmp.Or(lastErr.get(), nc.LastError())
+			if last == nil {
+				last = nats.ErrConnectionClosed
+			}
+			return nil, nil, fmt.Errorf("queue: connect to NATS at %s: %w", RedactURL(url), last)
 		case <-ctx.Done():
 			last := cmp.Or(lastErr.get(), nc.LastError())
 			nc.Close()
 			if last != nil {
-				return nil, nil, fmt.Errorf("queue: connect to NATS at %s: %w (last error: %w)", url, context.Cause(ctx), last)
+				return nil, nil, fmt.Errorf("queue: connect to NATS at %s: %w (last error: %w)", RedactURL(url), context.Cause(ctx), last)
 			}
-			return nil, nil, fmt.Errorf("queue: connect to NATS at %s: %w", url, context.Cause(ctx))
+			return nil, nil, fmt.Errorf("queue: connect to NATS at %s: %w", RedactURL(url), context.Cause(ctx))
 		}
 	}
 	js, err := jetstream.New(nc,
@@ -185,6 +200,29 @@ func Connect(ctx context.Context, url string, opts ConnectOptions) (*nats.Conn, 
 		return nil, nil, fmt.Errorf("queue: JetStream: %w", err)
 	}
 	return nc, js, nil
+}
+
+// RedactURL returns a NATS URL (or comma-separated list) with the
+// password or token of each URL replaced by "xxxxx", so that credentials
+// written into a URL never reach a log or an error.
+func RedactURL(urls string) string {
+	parts := strings.Split(urls, ",")
+	for i, p := range parts {
+		u, err := neturl.Parse(strings.TrimSpace(p))
+		if err != nil || u.User == nil {
+			if err != nil && strings.Contains(p, "@") {
+				parts[i] = "[unparsable URL with credentials]"
+			}
+			continue
+		}
+		if _, ok := u.User.Password(); ok {
+			u.User = neturl.UserPassword(u.User.Username(), "xxxxx")
+		} else {
+			u.User = neturl.User("xxxxx") // a token
+		}
+		parts[i] = u.String()
+	}
+	return strings.Join(parts, ",")
 }
 
 // connErr remembers the last connection error for Connect's report.

@@ -104,4 +104,16 @@
 // Connect returns a *nats.Conn that reconnects forever and a JetStream
 // handle of the jetstream package (not the legacy JetStreamContext).
 // Embedded runs an in-process nats-server for a single machine and tests.
+//
+// # Authentication and TLS
+//
+// ConnectOptions carries a client's credentials (user/password, token,
+// nkey seed file, creds file) and TLS files; RegisterConnectFlags
+// registers them as the --nats-* flags (and STEPFLOW_NATS_* variables)
+// that the worker, the coordinator and `stepflow serve` share.
+// EmbeddedConfig makes the embedded server require credentials and TLS,
+// from a nats-server config file (ConfigFile: users with permissions,
+// accounts, operator mode) or simple settings (RegisterEmbeddedFlags).
+// deploy/nats/auth.conf is the permission set of a worker user; see
+// docs/security.md.
 package queue

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -35,6 +36,19 @@ type EmbeddedConfig struct {
 	// ServerName names the server in logs and advisories. Default
 	// "stepflow-embedded".
 	ServerName string
+
+	// ConfigFile is a nats-server configuration file
+	// (https://docs.nats.io/running-a-nats-service/configuration) read for
+	// everything about who may connect and how: `authorization` (users
+	// with permissions, nkeys, tokens), `accounts`, operator mode
+	// (`operator`, `resolver`), `tls`, limits, monitoring. stepflow then
+	// sets what it owns on top: JetStream on, StoreDir, the sync settings,
+	// Host, Port and DontListen (a `listen`/`port` in the file is
+	// ignored), ServerName unless the file names the server, and
+	// MaxPayload when set. Users defined under `accounts` need
+	// `jetstream: enabled` in their account. Not combinable with Token,
+	// User/Password or NKeys. See docs/security.md.
+	ConfigFile string
 
 	// Token requires clients to present this token. Mutually exclusive
 	// with User/Password and NKeys.
@@ -107,19 +121,17 @@ func NewEmbedded(cfg EmbeddedConfig) *Embedded {
 	return &Embedded{cfg: cfg, log: log.Named("nats-server")}
 }
 
-// options builds the server options from the config.
-func (e *Embedded) options() (*server.Options, error) {
-	c := e.cfg
-	if c.StoreDir == "" {
-		return nil, fmt.Errorf("%w: embedded NATS server needs a StoreDir", ErrInvalidConfig)
-	}
+// Validate reports settings that cannot work together, without reading
+// any file (Start reads ConfigFile and the TLS files). A StoreDir is not
+// required here: embedders set it last.
+func (c EmbeddedConfig) Validate() error {
 	auth := 0
 	if c.Token != "" {
 		auth++
 	}
 	if c.User != "" || c.Password != "" {
 		if c.User == "" || c.Password == "" {
-			return nil, fmt.Errorf("%w: embedded NATS server needs both User and Password", ErrInvalidConfig)
+			return fmt.Errorf("%w: embedded NATS server needs both User and Password", ErrInvalidConfig)
 		}
 		auth++
 	}
@@ -127,28 +139,52 @@ func (e *Embedded) options() (*server.Options, error) {
 		auth++
 	}
 	if auth > 1 {
-		return nil, fmt.Errorf("%w: embedded NATS server takes one of Token, User/Password or NKeys", ErrInvalidConfig)
+		return fmt.Errorf("%w: embedded NATS server takes one of Token, User/Password or NKeys", ErrInvalidConfig)
+	}
+	if auth > 0 && c.ConfigFile != "" {
+		return fmt.Errorf("%w: embedded NATS server: a config file (--nats-server-config) sets authorization itself; drop the token, user or nkeys", ErrInvalidConfig)
 	}
 	if c.Port < 0 || c.Port > 65535 {
-		return nil, fmt.Errorf("%w: port %d out of range", ErrInvalidConfig, c.Port)
+		return fmt.Errorf("%w: port %d out of range", ErrInvalidConfig, c.Port)
 	}
-	o := &server.Options{
-		ServerName:         cmp.Or(c.ServerName, "stepflow-embedded"),
-		Host:               cmp.Or(c.Host, "127.0.0.1"),
-		Port:               c.Port,
-		DontListen:         c.DontListen,
-		JetStream:          true,
-		StoreDir:           c.StoreDir,
-		SyncInterval:       c.SyncInterval,
-		SyncAlways:         c.SyncAlways,
-		JetStreamMaxMemory: c.MaxMemory,
-		JetStreamMaxStore:  c.MaxStore,
-		MaxPayload:         c.MaxPayload,
-		NoSigs:             true, // signals belong to main
-		Authorization:      c.Token,
-		Username:           c.User,
-		Password:           c.Password,
-		HTTPPort:           0, // no monitoring port
+	if c.TLSConfig == nil && (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
+		return fmt.Errorf("%w: embedded NATS server TLS needs both a certificate and a key", ErrInvalidConfig)
+	}
+	return nil
+}
+
+// options builds the server options from the config.
+func (e *Embedded) options() (*server.Options, error) {
+	c := e.cfg
+	if c.StoreDir == "" {
+		return nil, fmt.Errorf("%w: embedded NATS server needs a StoreDir", ErrInvalidConfig)
+	}
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	o := &server.Options{}
+	if c.ConfigFile != "" {
+		var err error
+		if o, err = server.ProcessConfigFile(c.ConfigFile); err != nil {
+			return nil, fmt.Errorf("%w: embedded NATS server config: %w", ErrInvalidConfig, err)
+		}
+	}
+	o.ServerName = cmp.Or(o.ServerName, c.ServerName, "stepflow-embedded")
+	o.Host = cmp.Or(c.Host, "127.0.0.1")
+	o.Port = c.Port
+	o.DontListen = c.DontListen
+	o.JetStream = true
+	o.StoreDir = c.StoreDir
+	o.SyncInterval = c.SyncInterval
+	o.SyncAlways = c.SyncAlways
+	o.JetStreamMaxMemory = cmp.Or(c.MaxMemory, o.JetStreamMaxMemory)
+	o.JetStreamMaxStore = cmp.Or(c.MaxStore, o.JetStreamMaxStore)
+	o.MaxPayload = cmp.Or(c.MaxPayload, o.MaxPayload)
+	o.NoSigs = true // signals belong to main
+	if c.ConfigFile == "" {
+		o.Authorization = c.Token
+		o.Username = c.User
+		o.Password = c.Password
 	}
 	if o.Port == 0 {
 		o.Port = server.RANDOM_PORT
@@ -174,7 +210,7 @@ func (e *Embedded) options() (*server.Options, error) {
 	case c.TLSVerifyClients || c.TLSCAFile != "":
 		return nil, fmt.Errorf("%w: TLS client verification needs TLSCertFile and TLSKeyFile", ErrInvalidConfig)
 	}
-	if o.TLS {
+	if o.TLS && o.TLSTimeout == 0 {
 		o.TLSTimeout = 2 // seconds, the server default
 	}
 	return o, nil
@@ -280,6 +316,14 @@ func (e *Embedded) clientURL(s *server.Server) string {
 	return u.String()
 }
 
+// InProcessURL is the URL to pass to Connect with ConnectOptions.InProcess
+// set: ClientURL with the nats:// scheme, since an in-process connection
+// never uses TLS (a tls:// URL would make the client insist on it); "" with
+// DontListen. Only logs show it: the connection bypasses TCP.
+func (e *Embedded) InProcessURL() string {
+	return strings.Replace(e.ClientURL(), "tls://", "nats://", 1)
+}
+
 // InProcessConn returns a connection to the server that bypasses TCP
 // (nats.InProcessConnProvider).
 func (e *Embedded) InProcessConn() (net.Conn, error) {
@@ -291,6 +335,9 @@ func (e *Embedded) InProcessConn() (net.Conn, error) {
 	}
 	return s.InProcessConn()
 }
+
+// Secured reports whether the server requires clients to authenticate.
+func (e *Embedded) Secured() bool { return e.cfg.Secured() }
 
 // Server returns the running nats-server, or nil; for diagnostics.
 func (e *Embedded) Server() *server.Server {

@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"math/big"
 	"net"
 	"os"
@@ -51,17 +52,21 @@ func connectOK(t *testing.T, url string, opts queue.ConnectOptions) {
 }
 
 // connectFails checks that a connection with opts is refused: Connect
-// keeps retrying until its context ends, then reports the last error.
+// returns at once when the server refused the credentials (twice), and
+// otherwise keeps retrying until its context ends, then reports the last
+// error.
 func connectFails(t *testing.T, url string, opts queue.ConnectOptions) error {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(testCtx(t), 500*time.Millisecond)
+	ctx, cancel := context.WithTimeout(testCtx(t), 5*time.Second)
 	defer cancel()
 	nc, _, err := queue.Connect(ctx, url, opts)
 	if nc != nil {
 		nc.Close()
 	}
 	require.Error(t, err)
-	require.ErrorIs(t, err, context.DeadlineExceeded)
+	if !errors.Is(err, nats.ErrAuthorization) {
+		require.ErrorIs(t, err, context.DeadlineExceeded)
+	}
 	return err
 }
 
@@ -71,8 +76,11 @@ func TestEmbeddedAuth(t *testing.T) {
 		t.Parallel()
 		srv := startEmbedded(t, queue.EmbeddedConfig{Token: "s3cret"})
 		connectOK(t, srv.ClientURL(), queue.ConnectOptions{Token: "s3cret"})
+		start := time.Now()
 		err := connectFails(t, srv.ClientURL(), queue.ConnectOptions{Token: "wrong"})
-		require.ErrorIs(t, err, nats.ErrAuthorization, "the last connection error is reported")
+		require.ErrorIs(t, err, nats.ErrAuthorization, "the server's refusal is reported")
+		require.NotErrorIs(t, err, context.DeadlineExceeded, "refused credentials end the wait at once")
+		require.Less(t, time.Since(start), 4*time.Second)
 	})
 	t.Run("user-password", func(t *testing.T) {
 		t.Parallel()
@@ -126,6 +134,61 @@ func TestEmbeddedAuth(t *testing.T) {
 		_, _, err := queue.Connect(testCtx(t), "", queue.ConnectOptions{})
 		require.ErrorIs(t, err, queue.ErrInvalidConfig)
 	})
+}
+
+// TestEmbeddedConfigFile: a nats-server config file sets authorization
+// (users with permissions) for the embedded server; stepflow's host, port
+// and JetStream settings apply on top of it, and in-process clients
+// authenticate too.
+func TestEmbeddedConfigFile(t *testing.T) {
+	t.Parallel()
+	conf := filepath.Join(t.TempDir(), "server.conf")
+	require.NoError(t, os.WriteFile(conf, []byte(`
+listen: 127.0.0.1:1   # ignored: stepflow sets host and port
+server_name: from-file
+authorization {
+  users: [
+    { user: admin, password: adminpw }
+    { user: reader, password: readerpw, permissions: { publish: ["$JS.API.INFO"], subscribe: ["_INBOX.>"] } }
+  ]
+}
+`), 0o600))
+	srv := startEmbedded(t, queue.EmbeddedConfig{ConfigFile: conf})
+	require.True(t, srv.Secured())
+	require.Equal(t, "from-file", srv.Server().Name())
+	require.NotContains(t, srv.ClientURL(), ":1", srv.ClientURL())
+	connectOK(t, srv.ClientURL(), queue.ConnectOptions{User: "admin", Password: "adminpw"})
+	connectOK(t, "", queue.ConnectOptions{User: "reader", Password: "readerpw", InProcess: srv})
+	connectFails(t, "", queue.ConnectOptions{InProcess: srv}) // in-process clients authenticate too
+
+	// The reader may not create a stream.
+	nc, js, err := queue.Connect(testCtx(t), srv.ClientURL(), queue.ConnectOptions{User: "reader", Password: "readerpw"})
+	require.NoError(t, err)
+	defer nc.Close()
+	ctx, cancel := context.WithTimeout(testCtx(t), time.Second)
+	defer cancel()
+	_, err = js.CreateStream(ctx, jetstream.StreamConfig{Name: "X", Subjects: []string{"x"}})
+	require.Error(t, err)
+
+	for _, cfg := range []queue.EmbeddedConfig{
+		{StoreDir: t.TempDir(), ConfigFile: conf, Token: "t"},
+		{StoreDir: t.TempDir(), ConfigFile: filepath.Join(t.TempDir(), "missing.conf")},
+		{StoreDir: t.TempDir(), TLSCertFile: "cert.pem"},
+	} {
+		require.ErrorIs(t, queue.NewEmbedded(cfg).Start(testCtx(t)), queue.ErrInvalidConfig, "%+v", cfg)
+	}
+}
+
+// TestEmbeddedClientAuth: a process that starts a secured server logs in
+// with the server's simple credentials unless it names its own.
+func TestEmbeddedClientAuth(t *testing.T) {
+	t.Parallel()
+	require.Equal(t, queue.ConnectOptions{Token: "t"}, queue.EmbeddedConfig{Token: "t"}.ClientAuth(queue.ConnectOptions{}))
+	require.Equal(t, queue.ConnectOptions{User: "u", Password: "p"}, queue.EmbeddedConfig{User: "u", Password: "p"}.ClientAuth(queue.ConnectOptions{}))
+	own := queue.ConnectOptions{NKeySeedFile: "x.nk"}
+	require.Equal(t, own, queue.EmbeddedConfig{Token: "t"}.ClientAuth(own))
+	require.Equal(t, queue.ConnectOptions{}, queue.EmbeddedConfig{ConfigFile: "f"}.ClientAuth(queue.ConnectOptions{}))
+	require.Equal(t, queue.ConnectOptions{Token: "t"}, queue.ConnectOptions{Token: "t", TLSCAFile: "ca", TLSCertFile: "c", TLSKeyFile: "k"}.WithoutTLS())
 }
 
 func TestConnectWaitsForServer(t *testing.T) {

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/stepflow-go/stepflow/pkg/logging"
+	"github.com/stepflow-go/stepflow/pkg/queue"
 )
 
 // Exit codes of Main.
@@ -48,15 +49,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		logLevel  string
 		logFormat string
 	)
-	fs.StringVar(&cfg.NATSURL, "nats-url", env("STEPFLOW_NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL(s), comma-separated (env STEPFLOW_NATS_URL)")
-	fs.StringVar(&cfg.NATS.CredsFile, "nats-creds", env("STEPFLOW_NATS_CREDS", ""), "NATS credentials file (env STEPFLOW_NATS_CREDS)")
-	fs.StringVar(&cfg.NATS.NKeySeedFile, "nats-nkey", env("STEPFLOW_NATS_NKEY", ""), "NATS nkey seed file (env STEPFLOW_NATS_NKEY)")
-	fs.StringVar(&cfg.NATS.Token, "nats-token", env("STEPFLOW_NATS_TOKEN", ""), "NATS token (env STEPFLOW_NATS_TOKEN)")
-	fs.StringVar(&cfg.NATS.User, "nats-user", env("STEPFLOW_NATS_USER", ""), "NATS user (env STEPFLOW_NATS_USER)")
-	fs.StringVar(&cfg.NATS.Password, "nats-password", env("STEPFLOW_NATS_PASSWORD", ""), "NATS password (env STEPFLOW_NATS_PASSWORD)")
-	fs.StringVar(&cfg.NATS.TLSCAFile, "nats-tls-ca", env("STEPFLOW_NATS_TLS_CA", ""), "CA of the NATS server certificate; requires TLS (env STEPFLOW_NATS_TLS_CA)")
-	fs.StringVar(&cfg.NATS.TLSCertFile, "nats-tls-cert", env("STEPFLOW_NATS_TLS_CERT", ""), "client certificate for mutual TLS (env STEPFLOW_NATS_TLS_CERT)")
-	fs.StringVar(&cfg.NATS.TLSKeyFile, "nats-tls-key", env("STEPFLOW_NATS_TLS_KEY", ""), "client key for mutual TLS (env STEPFLOW_NATS_TLS_KEY)")
+	fs.StringVar(&cfg.NATSURL, "nats-url", env(queue.EnvNATSURL, "nats://127.0.0.1:4222"), "NATS server URL(s), comma-separated (env "+queue.EnvNATSURL+")")
+	queue.RegisterConnectFlags(fs, &cfg.NATS, os.Getenv)
 	fs.StringVar(&cfg.ConfigPath, "config", env("STEPFLOW_CONFIG", ""), "stepflow-config.yml naming the component servers; default: builtins only (env STEPFLOW_CONFIG)")
 	fs.IntVar(&cfg.Concurrency, "concurrency", envInt("STEPFLOW_WORKER_CONCURRENCY", runtime.NumCPU()), "items executed at once (env STEPFLOW_WORKER_CONCURRENCY)")
 	fs.IntVar(&cfg.HealthPort, "health-port", envInt("STEPFLOW_HEALTH_PORT", 0), "serve /healthz, /readyz and /metrics on this port; 0 = none (env STEPFLOW_HEALTH_PORT)")

@@ -226,8 +226,12 @@ func (w *Worker) start(ctx context.Context) error {
 		Blobs:      w.blobs,
 		Logger:     w.cfg.Logger,
 		WorkingDir: wd,
-		Runs:       nested,
-		Factories:  w.cfg.PluginFactories,
+		// Flows come through the API: they read files of the working
+		// directory only, never the worker's own (its environment in
+		// /proc/self/environ holds its credentials).
+		ConfineFiles: true,
+		Runs:         nested,
+		Factories:    w.cfg.PluginFactories,
 	})
 	if err != nil {
 		return fmt.Errorf("worker: start plugins: %w", err)

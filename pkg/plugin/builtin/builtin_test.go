@@ -318,6 +318,34 @@ func TestLoadFile(t *testing.T) {
 	}
 }
 
+// TestLoadFileConfined: with Host.ConfineFiles (workers), /load_file reads
+// inside the working directory only: absolute paths, ".." and symlinks
+// leading out fail, so a submitted flow cannot read the worker's files
+// (such as its environment in /proc/self/environ).
+func TestLoadFileConfined(t *testing.T) {
+	t.Parallel()
+	dir, outside := t.TempDir(), t.TempDir()
+	require.NoError(t, os.MkdirAll(filepath.Join(dir, "sub"), 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "sub", "d.json"), []byte(`{"a":1}`), 0o600))
+	require.NoError(t, os.WriteFile(filepath.Join(outside, "secret.txt"), []byte("s3cret"), 0o600))
+	require.NoError(t, os.Symlink(filepath.Join(outside, "secret.txt"), filepath.Join(dir, "link.txt")))
+	p := builtin.New(pluginapi.Host{WorkingDir: dir, ConfineFiles: true})
+	c, err := p.Component(builtin.LoadFile)
+	require.NoError(t, err)
+	call := func(path string) (outcome.Result, error) {
+		return c.Execute(context.Background(), &executor.Request{RunID: "r", StepID: "s", Path: "/builtin/load_file",
+			Input: value.ObjectOf("path", path), Attempt: 1})
+	}
+	res, err := call("sub/d.json")
+	require.NoError(t, err)
+	require.Equal(t, `{"data":{"a":1},"metadata":{"resolved_path":"`+dir+`/sub/d.json","size_bytes":7,"format":"json"}}`, value.String(res.Value))
+	for _, path := range []string{"/proc/self/environ", filepath.Join(outside, "secret.txt"), "../" + filepath.Base(outside) + "/secret.txt", "link.txt", "sub/../../x"} {
+		res, err := call(path)
+		require.ErrorIs(t, err, builtin.ErrInvalidInput, path)
+		require.Nil(t, res.Value, path)
+	}
+}
+
 // fakeOpenAI is a local stand-in for the chat completions API.
 type fakeOpenAI struct {
 	t      *testing.T

@@ -40,14 +40,28 @@ func (p *Plugin) loadFile(_ context.Context, req *executor.Request) (outcome.Res
 		return outcome.Result{}, invalidInput("`format`: expected json, yaml or text, got %q", format)
 	}
 	resolved := joinPath(p.host.WorkingDir, path)
-	st, err := os.Stat(resolved)
+	target, stat, readFile := resolved, os.Stat, os.ReadFile
+	if p.host.ConfineFiles {
+		// os.Root refuses absolute paths, ".." and symlinks that leave
+		// the working directory.
+		root, err := os.OpenRoot(p.host.WorkingDir)
+		if err != nil {
+			return outcome.Result{}, &Error{Kind: ErrInvalidInput, Detail: "cannot open the working directory", Err: err}
+		}
+		defer root.Close()
+		if filepath.IsAbs(path) {
+			return outcome.Result{}, invalidInput("path %q: this runtime reads files inside its working directory only (a relative path)", path)
+		}
+		target, stat, readFile = path, root.Stat, root.ReadFile
+	}
+	st, err := stat(target)
 	if err != nil {
 		return outcome.Result{}, &Error{Kind: ErrInvalidInput, Detail: "cannot read " + resolved, Err: err}
 	}
 	if st.Size() > maxLoadFile {
 		return outcome.Result{}, invalidInput("file %s is larger than %d bytes", resolved, maxLoadFile)
 	}
-	raw, err := os.ReadFile(resolved)
+	raw, err := readFile(target)
 	if err != nil {
 		return outcome.Result{}, &Error{Kind: ErrInvalidInput, Detail: "cannot read " + resolved, Err: err}
 	}

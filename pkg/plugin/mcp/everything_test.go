@@ -9,6 +9,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -227,7 +229,14 @@ func TestEverythingEnvWorkingDirAndStderr(t *testing.T) {
 		Args: []string{"dist/index.js", "stdio"},
 		Env:  []config.EnvVar{{Name: "MCP_TEST_VAR", Value: "hello"}, {Name: "MCP_TEST_OTHER", Value: "x=y"}},
 	}
-	host := pluginapi.Host{WorkingDir: everythingDir(t), Logger: zap.New(core).With(zap.String("plugin", "everything"))}
+	// The runtime's environment, as the worker would see it: the base
+	// variables pass, its secrets do not.
+	runtimeEnv := map[string]string{
+		"PATH": os.Getenv("PATH"), "HOME": "/home/stepflow", "LANG": "C.UTF-8",
+		"STEPFLOW_AUTH_TOKEN": "leaked-token", "STEPFLOW_NATS_PASSWORD": "leaked-password", "AWS_SECRET_ACCESS_KEY": "leaked-key",
+	}
+	lookup := func(k string) (string, bool) { v, ok := runtimeEnv[k]; return v, ok }
+	host := pluginapi.Host{WorkingDir: everythingDir(t), Logger: zap.New(core).With(zap.String("plugin", "everything")), LookupEnv: lookup}
 	p := newPlugin(t, mc, host, testOptions)
 	require.NoError(t, p.Start(context.Background()))
 
@@ -237,7 +246,11 @@ func TestEverythingEnvWorkingDirAndStderr(t *testing.T) {
 	require.NoError(t, json.Unmarshal([]byte(text(t, res.Value)), &env))
 	require.Equal(t, "hello", env["MCP_TEST_VAR"])
 	require.Equal(t, "x=y", env["MCP_TEST_OTHER"])
-	require.NotEmpty(t, env["PATH"], "the environment is inherited")
+	require.Equal(t, runtimeEnv["PATH"], env["PATH"], "base variables are passed on")
+	require.Equal(t, "/home/stepflow", env["HOME"])
+	for k := range env {
+		require.True(t, slices.Contains(config.BaseEnv, k) || strings.HasPrefix(k, "MCP_TEST_"), "%s reached the server", k)
+	}
 
 	require.NoError(t, p.Close())
 	// The server's stderr went to the log, at debug level by default.

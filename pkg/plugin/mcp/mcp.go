@@ -7,14 +7,16 @@
 //	    type: mcp
 //	    command: npx
 //	    args: ["-y", "@modelcontextprotocol/server-filesystem", "/tmp"]
-//	    env: { K: "${HOME}" }     # added to the inherited environment
+//	    env: { K: "${HOME}" }     # added to the base environment (config.BaseEnv)
 //	    timeoutMs: 30000         # per tool call; 0 or absent = none
 //
 // # Process
 //
 // The server runs `command args…` in the config's working directory with
-// the runtime's environment plus the configured env, in its own process
-// group. Its stderr is logged line by line (debug level, info when
+// the base variables of the runtime's environment (config.BaseEnv: PATH,
+// HOME, locale, …) plus the configured env, never the whole environment
+// (upstream passes it all; the worker's secrets stay in the worker), in
+// its own process group. Its stderr is logged line by line (debug level, info when
 // STEPFLOW_COMPONENT_STDERR=verbose). Close closes its stdin, sends
 // SIGTERM to the group, SIGKILL after a grace period (2 s), and waits for
 // it.
@@ -236,10 +238,7 @@ func New(cfg *config.Plugin, host pluginapi.Host, opts Options) (*Plugin, error)
 	if v, _ := lookup("STEPFLOW_COMPONENT_STDERR"); v == "verbose" {
 		level = zapcore.InfoLevel
 	}
-	env := os.Environ()
-	for _, e := range mc.Env {
-		env = append(env, e.Name+"="+e.Value) // later entries win
-	}
+	env := config.ProcessEnv(mc.Env, lookup) // never the whole environment
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Plugin{
 		name:        cfg.Name,

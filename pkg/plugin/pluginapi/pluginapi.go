@@ -60,6 +60,11 @@ type Host struct {
 	// WorkingDir is the config's working directory: the base of
 	// /builtin/load_file paths and the cwd of plugin processes.
 	WorkingDir string
+	// ConfineFiles confines /builtin/load_file to WorkingDir: no absolute
+	// paths, no "..", no symlinks leading out. Workers set it, because
+	// they run flows submitted through the API, which must not read the
+	// worker's files (its /proc/self/environ holds its credentials).
+	ConfineFiles bool
 	// Logger is named for the plugin.
 	Logger *zap.Logger
 	// HTTPClient is used for outgoing HTTP (OpenAI, remote servers).

@@ -132,6 +132,8 @@ type envOptions struct {
 	opts   *stepflow.Options
 	// extraEnv is added to the child's environment.
 	extraEnv map[string]string
+	// lookupEnv is the runtime's environment (plugin.Options.LookupEnv).
+	lookupEnv func(string) (string, bool)
 }
 
 func newEnv(t *testing.T, s sdk, eo envOptions) *env {
@@ -165,7 +167,7 @@ func newEnv(t *testing.T, s sdk, eo envOptions) *env {
 		opts = *eo.opts
 	}
 	po := plugin.Options{
-		Blobs: e.blobs, WorkingDir: testdataDir(t), Logger: log,
+		Blobs: e.blobs, WorkingDir: testdataDir(t), Logger: log, LookupEnv: eo.lookupEnv,
 		Factories: map[config.PluginType]plugin.Factory{config.TypeStepflow: stepflow.NewFactory(opts)},
 	}
 	if !eo.noRuns {

@@ -184,7 +184,7 @@ func (p *Plugin) connectRemote(ctx context.Context, gen int) (*instance, error) 
 }
 
 func (p *Plugin) launchHTTP(ctx context.Context, gen int) (*instance, error) {
-	pr, ps, err := startProcess(p.cfg, p.host.WorkingDir, false, 0, p.log)
+	pr, ps, err := startProcess(p.cfg, config.ProcessEnv(p.cfg.Env, p.host.LookupEnv), p.host.WorkingDir, false, 0, p.log)
 	if err != nil {
 		return nil, err
 	}
@@ -294,7 +294,7 @@ func (p *Plugin) waitHealthy(ctx context.Context, in *instance) error {
 }
 
 func (p *Plugin) launchStdio(ctx context.Context, gen int) (*instance, error) {
-	pr, ps, err := startProcess(p.cfg, p.host.WorkingDir, true, stdoutPipeSize, p.log)
+	pr, ps, err := startProcess(p.cfg, config.ProcessEnv(p.cfg.Env, p.host.LookupEnv), p.host.WorkingDir, true, stdoutPipeSize, p.log)
 	if err != nil {
 		return nil, err
 	}

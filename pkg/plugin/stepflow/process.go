@@ -96,18 +96,18 @@ type pipes struct {
 	stdin  io.WriteCloser // write end; nil unless requested
 }
 
-// startProcess starts cfg.Command with cfg.Args in dir with only cfg.Env,
-// in its own process group. stdout and stderr are pipes; stdin is a pipe
-// when withStdin, else /dev/null. stdoutSize > 0 raises the stdout pipe
-// to that size first.
-func startProcess(cfg *config.StepflowPlugin, dir string, withStdin bool, stdoutSize int, log *zap.Logger) (*process, pipes, error) {
+// startProcess starts cfg.Command with cfg.Args in dir with the
+// environment env (config.ProcessEnv: the base variables and cfg.Env,
+// never the worker's whole environment), in its own process group.
+// stdout and stderr are pipes; stdin is a pipe when withStdin, else
+// /dev/null. stdoutSize > 0 raises the stdout pipe to that size first.
+func startProcess(cfg *config.StepflowPlugin, env []string, dir string, withStdin bool, stdoutSize int, log *zap.Logger) (*process, pipes, error) {
 	path, err := resolveCommand(cfg.Command, dir)
 	if err != nil {
 		return nil, pipes{}, err
 	}
-	env := make([]string, 0, len(cfg.Env)) // non-nil: the child inherits nothing
-	for _, e := range cfg.Env {
-		env = append(env, e.Name+"="+e.Value)
+	if env == nil {
+		env = []string{} // non-nil: exec.Cmd would inherit everything
 	}
 	cmd := &exec.Cmd{
 		Path:        path,

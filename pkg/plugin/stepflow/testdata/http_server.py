@@ -36,6 +36,12 @@ async def echo(input: dict) -> dict:
 
 
 @server.component
+async def environ(input: dict) -> dict:
+    """Returns the server's environment."""
+    return {"env": dict(os.environ)}
+
+
+@server.component
 async def pid(input: dict) -> dict:
     return {"pid": os.getpid()}
 

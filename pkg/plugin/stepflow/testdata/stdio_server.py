@@ -26,6 +26,12 @@ async def echo(input: dict) -> dict:
     return input
 
 
+@server.component
+async def environ(input: dict) -> dict:
+    """Returns the server's environment."""
+    return {"env": dict(os.environ)}
+
+
 _inflight = 0
 _peak = 0
 _all_in = asyncio.Event()

@@ -1,0 +1,164 @@
+package integration
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/stepflow-go/stepflow/pkg/queue"
+)
+
+// TestNATSWorkerPermissions runs a coordinator and a worker process
+// against a NATS server configured with deploy/nats/auth.conf, as the
+// users it defines: a batch with nested runs (runs/submit through the
+// coordinator's NATS API) and blobs put and read back completes without a
+// single permissions violation. Then, logged in as the worker user, the
+// test shows what a worker cannot do: delete or purge streams and
+// buckets, publish items, write run records, create consumers on the
+// work queue.
+func TestNATSWorkerPermissions(t *testing.T) {
+	t.Parallel()
+	requireVenvs(t)
+	dir := t.TempDir()
+	// The shipped file with its password references filled in (the
+	// server resolves them from its environment, which an in-process
+	// server shares with the parallel tests).
+	shipped, err := os.ReadFile(filepath.Join(repoRoot, "deploy", "nats", "auth.conf"))
+	require.NoError(t, err)
+	filled := strings.NewReplacer("$NATS_COORDINATOR_PASSWORD", `"coord-pw"`, "$NATS_WORKER_PASSWORD", `"worker-pw"`).Replace(string(shipped))
+	require.NotEqual(t, string(shipped), filled)
+	conf := filepath.Join(dir, "auth.conf")
+	require.NoError(t, os.WriteFile(conf, []byte(filled), 0o600))
+
+	core, serverLogs := observer.New(zapcore.InfoLevel)
+	srv := queue.NewEmbedded(queue.EmbeddedConfig{StoreDir: t.TempDir(), ConfigFile: conf, Logger: zap.New(core)})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	require.NoError(t, srv.Start(ctx))
+	t.Cleanup(srv.Shutdown)
+
+	c := startCoordinator(t, []string{"STEPFLOW_NATS_PASSWORD=coord-pw"},
+		"--nats-url", srv.ClientURL(), "--nats-user", "coordinator", "--log-level", "warn")
+	worker, workerLogs := startWorkerCmd(t, []string{"STEPFLOW_NATS_USER=worker", "STEPFLOW_NATS_PASSWORD=worker-pw"},
+		"--nats-url", srv.ClientURL(), "--concurrency", "2", "--config", "examples/batch-processor/stepflow-config.yml")
+
+	// Nested runs, put_blob of the sub-flow.
+	code, out, stderr := runStepflow(t, nil, "submit", "--url", c.URL(), "--quiet",
+		"--flow", "examples/batch-processor/main-workflow.yaml", "--inputs", "examples/batch-processor/inputs.jsonl")
+	require.Equal(t, 0, code, stderr)
+	require.Equal(t, batchProcessorWant, lines(out))
+	// put_blob and get_blob.
+	submitHello(t, c.URL())
+	// The worker drains and stops (its run watch ends) cleanly too.
+	stopProcess(worker)
+	require.True(t, worker.ProcessState.Success(), "the worker exits 0 after SIGTERM")
+	require.NotContains(t, workerLogs.String(), "ERROR")
+	require.Empty(t, violations(serverLogs), "the worker needed a subject auth.conf does not grant")
+
+	// Now as the worker user.
+	denied := make(chan error, 64)
+	nc, err := nats.Connect(srv.ClientURL(), nats.UserInfo("worker", "worker-pw"),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			select {
+			case denied <- err:
+			default:
+			}
+		}))
+	require.NoError(t, err)
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	// A denied publish gets no answer: the request times out, and the
+	// server reports the violation asynchronously.
+	short := func() (context.Context, context.CancelFunc) { return context.WithTimeout(ctx, 2*time.Second) }
+	expectDenied := func(what, subject string, op func(context.Context) error) {
+		t.Helper()
+		octx, ocancel := short()
+		defer ocancel()
+		require.Error(t, op(octx), "%s must fail", what)
+		deadline := time.After(10 * time.Second)
+		for {
+			select {
+			case err := <-denied:
+				if errors.Is(err, nats.ErrPermissionViolation) && strings.Contains(err.Error(), subject) {
+					return
+				}
+			case <-deadline:
+				t.Fatalf("%s: no permissions violation for %s reported", what, subject)
+			}
+		}
+	}
+	expectDenied("deleting the items stream", "$JS.API.STREAM.DELETE.STEPFLOW_ITEMS", func(ctx context.Context) error {
+		return js.DeleteStream(ctx, queue.StreamItems)
+	})
+	expectDenied("purging the items stream", "$JS.API.STREAM.PURGE.STEPFLOW_ITEMS", func(ctx context.Context) error {
+		_, err := nc.RequestWithContext(ctx, "$JS.API.STREAM.PURGE."+queue.StreamItems, []byte(`{}`))
+		return err
+	})
+	expectDenied("deleting the runs bucket", "$JS.API.STREAM.DELETE.KV_STEPFLOW_RUNS", func(ctx context.Context) error {
+		return js.DeleteKeyValue(ctx, queue.BucketRuns)
+	})
+	expectDenied("deleting the blobs store", "$JS.API.STREAM.DELETE.OBJ_STEPFLOW_BLOBS", func(ctx context.Context) error {
+		return js.DeleteObjectStore(ctx, queue.BucketBlobs)
+	})
+	expectDenied("publishing an item", "stepflow.items.x", func(ctx context.Context) error {
+		_, err := js.Publish(ctx, queue.ItemSubject("x"), []byte(`{}`))
+		return err
+	})
+	expectDenied("writing a run record", "$KV.STEPFLOW_RUNS.forged", func(ctx context.Context) error {
+		_, err := js.Publish(ctx, "$KV."+queue.BucketRuns+".forged", []byte(`x`))
+		return err
+	})
+	expectDenied("creating a consumer on the work queue", "$JS.API.CONSUMER.CREATE.STEPFLOW_ITEMS", func(ctx context.Context) error {
+		_, err := js.CreateOrUpdateConsumer(ctx, queue.StreamItems, jetstream.ConsumerConfig{Durable: "thief", FilterSubject: queue.ItemSubject("x")})
+		return err
+	})
+	expectDenied("deleting a run's consumer", "$JS.API.CONSUMER.DELETE.STEPFLOW_ITEMS", func(ctx context.Context) error {
+		return js.DeleteConsumer(ctx, queue.StreamItems, queue.RunConsumer("x"))
+	})
+
+	// Everything is still there, as the coordinator user sees it.
+	admin, err := nats.Connect(srv.ClientURL(), nats.UserInfo("coordinator", "coord-pw"))
+	require.NoError(t, err)
+	defer admin.Close()
+	ajs, err := jetstream.New(admin)
+	require.NoError(t, err)
+	for _, name := range []string{queue.StreamItems, queue.StreamResults, "KV_" + queue.BucketRuns, "OBJ_" + queue.BucketBlobs} {
+		_, err := ajs.Stream(ctx, name)
+		require.NoError(t, err, name)
+	}
+	kv, err := ajs.KeyValue(ctx, queue.BucketRuns)
+	require.NoError(t, err)
+	_, err = kv.Get(ctx, "forged")
+	require.ErrorIs(t, err, jetstream.ErrKeyNotFound)
+
+	// A wrong password is refused.
+	bad, err := nats.Connect(srv.ClientURL(), nats.UserInfo("worker", "guess"))
+	if bad != nil {
+		bad.Close()
+	}
+	require.ErrorIs(t, err, nats.ErrAuthorization)
+}
+
+// violations returns the permissions violations the server logged.
+func violations(logs *observer.ObservedLogs) []string {
+	var out []string
+	for _, e := range logs.All() {
+		if strings.Contains(e.Message, "Violation") {
+			out = append(out, fmt.Sprint(e.Message))
+		}
+	}
+	return out
+}
