@@ -1,10 +1,13 @@
 package cli
 
 import (
+	"bytes"
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -128,8 +131,8 @@ func TestUnroutableComponent(t *testing.T) {
 	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
 	require.Len(t, lines, 2)
 	for _, l := range lines {
-		require.Contains(t, l, `"outcome":"failed"`)
-		require.Contains(t, l, "no route matches component /python/nothing")
+		require.Equal(t, `{"outcome":"failed","error":{"code":500,"message":"error routing component","data":{"stack":[{"error":`+
+			`"no route matches component /python/nothing (routes: /builtin/{*component})","attachments":["step \"a\", component /python/nothing"]}]}}}`, l)
 	}
 }
 
@@ -182,4 +185,77 @@ func TestSubmitItemFailingInputSchema(t *testing.T) {
 {"outcome":"failed","error":{"code":400,"message":"input does not match the flow's input schema: $.name: got number, want string"}}
 {"outcome":"success","result":{"greeting":"d","role":"user"}}
 `, r.stdout)
+}
+
+// The coordinator's limits as `stepflow submit` reports them: a
+// malformed line is caught before anything is sent; too many items is a
+// 413 naming the first item over the limit; too many runs is a 429 that
+// submit waits out (--retry-timeout), so the second batch still runs
+// once the first has finished, and nothing is lost.
+func TestSubmitRefusedByLimits(t *testing.T) {
+	t.Parallel()
+	url := startCluster(t, 0, func(cfg *coordinator.Config) {
+		cfg.MaxItemsPerRun = 3
+		cfg.MaxConcurrentRuns = 1
+	})
+	dir := t.TempDir()
+	f := tempFile(t, dir, "flow.yaml", greetFlow)
+
+	bad := tempFile(t, dir, "malformed.jsonl", "{\"name\":\"a\"}\n{\"name\": oops}\n")
+	for _, cmd := range []string{"run", "submit"} {
+		args := []string{cmd, "--flow", f, "--inputs", bad, "-q"}
+		if cmd == "submit" {
+			args = append(args, "--url", url)
+		}
+		r := stepflow(t, nil, "", args...)
+		require.Equal(t, ExitFailure, r.code, cmd)
+		require.Empty(t, r.stdout, cmd)
+		require.Equal(t, "Error: "+bad+":2:10: invalid JSON: invalid character 'o' looking for beginning of value\n", r.stderr, cmd)
+	}
+
+	four := greetBatch(t, dir, "four.jsonl", 4, 0)
+	r := stepflow(t, nil, "", "submit", "--url", url, "--flow", f, "--inputs", four, "-q")
+	require.Equal(t, ExitFailure, r.code)
+	require.Equal(t, "Error: create run: coordinator: item 3 is over the coordinator's limit of 3 items per run (--max-items-per-run); "+
+		"the upload was rejected and no run was created (HTTP 413)\n", r.stderr)
+	require.Empty(t, runsJSON(t, nil, url))
+
+	// No worker: the first run stays in progress.
+	three := greetBatch(t, dir, "three.jsonl", 3, 0)
+	r = stepflow(t, nil, "", "submit", "--url", url, "--flow", f, "--inputs", three, "--no-wait")
+	require.Equal(t, ExitOK, r.code, r.stderr)
+	first := strings.TrimSpace(r.stdout)
+	two := greetBatch(t, dir, "two.jsonl", 2, 0)
+	r = stepflow(t, nil, "", "submit", "--url", url, "--flow", f, "--inputs", two, "--no-wait", "--retry-timeout", "0", "-q")
+	require.Equal(t, ExitFailure, r.code)
+	require.Equal(t, "Error: create run: coordinator: 1 runs are in progress, the coordinator's limit (--max-active-runs); "+
+		"retry when one has finished (HTTP 429)\n", r.stderr)
+
+	// With retries, submit waits until the first run is done.
+	var stderr syncBuffer
+	var stdout bytes.Buffer
+	done := make(chan int, 1)
+	go func() {
+		done <- Execute(context.Background(), []string{"submit", "--url", url, "--flow", f, "--inputs", two, "--no-wait", "--retry-timeout", "1m", "-q"},
+			IO{Stdin: strings.NewReader(""), Stdout: &stdout, Stderr: &stderr, Getenv: func(string) string { return "" }})
+	}()
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(stderr.String(), "(HTTP 429); retrying for up to 1m0s") {
+		require.True(t, time.Now().Before(deadline), "submit did not report the 429: %s", stderr.String())
+		time.Sleep(20 * time.Millisecond)
+	}
+	r = stepflow(t, nil, "", "runs", "cancel", first, "--url", url)
+	require.Equal(t, ExitOK, r.code, r.stderr)
+	select {
+	case code := <-done:
+		require.Equal(t, ExitOK, code, stderr.String())
+	case <-time.After(30 * time.Second):
+		t.Fatal("submit did not retry")
+	}
+	second := strings.TrimSpace(stdout.String())
+	require.NotEqual(t, first, second)
+	running := runsJSON(t, nil, url, "--status", "running")
+	require.Len(t, running, 1)
+	require.Equal(t, second, running[0].RunID)
+	require.Equal(t, 2, running[0].Items.Total)
 }
