@@ -202,15 +202,21 @@ func TestSubmitRefusedByLimits(t *testing.T) {
 	f := tempFile(t, dir, "flow.yaml", greetFlow)
 
 	bad := tempFile(t, dir, "malformed.jsonl", "{\"name\":\"a\"}\n{\"name\": oops}\n")
+	blank := tempFile(t, dir, "blank.jsonl", "{\"name\":\"a\"}\n\n{\"name\":\"c\"}\n")
 	for _, cmd := range []string{"run", "submit"} {
-		args := []string{cmd, "--flow", f, "--inputs", bad, "-q"}
-		if cmd == "submit" {
-			args = append(args, "--url", url)
+		for file, msg := range map[string]string{
+			bad:   ":2:10: invalid JSON: invalid character 'o' looking for beginning of value",
+			blank: ":2: blank line",
+		} {
+			args := []string{cmd, "--flow", f, "--inputs", file, "-q"}
+			if cmd == "submit" {
+				args = append(args, "--url", url)
+			}
+			r := stepflow(t, nil, "", args...)
+			require.Equal(t, ExitFailure, r.code, cmd)
+			require.Empty(t, r.stdout, cmd)
+			require.Equal(t, "Error: "+file+msg+"\n", r.stderr, cmd)
 		}
-		r := stepflow(t, nil, "", args...)
-		require.Equal(t, ExitFailure, r.code, cmd)
-		require.Empty(t, r.stdout, cmd)
-		require.Equal(t, "Error: "+bad+":2:10: invalid JSON: invalid character 'o' looking for beginning of value\n", r.stderr, cmd)
 	}
 
 	four := greetBatch(t, dir, "four.jsonl", 4, 0)
@@ -240,7 +246,8 @@ func TestSubmitRefusedByLimits(t *testing.T) {
 			IO{Stdin: strings.NewReader(""), Stdout: &stdout, Stderr: &stderr, Getenv: func(string) string { return "" }})
 	}()
 	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(stderr.String(), "(HTTP 429); retrying for up to 1m0s") {
+	for !strings.Contains(stderr.String(), "coordinator: 1 runs are in progress, the coordinator's limit (--max-active-runs); "+
+		"retry when one has finished (HTTP 429); retrying for up to 1m0s\n") {
 		require.True(t, time.Now().Before(deadline), "submit did not report the 429: %s", stderr.String())
 		time.Sleep(20 * time.Millisecond)
 	}
