@@ -169,6 +169,7 @@ func TestBadInputsRejectTheUploadOnly(t *testing.T) {
 		runs := cl.get("/runs").JSON(t)["runs"].([]any)
 		require.Len(t, runs, 1, "%s: no run was created", tc.name)
 		require.Equal(t, uint64(3), streamMsgs(t, c.JetStream(), queue.StreamItems), "%s: only the earlier run's items are queued", tc.name)
+		require.Equal(t, 1, consumers(t, c), "%s: only the earlier run has a consumer", tc.name)
 	}
 	// The same limit applies to a JSON body.
 	requireError(t, cl.post("/runs", `{"flowId":"`+flowID+`","input":[1,2,3,4,5,6]}`), http.StatusRequestEntityTooLarge,
@@ -293,4 +294,14 @@ func TestBadRequests(t *testing.T) {
 	requireError(t, cl.get("/runs/not.a.run"), http.StatusBadRequest,
 		fmt.Sprintf("invalid run id 'not.a.run' (%v)", queue.ValidateRunID("not.a.run")))
 	require.Len(t, cl.get("/runs").JSON(t)["runs"], 1)
+}
+
+// consumers returns the number of consumers on the work queue.
+func consumers(t testing.TB, c *coordinator.Coordinator) int {
+	t.Helper()
+	s, err := c.JetStream().Stream(testCtx(t), queue.StreamItems)
+	require.NoError(t, err)
+	info, err := s.Info(testCtx(t))
+	require.NoError(t, err)
+	return info.State.Consumers
 }
