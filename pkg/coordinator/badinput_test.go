@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nats-io/nats.go"
 	"github.com/stretchr/testify/require"
 
 	"github.com/stepflow-go/stepflow/pkg/blob"
@@ -304,4 +305,33 @@ func consumers(t testing.TB, c *coordinator.Coordinator) int {
 	info, err := s.Info(testCtx(t))
 	require.NoError(t, err)
 	return info.State.Consumers
+}
+
+// runs.submit over NATS checks concurrency like POST /runs, except that a
+// child run's concurrency (asked by a component, which cannot fix its
+// request) is capped at --max-run-concurrency instead of refused.
+func TestNATSAPIConcurrency(t *testing.T) {
+	t.Parallel()
+	c := startCoordinator(t, func(cfg *coordinator.Config) { cfg.MaxRunConcurrency = 100 })
+	cl := newClient(t, c)
+	flowID := cl.storeFlow()
+	parent := cl.uploadJSONL(flowID, "&wait=false", inputLines(1), nil)
+	require.Equal(t, http.StatusOK, parent.Status, "%s", parent.Body)
+	parentID := parent.JSON(t)["runId"].(string)
+
+	nc, err := nats.Connect(c.NATSURL())
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	for conc, msg := range map[string]string{
+		"0":   "maxConcurrency must be an integer of at least 1, not 0",
+		"2.5": "maxConcurrency must be an integer of at least 1, not 2.5",
+		"101": "maxConcurrency 101 is more than the coordinator's limit of 100 (--max-run-concurrency)",
+	} {
+		got := natsRequest(t, nc, queue.SubjectRunsSubmit, `{"flowId":"`+flowID+`","inputs":[1],"maxConcurrency":`+conc+`}`)
+		require.Equal(t, map[string]any{"error": map[string]any{"code": -32602.0, "message": msg}}, got, conc)
+	}
+	child := natsRequest(t, nc, queue.SubjectRunsSubmit,
+		`{"flowId":"`+flowID+`","inputs":[1,2],"maxConcurrency":5000,"parentRunId":"`+parentID+`"}`)
+	require.Zero(t, apiError(child), "%v", child)
+	require.EqualValues(t, 100, cl.get("/runs/" + child["runId"].(string)).JSON(t)["maxConcurrency"])
 }

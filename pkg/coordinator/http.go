@@ -479,8 +479,7 @@ func (c *Coordinator) jsonlSubmission(r *http.Request) (submission, bool, error)
 	if sub.FlowID == "" {
 		return sub, false, errorf(ErrInvalidRequest, "missing query parameter flowId")
 	}
-	if q.Has("maxConcurrency") {
-		s := q.Get("maxConcurrency")
+	if s := q.Get("maxConcurrency"); s != "" {
 		v, err := value.ParseString(s)
 		if err != nil {
 			v = s // not JSON: quoted in the message

@@ -710,7 +710,10 @@ func (c *Coordinator) submit(ctx context.Context, sub submission) (rec *stepflow
 	if sub.MaxConcurrency < 0 {
 		return nil, false, errorf(ErrInvalidRequest, "maxConcurrency must be an integer of at least 1, not %d", sub.MaxConcurrency)
 	}
-	if err := c.checkConcurrency(sub.MaxConcurrency); err != nil {
+	if sub.ParentRunID != "" {
+		// A component cannot fix its request: its child run is capped.
+		sub.MaxConcurrency = min(sub.MaxConcurrency, c.cfg.MaxRunConcurrency)
+	} else if err := c.checkConcurrency(sub.MaxConcurrency); err != nil {
 		return nil, false, err
 	}
 	f, flowID, err := c.loadFlow(ctx, sub.FlowID)
