@@ -20,9 +20,11 @@ import (
 	"github.com/spf13/pflag"
 	"go.uber.org/zap"
 
+	"github.com/stepflow-go/stepflow/pkg/config"
 	"github.com/stepflow-go/stepflow/pkg/flow"
 	"github.com/stepflow-go/stepflow/pkg/jsonl"
 	"github.com/stepflow-go/stepflow/pkg/outcome"
+	"github.com/stepflow-go/stepflow/pkg/plugin"
 	"github.com/stepflow-go/stepflow/pkg/value"
 )
 
@@ -87,6 +89,7 @@ type submitCmd struct {
 	idemKey      string
 	newRun       bool
 	spillDir     string
+	configPath   string
 }
 
 func (a *app) submitCommand() *cobra.Command {
@@ -135,6 +138,7 @@ error, 3 the run finished but some items failed.`,
 	fl.StringVar(&s.idemKey, "idempotency-key", "", "Idempotency-Key of the run (default: derived from the flow, overrides, variables and inputs)")
 	fl.BoolVar(&s.newRun, "new-run", false, "start a new run even if the same submission was made before (a random Idempotency-Key)")
 	fl.StringVar(&s.spillDir, "spill-dir", "", "directory for the copy of inputs read from stdin (--inputs -); default the system temp dir")
+	fl.StringVar(&s.configPath, "config", "", "the workers' stepflow-config.yml: check before submitting that a route reaches every step's component (the workers check it otherwise, item by item)")
 	cmd.MarkFlagsMutuallyExclusive("idempotency-key", "new-run")
 	cmd.MarkFlagsMutuallyExclusive("attach", "no-wait")
 	return cmd
@@ -152,7 +156,7 @@ func (s *submitCmd) run(cmd *cobra.Command) error {
 	}
 	if s.attach != "" {
 		for _, name := range []string{"flow", "input", "input-json", "input-yaml", "inputs", "max-concurrent", "max-concurrency",
-			"variables", "variables-json", "variables-yaml", "env-variables", "overrides", "overrides-json", "overrides-yaml", "idempotency-key", "new-run"} {
+			"variables", "variables-json", "variables-yaml", "env-variables", "overrides", "overrides-json", "overrides-yaml", "idempotency-key", "new-run", "config"} {
 			if fl.Changed(name) {
 				return usageErr("--attach follows an existing run: --%s does not apply", name)
 			}
@@ -189,6 +193,9 @@ func (s *submitCmd) submit(ctx context.Context, c *apiClient, rt *retrier) error
 	f, err := flow.Load(s.flags.flowPath)
 	if err != nil {
 		return failure(err)
+	}
+	if err := s.checkRoutes(f); err != nil {
+		return err
 	}
 	_, overrides, err := s.flags.applyOverrides(f)
 	if err != nil {
@@ -230,8 +237,11 @@ func (s *submitCmd) submit(ctx context.Context, c *apiClient, rt *retrier) error
 	if len(diags) > 0 {
 		printDiagnostics(stderr, f.File, diags)
 	}
-	if !stored.Stored || diags.HasFatal() {
+	if !stored.Stored {
 		return failure(errors.New("flow validation failed: the coordinator did not store the flow"))
+	}
+	if diags.HasErrors() { // like `stepflow run`: every item would fail
+		return failure(errors.New("flow validation failed"))
 	}
 
 	if !in.single && !s.quiet {
@@ -262,6 +272,30 @@ func (s *submitCmd) submit(ctx context.Context, c *apiClient, rt *retrier) error
 		}
 	}
 	return s.follow(ctx, c, rt, created.RunID, in.single)
+}
+
+// checkRoutes checks, with --config, that a route of the workers' config
+// reaches the component of every step. The coordinator cannot: routes
+// are the workers' business.
+func (s *submitCmd) checkRoutes(f *flow.Flow) error {
+	if s.configPath == "" {
+		return nil
+	}
+	cfg, err := config.Load(s.configPath)
+	if err != nil {
+		return failure(err)
+	}
+	router, err := plugin.NewRouter(cfg)
+	if err != nil {
+		return failure(err)
+	}
+	if diags := flow.ValidateRoutes(f, router.Match); len(diags) > 0 {
+		printDiagnostics(s.a.io.Stderr, f.File, diags)
+		if diags.HasErrors() {
+			return failure(errors.New("flow validation failed"))
+		}
+	}
+	return nil
 }
 
 func (s *submitCmd) attachRun(ctx context.Context, c *apiClient, rt *retrier, runID string) error {

@@ -322,7 +322,9 @@ func TestParseErrors(t *testing.T) {
 			`c.yml:3:20: unknown state store type "redis" (expected inMemory or sqlite)`, config.ErrInvalidConfig},
 		{"sqlite without url", "plugins: {}\nroutes: {}\nstateStore: {type: sqlite}\n",
 			"c.yml:3:13: missing field `databaseUrl` in sqlite `stateStore`", config.ErrInvalidConfig},
-		{"yaml syntax", "plugins:\n  a: b\n c: d\n", "c.yml:2: invalid YAML: did not find expected key", config.ErrInvalidConfig},
+		{"yaml syntax", "plugins:\n  a: b\n c: d\n",
+			"c.yml:3:2: invalid YAML: did not find expected key (while parsing a block mapping that starts at line 1, column 1)", config.ErrInvalidConfig},
+		{"duplicate key", "plugins: {}\nroutes: {}\nplugins: {}\n", `c.yml:3:1: duplicate mapping key "plugins"`, config.ErrInvalidConfig},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
-	"strconv"
 	"strings"
 	"time"
 
@@ -102,21 +100,12 @@ func FromValue(v value.Value, dir string, opts ...Option) (*Config, error) {
 	return c, nil
 }
 
-var yamlLineRE = regexp.MustCompile(`^yaml: line (\d+): `)
-
 // parseYAML parses the document, turning non-string mapping keys into
 // their JSON text and recording their values.
 func (d *decoder) parseYAML(data []byte, doc *yaml.Node) (value.Value, error) {
 	if err := yaml.Unmarshal(data, doc); err != nil {
-		msg := err.Error()
-		var pos value.Pos
-		if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
-			pos.Line, _ = strconv.Atoi(m[1])
-			msg = msg[len(m[0]):]
-		} else {
-			msg = strings.TrimPrefix(msg, "yaml: ")
-		}
-		return nil, &Error{File: d.File, Pos: pos, Msg: "invalid YAML: " + msg, Err: errors.Join(ErrInvalidConfig, err)}
+		ye := value.YAMLSyntaxError(data, err)
+		return nil, &Error{File: d.File, Pos: ye.Pos, Msg: ye.Msg, Err: errors.Join(ErrInvalidConfig, err)}
 	}
 	if doc.Kind == 0 {
 		return nil, nil

@@ -19,10 +19,16 @@ const (
 	DefaultNATSPort = 4222
 	// DefaultMaxBodyBytes bounds a JSON request body and one JSONL line.
 	DefaultMaxBodyBytes = 32 << 20
+	// DefaultMaxFlowBytes bounds a flow (its compact JSON): hand-written
+	// flows are kilobytes; megabytes mean a generated flow gone wrong.
+	DefaultMaxFlowBytes = 4 << 20
 	// DefaultMaxConcurrentRuns bounds the top-level runs in progress.
 	DefaultMaxConcurrentRuns = 64
 	// DefaultMaxItemsPerRun bounds a run's items.
 	DefaultMaxItemsPerRun = 10_000_000
+	// DefaultMaxRunConcurrency bounds the concurrency a request may ask
+	// for: the MaxAckPending of the run's consumer.
+	DefaultMaxRunConcurrency = 10_000
 	// DefaultConcurrencyCap caps a run's default concurrency (the number
 	// of its items when the request does not say).
 	DefaultConcurrencyCap = 1000
@@ -109,9 +115,14 @@ type Config struct {
 	// ready): `stepflow serve` reports its in-process workers there.
 	ReadyCheck func() error
 
-	// MaxBodyBytes bounds a JSON request body, and one line of a JSONL
-	// upload (413 beyond). Default DefaultMaxBodyBytes.
+	// MaxBodyBytes bounds a JSON request body, and one line (one item)
+	// of a JSONL upload (413 beyond). A JSONL upload as a whole is
+	// bounded by MaxItemsPerRun instead. Default DefaultMaxBodyBytes.
 	MaxBodyBytes int64
+	// MaxFlowBytes bounds a flow, as compact JSON: the flow of
+	// POST /flows, or a blob a run is submitted with (413 beyond).
+	// Default DefaultMaxFlowBytes.
+	MaxFlowBytes int64
 	// MaxConcurrentRuns bounds the top-level runs in progress at once
 	// (429 with Retry-After beyond). Child runs submitted by components
 	// do not count: refusing them could deadlock the parents waiting on
@@ -136,6 +147,9 @@ type Config struct {
 	// ConcurrencyCap caps the default concurrency of a run (its item
 	// count) when the request sets none. Default DefaultConcurrencyCap.
 	ConcurrencyCap int
+	// MaxRunConcurrency is the largest maxConcurrency a request may set
+	// (400 beyond). Default DefaultMaxRunConcurrency.
+	MaxRunConcurrency int
 	// MaxDetailInputsBytes is the largest total input size kept for
 	// GET /runs/{id} (RunDetails.inputs); larger runs omit their inputs
 	// there. Default DefaultMaxDetailInputsBytes; -1 keeps none.
@@ -173,6 +187,12 @@ func (c Config) WithDefaults() Config {
 	if c.MaxBodyBytes == 0 {
 		c.MaxBodyBytes = DefaultMaxBodyBytes
 	}
+	if c.MaxFlowBytes == 0 {
+		c.MaxFlowBytes = DefaultMaxFlowBytes
+	}
+	if c.MaxRunConcurrency == 0 {
+		c.MaxRunConcurrency = DefaultMaxRunConcurrency
+	}
 	if c.MaxConcurrentRuns == 0 {
 		c.MaxConcurrentRuns = DefaultMaxConcurrentRuns
 	}
@@ -207,11 +227,15 @@ func (c Config) Validate() error {
 	case c.NATSPort < 0 || c.NATSPort > 65535:
 		return fmt.Errorf("%w: NATSPort must be 0 (any free port) to 65535, not %d", ErrInvalidConfig, c.NATSPort)
 	case c.MaxBodyBytes < 1:
-		return fmt.Errorf("%w: MaxBodyBytes must be positive", ErrInvalidConfig)
+		return fmt.Errorf("%w: MaxBodyBytes (--max-body-bytes) must be positive", ErrInvalidConfig)
+	case c.MaxFlowBytes < 1:
+		return fmt.Errorf("%w: MaxFlowBytes (--max-flow-bytes) must be positive", ErrInvalidConfig)
+	case c.MaxRunConcurrency < 1:
+		return fmt.Errorf("%w: MaxRunConcurrency (--max-run-concurrency) must be at least 1", ErrInvalidConfig)
 	case c.MaxConcurrentRuns < 1:
-		return fmt.Errorf("%w: MaxConcurrentRuns must be at least 1", ErrInvalidConfig)
+		return fmt.Errorf("%w: MaxConcurrentRuns (--max-active-runs) must be at least 1", ErrInvalidConfig)
 	case c.MaxItemsPerRun < 1:
-		return fmt.Errorf("%w: MaxItemsPerRun must be at least 1", ErrInvalidConfig)
+		return fmt.Errorf("%w: MaxItemsPerRun (--max-items-per-run) must be at least 1", ErrInvalidConfig)
 	case c.ConcurrencyCap < 1:
 		return fmt.Errorf("%w: ConcurrencyCap must be at least 1", ErrInvalidConfig)
 	case c.MaxDetailInputsBytes < -1:

@@ -509,7 +509,7 @@ func TestErrors(t *testing.T) {
 	require.Equal(t, http.StatusRequestEntityTooLarge, longLine.Status, "%s", longLine.Body)
 	tooMany := cl.uploadJSONL(flowID, "", inputLines(6), nil)
 	require.Equal(t, http.StatusRequestEntityTooLarge, tooMany.Status, "%s", tooMany.Body)
-	require.Contains(t, tooMany.JSON(t)["message"], "more than 5 items")
+	require.Contains(t, tooMany.JSON(t)["message"], "item 5 is over the coordinator's limit of 5 items per run")
 	require.Zero(t, streamMsgs(t, c.JetStream(), queue.StreamItems))
 
 	// 429: one top-level run at a time (no worker: it stays running).

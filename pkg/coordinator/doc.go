@@ -11,7 +11,8 @@
 // (queue.SubjectRunsSubmit). Both go through the same steps:
 //
 //  1. The flow is loaded by id from the flow bucket (or from a blob of a
-//     flow, which is then stored as a flow), the overrides and variables
+//     flow, which is checked like POST /flows checks a flow, size and
+//     fatal diagnostics, then stored as a flow), the overrides and variables
 //     are checked against it, and the submission is counted against
 //     Config.MaxConcurrentRuns (top-level runs only: a child run's parent
 //     waits for it, so refusing it could deadlock the tree).

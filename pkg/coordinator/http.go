@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"mime"
 	"net/http"
 	"os"
@@ -169,7 +170,7 @@ func (c *Coordinator) writeError(w http.ResponseWriter, r *http.Request, err err
 	msg := err.Error()
 	var mbe *http.MaxBytesError
 	if errors.As(err, &mbe) {
-		msg = fmt.Sprintf("request body larger than %d bytes", mbe.Limit)
+		msg = fmt.Sprintf("request body larger than %d bytes (the coordinator's --max-body-bytes)", mbe.Limit)
 	}
 	switch status {
 	case http.StatusTooManyRequests:
@@ -228,21 +229,38 @@ func boolField(o *value.Object, key string, def bool) (bool, error) {
 }
 
 // concurrencyField reads maxConcurrency: absent or null = 0 (default),
-// otherwise an integer of at least 1.
+// otherwise an integer of at least 1 (see parseConcurrency).
 func concurrencyField(o *value.Object, key string) (int, error) {
 	v, _ := o.Get(key)
 	if v == nil {
 		return 0, nil
 	}
+	return parseConcurrency(v)
+}
+
+// parseConcurrency checks a maxConcurrency value: a JSON integer of at
+// least 1 (1.0 is 1). Its upper bound, Config.MaxRunConcurrency, is
+// checked by checkConcurrency; values beyond 32 bits fail here.
+func parseConcurrency(v value.Value) (int, error) {
 	n, ok := v.(value.Number)
-	if !ok || !value.IsInteger(n) {
-		return 0, errorf(ErrInvalidRequest, "%q must be an integer, not %s", key, value.String(v))
+	var i int64
+	var err error
+	if ok && value.IsInteger(n) {
+		i, err = n.Int64()
 	}
-	i, err := n.Int64()
-	if err != nil || i < 1 || i > 1<<31-1 {
-		return 0, errorf(ErrInvalidRequest, "%q must be at least 1 (and fit in 32 bits), not %s", key, n)
+	if !ok || !value.IsInteger(n) || err != nil || i < 1 || i > math.MaxInt32 {
+		return 0, errorf(ErrInvalidRequest, "maxConcurrency must be an integer of at least 1, not %s", value.String(v))
 	}
 	return int(i), nil
+}
+
+// checkConcurrency rejects a requested concurrency over
+// MaxRunConcurrency.
+func (c *Coordinator) checkConcurrency(n int) error {
+	if n > c.cfg.MaxRunConcurrency {
+		return errorf(ErrInvalidRequest, "maxConcurrency %d is more than the coordinator's limit of %d (--max-run-concurrency)", n, c.cfg.MaxRunConcurrency)
+	}
+	return nil
 }
 
 func objectField(o *value.Object, key string) (*value.Object, error) {
@@ -290,6 +308,10 @@ func (c *Coordinator) handleStoreFlow(w http.ResponseWriter, r *http.Request) {
 		c.writeError(w, r, err)
 		return
 	}
+	if err := c.checkFlowSize(len(value.Marshal(fv))); err != nil {
+		c.writeError(w, r, err)
+		return
+	}
 	f, err := flow.FromValue(fv)
 	if err != nil {
 		c.writeError(w, r, errorf(ErrInvalidRequest, "invalid flow: %w", err))
@@ -315,6 +337,15 @@ func (c *Coordinator) handleStoreFlow(w http.ResponseWriter, r *http.Request) {
 		"diagnostics", value.ObjectOf("diagnostics", diags.JSON(),
 			"numFatal", value.Int(int64(fatal)), "numError", value.Int(int64(errs)), "numWarning", value.Int(int64(warns))),
 	))
+}
+
+// checkFlowSize rejects a flow of n bytes (compact JSON) over
+// MaxFlowBytes.
+func (c *Coordinator) checkFlowSize(n int) error {
+	if int64(n) > c.cfg.MaxFlowBytes {
+		return errorf(ErrTooLarge, "the flow is %d bytes, more than the coordinator's limit of %d bytes (--max-flow-bytes)", n, c.cfg.MaxFlowBytes)
+	}
+	return nil
 }
 
 func (c *Coordinator) handleGetFlow(w http.ResponseWriter, r *http.Request) {
@@ -501,11 +532,13 @@ func (c *Coordinator) jsonlSubmission(r *http.Request) (submission, bool, error)
 		return sub, false, errorf(ErrInvalidRequest, "missing query parameter flowId")
 	}
 	if s := q.Get("maxConcurrency"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 {
-			return sub, false, errorf(ErrInvalidRequest, "query parameter maxConcurrency must be an integer of at least 1, not %q", s)
+		v, err := value.ParseString(s)
+		if err != nil {
+			v = s // not JSON: quoted in the message
 		}
-		sub.MaxConcurrency = n
+		if sub.MaxConcurrency, err = parseConcurrency(v); err != nil {
+			return sub, false, err
+		}
 	}
 	wait := true
 	if s := q.Get("wait"); s != "" {
@@ -552,7 +585,7 @@ func (c *Coordinator) jsonlSubmission(r *http.Request) (submission, bool, error)
 			var le *jsonl.LineError
 			if errors.As(err, &le) {
 				if errors.Is(le, jsonl.ErrLineTooLong) {
-					return errorf(ErrTooLarge, "input line %d is longer than %d bytes; the upload was rejected and no run was created", le.Line, maxLine)
+					return errorf(ErrTooLarge, "input line %d (item %d) is longer than %d bytes (the coordinator's --max-body-bytes); the upload was rejected and no run was created", le.Line, le.Index, maxLine)
 				}
 				return inputError(le)
 			}
@@ -848,16 +881,12 @@ func (c *Coordinator) handlePatchRun(w http.ResponseWriter, r *http.Request) {
 		c.writeError(w, r, errorf(ErrInvalidRequest, `missing "maxConcurrency"`))
 		return
 	}
-	n, ok := v.(value.Number)
-	var i int64
-	if ok && value.IsInteger(n) {
-		i, err = n.Int64()
-	}
-	if !ok || !value.IsInteger(n) || err != nil || i < 1 || i > 1<<31-1 {
-		c.writeError(w, r, errorf(ErrInvalidRequest, "maxConcurrency must be an integer of at least 1, not %s", value.String(v)))
+	n, err := parseConcurrency(v)
+	if err != nil {
+		c.writeError(w, r, err)
 		return
 	}
-	rec, err := c.setConcurrency(r.Context(), id, int(i))
+	rec, err := c.setConcurrency(r.Context(), id, n)
 	if err != nil {
 		c.writeError(w, r, err)
 		return

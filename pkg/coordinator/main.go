@@ -63,6 +63,14 @@ type Ready struct {
 //	              server require them (queue.RegisterEmbeddedFlags)
 //	--log-level   debug, info, warn or error; default info [STEPFLOW_LOG_LEVEL]
 //
+// and the request limits of Config (413, 429 or 400 beyond them):
+//
+//	--max-body-bytes       a JSON body, one JSONL line [STEPFLOW_MAX_BODY_BYTES]
+//	--max-flow-bytes       a flow, as compact JSON [STEPFLOW_MAX_FLOW_BYTES]
+//	--max-items-per-run    the items of one run [STEPFLOW_MAX_ITEMS_PER_RUN]
+//	--max-active-runs      top-level runs in progress [STEPFLOW_MAX_ACTIVE_RUNS]
+//	--max-run-concurrency  the largest maxConcurrency [STEPFLOW_MAX_RUN_CONCURRENCY]
+//
 // Prefer the environment variable or a file for the token: flags are
 // visible to every user of the machine in the process list. Secrets read
 // from the environment are never shown as flag defaults in --help.
@@ -73,17 +81,29 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "Usage: coordinator [flags]\n\nRuns the stepflow coordinator: the /api/v1 REST API, run bookkeeping and result aggregation.\n\nFlags:")
 		fs.PrintDefaults()
 	}
-	portDefault, err := envInt("STEPFLOW_PORT", DefaultPort)
-	if err != nil {
-		fmt.Fprintln(stderr, err)
-		return ExitUsage
+	var envErrs []error
+	envNum := func(key string, def int64) int64 {
+		n, err := envInt(key, def)
+		envErrs = append(envErrs, err)
+		return n
 	}
-	replicasDefault, err := envInt("STEPFLOW_NATS_REPLICAS", 0)
-	if err != nil {
-		fmt.Fprintln(stderr, err)
-		return ExitUsage
-	}
+	portDefault := int(envNum("STEPFLOW_PORT", DefaultPort))
 	var cfg Config
+	fs.Int64Var(&cfg.MaxBodyBytes, "max-body-bytes", envNum("STEPFLOW_MAX_BODY_BYTES", DefaultMaxBodyBytes),
+		"largest JSON request body, and largest line (item) of a JSONL upload, in bytes; 413 beyond (env STEPFLOW_MAX_BODY_BYTES)")
+	fs.Int64Var(&cfg.MaxFlowBytes, "max-flow-bytes", envNum("STEPFLOW_MAX_FLOW_BYTES", DefaultMaxFlowBytes),
+		"largest flow, as compact JSON, in bytes; 413 beyond (env STEPFLOW_MAX_FLOW_BYTES)")
+	fs.IntVar(&cfg.MaxItemsPerRun, "max-items-per-run", int(envNum("STEPFLOW_MAX_ITEMS_PER_RUN", DefaultMaxItemsPerRun)),
+		"most items of one run; a larger upload is rejected with 413 and no run (env STEPFLOW_MAX_ITEMS_PER_RUN)")
+	fs.IntVar(&cfg.MaxConcurrentRuns, "max-active-runs", int(envNum("STEPFLOW_MAX_ACTIVE_RUNS", DefaultMaxConcurrentRuns)),
+		"most top-level runs in progress at once; 429 with Retry-After beyond (env STEPFLOW_MAX_ACTIVE_RUNS)")
+	fs.IntVar(&cfg.MaxRunConcurrency, "max-run-concurrency", int(envNum("STEPFLOW_MAX_RUN_CONCURRENCY", DefaultMaxRunConcurrency)),
+		"largest maxConcurrency a run may ask for; 400 beyond (env STEPFLOW_MAX_RUN_CONCURRENCY)")
+	replicasDefault := int(envNum("STEPFLOW_NATS_REPLICAS", 0))
+	if err := errors.Join(envErrs...); err != nil {
+		fmt.Fprintln(stderr, err)
+		return ExitUsage
+	}
 	fs.StringVar(&cfg.Host, "host", os.Getenv("STEPFLOW_HOST"), `HTTP listen address ("" = every interface) (env STEPFLOW_HOST)`)
 	fs.IntVar(&cfg.Port, "port", portDefault, "HTTP port (0 = any free port) (env STEPFLOW_PORT)")
 	fs.StringVar(&cfg.NATSURL, "nats-url", os.Getenv(queue.EnvNATSURL), `NATS server URL ("" = start an embedded NATS server in the data dir) (env `+queue.EnvNATSURL+`)`)
@@ -108,6 +128,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "coordinator: unexpected arguments %q\n", fs.Args())
 		return ExitUsage
 	}
+	var err error
 	if cfg.AuthToken, err = LoadAuthToken(cfg.AuthToken, *tokenFile); err != nil {
 		fmt.Fprintf(stderr, "coordinator: %v\n", err)
 		return ExitUsage
@@ -122,7 +143,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 	c, err := New(cfg)
 	if err != nil {
-		fmt.Fprintf(stderr, "coordinator: %v\n", err)
+		fmt.Fprintln(stderr, err) // "coordinator: invalid configuration: …"
 		return ExitUsage
 	}
 	if err := c.Start(ctx); err != nil {
@@ -156,14 +177,14 @@ func envOr(key, def string) string {
 	return def
 }
 
-func envInt(key string, def int) (int, error) {
+func envInt(key string, def int64) (int64, error) {
 	v, ok := os.LookupEnv(key)
 	if !ok || v == "" {
 		return def, nil
 	}
-	n, err := strconv.Atoi(v)
+	n, err := strconv.ParseInt(v, 10, 64)
 	if err != nil {
-		return 0, fmt.Errorf("coordinator: %s=%q is not a whole number", key, v)
+		return def, fmt.Errorf("coordinator: %s=%q is not an integer", key, v)
 	}
 	return n, nil
 }

@@ -86,3 +86,36 @@ func TestMainNATSReplicas(t *testing.T) {
 	require.Empty(t, stdout.String())
 	require.Contains(t, stderr.String(), "replicas")
 }
+
+// The request limits are flags with environment defaults, named in
+// --help; a malformed value is a usage error naming the variable.
+func TestMainLimitFlags(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	require.Equal(t, coordinator.ExitOK, coordinator.Main(testCtx(t), []string{"--help"}, &stdout, &stderr))
+	for _, want := range []string{
+		"-max-body-bytes int", "(env STEPFLOW_MAX_BODY_BYTES) (default 33554432)",
+		"-max-flow-bytes int", "(env STEPFLOW_MAX_FLOW_BYTES) (default 4194304)",
+		"-max-items-per-run int", "(env STEPFLOW_MAX_ITEMS_PER_RUN) (default 10000000)",
+		"-max-active-runs int", "(env STEPFLOW_MAX_ACTIVE_RUNS) (default 64)",
+		"-max-run-concurrency int", "(env STEPFLOW_MAX_RUN_CONCURRENCY) (default 10000)",
+	} {
+		require.Contains(t, stderr.String(), want)
+	}
+
+	// The environment sets the default (not t.Parallel: Setenv).
+	t.Setenv("STEPFLOW_MAX_FLOW_BYTES", "1234")
+	stderr.Reset()
+	require.Equal(t, coordinator.ExitOK, coordinator.Main(testCtx(t), []string{"--help"}, &stdout, &stderr))
+	require.Contains(t, stderr.String(), "(env STEPFLOW_MAX_FLOW_BYTES) (default 1234)")
+
+	t.Setenv("STEPFLOW_MAX_ITEMS_PER_RUN", "lots")
+	stderr.Reset()
+	require.Equal(t, coordinator.ExitUsage, coordinator.Main(testCtx(t), []string{"--data-dir", t.TempDir()}, &stdout, &stderr))
+	require.Equal(t, "coordinator: STEPFLOW_MAX_ITEMS_PER_RUN=\"lots\" is not an integer\n", stderr.String())
+
+	t.Setenv("STEPFLOW_MAX_ITEMS_PER_RUN", "")
+	stderr.Reset()
+	require.Equal(t, coordinator.ExitUsage, coordinator.Main(testCtx(t), []string{"--data-dir", t.TempDir(), "--max-flow-bytes", "-1"}, &stdout, &stderr))
+	require.Equal(t, "coordinator: invalid configuration: MaxFlowBytes (--max-flow-bytes) must be positive\n", stderr.String())
+	require.Empty(t, stdout.String())
+}

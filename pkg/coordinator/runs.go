@@ -564,7 +564,10 @@ func (c *Coordinator) cancelRun(ctx context.Context, runID string) (*stepflowv1.
 // setConcurrency changes a running run's concurrency.
 func (c *Coordinator) setConcurrency(ctx context.Context, runID string, n int) (*stepflowv1.RunRecord, error) {
 	if n < 1 {
-		return nil, errorf(ErrInvalidRequest, "maxConcurrency must be at least 1, not %d", n)
+		return nil, errorf(ErrInvalidRequest, "maxConcurrency must be an integer of at least 1, not %d", n)
+	}
+	if err := c.checkConcurrency(n); err != nil {
+		return nil, err
 	}
 	st, rec, err := c.ensureAttached(ctx, runID)
 	if err != nil {
@@ -813,7 +816,13 @@ type inputSource func(fn func(data []byte) error) error
 // existing run (created is false) without reading the inputs.
 func (c *Coordinator) submit(ctx context.Context, sub submission) (rec *stepflowv1.RunRecord, created bool, err error) {
 	if sub.MaxConcurrency < 0 {
-		return nil, false, errorf(ErrInvalidRequest, "maxConcurrency must be at least 1")
+		return nil, false, errorf(ErrInvalidRequest, "maxConcurrency must be an integer of at least 1, not %d", sub.MaxConcurrency)
+	}
+	if sub.ParentRunID != "" {
+		// A component cannot fix its request: its child run is capped.
+		sub.MaxConcurrency = min(sub.MaxConcurrency, c.cfg.MaxRunConcurrency)
+	} else if err := c.checkConcurrency(sub.MaxConcurrency); err != nil {
+		return nil, false, err
 	}
 	f, flowID, err := c.loadFlow(ctx, sub.FlowID)
 	if err != nil {
@@ -890,7 +899,7 @@ func (c *Coordinator) submit(ctx context.Context, sub submission) (rec *stepflow
 
 	conc := sub.MaxConcurrency
 	if conc == 0 {
-		conc = max(1, min(n, c.cfg.ConcurrencyCap))
+		conc = max(1, min(n, c.cfg.ConcurrencyCap, c.cfg.MaxRunConcurrency))
 	}
 	now := timestamppb.Now()
 	rec = &stepflowv1.RunRecord{
@@ -985,7 +994,7 @@ func (c *Coordinator) reserveRun() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.topLevel >= c.cfg.MaxConcurrentRuns {
-		return errorf(ErrTooManyRuns, "%d runs are in progress (the limit); retry when one has finished", c.topLevel)
+		return errorf(ErrTooManyRuns, "%d runs are in progress, the coordinator's limit (--max-active-runs); retry when one has finished", c.topLevel)
 	}
 	c.topLevel++
 	return nil
@@ -1022,7 +1031,8 @@ func (c *Coordinator) spoolInputs(ctx context.Context, runID, dir string, tmpl *
 	n := 0
 	err = src(func(data []byte) error {
 		if n >= c.cfg.MaxItemsPerRun {
-			return errorf(ErrTooLarge, "more than %d items (the coordinator's MaxItemsPerRun)", c.cfg.MaxItemsPerRun)
+			return errorf(ErrTooLarge, "item %d is over the coordinator's limit of %d items per run (--max-items-per-run); the upload was rejected and no run was created",
+				n, c.cfg.MaxItemsPerRun)
 		}
 		detail.add(data)
 		if sw != nil {
@@ -1108,15 +1118,35 @@ func (c *Coordinator) loadFlow(ctx context.Context, id string) (*flow.Flow, stri
 	if err != nil {
 		return nil, "", err
 	}
+	if err := c.checkFlowSize(len(value.Marshal(b.Data))); err != nil {
+		return nil, "", err
+	}
 	f, err := flow.FromValue(b.Data)
 	if err != nil {
 		return nil, "", errorf(ErrInvalidRequest, "blob %s is not a flow: %w", id, err)
+	}
+	// A flow stored through POST /flows was validated there; one from a
+	// blob is checked here, or every item would fail on the workers.
+	if fatal := fatalDiagnostics(flow.Validate(f)); fatal != "" {
+		return nil, "", errorf(ErrInvalidRequest, "blob %s is not a valid flow: %s", id, fatal)
 	}
 	fid, err := c.flows.Put(ctx, value.Marshal(f.Value()))
 	if err != nil {
 		return nil, "", err
 	}
 	return f, fid, nil
+}
+
+// fatalDiagnostics formats the fatal diagnostics of a flow as
+// "message (path); …", "" when there are none.
+func fatalDiagnostics(ds flow.Diagnostics) string {
+	var parts []string
+	for _, d := range ds {
+		if d.Level == flow.LevelFatal {
+			parts = append(parts, d.Message+" ("+d.Path+")")
+		}
+	}
+	return strings.Join(parts, "; ")
 }
 
 // detailInputs keeps a run's inputs for RunDetails while they stay under

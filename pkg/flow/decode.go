@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"math"
 	"path/filepath"
-	"regexp"
-	"strconv"
 	"strings"
 	"time"
 
@@ -97,7 +95,7 @@ func Parse(data []byte, file string) (*Flow, error) {
 func parseYAML(data []byte, sm value.SourceMap) (value.Value, error) {
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
-		return nil, err
+		return nil, value.YAMLSyntaxError(data, err)
 	}
 	if doc.Kind == 0 || len(doc.Content) == 0 {
 		return nil, nil
@@ -165,23 +163,14 @@ func prune(n *yaml.Node, s shape, depth int) *yaml.Node {
 	}
 }
 
-var yamlLineRE = regexp.MustCompile(`^yaml: line (\d+): `)
-
-// yamlError turns a yaml.v3 or value.YAMLError error into a DecodeError.
+// yamlError turns a value.YAMLError (a syntax error or a problem
+// converting YAML to JSON) into a DecodeError.
 func yamlError(file string, err error) *DecodeError {
 	var ye *value.YAMLError
 	if errors.As(err, &ye) {
 		return &DecodeError{File: file, Pos: ye.Pos, Msg: ye.Msg, Err: errors.Join(ErrInvalidFlow, err)}
 	}
-	msg := err.Error()
-	var pos value.Pos
-	if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
-		pos.Line, _ = strconv.Atoi(m[1])
-		msg = msg[len(m[0]):]
-	} else {
-		msg = strings.TrimPrefix(msg, "yaml: ")
-	}
-	return &DecodeError{File: file, Pos: pos, Msg: "invalid YAML: " + msg, Err: errors.Join(ErrInvalidFlow, err)}
+	return &DecodeError{File: file, Msg: "invalid YAML: " + err.Error(), Err: errors.Join(ErrInvalidFlow, err)}
 }
 
 // FromValue decodes a flow given as a JSON value, such as a nested flow

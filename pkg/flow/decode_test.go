@@ -205,7 +205,39 @@ func TestDecodeErrors(t *testing.T) {
 			name: "yaml syntax",
 			file: "f.yaml",
 			src:  "name: x\n  y: 2\n",
-			want: "f.yaml:2: invalid YAML: mapping values are not allowed in this context",
+			want: "f.yaml:2:4: invalid YAML: mapping values are not allowed in this context",
+		},
+		{
+			// yaml.v3 alone says "line 4" (the 0-based line of the
+			// mapping) and no column.
+			name: "unclosed flow mapping",
+			file: "f.yaml",
+			src:  "name: x\nsteps:\n  - id: a\n    input: {data: 1\noutput: 1\n",
+			want: "f.yaml:5:7: invalid YAML: did not find expected ',' or '}' (while parsing a flow mapping that starts at line 4, column 12)",
+		},
+		{
+			name: "bad indentation",
+			file: "f.yaml",
+			src:  "name: x\nsteps:\n  - id: a\n   component: /c\n",
+			want: "f.yaml:4:4: invalid YAML: did not find expected '-' indicator (while parsing a block collection that starts at line 3, column 3)",
+		},
+		{
+			name: "tab indentation",
+			file: "f.yaml",
+			src:  "name: x\nsteps:\n\t- id: a\n",
+			want: "f.yaml:3:1: invalid YAML: found character that cannot start any token",
+		},
+		{
+			name: "unterminated string",
+			file: "f.yaml",
+			src:  "name: \"x\nsteps: []\n",
+			want: "f.yaml:3:1: invalid YAML: found unexpected end of stream (while scanning a quoted scalar that starts at line 1, column 7)",
+		},
+		{
+			name: "duplicate key",
+			file: "f.yaml",
+			src:  "name: x\nsteps:\n  - id: a\n    component: /a\n    component: /b\n",
+			want: `f.yaml:5:5: duplicate key "component" (first at line 4, column 5)`,
 		},
 		{
 			name: "yaml nan",

@@ -153,6 +153,10 @@ func (c *yamlConverter) convert(n *yaml.Node, path string, depth int) (Value, er
 		return out, nil
 	case yaml.MappingNode:
 		o := NewObject(len(n.Content) / 2)
+		var explicit map[string]*yaml.Node // keys written (not merged) so far
+		if len(n.Content) > 2 {
+			explicit = make(map[string]*yaml.Node, len(n.Content)/2)
+		}
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k, vn := n.Content[i], n.Content[i+1]
 			if k.Kind == yaml.AliasNode && k.Alias != nil {
@@ -178,6 +182,15 @@ func (c *yamlConverter) convert(n *yaml.Node, path string, depth int) (Value, er
 					}
 				}
 				continue
+			}
+			if explicit != nil {
+				// YAML requires unique keys (serde_yaml and yaml.v3's own
+				// decoder refuse duplicates); a node tree keeps both.
+				if first, dup := explicit[k.Value]; dup {
+					return nil, &YAMLError{Pos{n.Content[i].Line, n.Content[i].Column},
+						fmt.Sprintf("duplicate key %q (first at line %d, column %d)", k.Value, first.Line, first.Column)}
+				}
+				explicit[k.Value] = n.Content[i]
 			}
 			v, err := c.convert(vn, PathField(path, k.Value), depth+1)
 			if err != nil {
