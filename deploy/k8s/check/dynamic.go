@@ -467,7 +467,11 @@ func (c *Checker) checkDynamic(o *overlay, cs []*ours) (err error) {
 	}
 
 	// A batch through the last coordinator (the standby, if any).
-	if err := c.submit(entry.Base, token, tmp); err != nil {
+	via := "the coordinator"
+	if entry != leader {
+		via = entry.Pod.Name + " (standby, forwarding to " + leader.Pod.Name + ")"
+	}
+	if err := c.submit(entry.Base, via, token, tmp); err != nil {
 		return err
 	}
 	if entry != leader {
@@ -659,8 +663,9 @@ func (c *Checker) sameSDK(d *dockerfile) error {
 	return fmt.Errorf("%s: installs no stepflow-py[http] into %s", d.Path, imageVenv)
 }
 
-// submit runs smokeFlow through the coordinator with `stepflow submit`.
-func (c *Checker) submit(base, token, tmp string) error {
+// submit runs smokeFlow through the coordinator at base (described by
+// via) with `stepflow submit`.
+func (c *Checker) submit(base, via, token, tmp string) error {
 	out := filepath.Join(tmp, "results.jsonl")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -683,7 +688,7 @@ func (c *Checker) submit(base, token, tmp string) error {
 	if want != got || !bytes.Contains(res, []byte(`"outcome":"success"`)) {
 		return fmt.Errorf("stepflow submit %s: %d results for %d items:\n%s", smokeFlow, got, want, res)
 	}
-	c.logf("     %s: %d items through the coordinator and a worker, all succeeded", smokeFlow, got)
+	c.logf("     %s: %d items through %s and a worker, all succeeded", smokeFlow, got, via)
 	return nil
 }
 
