@@ -3,6 +3,7 @@ package main
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -55,6 +56,11 @@ func TestBrokenFixtures(t *testing.T) {
 		{"keda-target-value", false, `targetValue "10" differs from the worker's --concurrency 4`},
 		{"keda-unknown-field", false, `unknown field "maxReplicas"`},
 		{"missing-probe-path", true, "GET /ready: status 404"},
+		{"coordinator-scrape-annotation", false, `scraped by scrape job "stepflow-coordinator" (deploy/k8s/prometheus/scrape-configs.yml) and by the pod's prometheus.io/scrape annotation (GET /metrics): every series would be counted twice`},
+		{"ha-rwo-volume", false, "2 replicas run on the data dir /var/lib/stepflow/data, but PersistentVolumeClaim coordinator-data is [ReadWriteOnce], not ReadWriteMany"},
+		{"ha-advertise-service", false, `--advertise-url="http://coordinator:7840": want http://$(POD_IP):7840 with POD_IP from the downward API (status.podIP)`},
+		{"ha-no-advertise-url", false, "--advertise-url is unset: the leader would advertise http://127.0.0.1:7840, and a standby would forward the API to itself"},
+		{"ha-fixed-id", false, `--id="coordinator" is the same in every pod`},
 	} {
 		t.Run(tc.fixture, func(t *testing.T) {
 			if tc.dynamic && testing.Short() {
@@ -104,6 +110,110 @@ func TestDockerfileUser(t *testing.T) {
 			t.Fatal(err)
 		}
 		if _, _, err := d.user(); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: got %v, want %q", body, err, want)
+		}
+	}
+}
+
+// The coordinator's /metrics needs the token, the worker's does not: a
+// scrape without the token where it is needed, or with one where the
+// path is open, fails the dynamic check.
+func TestScrapeAuth(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	for _, tc := range []struct {
+		name, fixture string
+		edit          func(jobs []scrapeJob) []scrapeJob
+		want          string
+	}{
+		{
+			name: "coordinator job without authorization", fixture: "../overlays/dev",
+			edit: func(jobs []scrapeJob) []scrapeJob {
+				jobByName(t, jobs, "stepflow-coordinator").Authorization = nil
+				return jobs
+			},
+			want: `GET /metrics: status 401, want 200 without a token (scrape job "stepflow-coordinator"`,
+		},
+		{
+			name: "coordinator scraped by annotation", fixture: "testdata/coordinator-scrape-annotation",
+			edit: func(jobs []scrapeJob) []scrapeJob {
+				return slices.DeleteFunc(jobs, func(j scrapeJob) bool { return j.JobName == "stepflow-coordinator" })
+			},
+			want: "GET /metrics: status 401, want 200 without a token (annotation-driven scrape jobs (prometheus.io/scrape) sends none); the path needs the API token",
+		},
+		{
+			name: "worker job with authorization", fixture: "../overlays/dev",
+			edit: func(jobs []scrapeJob) []scrapeJob {
+				jobByName(t, jobs, "stepflow-workers").Authorization = &scrapeAuthorization{Type: "Bearer", CredentialsFile: "/x"}
+				return jobs
+			},
+			want: `Deployment/worker container worker: GET /metrics without a token: status 200, want 401`,
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newTestChecker(t)
+			c.Dynamic = true
+			c.scrapeJobs = tc.edit(slices.Clone(c.scrapeJobs))
+			err := c.Check(tc.fixture)
+			if err == nil {
+				t.Fatalf("the check passed")
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("the error does not say %q:\n%v", tc.want, err)
+			}
+		})
+	}
+}
+
+func jobByName(t *testing.T, jobs []scrapeJob, name string) *scrapeJob {
+	t.Helper()
+	for i := range jobs {
+		if jobs[i].JobName == name {
+			return &jobs[i]
+		}
+	}
+	t.Fatalf("no scrape job %q in %s", name, scrapeConfigsFile)
+	return nil
+}
+
+// A job that selects nothing, and scrape configs the check cannot
+// evaluate or that put the token in the config, fail.
+func TestScrapeConfigRules(t *testing.T) {
+	c := newTestChecker(t)
+	c.scrapeJobs = slices.Clone(c.scrapeJobs)
+	job := jobByName(t, c.scrapeJobs, "stepflow-workers")
+	job.RelabelConfigs = slices.Clone(job.RelabelConfigs)
+	re := "worker;metrics" // a port name the worker does not have
+	job.RelabelConfigs[0].Regex = &re
+	if err := job.validate(); err != nil {
+		t.Fatal(err)
+	}
+	err := c.Check("../overlays/dev")
+	for _, want := range []string{
+		`scrape job "stepflow-workers" (deploy/k8s/prometheus/scrape-configs.yml) selects no container port of the overlay`,
+		"Deployment/worker container worker: no job of deploy/k8s/prometheus/scrape-configs.yml scrapes it",
+	} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("the error does not say %q:\n%v", want, err)
+		}
+	}
+
+	for body, want := range map[string]string{
+		"scrape_configs:\n- job_name: a\n  authorization: {credentials: secret}\n  kubernetes_sd_configs: [{role: pod}]\n": "use credentials_file",
+		"scrape_configs:\n- job_name: a\n  kubernetes_sd_configs: [{role: pod}]\n  relabel_config: []\n":                   `unknown field "relabel_config"`,
+		"scrape_configs:\n- job_name: a\n  kubernetes_sd_configs: [{role: pod}]\n  relabel_configs: [{action: hashmod}]\n": `action "hashmod" is not evaluated by k8s-check`,
+		"scrape_configs:\n- job_name: a\n  kubernetes_sd_configs: [{role: endpoints}]\n":                                   "role pod",
+	} {
+		root := t.TempDir()
+		p := filepath.Join(root, scrapeConfigsFile)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := loadScrapeJobs(root); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%q: got %v, want %q", body, err, want)
 		}
 	}

@@ -3,10 +3,13 @@
 // Kubernetes API types (and KEDA's), and checks the manifests against the
 // binaries of bin/ and the Dockerfiles of deploy/docker: flags and
 // environment variables exist, probes hit the ports the binaries listen
-// on, grace periods cover the drains, images are one consistent set. With
-// -dynamic (the default) it then starts NATS from the overlay's own
-// config, the coordinator and a worker with the manifests' own args and
-// environment, GETs every probe path, and runs a batch through them.
+// on, grace periods cover the drains, images are one consistent set, the
+// Prometheus jobs of deploy/k8s/prometheus scrape every coordinator and
+// worker once. With -dynamic (the default) it then starts NATS from the
+// overlay's own config, the coordinator(s) and a worker with the
+// manifests' own args and environment, GETs every probe path (200 without
+// a token) and scrape path (with the token where the job sends it, and
+// then 401 without), and runs a batch through them.
 //
 //	go run . [-dynamic=false] REPO_ROOT
 package main
@@ -36,6 +39,7 @@ type Checker struct {
 	images      []image
 	dockerfiles map[string]*dockerfile // by image ref
 	nats        map[string]*natsServer // by overlay dir
+	scrapeJobs  []scrapeJob            // scrapeConfigsFile
 }
 
 // NewChecker loads what the checks compare against: the binaries'
@@ -56,6 +60,9 @@ func NewChecker(root string, dynamic bool, log io.Writer) (*Checker, error) {
 		return nil, err
 	}
 	c.natsVersion = v
+	if c.scrapeJobs, err = loadScrapeJobs(root); err != nil {
+		return nil, err
+	}
 	images, err := c.imageSet()
 	c.images = images
 	return c, err

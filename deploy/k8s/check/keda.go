@@ -121,3 +121,11 @@ type BoundServiceAccountToken struct {
 	Parameter          string `json:"parameter"`
 	ServiceAccountName string `json:"serviceAccountName"`
 }
+
+// backlogPath and backlogField: the coordinator's
+// {"queued":N,"inFlight":M,"backlog":N+M,"runs":K} that KEDA's
+// metrics-api scaler reads.
+const (
+	backlogPath  = "/api/v1/backlog"
+	backlogField = "backlog"
+)

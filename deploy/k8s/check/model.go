@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -128,11 +129,27 @@ func (c *ours) intSetting(flag string) (int, string, error) {
 	return n, src, nil
 }
 
+// pod is one pod of a workload, as the downward API describes it to
+// the container's fieldRef variables.
+type pod struct {
+	Name string // metadata.name
+	IP   string // status.podIP
+}
+
+// podIPPlaceholder stands for status.podIP in the static checks: a
+// documentation address (RFC 5737) that nothing else in a manifest
+// produces, so a setting that contains it came from the pod's IP.
+const podIPPlaceholder = "192.0.2.10"
+
+// staticPod stands for any pod of w in the static checks.
+func staticPod(w workload) pod { return pod{Name: w.Name + "-0", IP: podIPPlaceholder} }
+
 // resolveEnv collects the container's environment: envFrom ConfigMaps
-// and Secrets, then env entries (values, ConfigMap and Secret keys;
-// field refs become a placeholder). A reference to an object the overlay
-// does not render is an error unless the Secret is in externalSecrets.
-func resolveEnv(o *overlay, w workload, c *corev1.Container) (map[string]string, []error) {
+// and Secrets, then env entries (values with the kubelet's $(VAR)
+// expansion, ConfigMap and Secret keys, and the downward API's fieldRefs
+// of pod p). A reference to an object the overlay does not render is an
+// error unless the Secret is in externalSecrets.
+func resolveEnv(o *overlay, w workload, c *corev1.Container, p pod) (map[string]string, []error) {
 	env := map[string]string{}
 	var errs []error
 	for _, ef := range c.EnvFrom {
@@ -180,12 +197,49 @@ func resolveEnv(o *overlay, w workload, c *corev1.Container) (map[string]string,
 			}
 			env[e.Name] = v
 		case e.ValueFrom.FieldRef != nil:
-			env[e.Name] = w.Name + "-0" // the pod's name, as good as any
+			switch e.ValueFrom.FieldRef.FieldPath {
+			case "metadata.name":
+				env[e.Name] = p.Name
+			case "status.podIP":
+				env[e.Name] = p.IP
+			case "metadata.namespace":
+				env[e.Name] = namespaceOf(w)
+			default:
+				env[e.Name] = "resolved-by-kubelet"
+			}
 		default:
 			env[e.Name] = "resolved-by-kubelet"
 		}
 	}
 	return env, errs
+}
+
+func namespaceOf(w workload) string {
+	switch {
+	case w.Dep != nil:
+		return w.Dep.Namespace
+	case w.STS != nil:
+		return w.STS.Namespace
+	}
+	return ""
+}
+
+// referenced reports whether the container's args, command or env values
+// use the variable name as $(name): a variable the binary does not read
+// may exist for that (POD_IP for --advertise-url).
+func referenced(c *corev1.Container, name string) bool {
+	ref := "$(" + name + ")"
+	for _, s := range slices.Concat(c.Command, c.Args) {
+		if strings.Contains(s, ref) {
+			return true
+		}
+	}
+	for _, e := range c.Env {
+		if strings.Contains(e.Value, ref) {
+			return true
+		}
+	}
+	return false
 }
 
 // externalSecrets are Secrets an overlay may reference without rendering
@@ -221,12 +275,47 @@ func secretValue(o *overlay, name, key string) (string, error) {
 	return "", fmt.Errorf("secret %q (key %q) is neither in the overlay nor a documented external Secret", name, key)
 }
 
-// expandVars does the kubelet's $(VAR) expansion.
+// expandVars does the kubelet's $(VAR) expansion of env values, command
+// and args: a defined variable is replaced, an undefined reference stays
+// as written, and $$ is a literal $.
 func expandVars(s string, env map[string]string) string {
-	for k, v := range env {
-		s = strings.ReplaceAll(s, "$("+k+")", v)
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] != '$' || i+1 >= len(s) {
+			b.WriteByte(s[i])
+			continue
+		}
+		switch s[i+1] {
+		case '$':
+			b.WriteByte('$')
+			i++
+		case '(':
+			end := strings.IndexByte(s[i+2:], ')')
+			if end < 0 {
+				b.WriteString(s[i:])
+				return b.String()
+			}
+			name := s[i+2 : i+2+end]
+			if v, ok := env[name]; ok {
+				b.WriteString(v)
+			} else {
+				b.WriteString(s[i : i+3+end])
+			}
+			i += 2 + end
+		default:
+			b.WriteByte('$')
+		}
 	}
-	return s
+	return b.String()
+}
+
+// expandArgs expands every arg as the kubelet does.
+func expandArgs(args []string, env map[string]string) []string {
+	out := make([]string, len(args))
+	for i, a := range args {
+		out[i] = expandVars(a, env)
+	}
+	return out
 }
 
 // containerPort resolves a probe or service port (a number or a name).

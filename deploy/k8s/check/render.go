@@ -108,20 +108,26 @@ func decodeStrict(y []byte) (object, error) {
 	if err != nil {
 		return object{}, err
 	}
-	dec := json.NewDecoder(bytes.NewReader(j))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(typed); err != nil {
-		return object{}, fmt.Errorf("%s: %w", head.Kind, err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return object{}, fmt.Errorf("%s: trailing data after the object", head.Kind)
-	}
-	strict, err := sigsjson.UnmarshalStrict(j, typed, sigsjson.DisallowUnknownFields)
-	if err != nil {
-		return object{}, fmt.Errorf("%s: %w", head.Kind, err)
-	}
-	if err := errors.Join(strict...); err != nil {
+	if err := decodeStrictJSON(j, typed); err != nil {
 		return object{}, fmt.Errorf("%s: %w", head.Kind, err)
 	}
 	return object{Kind: head.Kind, Name: head.Metadata.Name, Typed: typed}, nil
+}
+
+// decodeStrictJSON decodes j into v, rejecting unknown fields, fields
+// whose case differs from v's and duplicate fields.
+func decodeStrictJSON(j []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(j))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return errors.New("trailing data after the object")
+	}
+	strict, err := sigsjson.UnmarshalStrict(j, v, sigsjson.DisallowUnknownFields)
+	if err != nil {
+		return err
+	}
+	return errors.Join(strict...)
 }

@@ -8,6 +8,7 @@ import (
 	"path"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -163,7 +164,7 @@ func (c *Checker) checkStatic(o *overlay) ([]*ours, []error) {
 					}
 				}
 			}
-			env, envErrs := resolveEnv(o, w, ct)
+			env, envErrs := resolveEnv(o, w, ct, staticPod(w))
 			errs = append(errs, envErrs...)
 			d := c.dockerfiles[ct.Image]
 			if d == nil {
@@ -181,7 +182,7 @@ func (c *Checker) checkStatic(o *overlay) ([]*ours, []error) {
 			if len(ct.Command) > 0 {
 				add(fmt.Errorf("%s container %s: do not override the image's ENTRYPOINT (command); pass flags in args", w.Ref, ct.Name))
 			}
-			args, err := parseArgs(ct.Args)
+			args, err := parseArgs(expandArgs(ct.Args, env))
 			if err != nil {
 				add(fmt.Errorf("%s container %s: %w", w.Ref, ct.Name, err))
 				continue
@@ -194,8 +195,8 @@ func (c *Checker) checkStatic(o *overlay) ([]*ours, []error) {
 				}
 			}
 			for name := range env {
-				if !bin.Env[name] {
-					add(fmt.Errorf("%s: environment variable %s is not read by %s (it reads %v)", oc.where(), name, bin.Name, keys(bin.Env)))
+				if !bin.Env[name] && !referenced(ct, name) {
+					add(fmt.Errorf("%s: environment variable %s is not read by %s (it reads %v) nor used as $(%s) in the container's args or env", oc.where(), name, bin.Name, keys(bin.Env), name))
 				}
 			}
 			switch bin.Name {
@@ -209,6 +210,7 @@ func (c *Checker) checkStatic(o *overlay) ([]*ours, []error) {
 	add(c.checkNATS(o, containers))
 	add(c.checkServices(o))
 	add(c.checkAutoscaling(o, containers))
+	add(c.checkScrape(o, containers))
 	return containers, errs
 }
 
@@ -304,7 +306,67 @@ func (c *Checker) checkCoordinator(o *overlay, oc *ours) error {
 	if !underPVC(oc, dir) {
 		errs = append(errs, fmt.Errorf("%s: %s=%s is not on a PersistentVolumeClaim mount: results would be lost with the pod", oc.where(), dsrc, dir))
 	}
+	errs = append(errs, checkCoordinatorReplicas(o, oc, dir))
 	return errors.Join(errs...)
+}
+
+// checkCoordinatorReplicas: coordinators that run at once (replicas > 1,
+// or the old and the new pod during a RollingUpdate) share the data dir
+// and the leadership lease; the leader does the work and the standbys
+// forward the API to the URL it advertises. So the data dir's volume is
+// ReadWriteMany, the advertised URL is the pod's own IP and port, and an
+// explicit --id differs per pod.
+func checkCoordinatorReplicas(o *overlay, oc *ours, dir string) error {
+	d := oc.W.Dep
+	if d == nil {
+		return nil
+	}
+	replicas := int32(1)
+	if d.Spec.Replicas != nil {
+		replicas = *d.Spec.Replicas
+	}
+	rolling := d.Spec.Strategy.Type != appsv1.RecreateDeploymentStrategyType
+	if replicas <= 1 && !rolling {
+		return nil
+	}
+	why := fmt.Sprintf("%d replicas run", replicas)
+	if replicas <= 1 {
+		why = "strategy RollingUpdate runs the new pod next to the old one, so two run"
+	}
+	var errs []error
+	if pvc := dataPVC(o, oc, dir); pvc != nil && !slices.Contains(pvc.Spec.AccessModes, corev1.ReadWriteMany) {
+		errs = append(errs, fmt.Errorf("%s: %s on the data dir %s, but PersistentVolumeClaim %s is %v, not ReadWriteMany: a pod on another node cannot mount it (use one replica and Recreate, or a ReadWriteMany volume with POSIX locks as components/coordinator-ha does)", oc.where(), why, dir, pvc.Name, pvc.Spec.AccessModes))
+	}
+	port, _, err := oc.intSetting("port")
+	if err != nil {
+		return err
+	}
+	show := func(s string) string { return strings.ReplaceAll(s, podIPPlaceholder, "<status.podIP>") }
+	u, src := oc.setting("advertise-url")
+	if u == "" {
+		errs = append(errs, fmt.Errorf("%s: %s, but --advertise-url is unset: the leader would advertise http://127.0.0.1:%d, and a standby would forward the API to itself; use http://$(POD_IP):%d with POD_IP from the downward API (status.podIP)", oc.where(), why, port, port))
+	} else if pu, err := url.Parse(u); err != nil || pu.Scheme != "http" || pu.Hostname() != podIPPlaceholder || pu.Port() != strconv.Itoa(port) || strings.Trim(pu.Path, "/") != "" {
+		errs = append(errs, fmt.Errorf("%s: %s=%q: want http://$(POD_IP):%d with POD_IP from the downward API (status.podIP): the standbys forward the API there, so it must reach this very pod on its port", oc.where(), src, show(u), port))
+	}
+	if id, isrc := oc.setting("id"); id != "" && !strings.Contains(id, oc.W.Name+"-0") {
+		errs = append(errs, fmt.Errorf("%s: %s=%q is the same in every pod: two coordinators would hold the lease under one name; use $(POD_NAME) (metadata.name), or leave it unset (host name and port)", oc.where(), isrc, show(id)))
+	}
+	return errors.Join(errs...)
+}
+
+// dataPVC returns the PersistentVolumeClaim mounted at dir.
+func dataPVC(o *overlay, oc *ours, dir string) *corev1.PersistentVolumeClaim {
+	for _, m := range oc.C.VolumeMounts {
+		if dir != m.MountPath && !strings.HasPrefix(dir, strings.TrimSuffix(m.MountPath, "/")+"/") {
+			continue
+		}
+		for _, v := range oc.W.Pod.Volumes {
+			if v.Name == m.Name && v.PersistentVolumeClaim != nil {
+				return get[corev1.PersistentVolumeClaim](o, "PersistentVolumeClaim", v.PersistentVolumeClaim.ClaimName)
+			}
+		}
+	}
+	return nil
 }
 
 func underPVC(oc *ours, dir string) bool {
