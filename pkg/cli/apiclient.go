@@ -16,6 +16,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -32,7 +33,9 @@ const defaultCoordinatorURL = "http://localhost:7840"
 // caller's business (see retrier), because only the caller knows whether a
 // request can be repeated.
 type apiClient struct {
-	base  string // scheme://host[:port]/api/v1, no trailing slash
+	bases []string // every --url, as scheme://host[:port]/api/v1
+	mu    sync.Mutex
+	base  string // the one requests go to; guarded by mu
 	token string
 	http  *http.Client
 }
@@ -48,20 +51,18 @@ type clientOptions struct {
 
 // newAPIClient normalises rawURL (with or without the /api/v1 suffix, as
 // upstream, where only scheme, host and port matter) and returns a client.
+// rawURL may list several coordinators, comma-separated (coordinators
+// sharing NATS, see pkg/coordinator/leader.go): requests go to one until
+// it cannot be reached or answers 502/503/504, then to the next.
 func newAPIClient(rawURL string, opts clientOptions) (*apiClient, error) {
-	u, err := url.Parse(strings.TrimSpace(rawURL))
-	if err != nil {
-		return nil, fmt.Errorf("--url %q: %w", rawURL, err)
+	var bases []string
+	for _, one := range strings.Split(rawURL, ",") {
+		base, err := apiBase(one)
+		if err != nil {
+			return nil, err
+		}
+		bases = append(bases, base)
 	}
-	if u.Scheme != "http" && u.Scheme != "https" {
-		return nil, fmt.Errorf("--url %q: want an http:// or https:// URL", rawURL)
-	}
-	if u.Host == "" {
-		return nil, fmt.Errorf("--url %q: no host", rawURL)
-	}
-	path := strings.TrimRight(u.Path, "/")
-	path = strings.TrimSuffix(path, "/api/v1")
-	base := u.Scheme + "://" + u.Host + path + "/api/v1"
 	// No overall timeout: item downloads and event streams are long.
 	// Dialing and response headers are bounded by the transport.
 	tr := http.DefaultTransport.(*http.Transport).Clone()
@@ -80,7 +81,60 @@ func newAPIClient(rawURL string, opts clientOptions) (*apiClient, error) {
 		}
 		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	}
-	return &apiClient{base: base, token: opts.token, http: &http.Client{Transport: tr}}, nil
+	c := &apiClient{bases: bases, token: opts.token, http: &http.Client{Transport: tr}}
+	c.base = bases[0]
+	return c, nil
+}
+
+// apiBase is one --url as scheme://host[:port][/prefix]/api/v1.
+func apiBase(rawURL string) (string, error) {
+	u, err := url.Parse(strings.TrimSpace(rawURL))
+	if err != nil {
+		return "", fmt.Errorf("--url %q: %w", rawURL, err)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return "", fmt.Errorf("--url %q: want an http:// or https:// URL", rawURL)
+	}
+	if u.Host == "" {
+		return "", fmt.Errorf("--url %q: no host", rawURL)
+	}
+	path := strings.TrimRight(u.Path, "/")
+	path = strings.TrimSuffix(path, "/api/v1")
+	return u.Scheme + "://" + u.Host + path + "/api/v1", nil
+}
+
+// failover moves on to the next coordinator of --url after a request to
+// from failed as unreachable or unavailable.
+func (c *apiClient) failover(from string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.bases) < 2 || c.base != from {
+		return
+	}
+	for i, b := range c.bases {
+		if b == from {
+			c.base = c.bases[(i+1)%len(c.bases)]
+			return
+		}
+	}
+}
+
+// baseOf returns the coordinator req was sent to.
+func (c *apiClient) baseOf(req *http.Request) string {
+	u := req.URL.String()
+	for _, b := range c.bases {
+		if strings.HasPrefix(u, b+"/") || u == b {
+			return b
+		}
+	}
+	return ""
+}
+
+// current is the coordinator requests go to now.
+func (c *apiClient) current() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.base
 }
 
 // close releases idle connections.
@@ -143,7 +197,7 @@ func retryable(err error) bool {
 
 // request builds a request to path (relative to /api/v1).
 func (c *apiClient) request(ctx context.Context, method, path string, body io.Reader) (*http.Request, error) {
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	req, err := http.NewRequestWithContext(ctx, method, c.current()+path, body)
 	if err != nil {
 		return nil, fmt.Errorf("build request: %w", err)
 	}
@@ -162,10 +216,15 @@ func (c *apiClient) do(req *http.Request) (*http.Response, error) {
 		if ctxErr := req.Context().Err(); ctxErr != nil {
 			return nil, fmt.Errorf("%s %s: %w", req.Method, req.URL.Path, context.Cause(req.Context()))
 		}
+		c.failover(c.baseOf(req))
 		return nil, &transportError{op: req.Method + " " + redactedURL(req.URL), err: unwrapURLError(err)}
 	}
 	if resp.StatusCode/100 == 2 {
 		return resp, nil
+	}
+	switch resp.StatusCode {
+	case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+		c.failover(c.baseOf(req))
 	}
 	defer resp.Body.Close()
 	data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))

@@ -42,7 +42,7 @@ type remoteFlags struct {
 }
 
 func (r *remoteFlags) register(fl *pflag.FlagSet, getenv func(string) string) {
-	fl.StringVar(&r.url, "url", envOr(getenv, "STEPFLOW_URL", defaultCoordinatorURL), "coordinator URL, with or without the /api/v1 suffix (env STEPFLOW_URL)")
+	fl.StringVar(&r.url, "url", envOr(getenv, "STEPFLOW_URL", defaultCoordinatorURL), "coordinator URL, with or without the /api/v1 suffix; several coordinators sharing NATS, comma-separated, are tried in turn (env STEPFLOW_URL)")
 	// The token from the environment is not the flag's documented
 	// default: --help would print it.
 	fl.StringVar(&r.token, "token", "", "bearer token of the coordinator API; prefer the env variable or --token-file: flags show in the process list (env STEPFLOW_TOKEN)")

@@ -204,7 +204,7 @@ func (t *topCmd) snapshot(ctx context.Context, c *apiClient) error {
 		return err
 	}
 	var buf bytes.Buffer
-	renderTop(&buf, ans.view, topOptions{URL: c.base, Rates: elapsedRates(ans.view), Wide: t.wide})
+	renderTop(&buf, ans.view, topOptions{URL: c.current(), Rates: elapsedRates(ans.view), Wide: t.wide})
 	_, err = t.a.io.Stdout.Write(buf.Bytes())
 	return err
 }
@@ -238,10 +238,10 @@ func (t *topCmd) live(ctx context.Context, c *apiClient) error {
 		buf.Reset()
 		buf.WriteString(ansiHomeClear)
 		if last != nil {
-			renderTop(&buf, last, topOptions{URL: c.base, Rates: hist.rates(last), Color: true, Wide: t.wide,
+			renderTop(&buf, last, topOptions{URL: c.current(), Rates: hist.rates(last), Color: true, Wide: t.wide,
 				Fault: fault, Footer: fmt.Sprintf("every %s · Ctrl-C quits", t.interval)})
 		} else {
-			fmt.Fprintf(&buf, "stepflow top · %s\n\n%s%s%s (retrying every %s)\n", c.base, ansiRed, fault, ansiReset, t.interval)
+			fmt.Fprintf(&buf, "stepflow top · %s\n\n%s%s%s (retrying every %s)\n", c.current(), ansiRed, fault, ansiReset, t.interval)
 		}
 		if _, err := out.Write(buf.Bytes()); err != nil {
 			return failure(fmt.Errorf("write: %w", err))
