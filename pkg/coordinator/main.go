@@ -112,6 +112,16 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&cfg.Queue.Replicas, "nats-replicas", replicasDefault, "replicas of every JetStream stream and bucket (1 on one server, 3 on a cluster; 0 = 1); applied at start, also to existing streams (env STEPFLOW_NATS_REPLICAS)")
 	fs.StringVar(&cfg.DataDir, "data-dir", envOr("STEPFLOW_DATA_DIR", "stepflow-data"), "directory for results and state (and the embedded NATS store) (env STEPFLOW_DATA_DIR)")
 	fs.StringVar(&cfg.ID, "id", os.Getenv("STEPFLOW_COORDINATOR_ID"), "name of this coordinator among those sharing NATS (default: host name and port) (env STEPFLOW_COORDINATOR_ID)")
+	leaseTTL := queue.DefaultLeaseTTL
+	if v := os.Getenv("STEPFLOW_LEASE_TTL"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			fmt.Fprintf(stderr, "coordinator: STEPFLOW_LEASE_TTL=%q is not a duration\n", v)
+			return ExitUsage
+		}
+		leaseTTL = d
+	}
+	fs.DurationVar(&cfg.Queue.LeaseTTL, "lease-ttl", leaseTTL, "how long a dead leader's lease lasts before a standby coordinator takes over (env STEPFLOW_LEASE_TTL)")
 	fs.StringVar(&cfg.AdvertiseURL, "advertise-url", os.Getenv("STEPFLOW_ADVERTISE_URL"), "REST API URL other coordinators forward requests to while this one leads (default: http://<host>:<port>) (env STEPFLOW_ADVERTISE_URL)")
 	tokenFile := RegisterSecurityFlags(fs, &cfg, os.Getenv)
 	queue.RegisterConnectFlags(fs, &cfg.NATSConnect, os.Getenv)
