@@ -33,6 +33,11 @@ type Error struct {
 	Code    int64
 	Message string
 	Data    value.Value // nil when absent
+	// Cause is the Go error behind the failure when its callers need to
+	// branch on it (errors.Is through Unwrap); it is not part of the
+	// JSON. The executor sets it for components that gave no answer
+	// (executor.ErrUnavailable).
+	Cause error
 }
 
 // Errorf returns an Error with a formatted message.
@@ -43,6 +48,9 @@ func Errorf(code int64, format string, args ...any) *Error {
 func (e *Error) Error() string {
 	return fmt.Sprintf("%s (code %d)", e.Message, e.Code)
 }
+
+// Unwrap returns Cause.
+func (e *Error) Unwrap() error { return e.Cause }
 
 // Value returns the JSON form of the error.
 func (e *Error) Value() value.Value {

@@ -75,7 +75,9 @@ func (w *Worker) process(d delivery) {
 //	                        for later) right away
 //	anything else           NakWithDelay(RetryDelay): a failure outside the
 //	                        item (the result could not be published, the
-//	                        flow could not be loaded); MaxDeliver bounds it
+//	                        flow could not be loaded, a component server
+//	                        failed under it: executor.ErrUnavailable);
+//	                        MaxDeliver bounds it
 func (w *Worker) settle(msg jetstream.Msg, cause error) {
 	var err error
 	action := "ack"
@@ -96,7 +98,7 @@ func (w *Worker) settle(msg jetstream.Msg, cause error) {
 		err = msg.Nak()
 	default:
 		action = "nak-delay"
-		w.log.Warn("item failed outside its flow; handing it back", zap.Error(cause), zap.Duration("delay", w.cfg.RetryDelay))
+		w.log.Warn("item not completed; handing it back", zap.Error(cause), zap.Duration("delay", w.cfg.RetryDelay))
 		err = msg.NakWithDelay(w.cfg.RetryDelay)
 	}
 	if err != nil {
@@ -146,13 +148,19 @@ func (w *Worker) handle(d delivery) (err error) {
 	if cause := context.Cause(d.ctx); cause != nil {
 		return cause
 	}
+	if err == nil && res.Failed() && errors.Is(res.Err, executor.ErrUnavailable) {
+		// A component server failed under the item (crashed, its
+		// connection broke) and gave no answer: the crash may be
+		// another item's doing, so this is no result of the item's.
+		err = res.Err
+	}
 	if err != nil {
 		// Transient trouble is retried through a nak, except on the last
 		// delivery the consumer allows: then it is the item's result.
 		if last := it.GetMaxDeliver(); last == 0 || uint64(md.NumDelivered) < uint64(last) {
 			return err
 		}
-		res = outcome.Failure(outcome.Errorf(outcome.CodeComponent, "item %d failed on its last delivery (%d): %v", it.GetIndex(), md.NumDelivered, err))
+		res = exhausted(it.GetIndex(), md.NumDelivered, err)
 	}
 
 	out := &stepflowv1.ItemResult{
@@ -178,6 +186,25 @@ func (w *Worker) handle(d delivery) (err error) {
 			zap.String("run", d.runID), zap.Uint64("index", it.GetIndex()), zap.Uint64("deliveries", md.NumDelivered))
 	}
 	return nil
+}
+
+// exhausted is the failed result of an item whose last allowed delivery
+// ended in err: it names the deliveries and the error, and keeps the
+// failed step's data (its error stack) when there is one.
+func exhausted(index, deliveries uint64, err error) outcome.Result {
+	last := err.Error()
+	var oe *outcome.Error
+	if errors.As(err, &oe) {
+		last = oe.Message
+		if oe.Cause != nil {
+			last += ": " + oe.Cause.Error()
+		}
+	}
+	f := outcome.Errorf(outcome.CodeComponent, "item %d exceeded its maximum deliveries (%d); last error: %s", index, deliveries, last)
+	if oe != nil {
+		f.Data = oe.Data
+	}
+	return outcome.Failure(f)
 }
 
 // execute loads the item's input and run and executes the flow. A
