@@ -114,7 +114,7 @@ func startProcess(cfg *config.StepflowPlugin, dir string, withStdin bool, stdout
 		Args:        append([]string{cfg.Command}, cfg.Args...),
 		Env:         env,
 		Dir:         dir,
-		SysProcAttr: &syscall.SysProcAttr{Setpgid: true},
+		SysProcAttr: childAttr(),
 	}
 
 	var closeOnErr, childEnds []*os.File
