@@ -16,6 +16,7 @@ import (
 
 	"github.com/stepflow-go/stepflow/pkg/config"
 	"github.com/stepflow-go/stepflow/pkg/coordinator"
+	"github.com/stepflow-go/stepflow/pkg/queue"
 	"github.com/stepflow-go/stepflow/pkg/worker"
 )
 
@@ -35,6 +36,7 @@ type serveCmd struct {
 	workers           int
 	workerConcurrency int
 	configPath        string
+	natsSync          string
 }
 
 func (a *app) serveCommand() *cobra.Command {
@@ -75,6 +77,8 @@ coordinator, and exits 0.`,
 	fl.IntVar(&s.coord.NATSPort, "nats-port", coordinator.DefaultNATSPort, "client port of the embedded NATS server, 0 = any free port")
 	fl.StringVar(&s.coord.DataDir, "data-dir", envOr(getenv, "STEPFLOW_DATA_DIR", defaultServeDataDir), "directory for results and state, and the embedded NATS store (env STEPFLOW_DATA_DIR)")
 	fl.StringVar(&s.coord.AuthToken, "auth-token", getenv("STEPFLOW_AUTH_TOKEN"), "bearer token required by the REST API (prefer env STEPFLOW_AUTH_TOKEN)")
+	fl.StringVar(&s.natsSync, "nats-sync", envOr(getenv, "STEPFLOW_NATS_SYNC", "always"), `fsync policy of the embedded NATS server: "always" or an interval such as "2m" (env STEPFLOW_NATS_SYNC); see docs/reliability.md`)
+	fl.BoolVar(&s.coord.SyncResults, "sync-results", true, "fsync the result store before results are acknowledged")
 	fl.IntVar(&s.workers, "workers", 2, "in-process workers (0 = coordinator only)")
 	fl.IntVar(&s.workerConcurrency, "worker-concurrency", runtime.NumCPU(), "items each worker executes at once")
 	fl.StringVar(&s.configPath, "config", "", "stepflow-config.yml of the workers' component servers (default: found in the current directory)")
@@ -88,10 +92,14 @@ func (s *serveCmd) run(ctx context.Context) error {
 	if s.workerConcurrency < 1 {
 		return usageErr("--worker-concurrency must be at least 1, got %d", s.workerConcurrency)
 	}
+	policy, err := queue.ParseSyncPolicy(s.natsSync)
+	if err != nil {
+		return usageErr("--nats-sync: %v", err)
+	}
+	s.coord.NATSSync = policy
 	log := s.a.log
 	var stepCfg *config.Config
 	if s.workers > 0 {
-		var err error
 		if stepCfg, err = discoverConfig(s.configPath, ""); err != nil {
 			return failure(fmt.Errorf("config: %w", err))
 		}

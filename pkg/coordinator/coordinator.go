@@ -172,6 +172,7 @@ func (c *Coordinator) start(ctx context.Context) error {
 			StoreDir: filepath.Join(cfg.DataDir, "nats"),
 			Host:     cfg.NATSHost,
 			Port:     cfg.NATSPort,
+			Sync:     cfg.NATSSync,
 			Logger:   cfg.Logger,
 		})
 		if err := c.embedded.Start(ctx); err != nil {

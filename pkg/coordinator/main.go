@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/stepflow-go/stepflow/pkg/logging"
+	"github.com/stepflow-go/stepflow/pkg/queue"
 )
 
 // Exit codes of Main.
@@ -48,6 +49,10 @@ type Ready struct {
 //	--nats-port   embedded NATS client port, 0 = any free port; default 4222
 //	--data-dir    state directory; default ./stepflow-data [STEPFLOW_DATA_DIR]
 //	--auth-token  bearer token required by the REST API [STEPFLOW_AUTH_TOKEN]
+//	--nats-sync   embedded NATS fsync: "always" (default) or an interval [STEPFLOW_NATS_SYNC]
+//	--sync-results fsync the result store before acking results; default true [STEPFLOW_SYNC_RESULTS]
+//	--run-ack-wait AckWait of run consumers; default 30s [STEPFLOW_RUN_ACK_WAIT]
+//	--run-max-deliver MaxDeliver of run consumers; default 5 [STEPFLOW_RUN_MAX_DELIVER]
 //	--log-level   debug, info, warn or error; default info [STEPFLOW_LOG_LEVEL]
 //
 // Prefer the environment variable for the token: flags are visible to
@@ -71,6 +76,25 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&cfg.NATSPort, "nats-port", DefaultNATSPort, "client port of the embedded NATS server (0 = any free port)")
 	fs.StringVar(&cfg.DataDir, "data-dir", envOr("STEPFLOW_DATA_DIR", "stepflow-data"), "directory for results and state (and the embedded NATS store)")
 	fs.StringVar(&cfg.AuthToken, "auth-token", os.Getenv("STEPFLOW_AUTH_TOKEN"), "bearer token required by the REST API (prefer STEPFLOW_AUTH_TOKEN)")
+	syncFlag := fs.String("nats-sync", envOr("STEPFLOW_NATS_SYNC", "always"), `fsync policy of the embedded NATS server: "always" (every write, before it is acknowledged) or an interval such as "1s" or "2m" (the nats-server default); see docs/reliability.md`)
+	syncResults, err := envBool("STEPFLOW_SYNC_RESULTS", true)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return ExitUsage
+	}
+	fs.BoolVar(&cfg.SyncResults, "sync-results", syncResults, "fsync the result store before results are acknowledged (survives a power loss)")
+	ackWait, err := envDuration("STEPFLOW_RUN_ACK_WAIT", queue.DefaultAckWait)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return ExitUsage
+	}
+	fs.DurationVar(&cfg.RunAckWait, "run-ack-wait", ackWait, "AckWait of run consumers: how long an item whose worker went silent waits before redelivery (workers heartbeat every third of it)")
+	maxDeliver, err := envInt("STEPFLOW_RUN_MAX_DELIVER", queue.DefaultMaxDeliver)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return ExitUsage
+	}
+	fs.IntVar(&cfg.RunMaxDeliver, "run-max-deliver", maxDeliver, "deliveries of an item before it fails with \"exceeded its maximum deliveries\" (-1 = unlimited)")
 	level := fs.String("log-level", envOr("STEPFLOW_LOG_LEVEL", "info"), "log level: debug, info, warn or error")
 	format := fs.String("log-format", envOr("STEPFLOW_LOG_FORMAT", "json"), "log format: json or text")
 	if err := fs.Parse(args); err != nil {
@@ -81,6 +105,10 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "coordinator: unexpected arguments %q\n", fs.Args())
+		return ExitUsage
+	}
+	if cfg.NATSSync, err = queue.ParseSyncPolicy(*syncFlag); err != nil {
+		fmt.Fprintf(stderr, "coordinator: --nats-sync: %v\n", err)
 		return ExitUsage
 	}
 	log, err := logging.New(*level, *format, stderr)
@@ -129,7 +157,31 @@ func envInt(key string, def int) (int, error) {
 	}
 	n, err := strconv.Atoi(v)
 	if err != nil {
-		return 0, fmt.Errorf("coordinator: %s=%q is not a port number", key, v)
+		return 0, fmt.Errorf("coordinator: %s=%q is not an integer", key, v)
 	}
 	return n, nil
+}
+
+func envBool(key string, def bool) (bool, error) {
+	v, ok := os.LookupEnv(key)
+	if !ok || v == "" {
+		return def, nil
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return false, fmt.Errorf("coordinator: %s=%q is not true or false", key, v)
+	}
+	return b, nil
+}
+
+func envDuration(key string, def time.Duration) (time.Duration, error) {
+	v, ok := os.LookupEnv(key)
+	if !ok || v == "" {
+		return def, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		return 0, fmt.Errorf("coordinator: %s=%q is not a duration (such as 30s)", key, v)
+	}
+	return d, nil
 }

@@ -62,6 +62,9 @@ func TestMainUsageErrors(t *testing.T) {
 		{"--port", "-5", "--data-dir", t.TempDir()},
 		{"--data-dir", ""},
 		{"extra-arg"},
+		{"--nats-sync", "sometimes", "--data-dir", t.TempDir()},
+		{"--run-ack-wait", "100ms", "--data-dir", t.TempDir()},
+		{"--run-max-deliver", "-2", "--data-dir", t.TempDir()},
 	} {
 		var stdout, stderr bytes.Buffer
 		require.Equal(t, coordinator.ExitUsage, coordinator.Main(testCtx(t), args, &stdout, &stderr), "%v", args)

@@ -164,7 +164,7 @@ func TestEmbeddedRestartKeepsState(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	ctx := testCtx(t)
-	srv := startEmbedded(t, queue.EmbeddedConfig{StoreDir: dir, SyncAlways: true})
+	srv := startEmbedded(t, queue.EmbeddedConfig{StoreDir: dir, Sync: queue.SyncAlways})
 	nc, js, err := queue.Connect(ctx, srv.ClientURL(), queue.ConnectOptions{})
 	require.NoError(t, err)
 	require.NoError(t, queue.Provision(ctx, js, queue.Config{}))
