@@ -21,11 +21,56 @@ import (
 
 // Timeouts of the result path.
 const (
-	// publishTimeout bounds the publication of one result (its PubAck).
+	// publishTimeout bounds the publication of one result (its PubAck),
+	// retries included.
 	publishTimeout = 30 * time.Second
-	// ackTimeout bounds the wait for the server's confirmation of an ack.
+	// ackTimeout bounds the wait for the server's confirmation of an ack,
+	// retries included.
 	ackTimeout = 10 * time.Second
+	// attemptTimeout bounds one attempt of either. A request in flight
+	// when the connection drops (NATS, or a coordinator with its embedded
+	// server, restarting) is never answered: the client does not resend
+	// it. A fresh attempt after the reconnect is, and both are idempotent
+	// (the result's Nats-Msg-Id is deduplicated, an item acked twice stays
+	// acked), so a restart costs an item seconds, not the whole timeout.
+	attemptTimeout = 3 * time.Second
+	// retryPause separates attempts that failed at once (no responders
+	// while the server starts).
+	retryPause = 200 * time.Millisecond
 )
+
+// retry calls fn with a context bounded by attemptTimeout until it
+// succeeds, fails for good (permanent says so), or total has passed.
+func retry(total time.Duration, permanent func(error) bool, fn func(ctx context.Context) error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), total)
+	defer cancel()
+	for {
+		actx, acancel := context.WithTimeout(ctx, attemptTimeout)
+		err := fn(actx)
+		acancel()
+		if err == nil || permanent(err) || ctx.Err() != nil {
+			return err
+		}
+		t := time.NewTimer(retryPause)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+	}
+}
+
+// permanentPublish tells publish errors that another attempt cannot fix.
+func permanentPublish(err error) bool {
+	return errors.Is(err, queue.ErrInvalidConfig) || errors.Is(err, queue.ErrPayloadTooLarge)
+}
+
+// permanentAck tells ack errors that another attempt cannot fix: the
+// message was already settled (a previous attempt went through).
+func permanentAck(err error) bool {
+	return errors.Is(err, jetstream.ErrMsgAlreadyAckd)
+}
 
 // More settle causes (see settle).
 var (
@@ -83,9 +128,7 @@ func (w *Worker) settle(msg jetstream.Msg, cause error) {
 	action := "ack"
 	switch {
 	case cause == nil:
-		ctx, cancel := context.WithTimeout(context.Background(), ackTimeout)
-		err = msg.DoubleAck(ctx)
-		cancel()
+		err = retry(ackTimeout, permanentAck, msg.DoubleAck)
 	case errors.Is(cause, errRunCancelled):
 		action = "term"
 		err = msg.TermWithReason("run cancelled")
@@ -175,9 +218,11 @@ func (w *Worker) handle(d delivery) (err error) {
 		FinishedAt:    timestamppb.Now(),
 		ItemStreamSeq: md.Sequence.Stream,
 	}
-	pctx, cancel := context.WithTimeout(context.Background(), publishTimeout)
-	defer cancel()
-	dup, err := queue.PublishResult(pctx, w.js, out, queue.ResultOptions{Subject: it.GetReplySubject(), Blobs: w.blobs})
+	var dup bool
+	err = retry(publishTimeout, permanentPublish, func(ctx context.Context) (err error) {
+		dup, err = queue.PublishResult(ctx, w.js, out, queue.ResultOptions{Subject: it.GetReplySubject(), Blobs: w.blobs})
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("publish result %d of run %s: %w", it.GetIndex(), d.runID, err)
 	}

@@ -838,3 +838,45 @@ func (a *runsAPI) status(ctx context.Context, runID string, wait, includeResults
 	}
 	return st.Value(), nil
 }
+
+func TestRetryAttempts(t *testing.T) {
+	t.Parallel()
+	permanent := errors.New("permanent")
+	isPermanent := func(err error) bool { return errors.Is(err, permanent) }
+
+	// A transient failure, then success.
+	calls := 0
+	require.NoError(t, retry(10*time.Second, isPermanent, func(ctx context.Context) error {
+		calls++
+		if calls == 1 {
+			return errors.New("no responders")
+		}
+		return nil
+	}))
+	require.Equal(t, 2, calls)
+
+	// An attempt that would wait forever (a request lost with its
+	// connection) is cut at attemptTimeout, and the next one goes through.
+	calls = 0
+	start := time.Now()
+	require.NoError(t, retry(10*time.Second, isPermanent, func(ctx context.Context) error {
+		calls++
+		if calls == 1 {
+			<-ctx.Done()
+			return ctx.Err()
+		}
+		return nil
+	}))
+	require.Equal(t, 2, calls)
+	require.Less(t, time.Since(start), attemptTimeout+2*time.Second)
+
+	// A permanent failure is not retried.
+	calls = 0
+	require.ErrorIs(t, retry(10*time.Second, isPermanent, func(context.Context) error { calls++; return permanent }), permanent)
+	require.Equal(t, 1, calls)
+
+	// The total bounds everything.
+	start = time.Now()
+	require.Error(t, retry(time.Second, isPermanent, func(context.Context) error { return errors.New("down") }))
+	require.Less(t, time.Since(start), 2*time.Second)
+}
