@@ -46,6 +46,9 @@ func Errorf(code int64, format string, args ...any) *Error {
 }
 
 func (e *Error) Error() string {
+	if e.Cause != nil {
+		return fmt.Sprintf("%s (code %d): %v", e.Message, e.Code, e.Cause)
+	}
 	return fmt.Sprintf("%s (code %d)", e.Message, e.Code)
 }
 
