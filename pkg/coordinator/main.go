@@ -51,6 +51,7 @@ type Ready struct {
 //	--auth-token  bearer token required by the REST API [STEPFLOW_AUTH_TOKEN]
 //	--nats-sync   embedded NATS fsync: "always" (default) or an interval [STEPFLOW_NATS_SYNC]
 //	--sync-results fsync the result store before acking results; default true [STEPFLOW_SYNC_RESULTS]
+//	--nats-replicas replicas of every stream and bucket; default 1, 3 on a cluster [STEPFLOW_NATS_REPLICAS]
 //	--run-ack-wait AckWait of run consumers; default 30s [STEPFLOW_RUN_ACK_WAIT]
 //	--run-max-deliver MaxDeliver of run consumers; default 5 [STEPFLOW_RUN_MAX_DELIVER]
 //	--log-level   debug, info, warn or error; default info [STEPFLOW_LOG_LEVEL]
@@ -83,6 +84,12 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return ExitUsage
 	}
 	fs.BoolVar(&cfg.SyncResults, "sync-results", syncResults, "fsync the result store before results are acknowledged (survives a power loss)")
+	replicas, err := envInt("STEPFLOW_NATS_REPLICAS", queue.DefaultReplicas)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return ExitUsage
+	}
+	fs.IntVar(&cfg.Queue.Replicas, "nats-replicas", replicas, "replicas of every stream and bucket (1 to 5): 3 on a NATS cluster, so that an acknowledged item survives the loss of a server")
 	ackWait, err := envDuration("STEPFLOW_RUN_ACK_WAIT", queue.DefaultAckWait)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
