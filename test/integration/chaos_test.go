@@ -143,6 +143,7 @@ func TestChaosPoisonItem(t *testing.T) {
 	rep := e.verify(run, "s5", chaosItems, poison)
 
 	fr := rep.results[poison]
+	t.Logf("poison item's error: %s", fr.Error.Message)
 	require.Contains(t, fr.Error.Message, fmt.Sprintf("item %d exceeded its maximum deliveries (5); last error: ", poison))
 	require.Contains(t, fr.Error.Message, `component server "py" failed: process exited: exit status 1`)
 	require.Len(t, rep.counts[poison], 5, "the poison item ran once per delivery")
@@ -257,6 +258,7 @@ func TestChaosHangingComponent(t *testing.T) {
 	rep = e.verify(failRun, "s8fail", chaosItems, hung)
 	require.Len(t, rep.counts[hung], 1, "onError fail: no retry")
 	msg := fmt.Sprint(rep.results[hung].Error.Data)
+	t.Logf("hung item's error: %s %s", rep.results[hung].Error.Message, msg)
 	require.Contains(t, msg, `component "/work" of plugin "py" timed out after 2s`)
 	e.requireAlive("w1", "w2", "w3")
 	reportChaos(t, "8-fail", chaosItems, rep, fmt.Sprintf("hung_item_executions=%d", len(rep.counts[hung])))
