@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -27,29 +28,63 @@ const (
 	// ackTimeout bounds the wait for the server's confirmation of an ack,
 	// retries included.
 	ackTimeout = 10 * time.Second
-	// attemptTimeout bounds one attempt of either. A request in flight
-	// when the connection drops (NATS, or a coordinator with its embedded
-	// server, restarting) is never answered: the client does not resend
-	// it. A fresh attempt after the reconnect is, and both are idempotent
-	// (the result's Nats-Msg-Id is deduplicated, an item acked twice stays
-	// acked), so a restart costs an item seconds, not the whole timeout.
-	attemptTimeout = 3 * time.Second
 	// retryPause separates attempts that failed at once (no responders
-	// while the server starts).
+	// while a server starts).
 	retryPause = 200 * time.Millisecond
 )
 
-// retry calls fn with a context bounded by attemptTimeout until it
-// succeeds, fails for good (permanent says so), or total has passed.
-func retry(total time.Duration, permanent func(error) bool, fn func(ctx context.Context) error) error {
+// connEpoch is a context that ends each time the NATS connection is
+// re-established. A request in flight when the connection dropped (NATS,
+// or a coordinator with its embedded server, restarting) is never
+// answered, since the client does not resend it; without this it would
+// hold its item's slot until its timeout.
+type connEpoch struct {
+	mu     sync.Mutex
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+func newConnEpoch() *connEpoch {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &connEpoch{ctx: ctx, cancel: cancel}
+}
+
+// current returns the context of the current connection.
+func (e *connEpoch) current() context.Context {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.ctx
+}
+
+// next ends the current epoch (after a reconnect) and starts another.
+func (e *connEpoch) next() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.cancel()
+	e.ctx, e.cancel = context.WithCancel(context.Background())
+}
+
+// retry calls fn until it succeeds, fails for good (permanent says so),
+// or total has passed. An attempt is abandoned when the connection is
+// re-established under it, and made again at once: publishing a result
+// (its Nats-Msg-Id is deduplicated) and acking an item (an acked item
+// stays acked) are idempotent, so a restart costs an item a reconnect,
+// not a timeout. Other failures are tried again after retryPause.
+func retry(epoch *connEpoch, total time.Duration, permanent func(error) bool, fn func(ctx context.Context) error) error {
 	ctx, cancel := context.WithTimeout(context.Background(), total)
 	defer cancel()
 	for {
-		actx, acancel := context.WithTimeout(ctx, attemptTimeout)
+		actx, acancel := context.WithCancel(ctx)
+		stop := context.AfterFunc(epoch.current(), acancel)
 		err := fn(actx)
+		reconnected := actx.Err() != nil && ctx.Err() == nil
+		stop()
 		acancel()
 		if err == nil || permanent(err) || ctx.Err() != nil {
 			return err
+		}
+		if reconnected {
+			continue
 		}
 		t := time.NewTimer(retryPause)
 		select {
@@ -128,7 +163,7 @@ func (w *Worker) settle(msg jetstream.Msg, cause error) {
 	action := "ack"
 	switch {
 	case cause == nil:
-		err = retry(ackTimeout, permanentAck, msg.DoubleAck)
+		err = retry(w.epoch, ackTimeout, permanentAck, msg.DoubleAck)
 	case errors.Is(cause, errRunCancelled):
 		action = "term"
 		err = msg.TermWithReason("run cancelled")
@@ -219,7 +254,7 @@ func (w *Worker) handle(d delivery) (err error) {
 		ItemStreamSeq: md.Sequence.Stream,
 	}
 	var dup bool
-	err = retry(publishTimeout, permanentPublish, func(ctx context.Context) (err error) {
+	err = retry(w.epoch, publishTimeout, permanentPublish, func(ctx context.Context) (err error) {
 		dup, err = queue.PublishResult(ctx, w.js, out, queue.ResultOptions{Subject: it.GetReplySubject(), Blobs: w.blobs})
 		return err
 	})

@@ -843,10 +843,11 @@ func TestRetryAttempts(t *testing.T) {
 	t.Parallel()
 	permanent := errors.New("permanent")
 	isPermanent := func(err error) bool { return errors.Is(err, permanent) }
+	epoch := newConnEpoch()
 
 	// A transient failure, then success.
 	calls := 0
-	require.NoError(t, retry(10*time.Second, isPermanent, func(ctx context.Context) error {
+	require.NoError(t, retry(epoch, 10*time.Second, isPermanent, func(ctx context.Context) error {
 		calls++
 		if calls == 1 {
 			return errors.New("no responders")
@@ -855,28 +856,35 @@ func TestRetryAttempts(t *testing.T) {
 	}))
 	require.Equal(t, 2, calls)
 
-	// An attempt that would wait forever (a request lost with its
-	// connection) is cut at attemptTimeout, and the next one goes through.
+	// An attempt whose request was lost with its connection would wait
+	// for the whole timeout; the reconnect ends it, and the next attempt
+	// goes through at once.
 	calls = 0
+	waiting := make(chan struct{})
+	go func() {
+		<-waiting
+		epoch.next()
+	}()
 	start := time.Now()
-	require.NoError(t, retry(10*time.Second, isPermanent, func(ctx context.Context) error {
+	require.NoError(t, retry(epoch, time.Minute, isPermanent, func(ctx context.Context) error {
 		calls++
 		if calls == 1 {
+			close(waiting)
 			<-ctx.Done()
 			return ctx.Err()
 		}
 		return nil
 	}))
 	require.Equal(t, 2, calls)
-	require.Less(t, time.Since(start), attemptTimeout+2*time.Second)
+	require.Less(t, time.Since(start), 10*time.Second)
 
 	// A permanent failure is not retried.
 	calls = 0
-	require.ErrorIs(t, retry(10*time.Second, isPermanent, func(context.Context) error { calls++; return permanent }), permanent)
+	require.ErrorIs(t, retry(epoch, 10*time.Second, isPermanent, func(context.Context) error { calls++; return permanent }), permanent)
 	require.Equal(t, 1, calls)
 
 	// The total bounds everything.
 	start = time.Now()
-	require.Error(t, retry(time.Second, isPermanent, func(context.Context) error { return errors.New("down") }))
+	require.Error(t, retry(epoch, time.Second, isPermanent, func(context.Context) error { return errors.New("down") }))
 	require.Less(t, time.Since(start), 2*time.Second)
 }
