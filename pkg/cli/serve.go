@@ -40,6 +40,7 @@ type serveCmd struct {
 	workerConcurrency int
 	configPath        string
 	tokenFile         *string
+	natsSync          string
 }
 
 func (a *app) serveCommand() *cobra.Command {
@@ -92,6 +93,8 @@ back to the queue), then stops the coordinator, and exits 0.`,
 	s.tokenFile = coordinator.RegisterSecurityFlags(fl, &s.coord, getenv)
 	queue.RegisterConnectFlags(fl, &s.coord.NATSConnect, getenv)
 	queue.RegisterEmbeddedFlags(fl, &s.coord.EmbeddedNATS, getenv)
+	fl.StringVar(&s.natsSync, "nats-sync", envOr(getenv, "STEPFLOW_NATS_SYNC", "always"), `fsync policy of the embedded NATS server: "always" or an interval such as "2m" (env STEPFLOW_NATS_SYNC); see docs/reliability.md`)
+	fl.BoolVar(&s.coord.SyncResults, "sync-results", getenv("STEPFLOW_SYNC_RESULTS") != "false", "fsync the result store before results are acknowledged (survives a power loss) (env STEPFLOW_SYNC_RESULTS)")
 	fl.IntVar(&s.workers, "workers", 2, "in-process workers (0 = coordinator only)")
 	fl.IntVar(&s.workerConcurrency, "worker-concurrency", runtime.NumCPU(), "items each worker executes at once")
 	fl.StringVar(&s.configPath, "config", "", "stepflow-config.yml of the workers' component servers (default: found in the current directory)")
@@ -105,10 +108,14 @@ func (s *serveCmd) run(ctx context.Context) error {
 	if s.workerConcurrency < 1 {
 		return usageErr("--worker-concurrency must be at least 1, got %d", s.workerConcurrency)
 	}
+	policy, err := queue.ParseSyncPolicy(s.natsSync)
+	if err != nil {
+		return usageErr("--nats-sync: %v", err)
+	}
+	s.coord.NATSSync = policy
 	log := s.a.log
 	var stepCfg *config.Config
 	if s.workers > 0 {
-		var err error
 		if stepCfg, err = discoverConfig(s.configPath, ""); err != nil {
 			return failure(fmt.Errorf("config: %w", err))
 		}
@@ -122,7 +129,6 @@ func (s *serveCmd) run(ctx context.Context) error {
 	cfg.Logger = log
 	cfg.Metrics = reg
 	cfg.ReadyCheck = func() error { return workersReady(started.Load(), s.workers) }
-	var err error
 	if cfg.AuthToken, err = coordinator.LoadAuthToken(cfg.AuthToken, *s.tokenFile); err != nil {
 		return usageErr("%v", err)
 	}

@@ -324,8 +324,10 @@ func (c *Coordinator) onMaxDeliveries(ctx context.Context, ev queue.MaxDeliverie
 		}
 		return
 	}
-	msg := fmt.Sprintf("item %d exceeded its maximum deliveries (%d); last error: unknown (no delivery produced a result: "+
-		"the worker crashed, timed out or handed the item back each time)", ev.Index, ev.Deliveries)
+	// A worker records the error itself when a failure ends the last
+	// delivery; the advisory comes when nothing did.
+	msg := fmt.Sprintf("item %d exceeded its maximum deliveries (%d); last error: unknown (its last delivery ended without a result: "+
+		"the worker crashed, was stopped, or went silent for longer than AckWait)", ev.Index, ev.Deliveries)
 	res := &stepflowv1.ItemResult{
 		RunId:         ev.RunID,
 		Index:         uint64(ev.Index),

@@ -77,6 +77,12 @@ type Config struct {
 	// NATSConnect's credentials, else with the server's Token or
 	// User/Password (EmbeddedConfig.ClientAuth). Only without NATSURL.
 	EmbeddedNATS queue.EmbeddedConfig
+	// NATSSync is the embedded server's fsync policy. The zero value is
+	// the nats-server default (a background fsync every 2 minutes: an
+	// acknowledged item or result survives kill -9, not a power loss);
+	// Main's --nats-sync defaults to queue.SyncAlways. Ignored with
+	// NATSURL: an external server has its own `sync_interval`.
+	NATSSync queue.SyncPolicy
 	// Queue configures the JetStream layout provisioned at start
 	// (replicas, limits); the zero value is the single-server default.
 	Queue queue.Config

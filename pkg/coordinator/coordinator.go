@@ -221,6 +221,7 @@ func (c *Coordinator) start(ctx context.Context) error {
 		ec := cfg.EmbeddedNATS
 		ec.StoreDir = filepath.Join(cfg.DataDir, "nats")
 		ec.Host, ec.Port, ec.Logger = cfg.NATSHost, cfg.NATSPort, cfg.Logger
+		ec.Sync = cfg.NATSSync
 		c.embedded = queue.NewEmbedded(ec)
 		if err := c.embedded.Start(ctx); err != nil {
 			return fmt.Errorf("coordinator: %w", err)

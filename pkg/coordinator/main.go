@@ -61,6 +61,11 @@ type Ready struct {
 //	--nats-user … --nats-tls-key  NATS client credentials and TLS (queue.RegisterConnectFlags)
 //	--nats-server-config … --nats-server-tls-key  make the embedded NATS
 //	              server require them (queue.RegisterEmbeddedFlags)
+//	--nats-sync   embedded NATS fsync: "always" (default) or an interval [STEPFLOW_NATS_SYNC]
+//	--sync-results fsync the result store before acking results; default true [STEPFLOW_SYNC_RESULTS]
+//	--nats-replicas replicas of every stream and bucket; default 1, 3 on a cluster [STEPFLOW_NATS_REPLICAS]
+//	--run-ack-wait AckWait of run consumers; default 30s [STEPFLOW_RUN_ACK_WAIT]
+//	--run-max-deliver MaxDeliver of run consumers; default 5 [STEPFLOW_RUN_MAX_DELIVER]
 //	--log-level   debug, info, warn or error; default info [STEPFLOW_LOG_LEVEL]
 //
 // and the request limits of Config (413, 429 or 400 beyond them):
@@ -109,7 +114,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&cfg.NATSURL, "nats-url", os.Getenv(queue.EnvNATSURL), `NATS server URL ("" = start an embedded NATS server in the data dir) (env `+queue.EnvNATSURL+`)`)
 	fs.StringVar(&cfg.NATSHost, "nats-host", os.Getenv("STEPFLOW_NATS_HOST"), `listen address of the embedded NATS server (default 127.0.0.1; "0.0.0.0" lets workers on other machines join) (env STEPFLOW_NATS_HOST)`)
 	fs.IntVar(&cfg.NATSPort, "nats-port", DefaultNATSPort, "client port of the embedded NATS server (0 = any free port)")
-	fs.IntVar(&cfg.Queue.Replicas, "nats-replicas", replicasDefault, "replicas of every JetStream stream and bucket (1 on one server, 3 on a cluster; 0 = 1); applied at start, also to existing streams (env STEPFLOW_NATS_REPLICAS)")
+	fs.IntVar(&cfg.Queue.Replicas, "nats-replicas", replicasDefault, "replicas of every JetStream stream and bucket (1 on one server, 3 on a cluster, so that an acknowledged item survives the loss of a server; 0 = 1); applied at start, also to existing streams (env STEPFLOW_NATS_REPLICAS)")
 	fs.StringVar(&cfg.DataDir, "data-dir", envOr("STEPFLOW_DATA_DIR", "stepflow-data"), "directory for results and state (and the embedded NATS store) (env STEPFLOW_DATA_DIR)")
 	fs.StringVar(&cfg.ID, "id", os.Getenv("STEPFLOW_COORDINATOR_ID"), "name of this coordinator among those sharing NATS (default: host name and port) (env STEPFLOW_COORDINATOR_ID)")
 	leaseTTL := queue.DefaultLeaseTTL
@@ -126,6 +131,25 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	tokenFile := RegisterSecurityFlags(fs, &cfg, os.Getenv)
 	queue.RegisterConnectFlags(fs, &cfg.NATSConnect, os.Getenv)
 	queue.RegisterEmbeddedFlags(fs, &cfg.EmbeddedNATS, os.Getenv)
+	syncFlag := fs.String("nats-sync", envOr("STEPFLOW_NATS_SYNC", "always"), `fsync policy of the embedded NATS server: "always" (every write, before it is acknowledged) or an interval such as "1s" or "2m" (the nats-server default); see docs/reliability.md (env STEPFLOW_NATS_SYNC)`)
+	syncResults, err := envBool("STEPFLOW_SYNC_RESULTS", true)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return ExitUsage
+	}
+	fs.BoolVar(&cfg.SyncResults, "sync-results", syncResults, "fsync the result store before results are acknowledged (survives a power loss) (env STEPFLOW_SYNC_RESULTS)")
+	ackWait, err := envDuration("STEPFLOW_RUN_ACK_WAIT", queue.DefaultAckWait)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return ExitUsage
+	}
+	fs.DurationVar(&cfg.RunAckWait, "run-ack-wait", ackWait, "AckWait of run consumers: how long an item whose worker went silent waits before redelivery (workers heartbeat every third of it) (env STEPFLOW_RUN_ACK_WAIT)")
+	maxDeliver, err := envInt("STEPFLOW_RUN_MAX_DELIVER", int64(queue.DefaultMaxDeliver))
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return ExitUsage
+	}
+	fs.IntVar(&cfg.RunMaxDeliver, "run-max-deliver", int(maxDeliver), "deliveries of an item before it fails with \"exceeded its maximum deliveries\" (-1 = unlimited) (env STEPFLOW_RUN_MAX_DELIVER)")
 	level := fs.String("log-level", envOr("STEPFLOW_LOG_LEVEL", "info"), "log level: debug, info, warn or error (env STEPFLOW_LOG_LEVEL)")
 	format := fs.String("log-format", envOr("STEPFLOW_LOG_FORMAT", "json"), "log format: json or text (env STEPFLOW_LOG_FORMAT)")
 	if err := fs.Parse(args); err != nil {
@@ -138,9 +162,12 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "coordinator: unexpected arguments %q\n", fs.Args())
 		return ExitUsage
 	}
-	var err error
 	if cfg.AuthToken, err = LoadAuthToken(cfg.AuthToken, *tokenFile); err != nil {
 		fmt.Fprintf(stderr, "coordinator: %v\n", err)
+		return ExitUsage
+	}
+	if cfg.NATSSync, err = queue.ParseSyncPolicy(*syncFlag); err != nil {
+		fmt.Fprintf(stderr, "coordinator: --nats-sync: %v\n", err)
 		return ExitUsage
 	}
 	log, err := logging.New(*level, *format, stderr)
@@ -197,4 +224,28 @@ func envInt(key string, def int64) (int64, error) {
 		return def, fmt.Errorf("coordinator: %s=%q is not an integer", key, v)
 	}
 	return n, nil
+}
+
+func envBool(key string, def bool) (bool, error) {
+	v, ok := os.LookupEnv(key)
+	if !ok || v == "" {
+		return def, nil
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return false, fmt.Errorf("coordinator: %s=%q is not true or false", key, v)
+	}
+	return b, nil
+}
+
+func envDuration(key string, def time.Duration) (time.Duration, error) {
+	v, ok := os.LookupEnv(key)
+	if !ok || v == "" {
+		return def, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		return 0, fmt.Errorf("coordinator: %s=%q is not a duration (such as 30s)", key, v)
+	}
+	return d, nil
 }

@@ -63,6 +63,10 @@ func TestMainUsageErrors(t *testing.T) {
 		{"--data-dir", ""},
 		{"--nats-replicas", "7", "--data-dir", t.TempDir()},
 		{"extra-arg"},
+		{"--nats-sync", "sometimes", "--data-dir", t.TempDir()},
+		{"--run-ack-wait", "100ms", "--data-dir", t.TempDir()},
+		{"--run-max-deliver", "-2", "--data-dir", t.TempDir()},
+		{"--nats-replicas", "7", "--data-dir", t.TempDir()},
 	} {
 		var stdout, stderr bytes.Buffer
 		require.Equal(t, coordinator.ExitUsage, coordinator.Main(testCtx(t), args, &stdout, &stderr), "%v", args)

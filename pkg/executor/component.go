@@ -2,11 +2,23 @@ package executor
 
 import (
 	"context"
+	"errors"
 
 	"github.com/stepflow-go/stepflow/pkg/flow"
 	"github.com/stepflow-go/stepflow/pkg/outcome"
 	"github.com/stepflow-go/stepflow/pkg/value"
 )
+
+// ErrUnavailable is matched by component errors that mean the component
+// gave no answer because its server failed under the call (the process
+// exited, the connection or stream broke, a restart failed), as opposed
+// to the component itself failing or timing out. The step fails as any
+// other (onError applies, so a retry reaches the restarted server), and
+// the failure keeps the error as its outcome.Error.Cause: a caller that
+// can run the item again elsewhere (a distributed worker) then hands the
+// item back rather than record a failure the item may not have caused
+// (another item can crash the server that several items share).
+var ErrUnavailable = errors.New("component unavailable")
 
 // Component executes one step. Implementations live in package plugin
 // (builtins, component servers, mock).
@@ -14,8 +26,9 @@ import (
 // Execute returns either a result, which may be a failed FlowResult that
 // the component chose to return (its code and message are kept as they
 // are), or an error, which the executor turns into the step failure
-// `500 step "<id>" failed` with the error chain in data.stack. The step's
-// onError applies to both.
+// `500 step "<id>" failed` with the error chain in data.stack (and the
+// error as Cause when it matches ErrUnavailable). The step's onError
+// applies to both.
 type Component interface {
 	Execute(ctx context.Context, req *Request) (outcome.Result, error)
 }

@@ -361,7 +361,11 @@ func (it *item) invoke(ctx context.Context, step *flow.Step, comp Component, inp
 	}()
 	out, err := comp.Execute(ctx, req)
 	if err != nil {
-		return outcome.Failure(stepError(step, comp, err))
+		e := stepError(step, comp, err)
+		if errors.Is(err, ErrUnavailable) {
+			e.Cause = err
+		}
+		return outcome.Failure(e)
 	}
 	return out
 }

@@ -401,3 +401,34 @@ func TestExecuteAllBoundsConcurrencyAndKeepsOrder(t *testing.T) {
 	res = r.ExecuteAll(ctx, inputs, 3, nil)
 	require.Len(t, res, 100)
 }
+
+func TestUnavailableComponentKeepsCause(t *testing.T) {
+	t.Parallel()
+	down := fmt.Errorf("server crashed: %w", ErrUnavailable)
+	b := setup(t, router{
+		"/t/down": func(context.Context, *Request) (outcome.Result, error) { return outcome.Result{}, down },
+		"/t/fail": fails,
+		"/t/echo": echo,
+	})
+	r, err := b.exec.NewRun("run-1", mustFlow(t, `
+steps:
+  - { id: d, component: /t/down }
+  - { id: e, component: /t/echo, input: { $step: d } }
+output: { $step: e }
+`), nil)
+	require.NoError(t, err)
+	res := r.Execute(context.Background(), 0, value.MustParse(`{}`))
+	// The failure reaches the output through the dependent step, with its
+	// cause for callers to branch on, and the usual JSON.
+	require.ErrorIs(t, res.Err, ErrUnavailable)
+	require.Same(t, down, res.Err.Cause)
+	require.Contains(t, value.String(res.JSON()), `"message":"step \"d\" failed"`)
+	require.Contains(t, value.String(res.JSON()), "server crashed: component unavailable")
+
+	r, err = b.exec.NewRun("run-2", mustFlow(t, "steps: [{ id: f, component: /t/fail }]\noutput: { $step: f }\n"), nil)
+	require.NoError(t, err)
+	res = r.Execute(context.Background(), 0, value.MustParse(`{}`))
+	require.True(t, res.Failed())
+	require.NotErrorIs(t, res.Err, ErrUnavailable)
+	require.Nil(t, res.Err.Cause, "a component's own failure has no cause to branch on")
+}

@@ -33,6 +33,11 @@ type Error struct {
 	Code    int64
 	Message string
 	Data    value.Value // nil when absent
+	// Cause is the Go error behind the failure when its callers need to
+	// branch on it (errors.Is through Unwrap); it is not part of the
+	// JSON. The executor sets it for components that gave no answer
+	// (executor.ErrUnavailable).
+	Cause error
 }
 
 // Errorf returns an Error with a formatted message.
@@ -41,8 +46,14 @@ func Errorf(code int64, format string, args ...any) *Error {
 }
 
 func (e *Error) Error() string {
+	if e.Cause != nil {
+		return fmt.Sprintf("%s (code %d): %v", e.Message, e.Code, e.Cause)
+	}
 	return fmt.Sprintf("%s (code %d)", e.Message, e.Code)
 }
+
+// Unwrap returns Cause.
+func (e *Error) Unwrap() error { return e.Cause }
 
 // Value returns the JSON form of the error.
 func (e *Error) Value() value.Value {

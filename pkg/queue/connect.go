@@ -59,6 +59,13 @@ type ConnectOptions struct {
 	// Logger receives connection events (disconnects, reconnects, async
 	// errors), named "nats". Default: no logs.
 	Logger *zap.Logger
+
+	// Reconnected, when set, is called after each reconnect, on the
+	// client's callback goroutine. Requests that were in flight when the
+	// connection dropped are never answered (the client does not resend
+	// them): callers use it to try them again at once rather than wait
+	// for their timeouts.
+	Reconnected func()
 }
 
 // Connect connects to the NATS server(s) at url (a comma-separated list is
@@ -112,6 +119,9 @@ func Connect(ctx context.Context, url string, opts ConnectOptions) (*nats.Conn, 
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			log.Info("reconnected to NATS", zap.String("url", nc.ConnectedUrlRedacted()))
+			if opts.Reconnected != nil {
+				opts.Reconnected()
+			}
 		}),
 		nats.ClosedHandler(func(nc *nats.Conn) {
 			closedOnce.Do(func() { close(closed) })

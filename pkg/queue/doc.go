@@ -61,13 +61,16 @@
 //
 // # Reliability settings and why
 //
-//   - Storage is file storage everywhere. The embedded server fsyncs every
-//     EmbeddedConfig.SyncInterval (server default 2 minutes): an
-//     acknowledged message survives kill -9 of the NATS process (it is in
-//     the OS page cache), but not a power loss within the interval, unless
-//     SyncAlways is set (one fsync per write, much slower). On a cluster,
-//     Replicas 3 covers that window: a PubAck means a quorum has the
-//     message.
+//   - Storage is file storage everywhere. When the file store fsyncs is
+//     EmbeddedConfig.Sync (a SyncPolicy; nats-server's sync_interval):
+//     the server default fsyncs every 2 minutes, so an acknowledged
+//     message survives kill -9 of the NATS process (it is in the OS page
+//     cache) but not a power loss or kernel crash within the interval;
+//     Jepsen (NATS 2.12.1, 2025) lost acknowledged writes that way, in
+//     clusters too. SyncAlways fsyncs every write before acknowledging
+//     it. The coordinator's embedded server, the only copy on a single
+//     machine, uses SyncAlways unless told otherwise (--nats-sync); see
+//     docs/reliability.md for clusters.
 //   - Replicas: 1 by default (one server), 3 for production clusters.
 //   - Duplicate window: 5 seconds (DefaultDuplicateWindow) on both
 //     streams. It makes a quickly retried publish (lost PubAck, reconnect,

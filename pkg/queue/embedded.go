@@ -70,18 +70,15 @@ type EmbeddedConfig struct {
 	// TLSConfig, when set, is used instead of the TLS files.
 	TLSConfig *tls.Config
 
-	// SyncInterval is how often JetStream fsyncs its file store; writes
-	// between two syncs sit in the OS page cache, which survives the
-	// process being killed (kill -9) but not a power loss or kernel crash
-	// of the machine. 0 = the server default, 2 minutes. In a replicated
-	// cluster the other replicas cover that window; on a single machine
-	// lower it (or set SyncAlways) if power loss must not lose acknowledged
-	// items.
-	SyncInterval time.Duration
-	// SyncAlways fsyncs after every write before acknowledging it: no
-	// acknowledged message is ever lost, at a large cost in publish
-	// throughput (one fsync per message).
-	SyncAlways bool
+	// Sync is when JetStream fsyncs its file store (SyncPolicy). The zero
+	// value is the nats-server default, a background fsync every 2
+	// minutes: writes in between sit in the OS page cache, which survives
+	// the process being killed (kill -9) but not a power loss or kernel
+	// crash of the machine. SyncAlways fsyncs every write before it is
+	// acknowledged, so no acknowledged message is lost to either, at the
+	// cost of one fsync per write. The coordinator's embedded server
+	// defaults to SyncAlways (see coordinator.Config.NATSSync).
+	Sync SyncPolicy
 	// MaxMemory bounds JetStream memory storage in bytes; 0 = the server
 	// default (75% of RAM). Nothing of stepflow's uses memory storage.
 	MaxMemory int64
@@ -175,8 +172,8 @@ func (e *Embedded) options() (*server.Options, error) {
 	o.DontListen = c.DontListen
 	o.JetStream = true
 	o.StoreDir = c.StoreDir
-	o.SyncInterval = c.SyncInterval
-	o.SyncAlways = c.SyncAlways
+	o.SyncInterval = c.Sync.Interval
+	o.SyncAlways = c.Sync.Always
 	o.JetStreamMaxMemory = cmp.Or(c.MaxMemory, o.JetStreamMaxMemory)
 	o.JetStreamMaxStore = cmp.Or(c.MaxStore, o.JetStreamMaxStore)
 	o.MaxPayload = cmp.Or(c.MaxPayload, o.MaxPayload)
@@ -268,7 +265,7 @@ func (e *Embedded) Start(ctx context.Context) error {
 	}
 	e.srv = s
 	e.log.Info("embedded NATS server ready", zap.String("url", e.clientURL(s)), zap.String("store", opts.StoreDir),
-		zap.Bool("sync_always", opts.SyncAlways), zap.Duration("sync_interval", opts.SyncInterval))
+		zap.Stringer("sync", e.cfg.Sync))
 	return nil
 }
 

@@ -223,11 +223,39 @@ func TestConnectWaitsForServer(t *testing.T) {
 	require.NoError(t, err)
 }
 
+func TestConnectReconnectedHook(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	srv := startEmbedded(t, queue.EmbeddedConfig{StoreDir: dir})
+	url := srv.ClientURL()
+	port, err := strconv.Atoi(url[strings.LastIndexByte(url, ':')+1:])
+	require.NoError(t, err)
+	reconnected := make(chan struct{}, 1)
+	nc, _, err := queue.Connect(testCtx(t), url, queue.ConnectOptions{
+		ReconnectWait: 20 * time.Millisecond,
+		Reconnected: func() {
+			select {
+			case reconnected <- struct{}{}:
+			default:
+			}
+		},
+	})
+	require.NoError(t, err)
+	defer nc.Close()
+	srv.Shutdown()
+	startEmbedded(t, queue.EmbeddedConfig{StoreDir: dir, Port: port})
+	select {
+	case <-reconnected:
+	case <-testCtx(t).Done():
+		t.Fatal("Reconnected was not called after the server came back")
+	}
+}
+
 func TestEmbeddedRestartKeepsState(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	ctx := testCtx(t)
-	srv := startEmbedded(t, queue.EmbeddedConfig{StoreDir: dir, SyncAlways: true})
+	srv := startEmbedded(t, queue.EmbeddedConfig{StoreDir: dir, Sync: queue.SyncAlways})
 	nc, js, err := queue.Connect(ctx, srv.ClientURL(), queue.ConnectOptions{})
 	require.NoError(t, err)
 	require.NoError(t, queue.Provision(ctx, js, queue.Config{}))

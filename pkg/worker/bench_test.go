@@ -67,7 +67,7 @@ func benchWorkers(b *testing.B, workers int) {
 
 		start := time.Now()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		_, err = bb.createRunFor(ctx, flowID, inputs, 64, 0, "")
+		_, err = bb.createRunFor(ctx, flowID, inputs, 64, 0, "", 0)
 		require.NoError(b, err)
 		select {
 		case <-done:

@@ -52,9 +52,17 @@
 //	malformed message                 TermWithReason
 //	worker draining, run paused       Nak: another worker takes it now
 //	transient failure (publish, NATS) NakWithDelay; MaxDeliver bounds it
+//	component server failed under it  NakWithDelay; MaxDeliver bounds it
 //
-// (A transient failure before the flow ran, on the item's last delivery
-// by its max_deliver, becomes a failed result instead of a nak.)
+// A component server that crashes (or whose connection breaks) fails
+// every call in flight on it, not only the call that crashed it, so such
+// a failure (executor.ErrUnavailable, once onError has had its say) is no
+// result of the item's: the item is handed back and runs again on a
+// restarted server or another worker. A transient failure on the item's
+// last delivery by its max_deliver becomes its result instead of a nak:
+// "item <i> exceeded its maximum deliveries (N); last error: <error>". So
+// a poison item, one that crashes its server every time, fails after
+// MaxDeliver deliveries naming what happened, and its siblings complete.
 //
 // A failed item is a result like any other (it never fails its siblings),
 // and a component that panics fails its step, not the worker; the worker

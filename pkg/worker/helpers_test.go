@@ -165,6 +165,9 @@ type runSpec struct {
 	maxConc int
 	ackWait time.Duration
 	parent  string
+	// maxDeliver is the consumer's MaxDeliver, also carried by the items
+	// as the coordinator does; 0 = the default consumer, items without it.
+	maxDeliver int
 }
 
 // flowID stores a flow given as YAML and returns its id.
@@ -185,16 +188,16 @@ func (b *bundle) createRun(spec runSpec) string {
 	for i := range spec.items {
 		inputs = append(inputs, fmt.Appendf(nil, `{"i":%d}`, i))
 	}
-	runID, err := b.createRunFor(testCtx(b.t), b.flowID(spec.flow), inputs, spec.maxConc, spec.ackWait, spec.parent)
+	runID, err := b.createRunFor(testCtx(b.t), b.flowID(spec.flow), inputs, spec.maxConc, spec.ackWait, spec.parent, spec.maxDeliver)
 	require.NoError(b.t, err)
 	return runID
 }
 
 // createRunFor creates a run of a stored flow; it does not use require
 // so that the fake run API can call it from its handlers.
-func (b *bundle) createRunFor(ctx context.Context, flowID string, inputs [][]byte, maxConc int, ackWait time.Duration, parent string) (string, error) {
+func (b *bundle) createRunFor(ctx context.Context, flowID string, inputs [][]byte, maxConc int, ackWait time.Duration, parent string, maxDeliver int) (string, error) {
 	runID := executor.NewRunID()
-	if _, err := queue.CreateRunConsumer(ctx, b.js, runID, queue.RunConsumerConfig{MaxAckPending: maxConc, AckWait: ackWait}); err != nil {
+	if _, err := queue.CreateRunConsumer(ctx, b.js, runID, queue.RunConsumerConfig{MaxAckPending: maxConc, AckWait: ackWait, MaxDeliver: maxDeliver}); err != nil {
 		return "", err
 	}
 	root := runID
@@ -217,7 +220,7 @@ func (b *bundle) createRunFor(ctx context.Context, flowID string, inputs [][]byt
 		}
 	}
 	n, err := queue.PublishItems(ctx, b.js, runID, iter.Seq2[int, []byte](seq), queue.PublishItemsOptions{
-		Template: &stepflowv1.Item{FlowId: flowID, ParentRunId: parent, RootRunId: root},
+		Template: &stepflowv1.Item{FlowId: flowID, ParentRunId: parent, RootRunId: root, MaxDeliver: uint32(max(maxDeliver, 0))},
 	})
 	if err != nil {
 		return "", err

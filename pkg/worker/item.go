@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -21,11 +22,90 @@ import (
 
 // Timeouts of the result path.
 const (
-	// publishTimeout bounds the publication of one result (its PubAck).
+	// publishTimeout bounds the publication of one result (its PubAck),
+	// retries included.
 	publishTimeout = 30 * time.Second
-	// ackTimeout bounds the wait for the server's confirmation of an ack.
+	// ackTimeout bounds the wait for the server's confirmation of an ack,
+	// retries included.
 	ackTimeout = 10 * time.Second
+	// retryPause separates attempts that failed at once (no responders
+	// while a server starts).
+	retryPause = 200 * time.Millisecond
 )
+
+// connEpoch is a context that ends each time the NATS connection is
+// re-established. A request in flight when the connection dropped (NATS,
+// or a coordinator with its embedded server, restarting) is never
+// answered, since the client does not resend it; without this it would
+// hold its item's slot until its timeout.
+type connEpoch struct {
+	mu     sync.Mutex
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+func newConnEpoch() *connEpoch {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &connEpoch{ctx: ctx, cancel: cancel}
+}
+
+// current returns the context of the current connection.
+func (e *connEpoch) current() context.Context {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.ctx
+}
+
+// next ends the current epoch (after a reconnect) and starts another.
+func (e *connEpoch) next() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.cancel()
+	e.ctx, e.cancel = context.WithCancel(context.Background())
+}
+
+// retry calls fn until it succeeds, fails for good (permanent says so),
+// or total has passed. An attempt is abandoned when the connection is
+// re-established under it, and made again at once: publishing a result
+// (its Nats-Msg-Id is deduplicated) and acking an item (an acked item
+// stays acked) are idempotent, so a restart costs an item a reconnect,
+// not a timeout. Other failures are tried again after retryPause.
+func retry(epoch *connEpoch, total time.Duration, permanent func(error) bool, fn func(ctx context.Context) error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), total)
+	defer cancel()
+	for {
+		actx, acancel := context.WithCancel(ctx)
+		stop := context.AfterFunc(epoch.current(), acancel)
+		err := fn(actx)
+		reconnected := actx.Err() != nil && ctx.Err() == nil
+		stop()
+		acancel()
+		if err == nil || permanent(err) || ctx.Err() != nil {
+			return err
+		}
+		if reconnected {
+			continue
+		}
+		t := time.NewTimer(retryPause)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+	}
+}
+
+// permanentPublish tells publish errors that another attempt cannot fix.
+func permanentPublish(err error) bool {
+	return errors.Is(err, queue.ErrInvalidConfig) || errors.Is(err, queue.ErrPayloadTooLarge)
+}
+
+// permanentAck tells ack errors that another attempt cannot fix: the
+// message was already settled (a previous attempt went through).
+func permanentAck(err error) bool {
+	return errors.Is(err, jetstream.ErrMsgAlreadyAckd)
+}
 
 // More settle causes (see settle).
 var (
@@ -79,15 +159,15 @@ func (w *Worker) process(d delivery) {
 //	                        for later) right away
 //	anything else           NakWithDelay(RetryDelay): a failure outside the
 //	                        item (the result could not be published, the
-//	                        flow could not be loaded); MaxDeliver bounds it
+//	                        flow could not be loaded, a component server
+//	                        failed under it: executor.ErrUnavailable);
+//	                        MaxDeliver bounds it
 func (w *Worker) settle(msg jetstream.Msg, cause error) {
 	var err error
 	action := "ack"
 	switch {
 	case cause == nil:
-		ctx, cancel := context.WithTimeout(context.Background(), ackTimeout)
-		err = msg.DoubleAck(ctx)
-		cancel()
+		err = retry(w.epoch, ackTimeout, permanentAck, msg.DoubleAck)
 	case errors.Is(cause, errRunCancelled):
 		action = "term"
 		err = msg.TermWithReason("run cancelled")
@@ -102,7 +182,7 @@ func (w *Worker) settle(msg jetstream.Msg, cause error) {
 	default:
 		action = "nak-delay"
 		w.stats.handedBack()
-		w.log.Warn("item failed outside its flow; handing it back", zap.Error(cause), zap.Duration("delay", w.cfg.RetryDelay))
+		w.log.Warn("item not completed; handing it back", zap.Error(cause), zap.Duration("delay", w.cfg.RetryDelay))
 		err = msg.NakWithDelay(w.cfg.RetryDelay)
 	}
 	if err != nil {
@@ -153,13 +233,19 @@ func (w *Worker) handle(d delivery) (failed bool, err error) {
 	if cause := context.Cause(d.ctx); cause != nil {
 		return false, cause
 	}
+	if err == nil && res.Failed() && errors.Is(res.Err, executor.ErrUnavailable) {
+		// A component server failed under the item (crashed, its
+		// connection broke) and gave no answer: the crash may be
+		// another item's doing, so this is no result of the item's.
+		err = res.Err
+	}
 	if err != nil {
 		// Transient trouble is retried through a nak, except on the last
 		// delivery the consumer allows: then it is the item's result.
 		if last := it.GetMaxDeliver(); last == 0 || uint64(md.NumDelivered) < uint64(last) {
 			return false, err
 		}
-		res = outcome.Failure(outcome.Errorf(outcome.CodeComponent, "item %d failed on its last delivery (%d): %v", it.GetIndex(), md.NumDelivered, err))
+		res = exhausted(it.GetIndex(), md.NumDelivered, err)
 	}
 
 	out := &stepflowv1.ItemResult{
@@ -174,9 +260,11 @@ func (w *Worker) handle(d delivery) (failed bool, err error) {
 		FinishedAt:    timestamppb.Now(),
 		ItemStreamSeq: md.Sequence.Stream,
 	}
-	pctx, cancel := context.WithTimeout(context.Background(), publishTimeout)
-	defer cancel()
-	dup, err := queue.PublishResult(pctx, w.js, out, queue.ResultOptions{Subject: it.GetReplySubject(), Blobs: w.blobs})
+	var dup bool
+	err = retry(w.epoch, publishTimeout, permanentPublish, func(ctx context.Context) (err error) {
+		dup, err = queue.PublishResult(ctx, w.js, out, queue.ResultOptions{Subject: it.GetReplySubject(), Blobs: w.blobs})
+		return err
+	})
 	if err != nil {
 		return false, fmt.Errorf("publish result %d of run %s: %w", it.GetIndex(), d.runID, err)
 	}
@@ -186,6 +274,25 @@ func (w *Worker) handle(d delivery) (failed bool, err error) {
 			zap.String("run", d.runID), zap.Uint64("index", it.GetIndex()), zap.Uint64("deliveries", md.NumDelivered))
 	}
 	return res.Failed(), nil
+}
+
+// exhausted is the failed result of an item whose last allowed delivery
+// ended in err: it names the deliveries and the error, and keeps the
+// failed step's data (its error stack) when there is one.
+func exhausted(index, deliveries uint64, err error) outcome.Result {
+	last := err.Error()
+	var oe *outcome.Error
+	if errors.As(err, &oe) {
+		last = oe.Message
+		if oe.Cause != nil {
+			last += ": " + oe.Cause.Error()
+		}
+	}
+	f := outcome.Errorf(outcome.CodeComponent, "item %d exceeded its maximum deliveries (%d); last error: %s", index, deliveries, last)
+	if oe != nil {
+		f.Data = oe.Data
+	}
+	return outcome.Failure(f)
 }
 
 // execute loads the item's input and run and executes the flow. A

@@ -56,6 +56,8 @@ type Worker struct {
 	log   *zap.Logger
 	slots *slots
 	stats *stats
+	// epoch ends at each NATS reconnect (see retry).
+	epoch *connEpoch
 
 	mu        sync.Mutex
 	state     int
@@ -116,6 +118,7 @@ func New(cfg Config) (*Worker, error) {
 		log:        cfg.Logger.Named("worker").With(zap.String("worker_id", cfg.WorkerID)),
 		slots:      newSlots(cfg.Concurrency),
 		stats:      newStats(),
+		epoch:      newConnEpoch(),
 		startedCh:  make(chan struct{}),
 		stoppedCh:  make(chan struct{}),
 		stopReq:    make(chan struct{}),
@@ -204,7 +207,13 @@ func (w *Worker) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	nc, js, err := queue.Connect(ctx, w.cfg.NATSURL, w.cfg.NATS)
+	copts := w.cfg.NATS
+	if prev := copts.Reconnected; prev != nil {
+		copts.Reconnected = func() { w.epoch.next(); prev() }
+	} else {
+		copts.Reconnected = w.epoch.next
+	}
+	nc, js, err := queue.Connect(ctx, w.cfg.NATSURL, copts)
 	if err != nil {
 		return fmt.Errorf("worker: %w", err)
 	}

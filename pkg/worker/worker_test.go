@@ -402,6 +402,58 @@ output: { $step: boom }
 	b.results(other, 3)
 }
 
+// unavailableErr is what a component server plugin returns when the
+// server failed under a call (stepflow.ServerError).
+type unavailableErr struct{}
+
+func (unavailableErr) Error() string {
+	return "component server \"py\" failed: process exited: exit status 1; restarting"
+}
+func (unavailableErr) Is(target error) bool { return target == executor.ErrUnavailable }
+
+func TestUnavailableComponentHandsItemBack(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	var mu sync.Mutex
+	calls := map[int]int{}
+	comps := map[string]component{
+		"/flaky": func(_ context.Context, req *executor.Request, _ plugin.Host) (value.Value, error) {
+			mu.Lock()
+			calls[req.ItemIndex]++
+			n := calls[req.ItemIndex]
+			mu.Unlock()
+			// Item 0 crashes its server every time; item 1 is caught by a
+			// crash once; the others never.
+			if req.ItemIndex == 0 || (req.ItemIndex == 1 && n == 1) {
+				return nil, unavailableErr{}
+			}
+			return req.Input, nil
+		},
+	}
+	const n = 4
+	run := b.createRun(runSpec{flow: `
+steps:
+  - { id: flaky, component: /test/flaky, input: { $input: "$" } }
+output: { $step: flaky }
+`, items: n, maxConc: n, maxDeliver: 3})
+	cfg := b.workerConfig("w1", n, comps)
+	cfg.RetryDelay = 10 * time.Millisecond
+	b.start(cfg)
+
+	got := b.results(run, n)
+	require.True(t, got[0].GetFailed())
+	require.Equal(t, uint32(3), got[0].GetDeliveries())
+	require.Contains(t, string(got[0].GetResult()),
+		`item 0 exceeded its maximum deliveries (3); last error: step \"flaky\" failed: component server \"py\" failed: process exited: exit status 1; restarting`)
+	for i := 1; i < n; i++ {
+		require.False(t, got[i].GetFailed(), "item %d: %s", i, got[i].GetResult())
+	}
+	require.Equal(t, uint32(2), got[1].GetDeliveries(), "the item caught by a crash runs again")
+	mu.Lock()
+	defer mu.Unlock()
+	require.Equal(t, map[int]int{0: 3, 1: 2, 2: 1, 3: 1}, calls)
+}
+
 func TestRunUnusableFailsItems(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
@@ -712,7 +764,7 @@ func (a *runsAPI) submit(ctx context.Context, req *value.Object) (value.Value, e
 		n, _ := mc.(value.Number).Int64()
 		conc = int(n)
 	}
-	runID, err := a.b.createRunFor(ctx, flowID.(string), inputs, conc, 0, parent.(string))
+	runID, err := a.b.createRunFor(ctx, flowID.(string), inputs, conc, 0, parent.(string), 0)
 	if err != nil {
 		return nil, err
 	}
@@ -788,4 +840,54 @@ func (a *runsAPI) status(ctx context.Context, runID string, wait, includeResults
 		}
 	}
 	return st.Value(), nil
+}
+
+func TestRetryAttempts(t *testing.T) {
+	t.Parallel()
+	permanent := errors.New("permanent")
+	isPermanent := func(err error) bool { return errors.Is(err, permanent) }
+	epoch := newConnEpoch()
+
+	// A transient failure, then success.
+	calls := 0
+	require.NoError(t, retry(epoch, 10*time.Second, isPermanent, func(ctx context.Context) error {
+		calls++
+		if calls == 1 {
+			return errors.New("no responders")
+		}
+		return nil
+	}))
+	require.Equal(t, 2, calls)
+
+	// An attempt whose request was lost with its connection would wait
+	// for the whole timeout; the reconnect ends it, and the next attempt
+	// goes through at once.
+	calls = 0
+	waiting := make(chan struct{})
+	go func() {
+		<-waiting
+		epoch.next()
+	}()
+	start := time.Now()
+	require.NoError(t, retry(epoch, time.Minute, isPermanent, func(ctx context.Context) error {
+		calls++
+		if calls == 1 {
+			close(waiting)
+			<-ctx.Done()
+			return ctx.Err()
+		}
+		return nil
+	}))
+	require.Equal(t, 2, calls)
+	require.Less(t, time.Since(start), 10*time.Second)
+
+	// A permanent failure is not retried.
+	calls = 0
+	require.ErrorIs(t, retry(epoch, 10*time.Second, isPermanent, func(context.Context) error { calls++; return permanent }), permanent)
+	require.Equal(t, 1, calls)
+
+	// The total bounds everything.
+	start = time.Now()
+	require.Error(t, retry(epoch, time.Second, isPermanent, func(context.Context) error { return errors.New("down") }))
+	require.Less(t, time.Since(start), 2*time.Second)
 }

@@ -23,8 +23,10 @@ var repoRoot = func() string {
 	return filepath.Clean(filepath.Join(wd, "..", ".."))
 }()
 
-// The binaries, built once for the whole package.
-var stepflowBin, coordinatorBin, workerBin string
+// The binaries, built once for the whole package. natsServerBin is
+// nats-server itself, built from the module's nats-server/v2 dependency,
+// for the chaos tests that kill an external NATS server.
+var stepflowBin, coordinatorBin, workerBin, natsServerBin string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "stepflow-integration-")
@@ -35,7 +37,9 @@ func TestMain(m *testing.M) {
 	stepflowBin = filepath.Join(dir, "stepflow")
 	coordinatorBin = filepath.Join(dir, "coordinator")
 	workerBin = filepath.Join(dir, "worker")
-	for bin, pkg := range map[string]string{stepflowBin: "./cmd/stepflow", coordinatorBin: "./cmd/coordinator", workerBin: "./cmd/worker"} {
+	natsServerBin = filepath.Join(dir, "nats-server")
+	for bin, pkg := range map[string]string{stepflowBin: "./cmd/stepflow", coordinatorBin: "./cmd/coordinator", workerBin: "./cmd/worker",
+		natsServerBin: "github.com/nats-io/nats-server/v2"} {
 		build := exec.Command("go", "build", "-o", bin, pkg)
 		build.Dir = repoRoot
 		build.Stdout, build.Stderr = os.Stderr, os.Stderr

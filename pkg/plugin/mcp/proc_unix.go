@@ -8,9 +8,11 @@ import (
 )
 
 // setProcessGroup makes the child the leader of a new process group, so
-// that the server and everything it spawns can be signalled together.
+// that the server and everything it spawns can be signalled together
+// (and, on Linux, has the kernel kill it when the worker dies: see
+// childAttr).
 func setProcessGroup(cmd *exec.Cmd) {
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.SysProcAttr = childAttr()
 }
 
 // signalGroup sends sig to the process group led by pid. Errors (the

@@ -10,7 +10,9 @@
 //     the runtime's PATH, a name containing '/' relative to the working
 //     directory — in the working directory, with ONLY the configured `env`
 //     (upstream semantics: no PATH or HOME unless listed), stdin
-//     /dev/null, in its own process group. It reads stdout until the first
+//     /dev/null, in its own process group (on Linux also killed by the
+//     kernel when the worker dies, so that kill -9 of a worker leaves no
+//     orphaned server behind). It reads stdout until the first
 //     `{"port": N}` line (30 s; earlier lines are logged), polls GET
 //     healthCheck.path until 2xx, then sends `initialize` and
 //     `initialized`. stdout and stderr are drained into the plugin's
@@ -53,7 +55,10 @@
 //     failed: process exited: exit status 3; restarting`), which the
 //     executor turns into `500 step "<id>" failed`. The server is
 //     restarted; an onError retry of the step reaches the new server with
-//     a higher attempt number.
+//     a higher attempt number. It also matches executor.ErrUnavailable:
+//     the component gave no answer (the crash may be another call's
+//     doing), so a distributed worker hands the item back for redelivery
+//     instead of recording the failure, until MaxDeliver.
 //   - A call that exceeds timeoutMs returns a *TimeoutError and restarts
 //     the server (other calls in flight on it fail as transport
 //     failures).

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/stepflow-go/stepflow/pkg/executor"
 )
 
 // Sentinels that callers branch on with errors.Is.
@@ -46,8 +48,11 @@ func (e *ServerError) Error() string {
 	return s
 }
 
-// Is matches ErrServerFailed.
-func (e *ServerError) Is(target error) bool { return target == ErrServerFailed }
+// Is matches ErrServerFailed, and executor.ErrUnavailable: the component
+// gave no answer, so a distributed worker hands the item back.
+func (e *ServerError) Is(target error) bool {
+	return target == ErrServerFailed || target == executor.ErrUnavailable
+}
 
 // Unwrap returns the cause and the transport error.
 func (e *ServerError) Unwrap() []error {

@@ -114,7 +114,7 @@ func startProcess(cfg *config.StepflowPlugin, env []string, dir string, withStdi
 		Args:        append([]string{cfg.Command}, cfg.Args...),
 		Env:         env,
 		Dir:         dir,
-		SysProcAttr: &syscall.SysProcAttr{Setpgid: true},
+		SysProcAttr: childAttr(),
 	}
 
 	var closeOnErr, childEnds []*os.File
