@@ -179,6 +179,8 @@ type chaosOptions struct {
 	ackWait time.Duration
 	// timeoutMs is the component server plugin's timeoutMs (0 = none).
 	timeoutMs int
+	// coordArgs are more flags of every coordinator.
+	coordArgs []string
 }
 
 // chaosEnv is one chaos scenario's processes and files.
@@ -247,6 +249,7 @@ func newChaosEnv(t *testing.T, opts chaosOptions) *chaosEnv {
 	if opts.externalNATS {
 		e.coordArgs = append(e.coordArgs, "--nats-url", e.natsURL)
 	}
+	e.coordArgs = append(e.coordArgs, opts.coordArgs...)
 	e.startCoordinator(0, 0)
 	return e
 }
