@@ -15,7 +15,7 @@ import (
 	"github.com/stepflow-go/stepflow/pkg/flow"
 )
 
-// Every bad flow of docs/reliability-bad-input.md is refused by
+// Every bad flow of docs/reliability.md ("Bad input") is refused by
 // `stepflow validate`, `stepflow run` and `stepflow submit` alike, with
 // the same file:line:col, before anything runs or any run is created.
 func TestBadFlowsNamedByValidateRunAndSubmit(t *testing.T) {

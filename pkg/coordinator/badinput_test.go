@@ -15,7 +15,7 @@ import (
 	"github.com/stepflow-go/stepflow/pkg/value"
 )
 
-// The rows of docs/reliability-bad-input.md that the REST API answers:
+// The rows of docs/reliability.md ("Bad input") that the REST API answers:
 // each test checks the status and the exact message, and that nothing is
 // left behind (no run, no item on the work queue).
 
