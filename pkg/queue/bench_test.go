@@ -20,18 +20,25 @@ import (
 // (PublishItems), and meanwhile consume each through its run consumer, publish
 // one result per item to STEPFLOW_RESULTS waiting for the PubAck
 // (PublishResult), and then ack the item — exactly a worker's protocol
-// with an empty flow. The server is embedded with file storage and the
-// default sync interval, over TCP on loopback.
+// with an empty flow. The server is embedded with file storage, over TCP
+// on loopback, with nats-server's default fsync (every 2 minutes) and
+// with fsync on every write (sync=always, the embedded default of the
+// coordinator; see docs/reliability.md).
 func BenchmarkRawJetStream(b *testing.B) {
-	for _, workers := range []int{1, 16, 64} {
-		b.Run(fmt.Sprintf("workers=%d", workers), func(b *testing.B) {
-			benchRaw(b, workers)
-		})
+	for _, fsync := range []struct {
+		name   string
+		policy queue.SyncPolicy
+	}{{"2m", queue.SyncPolicy{}}, {"always", queue.SyncAlways}} {
+		for _, workers := range []int{1, 16, 64} {
+			b.Run(fmt.Sprintf("sync=%s/workers=%d", fsync.name, workers), func(b *testing.B) {
+				benchRaw(b, workers, fsync.policy)
+			})
+		}
 	}
 }
 
-func benchRaw(b *testing.B, workers int) {
-	bb := setup(b, true)
+func benchRaw(b *testing.B, workers int, fsync queue.SyncPolicy) {
+	bb := setupSync(b, true, fsync)
 	ctx := testCtx(b)
 	runID := fmt.Sprintf("bench-%d-%d", workers, b.N)
 	cons, err := queue.CreateRunConsumer(ctx, bb.js, runID, queue.RunConsumerConfig{MaxAckPending: 4 * workers})

@@ -35,8 +35,14 @@ type bundle struct {
 // t.Cleanup (connection first, then the server, before the temp dir goes).
 func setup(t testing.TB, provision bool) *bundle {
 	t.Helper()
+	return setupSync(t, provision, queue.SyncPolicy{})
+}
+
+// setupSync is setup with the server's fsync policy.
+func setupSync(t testing.TB, provision bool, sync queue.SyncPolicy) *bundle {
+	t.Helper()
 	log := zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
-	srv := queue.NewEmbedded(queue.EmbeddedConfig{StoreDir: t.TempDir(), Logger: log})
+	srv := queue.NewEmbedded(queue.EmbeddedConfig{StoreDir: t.TempDir(), Logger: log, Sync: sync})
 	require.NoError(t, srv.Start(testCtx(t)))
 	t.Cleanup(srv.Shutdown)
 	nc, js, err := queue.Connect(testCtx(t), srv.ClientURL(), queue.ConnectOptions{Name: t.Name(), Logger: log})

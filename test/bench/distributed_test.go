@@ -49,10 +49,10 @@ type benchCluster struct {
 	workers         []*exec.Cmd
 }
 
-func startBenchCluster(b *testing.B, coordBin, workerBin string, workers int) *benchCluster {
+func startBenchCluster(b *testing.B, coordBin, workerBin string, workers int, coordArgs ...string) *benchCluster {
 	b.Helper()
 	c := &benchCluster{}
-	c.coord = exec.Command(coordBin, "--port", "0", "--nats-port", "0", "--data-dir", b.TempDir(), "--log-level", "error")
+	c.coord = exec.Command(coordBin, append([]string{"--port", "0", "--nats-port", "0", "--data-dir", b.TempDir(), "--log-level", "error"}, coordArgs...)...)
 	c.coord.Stderr = os.Stderr
 	stdout, err := c.coord.StdoutPipe()
 	if err != nil {
@@ -143,7 +143,8 @@ func submitBatch(b *testing.B, bin, apiURL, flowPath, inputs, out string, n, con
 }
 
 // BenchmarkDistributedThroughput submits a no-op flow over 50,000 items to
-// a coordinator with 1 and with 2 worker processes.
+// a coordinator with 1 and with 2 worker processes, with each fsync policy
+// of its embedded server.
 func BenchmarkDistributedThroughput(b *testing.B) {
 	n := envInt("STEPFLOW_BENCH_DIST_ITEMS", 50_000)
 	stepflow, coord, worker := stepflowBin(b), buildBin(b, "coordinator"), buildBin(b, "worker")
@@ -153,15 +154,21 @@ func BenchmarkDistributedThroughput(b *testing.B) {
 		b.Fatal(err)
 	}
 	inputs := writeNoopInputs(b, dir, n)
-	for _, workers := range []int{1, 2} {
-		b.Run(fmt.Sprintf("workers=%d", workers), func(b *testing.B) {
-			for b.Loop() {
-				c := startBenchCluster(b, coord, worker, workers)
-				elapsed, _ := submitBatch(b, stepflow, c.apiURL, flowPath, inputs, filepath.Join(dir, "out.jsonl"), n, 256)
-				c.stop()
-				b.ReportMetric(float64(n)/elapsed.Seconds(), "items/s")
-			}
-		})
+	// The embedded server's default fsync (--nats-sync always: every
+	// write is on disk before it is acknowledged), and nats-server's own
+	// default (every 2 minutes): compare each with BenchmarkRawJetStream's
+	// sync=always and sync=2m.
+	for _, sync := range []string{"always", "2m"} {
+		for _, workers := range []int{1, 2} {
+			b.Run(fmt.Sprintf("sync=%s/workers=%d", sync, workers), func(b *testing.B) {
+				for b.Loop() {
+					c := startBenchCluster(b, coord, worker, workers, "--nats-sync", sync)
+					elapsed, _ := submitBatch(b, stepflow, c.apiURL, flowPath, inputs, filepath.Join(dir, "out.jsonl"), n, 256)
+					c.stop()
+					b.ReportMetric(float64(n)/elapsed.Seconds(), "items/s")
+				}
+			})
+		}
 	}
 }
 
