@@ -113,12 +113,28 @@
 // coordinator loses nothing); Config.SyncResults adds an fsync per batch
 // for power loss.
 //
-// The stores are local to a coordinator's DataDir. One coordinator per
-// NATS deployment, restarted on the same DataDir (a persistent volume),
-// is the supported setup; two active coordinators would need a shared
-// DataDir or results routed by run, which is future work. The idempotency
-// keys (DataDir/idempotency, one file per key hash, claimed with an
-// atomic link) are local for the same reason.
+// The stores, the item spools and the idempotency keys
+// (DataDir/idempotency, one file per key hash, claimed with an atomic
+// link) live in the DataDir. One coordinator restarted on the same DataDir
+// (a persistent volume) resumes everything. Several coordinators may share
+// a NATS deployment and one DataDir (a volume with POSIX locks): one leads
+// and the others forward to it (see leader.go and "Leadership" below).
+//
+// # Leadership
+//
+// The coordinator holding the lease in queue.BucketCoordinators (renewed
+// every TTL/4, compare-and-set) runs the publishers, the aggregation, the
+// NATS API and the max-deliveries advisories; a standby forwards every
+// REST request but the health checks and /metrics to the leader's
+// AdvertiseURL (header Stepflow-Forwarded-To; 503 with Retry-After while
+// nobody leads). When the lease is free (released by a clean Stop, or
+// expired after the TTL), a standby takes it and resumes like a restart
+// (below). A run's result log is flock'ed while attached, so a leader that
+// stalled past its lease cannot write a run its successor took. A
+// coordinator with an embedded NATS server takes the lease by force; one
+// that finds another holder of its lease stops (Stopped is closed,
+// LostLeadership is true, Main exits 1) for its supervisor to restart it
+// as a standby.
 //
 // # Restart
 //
