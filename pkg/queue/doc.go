@@ -117,6 +117,7 @@
 // EmbeddedConfig makes the embedded server require credentials and TLS,
 // from a nats-server config file (ConfigFile: users with permissions,
 // accounts, operator mode) or simple settings (RegisterEmbeddedFlags).
-// deploy/nats/auth.conf is the permission set of a worker user; see
+// deploy/k8s/base/nats/auth.conf is the permission set of a worker user
+// (the Kubernetes manifests of deploy/k8s use it as it is); see
 // docs/security.md.
 package queue

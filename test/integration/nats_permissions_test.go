@@ -21,7 +21,8 @@ import (
 )
 
 // TestNATSWorkerPermissions runs a coordinator and a worker process
-// against a NATS server configured with deploy/nats/auth.conf, as the
+// against a NATS server configured with deploy/k8s/base/nats/auth.conf
+// (the file the Kubernetes manifests mount), as the
 // users it defines: a batch with nested runs (runs/submit through the
 // coordinator's NATS API) and blobs put and read back completes without a
 // single permissions violation. Then, logged in as the worker user, the
@@ -35,7 +36,7 @@ func TestNATSWorkerPermissions(t *testing.T) {
 	// The shipped file with its password references filled in (the
 	// server resolves them from its environment, which an in-process
 	// server shares with the parallel tests).
-	shipped, err := os.ReadFile(filepath.Join(repoRoot, "deploy", "nats", "auth.conf"))
+	shipped, err := os.ReadFile(filepath.Join(repoRoot, "deploy", "k8s", "base", "nats", "auth.conf"))
 	require.NoError(t, err)
 	filled := strings.NewReplacer("$NATS_COORDINATOR_PASSWORD", `"coord-pw"`, "$NATS_WORKER_PASSWORD", `"worker-pw"`).Replace(string(shipped))
 	require.NotEqual(t, string(shipped), filled)

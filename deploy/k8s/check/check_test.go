@@ -1,12 +1,18 @@
 package main
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 var (
@@ -61,6 +67,12 @@ func TestBrokenFixtures(t *testing.T) {
 		{"ha-advertise-service", false, `--advertise-url="http://coordinator:7840": want http://$(POD_IP):7840 with POD_IP from the downward API (status.podIP)`},
 		{"ha-no-advertise-url", false, "--advertise-url is unset: the leader would advertise http://127.0.0.1:7840, and a standby would forward the API to itself"},
 		{"ha-fixed-id", false, `--id="coordinator" is the same in every pod`},
+		{"worker-coordinator-user", false, `Deployment/worker container worker: logs in to NATS as "coordinator" (STEPFLOW_NATS_USER), a user that may publish to every subject (publish: [">"])`},
+		{"nats-unknown-user", false, `STEPFLOW_NATS_USER="admin" is not a user of StatefulSet/nats /etc/nats/nats.conf (it has [coordinator worker])`},
+		{"nats-password-mismatch", false, `the NATS password (STEPFLOW_NATS_PASSWORD) is not the one StatefulSet/nats /etc/nats/nats.conf gives user "worker" ($NATS_WORKER_PASSWORD of the NATS container, Secret stepflow-nats key worker-password)`},
+		{"nats-password-literal", false, "STEPFLOW_NATS_PASSWORD is not taken from a Secret"},
+		{"nats-no-auth", false, "/etc/nats/nats.conf defines no users"},
+		{"secret-namespace", false, `namespace "", the workloads are in "stepflow"`},
 	} {
 		t.Run(tc.fixture, func(t *testing.T) {
 			if tc.dynamic && testing.Short() {
@@ -216,5 +228,132 @@ func TestScrapeConfigRules(t *testing.T) {
 		if _, err := loadScrapeJobs(root); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%q: got %v, want %q", body, err, want)
 		}
+	}
+}
+
+// The dynamic check runs the batch under the overlay's permissions: a
+// worker user that lacks one subject it publishes to (the worker
+// registry's stream info, derived from the shipped file at test time)
+// fails it with the server's violation, although the batch succeeds.
+func TestDynamicPermissionViolation(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	raw, err := os.ReadFile(filepath.Join("../../..", authConfFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const drop = "$JS.API.STREAM.INFO.KV_STEPFLOW_WORKERS"
+	var kept []string
+	for _, l := range strings.Split(string(raw), "\n") {
+		if !strings.Contains(l, `"`+drop+`"`) {
+			kept = append(kept, l)
+		}
+	}
+	if len(kept) == len(strings.Split(string(raw), "\n")) {
+		t.Fatalf("%s does not grant %s", authConfFile, drop)
+	}
+	dev, err := filepath.Abs("../overlays/dev")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "auth.conf"), []byte(strings.Join(kept, "\n")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rel, err := filepath.Rel(dir, dev) // kustomize takes no absolute paths
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := "resources: [" + rel + "]\nconfigMapGenerator:\n  - {name: nats-config, behavior: merge, files: [auth.conf]}\n"
+	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(k), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := newTestChecker(t)
+	c.Dynamic = true
+	err = c.Check(dir)
+	want := `"$G/user:worker" - Publish Violation - Subject "` + drop + `"`
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("the error does not say %q:\n%v", want, err)
+	}
+}
+
+// The permission rules, against a real server with the shipped users
+// (authConfFile): the worker is refused deleting the items stream and
+// the server's log shows the violation; a "worker" that logs in as the
+// coordinator deletes it, and the check says so.
+func TestNATSPermissionRules(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a NATS server")
+	}
+	dir := t.TempDir()
+	raw, err := os.ReadFile(filepath.Join("../../..", authConfFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := filepath.Join(dir, "nats.conf")
+	if err := os.WriteFile(filepath.Join(dir, "auth.conf"), raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(conf, []byte("jetstream {}\ninclude ./auth.conf\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	coordPW, _ := randomPassword()
+	workerPW, _ := randomPassword()
+	var opts *server.Options
+	withEnv(map[string]string{"NATS_COORDINATOR_PASSWORD": coordPW, "NATS_WORKER_PASSWORD": workerPW}, func() {
+		opts, err = server.ProcessConfigFile(conf)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	perms := map[string]*server.Permissions{}
+	for _, u := range opts.Users {
+		perms[u.Username] = u.Permissions
+	}
+	if !publishesEverything(perms["coordinator"]) || !mayPublish(perms["coordinator"], createItemsSubj) {
+		t.Errorf("the coordinator user of %s may not publish everywhere", authConfFile)
+	}
+	if publishesEverything(perms["worker"]) || mayPublish(perms["worker"], deleteItemsSubj) || !mayPublish(perms["worker"], "stepflow.results.r1") {
+		t.Errorf("the worker user of %s: publish permissions %+v", authConfFile, perms["worker"].Publish)
+	}
+
+	opts.Host, opts.Port, opts.StoreDir, opts.NoSigs = "127.0.0.1", server.RANDOM_PORT, filepath.Join(dir, "js"), true
+	ns, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nlog := &natsLog{}
+	ns.SetLogger(nlog, false, false)
+	ns.Start()
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server not ready")
+	}
+	url := natsURLFor(ns)
+	nc, err := nats.Connect(url, nats.UserInfo("coordinator", coordPW))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: itemsStream, Subjects: []string{"stepflow.items.>"}}); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := checkWorkerDenied(url, "worker", "worker", workerPW, "coordinator", coordPW); err != nil {
+		t.Fatal(err)
+	}
+	if v := nlog.take(); len(v) == 0 || !strings.Contains(strings.Join(v, "\n"), deleteItemsSubj) {
+		t.Errorf("the server's log has no violation for %s: %q", deleteItemsSubj, v)
+	}
+	err = checkWorkerDenied(url, "worker", "coordinator", coordPW, "coordinator", coordPW)
+	if want := `NATS user "coordinator" deleted stream STEPFLOW_ITEMS`; err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("got %v, want %q", err, want)
 	}
 }

@@ -5,11 +5,14 @@
 // environment variables exist, probes hit the ports the binaries listen
 // on, grace periods cover the drains, images are one consistent set, the
 // Prometheus jobs of deploy/k8s/prometheus scrape every coordinator and
-// worker once. With -dynamic (the default) it then starts NATS from the
-// overlay's own config, the coordinator(s) and a worker with the
-// manifests' own args and environment, GETs every probe path (200 without
-// a token) and scrape path (with the token where the job sends it, and
-// then 401 without), and runs a batch through them.
+// worker once, NATS requires users and the worker logs in as the
+// restricted one (natsauth.go). With -dynamic (the default) it then
+// starts NATS from the overlay's own config with generated passwords in
+// its Secrets, the coordinator(s) and a worker with the manifests' own
+// args and environment, GETs every probe path (200 without a token) and
+// scrape path (with the token where the job sends it, and then 401
+// without), runs a batch through them without a permissions violation,
+// and has the worker's credentials refused a stream delete.
 //
 //	go run . [-dynamic=false] REPO_ROOT
 package main

@@ -281,6 +281,7 @@ type coordProc struct {
 	ID   string // its --id as the manifests set it ("" = the default)
 	Base string // http://127.0.0.1:<port>
 	Who  string
+	Run  *ours // its container with the args and environment it runs with
 }
 
 // startCoordinator starts the coordinator as pod i of its Deployment
@@ -333,7 +334,9 @@ func (c *Checker) startCoordinator(o *overlay, coord *ours, i int, natsURL, data
 		_ = pr.stop(40 * time.Second)
 		return nil, fmt.Errorf("coordinator %s: listens on %d, was given --port %d", p.Name, got, port)
 	}
-	return &coordProc{proc: pr, Pod: p, ID: id, Base: base, Who: fmt.Sprintf("%s (pod %s)", coord.where(), p.Name)}, nil
+	run := *coord
+	run.Args, run.Env = mustParseArgs(args), env
+	return &coordProc{proc: pr, Pod: p, ID: id, Base: base, Who: fmt.Sprintf("%s (pod %s)", coord.where(), p.Name), Run: &run}, nil
 }
 
 func mustParseArgs(args []string) []arg {
@@ -346,9 +349,13 @@ func mustParseArgs(args []string) []arg {
 // replica) and a worker with the manifests' args and environment (ports,
 // hosts, data dir and NATS URL replaced by local ones; the replaced values
 // are checked statically), GETs every probe and scrape path, and runs
-// smokeFlow. With two coordinators, the batch goes through the standby
-// (which forwards to the leader), and the standby must take over when the
-// leader stops.
+// smokeFlow. The Secret keys NATS reads its users' passwords from get
+// generated passwords, which the coordinator and the worker get through
+// the same keys: they log in as the manifests say, and the batch runs
+// under the config's permissions, without a single violation. Then the
+// worker's credentials must be refused deleting the items stream. With
+// two coordinators, the batch goes through the standby (which forwards to
+// the leader), and the standby must take over when the leader stops.
 func (c *Checker) checkDynamic(o *overlay, cs []*ours) (err error) {
 	var coord, worker *ours
 	for _, oc := range cs {
@@ -368,9 +375,22 @@ func (c *Checker) checkDynamic(o *overlay, cs []*ours) (err error) {
 	}
 	defer os.RemoveAll(tmp)
 
-	// NATS, from the overlay's own config, on loopback and random ports,
-	// without its cluster block (one process cannot be three servers).
-	n := c.nats[o.Dir]
+	// NATS, from the overlay's own config with generated passwords in its
+	// Secrets, on loopback and random ports, without its cluster block
+	// (one process cannot be three servers).
+	secrets, secretKeys, err := generateNATSSecrets(c.nats[o.Dir])
+	if err != nil {
+		return err
+	}
+	o.Secrets = secrets
+	n := *c.nats[o.Dir]
+	confDir := filepath.Join(tmp, "nats-config")
+	if err := os.Mkdir(confDir, 0o700); err != nil {
+		return err
+	}
+	if err := n.load(o, confDir); err != nil {
+		return err
+	}
 	opts := n.Opts.Clone()
 	opts.Host, opts.Port = "127.0.0.1", server.RANDOM_PORT
 	opts.HTTPHost, opts.HTTPPort = "127.0.0.1", server.RANDOM_PORT
@@ -383,6 +403,8 @@ func (c *Checker) checkDynamic(o *overlay, cs []*ours) (err error) {
 	if err != nil {
 		return fmt.Errorf("nats-server with %s: %w", n.ConfPath, err)
 	}
+	nlog := &natsLog{}
+	ns.SetLogger(nlog, false, false)
 	ns.Start()
 	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
 	if !ns.ReadyForConnections(20 * time.Second) {
@@ -390,10 +412,15 @@ func (c *Checker) checkDynamic(o *overlay, cs []*ours) (err error) {
 	}
 	natsURL := natsURLFor(ns)
 	monitor, _ := containerPortByName(n.C, "monitor")
-	natsWL := workload{Ref: "StatefulSet/" + n.STS.Name, Kind: "StatefulSet", Name: n.STS.Name, Labels: n.STS.Spec.Template.Labels, Pod: &n.STS.Spec.Template.Spec, STS: n.STS}
+	natsWL := n.workload()
 	if err := c.checkEndpoints(natsWL.Ref, "http://"+ns.MonitorAddr().String(), "", c.endpoints(o, natsWL, n.C, monitor), 20*time.Second); err != nil {
 		return err
 	}
+	var users []string
+	for _, u := range opts.Users {
+		users = append(users, u.Username)
+	}
+	c.logf("     %s: users %v of %s, passwords generated for Secret keys %v", natsWL.Ref, users, n.ConfPath, secretKeys)
 
 	// The coordinator(s): with replicas, two sharing one data dir, the
 	// first leading.
@@ -451,6 +478,8 @@ func (c *Checker) checkDynamic(o *overlay, cs []*ours) (err error) {
 	args = override(worker, args, wenv, "health-port", strconv.Itoa(hport))
 	args = override(worker, args, wenv, "health-host", "127.0.0.1")
 	args = override(worker, args, wenv, "config", cfg)
+	wrun := *worker
+	wrun.Args, wrun.Env = mustParseArgs(args), wenv
 	wp, wout, err := start("worker", worker.Bin.Path, args, wenv, tmp)
 	if err != nil {
 		return err
@@ -472,11 +501,38 @@ func (c *Checker) checkDynamic(o *overlay, cs []*ours) (err error) {
 		via = entry.Pod.Name + " (standby, forwarding to " + leader.Pod.Name + ")"
 	}
 	if err := c.submit(entry.Base, via, token, tmp); err != nil {
+		if v := nlog.take(); len(v) > 0 {
+			err = fmt.Errorf("%w\nthe NATS server refused:\n%s", err, strings.Join(v, "\n"))
+		}
+		return err
+	}
+	if err := wp.stop(2 * time.Minute); err != nil {
+		return err
+	}
+	if v := nlog.take(); len(v) > 0 {
+		return fmt.Errorf("the NATS server refused the coordinator or the worker during the batch or the worker's stop (the permissions of %s lack a subject they use, or a password is wrong):\n%s", n.ConfPath, strings.Join(v, "\n"))
+	}
+	if err := c.checkWorkerCredentials(&wrun, leader.Run, natsURL, nlog); err != nil {
 		return err
 	}
 	if entry != leader {
 		return c.checkTakeover(leader, entry, token)
 	}
+	return nil
+}
+
+// checkWorkerCredentials: the worker's NATS user, logged in with the
+// worker's password, is refused deleting the items stream.
+func (c *Checker) checkWorkerCredentials(worker, coord *ours, natsURL string, nlog *natsLog) error {
+	user, _ := worker.setting("nats-user")
+	pw, _ := worker.setting("nats-password")
+	admin, _ := coord.setting("nats-user")
+	apw, _ := coord.setting("nats-password")
+	if err := checkWorkerDenied(natsURL, worker.where(), user, pw, admin, apw); err != nil {
+		return err
+	}
+	nlog.take()
+	c.logf("     the batch ran without a permissions violation; the worker's NATS user %q is refused %s", user, deleteItemsSubj)
 	return nil
 }
 

@@ -15,6 +15,10 @@ import (
 type overlay struct {
 	Dir  string
 	Objs []object
+	// Secrets replaces the values of Secret keys (name -> key -> value)
+	// wherever a container reads them: the passwords the dynamic check
+	// generates, as the Secret would hold them.
+	Secrets map[string]map[string]string
 }
 
 func get[T any](o *overlay, kind, name string) *T {
@@ -245,10 +249,16 @@ func referenced(c *corev1.Container, name string) bool {
 // externalSecrets are Secrets an overlay may reference without rendering
 // them: the operator creates them (docs/kubernetes.md), so that no real
 // credential is in git. The check substitutes a generated value.
-var externalSecrets = map[string][]string{"stepflow-auth": {"token"}}
+var externalSecrets = map[string][]string{
+	"stepflow-auth": {"token"},
+	"stepflow-nats": {"coordinator-password", "worker-password"},
+}
 
-// externalSecretValue stands in for an external Secret's value.
-const externalSecretValue = "k8s-check-generated-token"
+// externalSecretValue stands in for the value of key of an external
+// Secret: one per key, so that two keys mixed up do not compare equal.
+func externalSecretValue(name, key string) string {
+	return "k8s-check-generated-" + name + "-" + key
+}
 
 func secretData(s *corev1.Secret) map[string]string {
 	m := map[string]string{}
@@ -262,6 +272,9 @@ func secretData(s *corev1.Secret) map[string]string {
 }
 
 func secretValue(o *overlay, name, key string) (string, error) {
+	if v, ok := o.Secrets[name][key]; ok {
+		return v, nil
+	}
 	if s := get[corev1.Secret](o, "Secret", name); s != nil {
 		v, ok := secretData(s)[key]
 		if !ok {
@@ -270,7 +283,7 @@ func secretValue(o *overlay, name, key string) (string, error) {
 		return v, nil
 	}
 	if keys, ok := externalSecrets[name]; ok && contains(keys, key) {
-		return externalSecretValue, nil
+		return externalSecretValue(name, key), nil
 	}
 	return "", fmt.Errorf("secret %q (key %q) is neither in the overlay nor a documented external Secret", name, key)
 }

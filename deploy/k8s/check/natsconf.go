@@ -19,9 +19,14 @@ import (
 type natsServer struct {
 	STS      *appsv1.StatefulSet
 	C        *corev1.Container
-	ConfPath string // in the container
-	Conf     string // the file's content
+	ConfPath string            // in the container
+	Files    map[string]string // the config's directory (its ConfigMap): nats.conf and what it includes
 	Opts     *server.Options
+	Env      map[string]string // the container's environment Opts was parsed with
+}
+
+func (n *natsServer) workload() workload {
+	return workload{Ref: "StatefulSet/" + n.STS.Name, Kind: "StatefulSet", Name: n.STS.Name, Labels: n.STS.Spec.Template.Labels, Pod: &n.STS.Spec.Template.Spec, STS: n.STS}
 }
 
 // findNATS returns the StatefulSet whose container runs nats-server.
@@ -42,45 +47,72 @@ func findNATS(o *overlay) (*natsServer, error) {
 			if n.ConfPath == "" {
 				return nil, fmt.Errorf("StatefulSet/%s: nats-server has no --config", s.Name)
 			}
-			oc := &ours{W: workload{Ref: "StatefulSet/" + s.Name, Pod: &s.Spec.Template.Spec, STS: s, Name: s.Name}, C: c}
-			conf, err := configMapFile(o, oc, n.ConfPath)
+			files, err := configMapDir(o, &ours{W: n.workload(), C: c}, n.ConfPath)
 			if err != nil {
 				return nil, fmt.Errorf("StatefulSet/%s: --config %s: %w", s.Name, n.ConfPath, err)
 			}
-			n.Conf = conf
+			n.Files = files
 			return n, nil
 		}
 	}
 	return nil, errors.New("no StatefulSet runs nats-server")
 }
 
-// parse parses the config with the nats-server of go.mod (the version
-// the image runs), with the pod's environment for $VAR references.
-func (n *natsServer) parse(dir string) error {
-	f := filepath.Join(dir, "nats.conf")
-	if err := os.WriteFile(f, []byte(n.Conf), 0o600); err != nil {
-		return err
-	}
-	for _, e := range n.C.Env {
-		if e.ValueFrom != nil && e.ValueFrom.FieldRef != nil {
-			os.Setenv(e.Name, n.STS.Name+"-0")
-		} else if e.ValueFrom == nil {
-			os.Setenv(e.Name, e.Value)
+// load parses the config with the nats-server of go.mod (the version
+// the image runs): the files of its ConfigMap side by side in dir, as
+// the container sees them (nats.conf includes auth.conf), and exactly
+// the container's environment for $VAR references (Secret values through
+// o, pod fields of pod 0).
+func (n *natsServer) load(o *overlay, dir string) error {
+	for name, content := range n.Files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
+			return err
 		}
 	}
-	opts, err := server.ProcessConfigFile(f)
+	w := n.workload()
+	env, errs := resolveEnv(o, w, n.C, staticPod(w))
+	if len(errs) > 0 {
+		// checkStatic reports them with every container's environment.
+		return fmt.Errorf("StatefulSet/%s %s: not parsed: the container's environment does not resolve", n.STS.Name, n.ConfPath)
+	}
+	var opts *server.Options
+	var err error
+	withEnv(env, func() { opts, err = server.ProcessConfigFile(filepath.Join(dir, path.Base(n.ConfPath))) })
 	if err != nil {
 		return fmt.Errorf("StatefulSet/%s %s: %w", n.STS.Name, n.ConfPath, err)
 	}
-	n.Opts = opts
+	n.Opts, n.Env = opts, env
 	return nil
 }
 
-// checkNATS: the config parses; JetStream stores on the PVC below its
-// size; the ports are the container's; the lame-duck preStop signals the
-// config's pid file and fits in the grace period; a cluster has one
-// route per pod and fsyncs every write; the coordinator's stream
-// replicas fit the cluster.
+// withEnv runs fn with exactly env as the process environment, and
+// restores the environment after: nats-server resolves a config's $VAR
+// references from the process environment, and a variable of the shell
+// that runs the check must not stand in for one the pod lacks. The
+// check runs one overlay at a time, so nothing else reads the
+// environment meanwhile.
+func withEnv(env map[string]string, fn func()) {
+	saved := os.Environ()
+	os.Clearenv()
+	for k, v := range env {
+		os.Setenv(k, v)
+	}
+	defer func() {
+		os.Clearenv()
+		for _, kv := range saved {
+			k, v, _ := strings.Cut(kv, "=")
+			os.Setenv(k, v)
+		}
+	}()
+	fn()
+}
+
+// checkNATS: the config parses; its users and the clients' credentials
+// agree (checkNATSAuth); JetStream stores on the PVC below its size; the
+// ports are the container's; the lame-duck preStop signals the config's
+// pid file and fits in the grace period; a cluster has one route per pod
+// and fsyncs every write; the coordinator's stream replicas fit the
+// cluster.
 func (c *Checker) checkNATS(o *overlay, cs []*ours) error {
 	n, err := findNATS(o)
 	if err != nil {
@@ -91,13 +123,14 @@ func (c *Checker) checkNATS(o *overlay, cs []*ours) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	if err := n.parse(dir); err != nil {
+	if err := n.load(o, dir); err != nil {
 		return err
 	}
 	c.nats[o.Dir] = n
 	where := "StatefulSet/" + n.STS.Name
 	opts := n.Opts
 	var errs []error
+	errs = append(errs, checkNATSAuth(n, cs))
 	if !opts.JetStream {
 		errs = append(errs, fmt.Errorf("%s: JetStream is not enabled in %s", where, n.ConfPath))
 	}

@@ -18,6 +18,7 @@ import (
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 )
 
@@ -208,6 +209,7 @@ func (c *Checker) checkStatic(o *overlay) ([]*ours, []error) {
 		}
 	}
 	add(c.checkNATS(o, containers))
+	add(c.checkNamespaces(o))
 	add(c.checkServices(o))
 	add(c.checkAutoscaling(o, containers))
 	add(c.checkScrape(o, containers))
@@ -393,6 +395,17 @@ func underPVC(oc *ours, dir string) bool {
 // configMapFile returns the content of the file at p in the container,
 // which must be a key of a ConfigMap volume.
 func configMapFile(o *overlay, oc *ours, p string) (string, error) {
+	files, err := configMapDir(o, oc, p)
+	if err != nil {
+		return "", err
+	}
+	return files[path.Base(p)], nil
+}
+
+// configMapDir returns the files next to p (which must be one of them) in
+// the container: the keys of the ConfigMap volume mounted at p's
+// directory.
+func configMapDir(o *overlay, oc *ours, p string) (map[string]string, error) {
 	for _, m := range oc.C.VolumeMounts {
 		if path.Dir(p) != path.Clean(m.MountPath) {
 			continue
@@ -403,16 +416,15 @@ func configMapFile(o *overlay, oc *ours, p string) (string, error) {
 			}
 			cm := get[corev1.ConfigMap](o, "ConfigMap", v.ConfigMap.Name)
 			if cm == nil {
-				return "", fmt.Errorf("ConfigMap %q is not in the overlay", v.ConfigMap.Name)
+				return nil, fmt.Errorf("ConfigMap %q is not in the overlay", v.ConfigMap.Name)
 			}
-			data, ok := cm.Data[path.Base(p)]
-			if !ok {
-				return "", fmt.Errorf("ConfigMap %q has no key %q", v.ConfigMap.Name, path.Base(p))
+			if _, ok := cm.Data[path.Base(p)]; !ok {
+				return nil, fmt.Errorf("ConfigMap %q has no key %q", v.ConfigMap.Name, path.Base(p))
 			}
-			return data, nil
+			return cm.Data, nil
 		}
 	}
-	return "", errors.New("not a file of a ConfigMap volume mount")
+	return nil, errors.New("not a file of a ConfigMap volume mount")
 }
 
 // checkNATSURL: the NATS URL names the NATS Service and its client port.
@@ -432,6 +444,23 @@ func (c *Checker) checkNATSURL(o *overlay, oc *ours) error {
 		}
 	}
 	return fmt.Errorf("%s: %s=%q: Service %s has no port %s", oc.where(), src, raw, svc.Name, u.Port())
+}
+
+// checkNamespaces: every object but the Namespace is in the workloads'
+// namespace. An object without one (made by an overlay's generator when
+// only the base sets `namespace:`) goes wherever kubectl's context
+// points, where the pods would not find it.
+func (c *Checker) checkNamespaces(o *overlay) error {
+	ns := c.namespace(o)
+	var errs []error
+	for _, x := range o.Objs {
+		m, ok := x.Typed.(metav1.Object)
+		if !ok || x.Kind == "Namespace" || m.GetNamespace() == ns {
+			continue
+		}
+		errs = append(errs, fmt.Errorf("%s: namespace %q, the workloads are in %q: set `namespace: %s` in the kustomization that makes it (an object without one lands in kubectl's current namespace)", x, m.GetNamespace(), ns, ns))
+	}
+	return errors.Join(errs...)
 }
 
 // checkServices: selectors select pods, target ports exist, PDBs select
