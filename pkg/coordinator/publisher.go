@@ -93,22 +93,20 @@ func (c *Coordinator) publish(ctx context.Context, st *runState, path string, fr
 		var spoolErr error
 		items := func(yield func(int, []byte) bool) {
 			spoolErr = readSpool(path, from, func(index int, data []byte) (bool, error) {
-				if resumed && st.advance(index, true) {
-					return true, nil // finished before a restart
-				}
 				for {
-					ch := st.changes()
-					if st.outstanding() < c.publishWindow(st.concurrency()) {
-						break
+					skip, publish, wait := st.admit(index, resumed, c.publishWindow)
+					switch {
+					case skip:
+						return true, nil // finished before a restart
+					case publish:
+						return yield(index, data), nil
 					}
 					select {
-					case <-ch:
+					case <-wait:
 					case <-ctx.Done():
 						return false, nil
 					}
 				}
-				st.advance(index, false)
-				return yield(index, data), nil
 			})
 		}
 		_, err := queue.PublishItems(ctx, c.js, st.id, items, queue.PublishItemsOptions{

@@ -105,13 +105,6 @@ func newRunState(rec *stepflowv1.RunRecord, dir string, log *resultLog, counts s
 	return st
 }
 
-// concurrency returns the run's concurrency.
-func (s *runState) concurrency() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.conc
-}
-
 // setConcurrency records a new concurrency and wakes the publisher, whose
 // window grows with it.
 func (s *runState) setConcurrency(n int) {
@@ -138,34 +131,30 @@ func (s *runState) resetFrontier(from int) {
 	}
 }
 
-// advance moves the publish frontier past index. With skipDone it
-// reports whether index has a result, and then moves only if it has.
-func (s *runState) advance(index int, skipDone bool) (done bool) {
+// admit decides about publishing item index, in one critical section:
+// skip when check is set and the item has a result (it finished before a
+// restart); publish (the frontier moves past it) when fewer than
+// window(concurrency) published items lack a result; otherwise wait for
+// the returned channel, closed at the next change, and ask again.
+func (s *runState) admit(index int, check bool, window func(conc int) int) (skip, publish bool, wait <-chan struct{}) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.log != nil {
+	if check && s.log != nil {
 		if ok, err := s.log.has(index); ok && err == nil {
-			done = true
+			if index >= s.frontier {
+				s.frontier = index + 1
+				s.below++
+			}
+			return true, false, nil
 		}
 	}
-	if skipDone && !done {
-		return false
+	if s.frontier-s.below >= window(s.conc) {
+		return false, false, s.changed
 	}
 	if index >= s.frontier {
 		s.frontier = index + 1
-		if done {
-			s.below++
-		}
 	}
-	return done
-}
-
-// outstanding returns how many published items have no result: what
-// the run has on the queue.
-func (s *runState) outstanding() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.frontier - s.below
+	return false, true, nil
 }
 
 // setPublished records that every item below next is on the queue.
