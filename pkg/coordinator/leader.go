@@ -178,6 +178,9 @@ func (c *Coordinator) keepLease(ctx context.Context) {
 			if !ok {
 				changes = nil
 			}
+			if c.leading() {
+				continue // our own renewals, mostly: the ticker renews
+			}
 		}
 		if c.leading() {
 			if !c.renew(ctx) {

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
 	"github.com/stepflow-go/stepflow/pkg/coordinator"
@@ -103,4 +104,37 @@ func TestStandbyTakesOverTheRuns(t *testing.T) {
 	for i := range uint64(n) {
 		require.GreaterOrEqual(t, runs[i], 1, "item %d ran", i)
 	}
+}
+
+// The leader renews its lease every TTL/4, not each time it sees its own
+// renewal (which would spin): three renewals take at least two periods.
+func TestLeaderRenewsAtItsPace(t *testing.T) {
+	t.Parallel()
+	srv := queue.NewEmbedded(queue.EmbeddedConfig{StoreDir: t.TempDir(), Logger: testLogger(t)})
+	require.NoError(t, srv.Start(testCtx(t)))
+	t.Cleanup(srv.Shutdown)
+	const ttl = 2 * time.Second
+	c, err := coordinator.New(coordinator.Config{
+		DataDir: t.TempDir(), Host: "127.0.0.1", NATSURL: srv.ClientURL(),
+		Queue: queue.Config{LeaseTTL: ttl}, Logger: testLogger(t),
+	})
+	require.NoError(t, err)
+	require.NoError(t, c.Start(testCtx(t)))
+	t.Cleanup(func() { require.NoError(t, c.Stop(context.Background())) })
+
+	kv, err := inspectJS(t, srv).KeyValue(testCtx(t), queue.BucketCoordinators)
+	require.NoError(t, err)
+	w, err := kv.Watch(testCtx(t), "leader", jetstream.UpdatesOnly())
+	require.NoError(t, err)
+	defer func() { _ = w.Stop() }()
+	start := time.Now()
+	for range 3 {
+		select {
+		case e := <-w.Updates():
+			require.NotNil(t, e)
+		case <-time.After(10 * time.Second):
+			t.Fatal("the leader stopped renewing its lease")
+		}
+	}
+	require.GreaterOrEqual(t, time.Since(start), 2*ttl/4-100*time.Millisecond, "renewals faster than every TTL/4")
 }
