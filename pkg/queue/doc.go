@@ -72,8 +72,9 @@
 //     machine, uses SyncAlways unless told otherwise (--nats-sync); see
 //     docs/reliability.md for clusters.
 //   - Replicas: 1 by default (one server), 3 for production clusters.
-//   - Duplicate window: 5 seconds (DefaultDuplicateWindow) on both
-//     streams. It makes a quickly retried publish (lost PubAck, reconnect,
+//   - Duplicate window: 5 seconds on STEPFLOW_ITEMS (DefaultDuplicateWindow),
+//     1 second on STEPFLOW_RESULTS (DefaultResultsDuplicateWindow). It
+//     makes a quickly retried publish (lost PubAck, reconnect,
 //     coordinator resuming its publisher) idempotent. The server holds
 //     the ids of the window in memory (publish rate x window), so it is
 //     short; results that arrive after it (an item redelivered after its

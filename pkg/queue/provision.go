@@ -28,6 +28,12 @@ const (
 	// after the window, an item redelivered after its AckWait) costs an
 	// execution, never a second result.
 	DefaultDuplicateWindow = 5 * time.Second
+	// DefaultResultsDuplicateWindow is the duplicate window of
+	// STEPFLOW_RESULTS: a result published twice (a worker resending after
+	// a reconnect) costs the coordinator a lookup, as it keeps the first
+	// result per index anyway, so the window only spares the stream a
+	// message; one second holds a fifth of the ids of the items' window.
+	DefaultResultsDuplicateWindow = time.Second
 	// DefaultResultsMaxAge is how long results stay on STEPFLOW_RESULTS: a
 	// safety net for results the coordinator has already copied out (it
 	// deletes a finished run's results itself), long enough to survive a
@@ -50,9 +56,11 @@ type Config struct {
 	// Default DefaultReplicas (1); 3 on a cluster. Changing it later is a
 	// stream update the server performs online.
 	Replicas int
-	// DuplicateWindow of STEPFLOW_ITEMS and STEPFLOW_RESULTS. Default
-	// DefaultDuplicateWindow.
+	// DuplicateWindow of STEPFLOW_ITEMS. Default DefaultDuplicateWindow.
 	DuplicateWindow time.Duration
+	// ResultsDuplicateWindow of STEPFLOW_RESULTS. Default
+	// DefaultResultsDuplicateWindow.
+	ResultsDuplicateWindow time.Duration
 	// ResultsMaxAge expires results. Default DefaultResultsMaxAge. Must be
 	// at least DuplicateWindow.
 	ResultsMaxAge time.Duration
@@ -92,6 +100,9 @@ func (c Config) WithDefaults() Config {
 	if c.DuplicateWindow == 0 {
 		c.DuplicateWindow = DefaultDuplicateWindow
 	}
+	if c.ResultsDuplicateWindow == 0 {
+		c.ResultsDuplicateWindow = DefaultResultsDuplicateWindow
+	}
 	if c.ResultsMaxAge == 0 {
 		c.ResultsMaxAge = DefaultResultsMaxAge
 	}
@@ -111,12 +122,12 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: Replicas must be 1 to 5 (JetStream's limit), not %d", ErrInvalidConfig, c.Replicas)
 	case c.LeaseTTL < time.Second:
 		return fmt.Errorf("%w: LeaseTTL must be at least 1s, not %s", ErrInvalidConfig, c.LeaseTTL)
-	case c.DuplicateWindow < 0:
-		return fmt.Errorf("%w: DuplicateWindow must not be negative", ErrInvalidConfig)
+	case c.DuplicateWindow < 0 || c.ResultsDuplicateWindow < 0:
+		return fmt.Errorf("%w: duplicate windows must not be negative", ErrInvalidConfig)
 	case c.ResultsMaxAge < 0:
 		return fmt.Errorf("%w: ResultsMaxAge must not be negative", ErrInvalidConfig)
-	case c.ResultsMaxAge < c.DuplicateWindow:
-		return fmt.Errorf("%w: ResultsMaxAge (%s) must be at least DuplicateWindow (%s)", ErrInvalidConfig, c.ResultsMaxAge, c.DuplicateWindow)
+	case c.ResultsMaxAge < c.ResultsDuplicateWindow:
+		return fmt.Errorf("%w: ResultsMaxAge (%s) must be at least ResultsDuplicateWindow (%s)", ErrInvalidConfig, c.ResultsMaxAge, c.ResultsDuplicateWindow)
 	case c.MaxMsgSize < 0 || c.ItemsMaxBytes < 0 || c.ResultsMaxBytes < 0 || c.BlobsMaxBytes < 0 || c.BlobsTTL < 0:
 		return fmt.Errorf("%w: sizes and TTLs must not be negative", ErrInvalidConfig)
 	}
@@ -160,7 +171,7 @@ func (c Config) streamConfigs() (items, results jetstream.StreamConfig) {
 		Retention:   jetstream.LimitsPolicy,
 		Storage:     jetstream.FileStorage,
 		Replicas:    c.Replicas,
-		Duplicates:  c.DuplicateWindow,
+		Duplicates:  c.ResultsDuplicateWindow,
 		MaxAge:      c.ResultsMaxAge,
 		Discard:     jetstream.DiscardNew,
 		MaxBytes:    limit(c.ResultsMaxBytes),

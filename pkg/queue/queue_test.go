@@ -90,6 +90,7 @@ func TestProvisionIdempotent(t *testing.T) {
 	require.Equal(t, []string{"stepflow.items.>"}, items.Subjects)
 	require.Equal(t, jetstream.DiscardNew, items.Discard)
 	require.Equal(t, queue.DefaultDuplicateWindow, items.Duplicates)
+	require.Equal(t, queue.DefaultResultsDuplicateWindow, first[queue.StreamResults].Duplicates)
 	results := first[queue.StreamResults]
 	require.Equal(t, jetstream.LimitsPolicy, results.Retention)
 	require.Equal(t, queue.DefaultResultsMaxAge, results.MaxAge)
@@ -115,7 +116,7 @@ func TestProvisionIdempotent(t *testing.T) {
 
 	// Settings the server or the package rejects.
 	require.ErrorIs(t, queue.Provision(ctx, b.js, queue.Config{Replicas: 7}), queue.ErrInvalidConfig)
-	require.ErrorIs(t, queue.Provision(ctx, b.js, queue.Config{ResultsMaxAge: time.Minute, DuplicateWindow: time.Hour}), queue.ErrInvalidConfig)
+	require.ErrorIs(t, queue.Provision(ctx, b.js, queue.Config{ResultsMaxAge: time.Minute, ResultsDuplicateWindow: time.Hour}), queue.ErrInvalidConfig)
 	require.ErrorIs(t, queue.Provision(ctx, b.js, queue.Config{MaxMsgSize: 2 << 20}), queue.ErrInvalidConfig) // > 1 MiB max_payload
 	err = queue.Provision(ctx, b.js, queue.Config{Replicas: 3})
 	require.Error(t, err, "a single server cannot hold 3 replicas")
