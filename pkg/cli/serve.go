@@ -95,6 +95,25 @@ back to the queue), then stops the coordinator, and exits 0.`,
 	queue.RegisterEmbeddedFlags(fl, &s.coord.EmbeddedNATS, getenv)
 	fl.StringVar(&s.natsSync, "nats-sync", envOr(getenv, "STEPFLOW_NATS_SYNC", "always"), `fsync policy of the embedded NATS server: "always" or an interval such as "2m" (env STEPFLOW_NATS_SYNC); see docs/reliability.md`)
 	fl.BoolVar(&s.coord.SyncResults, "sync-results", getenv("STEPFLOW_SYNC_RESULTS") != "false", "fsync the result store before results are acknowledged (survives a power loss) (env STEPFLOW_SYNC_RESULTS)")
+	// The coordinator's limits and delivery settings, with the same names
+	// and environment variables as `coordinator`.
+	envI := func(key string, def int) int {
+		if n, err := strconv.Atoi(getenv(key)); err == nil {
+			return n
+		}
+		return def
+	}
+	fl.Int64Var(&s.coord.MaxBodyBytes, "max-body-bytes", int64(envI("STEPFLOW_MAX_BODY_BYTES", coordinator.DefaultMaxBodyBytes)), "largest JSON request body, and largest line (item) of a JSONL upload, in bytes; 413 beyond (env STEPFLOW_MAX_BODY_BYTES)")
+	fl.Int64Var(&s.coord.MaxFlowBytes, "max-flow-bytes", int64(envI("STEPFLOW_MAX_FLOW_BYTES", coordinator.DefaultMaxFlowBytes)), "largest flow, as compact JSON, in bytes; 413 beyond (env STEPFLOW_MAX_FLOW_BYTES)")
+	fl.IntVar(&s.coord.MaxItemsPerRun, "max-items-per-run", envI("STEPFLOW_MAX_ITEMS_PER_RUN", coordinator.DefaultMaxItemsPerRun), "most items of one run; a larger upload is rejected with 413 and no run (env STEPFLOW_MAX_ITEMS_PER_RUN)")
+	fl.IntVar(&s.coord.MaxConcurrentRuns, "max-active-runs", envI("STEPFLOW_MAX_ACTIVE_RUNS", coordinator.DefaultMaxConcurrentRuns), "most top-level runs in progress at once; 429 with Retry-After beyond (env STEPFLOW_MAX_ACTIVE_RUNS)")
+	fl.IntVar(&s.coord.MaxRunConcurrency, "max-run-concurrency", envI("STEPFLOW_MAX_RUN_CONCURRENCY", coordinator.DefaultMaxRunConcurrency), "largest maxConcurrency a run may ask for; 400 beyond (env STEPFLOW_MAX_RUN_CONCURRENCY)")
+	ackWait := queue.DefaultAckWait
+	if d, err := time.ParseDuration(getenv("STEPFLOW_RUN_ACK_WAIT")); err == nil {
+		ackWait = d
+	}
+	fl.DurationVar(&s.coord.RunAckWait, "run-ack-wait", ackWait, "AckWait of run consumers: how long an item whose worker went silent waits before redelivery (env STEPFLOW_RUN_ACK_WAIT)")
+	fl.IntVar(&s.coord.RunMaxDeliver, "run-max-deliver", envI("STEPFLOW_RUN_MAX_DELIVER", queue.DefaultMaxDeliver), "deliveries of an item before it fails with \"exceeded its maximum deliveries\" (-1 = unlimited) (env STEPFLOW_RUN_MAX_DELIVER)")
 	fl.IntVar(&s.workers, "workers", 2, "in-process workers (0 = coordinator only)")
 	fl.IntVar(&s.workerConcurrency, "worker-concurrency", runtime.NumCPU(), "items each worker executes at once")
 	fl.StringVar(&s.configPath, "config", "", "stepflow-config.yml of the workers' component servers (default: found in the current directory)")

@@ -1,0 +1,31 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"regexp"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/stepflow-go/stepflow/pkg/coordinator"
+)
+
+// `stepflow serve` takes the coordinator's flags, except those about
+// sharing a NATS deployment with other coordinators (serve embeds its
+// own server) and replicas (one embedded server).
+func TestServeTakesTheCoordinatorFlags(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	require.Equal(t, coordinator.ExitOK, coordinator.Main(context.Background(), []string{"--help"}, &stdout, &stderr))
+	coordFlags := regexp.MustCompile(`(?m)^  -([a-z-]+)`).FindAllStringSubmatch(stderr.String(), -1)
+	require.NotEmpty(t, coordFlags)
+	r := stepflow(t, nil, "", "serve", "--help")
+	require.Equal(t, ExitOK, r.code, r.stderr)
+	skip := map[string]bool{"id": true, "advertise-url": true, "lease-ttl": true, "nats-replicas": true}
+	for _, m := range coordFlags {
+		if skip[m[1]] {
+			continue
+		}
+		require.Contains(t, r.stdout+r.stderr, "--"+m[1]+" ", "serve lacks the coordinator's --%s", m[1])
+	}
+}
