@@ -64,6 +64,22 @@ func startCoordinator(t testing.TB, mod func(*coordinator.Config)) *coordinator.
 	return c
 }
 
+// coordinatorOn starts a coordinator on the external NATS server srv and
+// dataDir, with cfg's other fields; it is stopped at cleanup (Stop is
+// idempotent, so a test may stop it first).
+func coordinatorOn(t testing.TB, srv *queue.Embedded, dataDir string, cfg coordinator.Config) *coordinator.Coordinator {
+	t.Helper()
+	cfg.DataDir, cfg.Host, cfg.NATSURL = dataDir, "127.0.0.1", srv.ClientURL()
+	if cfg.Logger == nil {
+		cfg.Logger = testLogger(t)
+	}
+	c, err := coordinator.New(cfg)
+	require.NoError(t, err)
+	require.NoError(t, c.Start(testCtx(t)))
+	t.Cleanup(func() { _ = c.Stop(context.Background()) })
+	return c
+}
+
 // client is an HTTP client for one coordinator.
 type client struct {
 	t     testing.TB

@@ -26,23 +26,12 @@ func TestStandbyTakesOverTheRuns(t *testing.T) {
 	t.Cleanup(srv.Shutdown)
 	dataDir := t.TempDir()
 	newCoord := func(id string) *coordinator.Coordinator {
-		c, err := coordinator.New(coordinator.Config{
-			ID: id, DataDir: dataDir, Host: "127.0.0.1", NATSURL: srv.ClientURL(),
-			Queue: queue.Config{LeaseTTL: 2 * time.Second}, Logger: testLogger(t).Named(id),
+		return coordinatorOn(t, srv, dataDir, coordinator.Config{
+			ID: id, Queue: queue.Config{LeaseTTL: 2 * time.Second}, Logger: testLogger(t).Named(id),
 		})
-		require.NoError(t, err)
-		require.NoError(t, c.Start(testCtx(t)))
-		return c
 	}
 	a := newCoord("a")
-	aStopped := false
-	t.Cleanup(func() {
-		if !aStopped {
-			_ = a.Stop(context.Background())
-		}
-	})
 	b := newCoord("b")
-	t.Cleanup(func() { require.NoError(t, b.Stop(context.Background())) })
 
 	gate := make(chan struct{})
 	var gateOnce sync.Once
@@ -84,7 +73,6 @@ func TestStandbyTakesOverTheRuns(t *testing.T) {
 	}, "the first 100 items done")
 
 	require.NoError(t, a.Stop(context.Background()))
-	aStopped = true
 	openGate()
 	var details map[string]any
 	waitFor(t, 60*time.Second, func() bool {
@@ -114,13 +102,7 @@ func TestLeaderRenewsAtItsPace(t *testing.T) {
 	require.NoError(t, srv.Start(testCtx(t)))
 	t.Cleanup(srv.Shutdown)
 	const ttl = 2 * time.Second
-	c, err := coordinator.New(coordinator.Config{
-		DataDir: t.TempDir(), Host: "127.0.0.1", NATSURL: srv.ClientURL(),
-		Queue: queue.Config{LeaseTTL: ttl}, Logger: testLogger(t),
-	})
-	require.NoError(t, err)
-	require.NoError(t, c.Start(testCtx(t)))
-	t.Cleanup(func() { require.NoError(t, c.Stop(context.Background())) })
+	coordinatorOn(t, srv, t.TempDir(), coordinator.Config{Queue: queue.Config{LeaseTTL: ttl}})
 
 	kv, err := inspectJS(t, srv).KeyValue(testCtx(t), queue.BucketCoordinators)
 	require.NoError(t, err)

@@ -27,19 +27,8 @@ func TestRestartMidRunExternalNATS(t *testing.T) {
 	require.NoError(t, srv.Start(testCtx(t)))
 	t.Cleanup(srv.Shutdown)
 	dataDir := t.TempDir()
-	newCoord := func() *coordinator.Coordinator {
-		c, err := coordinator.New(coordinator.Config{DataDir: dataDir, Host: "127.0.0.1", NATSURL: srv.ClientURL(), Logger: testLogger(t)})
-		require.NoError(t, err)
-		require.NoError(t, c.Start(testCtx(t)))
-		return c
-	}
+	newCoord := func() *coordinator.Coordinator { return coordinatorOn(t, srv, dataDir, coordinator.Config{}) }
 	c1 := newCoord()
-	stopped := false
-	t.Cleanup(func() {
-		if !stopped {
-			_ = c1.Stop(context.Background())
-		}
-	})
 
 	// Items from 20 on wait until the first coordinator is gone; their
 	// results then pile up on the results stream.
@@ -64,7 +53,6 @@ func TestRestartMidRunExternalNATS(t *testing.T) {
 	}, "the first 20 items done")
 
 	require.NoError(t, c1.Stop(context.Background()))
-	stopped = true
 	openGate()
 	// Every remaining result reaches the stream while no coordinator runs.
 	js := inspectJS(t, srv)
@@ -73,7 +61,6 @@ func TestRestartMidRunExternalNATS(t *testing.T) {
 	}, "the other results published")
 
 	c2 := newCoord()
-	t.Cleanup(func() { require.NoError(t, c2.Stop(context.Background())) })
 	cl2 := newClient(t, c2)
 	details := cl2.waitStatus(runID, "completed")
 	items := details["items"].(map[string]any)
@@ -182,18 +169,9 @@ func TestPublishWindowAndResume(t *testing.T) {
 	const window, n = 8, 300
 	dataDir := t.TempDir()
 	newCoord := func() *coordinator.Coordinator {
-		c, err := coordinator.New(coordinator.Config{DataDir: dataDir, Host: "127.0.0.1", NATSURL: srv.ClientURL(), PublishWindow: window, Logger: testLogger(t)})
-		require.NoError(t, err)
-		require.NoError(t, c.Start(testCtx(t)))
-		return c
+		return coordinatorOn(t, srv, dataDir, coordinator.Config{PublishWindow: window})
 	}
 	c1 := newCoord()
-	stopped := false
-	t.Cleanup(func() {
-		if !stopped {
-			_ = c1.Stop(context.Background())
-		}
-	})
 	js := inspectJS(t, srv)
 
 	// Items from 100 on wait until the first coordinator is gone. Every
@@ -241,11 +219,9 @@ func TestPublishWindowAndResume(t *testing.T) {
 	require.EqualValues(t, n-100, counts["queued"].(float64)+counts["running"].(float64), "unpublished items count as queued")
 
 	require.NoError(t, c1.Stop(context.Background()))
-	stopped = true
 	openGate()
 
 	c2 := newCoord()
-	t.Cleanup(func() { require.NoError(t, c2.Stop(context.Background())) })
 	cl2 := newClient(t, c2)
 	details := cl2.waitStatus(runID, "completed")
 	require.EqualValues(t, n, details["items"].(map[string]any)["completed"])
