@@ -625,28 +625,11 @@ func (c *Coordinator) waitRun(ctx context.Context, runID string) (*stepflowv1.Ru
 
 // listRecords returns every run record.
 func (c *Coordinator) listRecords(ctx context.Context) ([]*stepflowv1.RunRecord, error) {
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	w, err := c.runStore.Watch(wctx, queue.WatchOptions{})
-	if err != nil {
-		return nil, err
+	recs, unreadable, err := c.runStore.List(ctx)
+	for _, err := range unreadable {
+		c.log.Warn("unreadable run record", zap.Error(err))
 	}
-	defer func() { _ = w.Stop() }()
-	var out []*stepflowv1.RunRecord
-	for ev := range w.Events() {
-		switch {
-		case ev.Ready:
-			return out, nil
-		case ev.Err != nil:
-			c.log.Warn("unreadable run record", zap.String("run", ev.RunID), zap.Error(ev.Err))
-		case ev.Record != nil:
-			out = append(out, ev.Record)
-		}
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, context.Cause(ctx)
-	}
-	return nil, errors.New("coordinator: run watch ended early")
+	return recs, err
 }
 
 // resume attaches every run a previous coordinator left running.

@@ -973,3 +973,54 @@ func TestLease(t *testing.T) {
 	}
 	require.ErrorIs(t, a.Renew(ctx, ha), queue.ErrLeaseLost)
 }
+
+// List returns every record written before it, also while another
+// writer keeps updating the newest records (the watcher's end marker
+// alone comes early then).
+func TestRunStoreListWhileWriting(t *testing.T) {
+	t.Parallel()
+	b := setup(t, true)
+	ctx := testCtx(t)
+	store, err := queue.OpenRunStore(ctx, b.js)
+	require.NoError(t, err)
+	recs, _, err := store.List(ctx)
+	require.NoError(t, err)
+	require.Empty(t, recs)
+	const n = 20
+	for i := range n {
+		_, err := store.Create(ctx, &stepflowv1.RunRecord{RunId: fmt.Sprintf("run-%02d", i), ItemTotal: 1})
+		require.NoError(t, err)
+	}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := uint64(0); ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			_, _, err := store.Modify(ctx, fmt.Sprintf("run-%02d", n-1-int(i%3)), func(r *stepflowv1.RunRecord) error {
+				r.ItemsPublished = i
+				return nil
+			})
+			if err != nil && !errors.Is(err, queue.ErrRevisionMismatch) {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	for range 30 {
+		recs, bad, err := store.List(ctx)
+		require.NoError(t, err)
+		require.Empty(t, bad)
+		require.Len(t, recs, n)
+	}
+	close(stop)
+	<-done
+	require.NoError(t, store.Delete(ctx, "run-00"))
+	recs, _, err = store.List(ctx)
+	require.NoError(t, err)
+	require.Len(t, recs, n-1)
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -57,6 +58,7 @@ func Terminal(s stepflowv1.RunStatus) bool {
 // compare-and-set on it, so two writers never lose each other's changes.
 // It is safe for concurrent use.
 type RunStore struct {
+	js jetstream.JetStream
 	kv jetstream.KeyValue
 }
 
@@ -67,7 +69,68 @@ func OpenRunStore(ctx context.Context, js jetstream.JetStream) (*RunStore, error
 	if err != nil {
 		return nil, notProvisioned("bucket "+BucketRuns, err)
 	}
-	return &RunStore{kv: kv}, nil
+	return &RunStore{js: js, kv: kv}, nil
+}
+
+// List returns the current record of every run, and the errors of those
+// it cannot decode (skipped; the caller logs them). It asks the stream
+// which keys exist, then watches the bucket until each of them has been
+// delivered: the watcher's end-of-initial-values marker alone can come
+// early while another writer updates records (a key updated meanwhile is
+// delivered after it), and a record written before the call must be in
+// the answer.
+func (s *RunStore) List(ctx context.Context) (recs []*stepflowv1.RunRecord, unreadable []error, err error) {
+	st, err := s.js.Stream(ctx, "KV_"+BucketRuns)
+	if err != nil {
+		return nil, nil, notProvisioned("bucket "+BucketRuns, err)
+	}
+	prefix := "$KV." + BucketRuns + "."
+	info, err := st.Info(ctx, jetstream.WithSubjectFilter(prefix+">"))
+	if err != nil {
+		return nil, nil, fmt.Errorf("queue: list runs: %w", err)
+	}
+	pending := make(map[string]bool, len(info.State.Subjects))
+	for subj := range info.State.Subjects {
+		pending[strings.TrimPrefix(subj, prefix)] = true
+	}
+	if len(pending) == 0 {
+		return nil, nil, nil
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	w, err := s.kv.WatchAll(wctx)
+	if err != nil {
+		return nil, nil, fmt.Errorf("queue: list runs: %w", err)
+	}
+	defer func() { _ = w.Stop() }()
+	latest := map[string]jetstream.KeyValueEntry{}
+	for len(pending) > 0 {
+		select {
+		case <-ctx.Done():
+			return nil, nil, context.Cause(ctx)
+		case e, ok := <-w.Updates():
+			if !ok {
+				return nil, nil, errors.New("queue: list runs: the watch ended early")
+			}
+			if e != nil {
+				latest[e.Key()] = e
+				delete(pending, e.Key())
+			}
+		}
+	}
+	recs = make([]*stepflowv1.RunRecord, 0, len(latest))
+	for key, e := range latest {
+		if op := e.Operation(); op == jetstream.KeyValueDelete || op == jetstream.KeyValuePurge {
+			continue
+		}
+		rec, err := decodeRun(e.Value())
+		if err != nil {
+			unreadable = append(unreadable, fmt.Errorf("run %s: %w", key, err))
+			continue
+		}
+		recs = append(recs, rec)
+	}
+	return recs, unreadable, nil
 }
 
 // Create stores a new run record; ErrRunExists if the run already has one.
