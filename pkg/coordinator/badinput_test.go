@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/stretchr/testify/require"
@@ -125,8 +126,8 @@ func TestBadFlows(t *testing.T) {
 // Bad inputs over the API reject the whole upload before any run exists:
 // a malformed JSONL line (naming its line, column and item), a line over
 // --max-body-bytes, an item over --max-items-per-run (naming the first
-// item over the limit). The items already published are purged; a run
-// accepted before is untouched and completes.
+// item over the limit). Nothing of a rejected upload is published (it is
+// only spooled); a run accepted before is untouched and completes.
 func TestBadInputsRejectTheUploadOnly(t *testing.T) {
 	t.Parallel()
 	c := startCoordinator(t, func(cfg *coordinator.Config) {
@@ -143,7 +144,8 @@ func TestBadInputsRejectTheUploadOnly(t *testing.T) {
 	itemsOf := func(runID string) uint64 {
 		return subjectCount(t, c.JetStream(), queue.StreamItems, queue.ItemSubject(runID))
 	}
-	require.EqualValues(t, 3, itemsOf(earlierID))
+	// Its publisher puts them on the queue once the run exists.
+	waitFor(t, 10*time.Second, func() bool { return itemsOf(earlierID) == 3 }, "the earlier run's items published")
 
 	for _, tc := range []struct {
 		name   string
@@ -246,7 +248,8 @@ func TestBadRequests(t *testing.T) {
 	requireError(t, limited, http.StatusTooManyRequests,
 		"1 runs are in progress, the coordinator's limit (--max-active-runs); retry when one has finished")
 	require.Equal(t, "5", limited.Header.Get("Retry-After"))
-	require.EqualValues(t, 2, streamMsgs(t, c.JetStream(), queue.StreamItems), "the refused run published nothing")
+	waitFor(t, 10*time.Second, func() bool { return streamMsgs(t, c.JetStream(), queue.StreamItems) == 2 }, "the first run's items published")
+	require.Empty(t, cl.get("/runs?status=running").JSON(t)["runs"].([]any)[1:], "the refused run does not exist")
 
 	patch := func(id, body string) response {
 		return cl.do(http.MethodPatch, "/runs/"+id, strings.NewReader(body), nil)
