@@ -39,9 +39,11 @@ func (c *Coordinator) publishWindow(conc int) int {
 }
 
 // startPublisher starts feeding the run's spool to the work queue from
-// index from. A stopping coordinator starts nothing: the next one resumes
-// from the record's items_published.
-func (c *Coordinator) startPublisher(st *runState, from int) {
+// index from; resumed says the run was published to before (by a
+// coordinator that stopped or died), so items may have results already.
+// A stopping coordinator starts nothing: the next one resumes from the
+// record's items_published.
+func (c *Coordinator) startPublisher(st *runState, from int, resumed bool) {
 	if from >= st.total {
 		return
 	}
@@ -66,7 +68,7 @@ func (c *Coordinator) startPublisher(st *runState, from int) {
 		defer c.pubWG.Done()
 		defer close(done)
 		defer cancel()
-		c.publish(ctx, st, path, from)
+		c.publish(ctx, st, path, from, resumed)
 	}()
 }
 
@@ -84,9 +86,8 @@ func (st *runState) stopPublisher() {
 // publish feeds the spool to the queue, keeping at most a window of the
 // run's items on it; it retries failed publishes with backoff until the
 // spool is on the queue or ctx ends.
-func (c *Coordinator) publish(ctx context.Context, st *runState, path string, from int) {
+func (c *Coordinator) publish(ctx context.Context, st *runState, path string, from int, resumed bool) {
 	log := c.log.With(zap.String("run", st.id))
-	resumed := from > 0
 	delay := publishRetryDelay
 	st.resetFrontier(from)
 	for from < st.total {

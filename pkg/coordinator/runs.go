@@ -419,7 +419,7 @@ func (c *Coordinator) attach(ctx context.Context, rec *stepflowv1.RunRecord) (*r
 	}
 	c.flushCounts(ctx, st)
 	c.recoverExhausted(ctx, st)
-	c.startPublisher(st, int(rec.GetItemsPublished()))
+	c.startPublisher(st, int(rec.GetItemsPublished()), true)
 	return st, nil
 }
 
@@ -940,7 +940,7 @@ func (c *Coordinator) submit(ctx context.Context, sub submission) (rec *stepflow
 		_, _ = c.terminate(ctx, st, statusFailed, "cannot create the run's consumer: "+err.Error())
 		return nil, false, fmt.Errorf("coordinator: run %s: %w", runID, err)
 	}
-	c.startPublisher(st, 0)
+	c.startPublisher(st, 0, false)
 	c.log.Info("run created", zap.String("run", runID), zap.String("flow", flowID), zap.Int("items", n),
 		zap.Int("max_concurrency", conc), zap.String("parent", sub.ParentRunID))
 	return rec, true, nil
