@@ -63,8 +63,16 @@ type aggregator struct {
 	lastCompact time.Time
 }
 
-// newAggregator creates (or updates) the results consumer.
+// newAggregator creates the results consumer anew. A leader that takes
+// over (from a dead leader, or as a restart) deletes the old one first:
+// results the previous leader had fetched but not acked would otherwise
+// wait out their AckWait; recreated, the consumer delivers everything on
+// the stream again at once (results acked but not yet purged are dropped
+// as duplicates by the stores).
 func newAggregator(ctx context.Context, c *Coordinator) (*aggregator, error) {
+	if err := c.js.DeleteConsumer(ctx, queue.StreamResults, queue.ResultsConsumer); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		c.log.Warn("cannot reset the results consumer; results the previous leader held come back after their AckWait", zap.Error(err))
+	}
 	cons, err := c.js.CreateOrUpdateConsumer(ctx, queue.StreamResults, jetstream.ConsumerConfig{
 		Durable:       queue.ResultsConsumer,
 		Description:   "stepflow coordinators: result aggregation",

@@ -39,8 +39,12 @@ const (
 	DefaultMaxDetailInputsBytes = 1 << 20
 	// DefaultResultsAckWait is the AckWait of the coordinators' result
 	// consumer: how long a result fetched by a coordinator that then died
-	// waits before another (or the restarted) coordinator gets it.
-	DefaultResultsAckWait = 30 * time.Second
+	// waits before another (or the restarted) coordinator gets it: part
+	// of a standby's take-over time. A batch is acked milliseconds after
+	// it is fetched (one write and one fsync), so 10 s is a wide margin;
+	// a result redelivered to a slow coordinator is dropped as a
+	// duplicate.
+	DefaultResultsAckWait = 10 * time.Second
 	// DefaultMetricsRunRetention is how long a finished run keeps its
 	// per-run series (stepflow_run_*) on /metrics, so that a scrape
 	// after the end still sees its final counts.
