@@ -41,6 +41,7 @@ type serveCmd struct {
 	configPath        string
 	tokenFile         *string
 	natsSync          string
+	itemsStorage      string
 }
 
 func (a *app) serveCommand() *cobra.Command {
@@ -94,7 +95,8 @@ back to the queue), then stops the coordinator, and exits 0.`,
 	queue.RegisterConnectFlags(fl, &s.coord.NATSConnect, getenv)
 	queue.RegisterEmbeddedFlags(fl, &s.coord.EmbeddedNATS, getenv)
 	fl.StringVar(&s.natsSync, "nats-sync", envOr(getenv, "STEPFLOW_NATS_SYNC", "always"), `fsync policy of the embedded NATS server: "always" or an interval such as "2m" (env STEPFLOW_NATS_SYNC); see docs/reliability.md`)
-	fl.BoolVar(&s.coord.SyncResults, "sync-results", getenv("STEPFLOW_SYNC_RESULTS") != "false", "fsync the result store before results are acknowledged (survives a power loss) (env STEPFLOW_SYNC_RESULTS)")
+	fl.BoolVar(&s.coord.SyncResults, "sync-results", getenv("STEPFLOW_SYNC_RESULTS") != "false", "fsync the result log before results are acknowledged to workers (survives a power loss) (env STEPFLOW_SYNC_RESULTS)")
+	fl.StringVar(&s.itemsStorage, "nats-items-storage", envOr(getenv, "STEPFLOW_NATS_ITEMS_STORAGE", "memory"), `storage of the items stream: "memory" (the spools are the durable copy, and lost items are published again) or "file" (env STEPFLOW_NATS_ITEMS_STORAGE)`)
 	// The coordinator's limits and delivery settings, with the same names
 	// and environment variables as `coordinator`.
 	envI := func(key string, def int) int {
@@ -132,6 +134,9 @@ func (s *serveCmd) run(ctx context.Context) error {
 		return usageErr("--nats-sync: %v", err)
 	}
 	s.coord.NATSSync = policy
+	if s.coord.Queue.ItemsFileStorage, err = queue.ParseItemsStorage(s.itemsStorage); err != nil {
+		return usageErr("--nats-items-storage: %v", err)
+	}
 	log := s.a.log
 	var stepCfg *config.Config
 	if s.workers > 0 {

@@ -137,7 +137,7 @@ func (a *app) topCommand() *cobra.Command {
 		Short: "Watch a coordinator's runs, work queue and workers live",
 		Long: `Show what a stepflow coordinator's cluster is doing, redrawn every --interval:
 
-  STREAMS    the work queue (STEPFLOW_ITEMS) and the results stream: messages,
+  STREAMS    the work queue (STEPFLOW_ITEMS): messages,
              bytes, consumers, age of the oldest message, and whether the
              queue is backing up (items queued while every worker slot is busy)
   RUNS       each run: status, progress, done/total, failed, running, queued,

@@ -6,11 +6,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
@@ -195,11 +197,17 @@ func TestTopOnce(t *testing.T) {
 	runID := strings.TrimSpace(sub.stdout)
 	short := abbreviate(runID, 6, 4)
 
-	r := stepflow(t, nil, "", "top", "--once", "--url", url)
-	require.Equal(t, ExitOK, r.code, r.stderr)
+	// The run exists once submit returns; its publisher puts the items on
+	// the queue right after.
+	itemsLine := regexp.MustCompile(`(?m)^STEPFLOW_ITEMS +30 +\S+ +1 +\d+ `)
+	var r result
+	queued := assert.Eventually(t, func() bool {
+		r = stepflow(t, nil, "", "top", "--once", "--url", url)
+		return r.code == ExitOK && itemsLine.MatchString(r.stdout)
+	}, 10*time.Second, 20*time.Millisecond)
+	require.True(t, queued, "last output:\n%s\n%s", r.stdout, r.stderr)
 	out := r.stdout
 	require.NotContains(t, out, "\x1b")
-	require.Regexp(t, `(?m)^STEPFLOW_ITEMS +30 +\S+ +1 +30 `, out)
 	require.Regexp(t, `(?m)^`+short+` running +\.{10} +0/30 +0 +0 +30 +0 `, out)
 	require.Contains(t, out, short+": 30 queued, none in flight: no worker is taking this run's items")
 	require.Regexp(t, `(?m)^`+short+` +30 +0 +0 +4 `, out) // the consumer: 30 pending, max 4
@@ -225,10 +233,11 @@ func TestTopOnce(t *testing.T) {
 	att := stepflow(t, nil, "", "submit", "--url", url, "--attach", runID, "-q")
 	require.Equal(t, ExitItemsFailed, att.code, att.stderr)
 	// The worker's heartbeat follows its items within a few intervals.
-	require.Eventually(t, func() bool {
+	ok := assert.Eventually(t, func() bool {
 		r = stepflow(t, nil, "", "top", "--once", "--url", url)
 		return r.code == ExitOK && strings.Contains(r.stdout, "top-worker-1   0/3   27      3")
-	}, 10*time.Second, 50*time.Millisecond, "%s", r.stdout)
+	}, 10*time.Second, 50*time.Millisecond)
+	require.True(t, ok, "last output:\n%s\n%s", r.stdout, r.stderr)
 	out = r.stdout
 	require.Regexp(t, `(?m)^`+short+` failed +#{10} +30/30 +3 +0 +0 +0 `, out)
 	require.Regexp(t, `(?m)^STEPFLOW_ITEMS +0 `, out)

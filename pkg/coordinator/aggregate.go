@@ -8,7 +8,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go"
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -19,208 +19,224 @@ import (
 
 // Aggregation settings.
 const (
-	// aggBatch is the most results fetched, stored and acked together:
-	// one fetch, one counter write per run and one fsync (SyncResults)
-	// per batch.
-	aggBatch = 256
-	// aggFetchWait is how long a fetch waits for results. A stopping
-	// coordinator lets its last fetch run out, so this bounds Stop.
-	aggFetchWait = 500 * time.Millisecond
-	// aggLinger is how long a result waits for more before the batch is
-	// committed: the latency it adds to counters and waiters.
-	aggLinger = 10 * time.Millisecond
-	// aggMaxAckPending bounds the results handed to coordinators and not
-	// yet acked.
-	aggMaxAckPending = 4 * aggBatch
-	// aggCompactEvery is how often stored results are purged from the
-	// results stream.
-	aggCompactEvery = time.Second
+	// aggBatch is the most results committed together: one fsync per run
+	// touched per batch (SyncResults). A batch is whatever arrived while
+	// the previous one was committed, so a lone result waits for nothing
+	// but its own fsync, and a busy coordinator commits many at once.
+	aggBatch = 1024
+	// aggQueue bounds the results received and not yet committed; the
+	// subscription holds more (queue.SubscribeResults) before it drops
+	// any, and a dropped result is sent again by its worker.
+	aggQueue = 4 * aggBatch
+	// countsEvery is the least time between two writes of a run's
+	// counters to its record: the record is for progress displays (the
+	// coordinator answers from its own counters), so it lags a little.
+	countsEvery = 200 * time.Millisecond
 )
 
-// aggregator copies results from STEPFLOW_RESULTS into the result stores
-// of their runs, through the durable consumer queue.ResultsConsumer. A
-// result is acked only after it is in its run's store (and the run's
-// counters are written), so a coordinator that dies in between gets it
-// again, and the store keeps the first result per index.
-type aggregator struct {
-	c     *Coordinator
-	cons  jetstream.Consumer
-	quit  chan struct{}
-	once  sync.Once
-	ctx   context.Context // not cancelled by Stop: the last batch is finished
-	close context.CancelFunc
+// errNotLeading refuses results a coordinator receives while stopping.
+var errNotLeading = errors.New("this coordinator is stopping; send the result again")
 
-	pending []jetstream.Msg
-	// finishedAt holds the finish times of the results of the batch
-	// that were stored, for the aggregation lag observed at commit.
-	finishedAt []time.Time
-	touched    map[*runState]struct{}
+// resultReq is one result to store: from a worker (msg is the request to
+// answer) or made by the coordinator itself (done receives the outcome).
+type resultReq struct {
+	msg  *nats.Msg
+	res  *stepflowv1.ItemResult
+	done chan error
+
+	st     *runState // the run it was stored into (or found in)
+	status queue.ResultStatus
+	err    error
+	finish time.Time // the worker's finish time, for the aggregation lag
+}
+
+// aggregator receives the workers' results (core NATS requests on
+// queue.ResultSubjects, in queue.ResultsQueueGroup), stores each in its
+// run's result log and answers it once the log is durable: one group
+// commit, one fsync per run per batch, for everything that arrived
+// together. The worker acks its item only after the answer, so nothing
+// answered is lost by a crash of any process, and the log keeps the first
+// result per index.
+type aggregator struct {
+	c    *Coordinator
+	sub  *nats.Subscription
+	in   chan *resultReq
+	quit chan struct{}
+	once sync.Once
+	ctx  context.Context // not cancelled by stop: the last batch is finished
+	stop context.CancelFunc
+
+	batch   []*resultReq
+	touched map[*runState]struct{}
 	// gone remembers runs whose results are dropped (finished or
 	// unknown), so that stragglers do not cost a record lookup each.
 	gone map[string]struct{}
-	// compact holds the runs with results acked since the last compaction.
-	compact     map[string]struct{}
-	lastCompact time.Time
+
+	countsMu    sync.Mutex
+	countsDirty map[*runState]struct{}
+	countsWake  chan struct{}
 }
 
-// newAggregator creates the results consumer anew. A leader that takes
-// over (from a dead leader, or as a restart) deletes the old one first:
-// results the previous leader had fetched but not acked would otherwise
-// wait out their AckWait; recreated, the consumer delivers everything on
-// the stream again at once (results acked but not yet purged are dropped
-// as duplicates by the stores).
-func newAggregator(ctx context.Context, c *Coordinator) (*aggregator, error) {
-	if err := c.js.DeleteConsumer(ctx, queue.StreamResults, queue.ResultsConsumer); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
-		c.log.Warn("cannot reset the results consumer; results the previous leader held come back after their AckWait", zap.Error(err))
-	}
-	cons, err := c.js.CreateOrUpdateConsumer(ctx, queue.StreamResults, jetstream.ConsumerConfig{
-		Durable:       queue.ResultsConsumer,
-		Description:   "stepflow coordinators: result aggregation",
-		FilterSubject: queue.ResultSubjects,
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       c.cfg.ResultsAckWait,
-		MaxDeliver:    -1,
-		MaxAckPending: aggMaxAckPending,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("coordinator: results consumer: %w", err)
-	}
+// newAggregator subscribes to the results.
+func newAggregator(c *Coordinator) (*aggregator, error) {
 	actx, cancel := context.WithCancel(context.WithoutCancel(c.ctx))
-	return &aggregator{
-		c: c, cons: cons, quit: make(chan struct{}), ctx: actx, close: cancel,
+	a := &aggregator{
+		c: c, in: make(chan *resultReq, aggQueue), quit: make(chan struct{}), ctx: actx, stop: cancel,
 		touched: map[*runState]struct{}{}, gone: map[string]struct{}{},
-		compact: map[string]struct{}{}, lastCompact: time.Now(),
-	}, nil
-}
-
-// stop makes run return after its current batch.
-func (a *aggregator) stop() { a.once.Do(func() { close(a.quit) }) }
-
-// run fetches and commits batches until stop.
-func (a *aggregator) run() {
-	defer a.close()
-	for {
-		select {
-		case <-a.quit:
-			return
-		default:
-		}
-		batch, err := a.cons.Fetch(aggBatch, jetstream.FetchMaxWait(aggFetchWait))
-		if err == nil {
-			a.consume(batch.Messages())
-			err = batch.Error()
-		}
-		if err != nil && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, context.DeadlineExceeded) {
-			a.c.log.Warn("fetching results", zap.Error(err))
-			t := time.NewTimer(time.Second)
-			select {
-			case <-a.quit:
-				t.Stop()
-				return
-			case <-t.C:
-			}
-		}
+		countsDirty: map[*runState]struct{}{}, countsWake: make(chan struct{}, 1),
 	}
-}
-
-// consume handles one fetch, committing every aggBatch results or after
-// aggLinger.
-func (a *aggregator) consume(msgs <-chan jetstream.Msg) {
-	var linger <-chan time.Time
-	var timer *time.Timer
-	defer func() {
-		if timer != nil {
-			timer.Stop()
-		}
-	}()
-	for {
-		select {
-		case m, ok := <-msgs:
-			if !ok {
-				a.commit()
-				return
-			}
-			a.handle(m)
-			switch {
-			case len(a.pending) >= aggBatch:
-				a.commit()
-				linger = nil
-			case linger == nil:
-				if timer == nil {
-					timer = time.NewTimer(aggLinger)
-				} else {
-					timer.Reset(aggLinger)
-				}
-				linger = timer.C
-			}
-		case <-linger:
-			linger = nil
-			a.commit()
-		}
-	}
-}
-
-// handle stores one result in its run's store.
-func (a *aggregator) handle(m jetstream.Msg) {
-	log := a.c.log
-	results := a.c.metrics.results
-	r, err := queue.DecodeResult(m.Data())
+	sub, err := queue.SubscribeResults(c.nc, a.receive)
 	if err != nil {
-		log.Warn("dropping a malformed result", zap.String("subject", m.Subject()), zap.Error(err))
-		results.WithLabelValues(resultDropped).Inc()
-		_ = m.Term()
+		cancel()
+		return nil, fmt.Errorf("coordinator: %w", err)
+	}
+	a.sub = sub
+	return a, nil
+}
+
+// receive runs on the subscription's goroutine: it hands each result to
+// the committer, or refuses it when stopping.
+func (a *aggregator) receive(m *nats.Msg) {
+	r, err := queue.DecodeResult(m.Data)
+	if err != nil {
+		a.c.log.Warn("dropping a malformed result", zap.String("subject", m.Subject), zap.Error(err))
+		a.c.metrics.results.WithLabelValues(resultDropped).Inc()
+		_ = m.RespondMsg(queue.ResultReply(queue.ResultDropped, nil))
 		return
 	}
-	runID := r.GetRunId()
+	select {
+	case a.in <- &resultReq{msg: m, res: r}:
+	case <-a.quit:
+		_ = m.RespondMsg(queue.ResultReply("", errNotLeading))
+	}
+}
+
+// store stores a result the coordinator made itself (an item that
+// exceeded its maximum deliveries), through the same commits as the
+// workers' results.
+func (a *aggregator) store(ctx context.Context, res *stepflowv1.ItemResult) error {
+	r := &resultReq{res: res, done: make(chan error, 1)}
+	select {
+	case a.in <- r:
+	case <-a.quit:
+		return errNotLeading
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+	select {
+	case err := <-r.done:
+		return err
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+}
+
+// close stops receiving; run commits what it holds and returns.
+func (a *aggregator) close() {
+	a.once.Do(func() {
+		_ = a.sub.Unsubscribe()
+		close(a.quit)
+	})
+}
+
+// run commits batches until close, then answers what is left.
+func (a *aggregator) run() {
+	defer a.stop()
+	var wg sync.WaitGroup
+	wg.Go(a.flushCountsLoop)
+	defer wg.Wait()
+	for {
+		select {
+		case r := <-a.in:
+			a.batch = append(a.batch, r)
+		case <-a.quit:
+			// Results already received are committed and answered; the
+			// workers of any still on the subscription send them again
+			// to the next leader.
+			for {
+				select {
+				case r := <-a.in:
+					a.batch = append(a.batch, r)
+					if len(a.batch) >= aggBatch {
+						a.commit()
+					}
+					continue
+				default:
+				}
+				break
+			}
+			a.commit()
+			return
+		}
+	more:
+		for len(a.batch) < aggBatch {
+			select {
+			case r := <-a.in:
+				a.batch = append(a.batch, r)
+			default:
+				break more
+			}
+		}
+		a.commit()
+	}
+}
+
+// handle stores one result in its run's log (not yet synced).
+func (a *aggregator) handle(r *resultReq) {
+	log := a.c.log
+	results := a.c.metrics.results
+	runID := r.res.GetRunId()
 	st, err := a.runFor(runID)
 	if err != nil {
-		log.Warn("cannot look up the run of a result; it will be redelivered", zap.String("run", runID), zap.Error(err))
-		_ = m.NakWithDelay(time.Second)
+		log.Warn("cannot look up the run of a result; the worker sends it again", zap.String("run", runID), zap.Error(err))
+		r.err = fmt.Errorf("cannot look up run %s: %w", runID, err)
 		return
 	}
 	if st == nil {
 		results.WithLabelValues(resultDropped).Inc()
-		a.pending = append(a.pending, m) // finished or unknown run: drop
+		r.status = queue.ResultDropped // finished or unknown run
 		return
 	}
-	data, err := queue.ResultJSON(a.ctx, r, a.c.blobs)
+	data, err := queue.ResultJSON(a.ctx, r.res, a.c.blobs)
 	switch {
 	case err != nil:
-		data = failureJSON(fmt.Sprintf("the result of item %d could not be read: %v", r.GetIndex(), err))
-		r.Failed = true
+		data = failureJSON(fmt.Sprintf("the result of item %d could not be read: %v", r.res.GetIndex(), err))
+		r.res.Failed = true
 	case !json.Valid(data):
-		data = failureJSON(fmt.Sprintf("the worker produced a malformed result for item %d", r.GetIndex()))
-		r.Failed = true
+		data = failureJSON(fmt.Sprintf("the worker produced a malformed result for item %d", r.res.GetIndex()))
+		r.res.Failed = true
 	}
 	completed := time.Now()
-	if ts := r.GetFinishedAt(); ts != nil {
+	if ts := r.res.GetFinishedAt(); ts != nil {
 		completed = ts.AsTime()
 	}
-	rec := &resultRecord{Index: int(r.GetIndex()), Failed: r.GetFailed(), Source: uint8(r.GetSource()), CompletedAt: completed, Result: data}
+	rec := &resultRecord{Index: int(r.res.GetIndex()), Failed: r.res.GetFailed(), Source: uint8(r.res.GetSource()), CompletedAt: completed, Result: data}
 	added, err := st.add(rec)
-	if errors.Is(err, errIndexRange) {
+	switch {
+	case errors.Is(err, errIndexRange):
 		log.Warn("dropping a result for an item the run does not have", zap.Error(err))
 		results.WithLabelValues(resultDropped).Inc()
-		a.pending = append(a.pending, m)
+		r.status = queue.ResultDropped
 		return
-	}
-	if err != nil {
-		log.Error("cannot store a result; it will be redelivered", zap.String("run", runID), zap.Uint64("index", r.GetIndex()), zap.Error(err))
-		_ = m.NakWithDelay(time.Second)
+	case err != nil:
+		log.Error("cannot store a result; the worker sends it again", zap.String("run", runID), zap.Uint64("index", r.res.GetIndex()), zap.Error(err))
+		r.err = fmt.Errorf("cannot store the result of item %d of run %s: %w", r.res.GetIndex(), runID, err)
 		return
-	}
-	if added {
+	case added:
 		results.WithLabelValues(resultStored).Inc()
-		st.redeliveries.Add(uint64(max(r.GetDeliveries(), 1) - 1))
-		if r.GetFinishedAt() != nil {
-			a.finishedAt = append(a.finishedAt, completed)
+		st.redeliveries.Add(uint64(max(r.res.GetDeliveries(), 1) - 1))
+		r.status = queue.ResultStored
+		if r.res.GetFinishedAt() != nil {
+			r.finish = completed
 		}
-	} else {
+	default:
 		results.WithLabelValues(resultDuplicate).Inc()
-		log.Debug("dropping a duplicate result", zap.String("run", runID), zap.Uint64("index", r.GetIndex()))
+		log.Debug("dropping a duplicate result", zap.String("run", runID), zap.Uint64("index", r.res.GetIndex()))
+		r.status = queue.ResultDuplicate
 	}
-	a.pending = append(a.pending, m)
+	// A duplicate is answered after the same sync: the first result may
+	// be in this very batch, or in one whose sync failed.
+	r.st = st
 	a.touched[st] = struct{}{}
 }
 
@@ -247,19 +263,45 @@ func (a *aggregator) runFor(runID string) (*runState, error) {
 	return st, nil
 }
 
-// commit makes the batch durable, updates counters, finishes complete
-// runs and acks the batch.
+// commit stores the batch, makes it durable, answers it, and finishes
+// the runs it completed.
 func (a *aggregator) commit() {
-	now := time.Now()
-	for _, t := range a.finishedAt {
-		a.c.metrics.aggLag.Observe(max(now.Sub(t).Seconds(), 0))
+	if len(a.batch) == 0 {
+		return
 	}
-	a.finishedAt = a.finishedAt[:0]
+	for _, r := range a.batch {
+		a.handle(r)
+	}
+	failed := map[*runState]error{}
 	for st := range a.touched {
 		if a.c.cfg.SyncResults {
 			if err := st.sync(); err != nil {
-				a.c.log.Error("cannot sync results", zap.String("run", st.id), zap.Error(err))
+				a.c.log.Error("cannot sync results; their workers send them again", zap.String("run", st.id), zap.Error(err))
+				failed[st] = fmt.Errorf("cannot make the results of run %s durable: %w", st.id, err)
 			}
+		}
+	}
+	now := time.Now()
+	for _, r := range a.batch {
+		if r.err == nil && r.st != nil {
+			r.err = failed[r.st]
+		}
+		if r.err == nil && !r.finish.IsZero() {
+			a.c.metrics.aggLag.Observe(max(now.Sub(r.finish).Seconds(), 0))
+		}
+		if r.msg != nil {
+			if err := r.msg.RespondMsg(queue.ResultReply(r.status, r.err)); err != nil {
+				a.c.log.Debug("answering a result", zap.Error(err))
+			}
+		} else {
+			r.done <- r.err
+		}
+	}
+	clear(a.batch)
+	a.batch = a.batch[:0]
+	for st := range a.touched {
+		if failed[st] != nil {
+			continue
 		}
 		if st.complete() {
 			if _, err := a.c.terminate(a.ctx, st, outcomeStatus(st), ""); err != nil && !errors.Is(err, ErrRunFinished) {
@@ -267,47 +309,51 @@ func (a *aggregator) commit() {
 			}
 			continue
 		}
-		a.c.flushCounts(a.ctx, st)
 		st.notify()
-	}
-	for st := range a.touched {
-		a.compact[st.id] = struct{}{}
+		a.countsMu.Lock()
+		a.countsDirty[st] = struct{}{}
+		a.countsMu.Unlock()
 	}
 	clear(a.touched)
-	for _, m := range a.pending {
-		if err := m.Ack(); err != nil {
-			a.c.log.Debug("ack result", zap.Error(err))
-		}
-	}
-	a.pending = a.pending[:0]
-	if time.Since(a.lastCompact) >= aggCompactEvery {
-		a.compactResults()
+	select {
+	case a.countsWake <- struct{}{}:
+	default:
 	}
 }
 
-// compactResults purges the results below the consumer's ack floor of
-// the runs that had results since the last time: they are in their
-// stores, and the results stream would otherwise keep every result of a
-// run (and the server its bookkeeping) until the run ends. The ack floor
-// is shared by every coordinator, so no result another one has not stored
-// yet is touched.
-func (a *aggregator) compactResults() {
-	a.lastCompact = time.Now()
-	if len(a.compact) == 0 {
-		return
-	}
-	info, err := a.cons.Info(a.ctx)
-	if err != nil {
-		a.c.log.Debug("results consumer info", zap.Error(err))
-		return
-	}
-	floor := info.AckFloor.Stream
-	for runID := range a.compact {
-		if err := queue.PurgeRunResultsBefore(a.ctx, a.c.js, runID, floor+1); err != nil {
-			a.c.log.Debug("compacting results", zap.String("run", runID), zap.Error(err))
+// flushCountsLoop writes the counters of the runs that had results to
+// their records, at most every countsEvery, off the commit path.
+func (a *aggregator) flushCountsLoop() {
+	for {
+		select {
+		case <-a.quit:
+			a.flushCounts()
+			return
+		case <-a.countsWake:
+		}
+		a.flushCounts()
+		t := time.NewTimer(countsEvery)
+		select {
+		case <-a.quit:
+			t.Stop()
+			a.flushCounts()
+			return
+		case <-t.C:
 		}
 	}
-	clear(a.compact)
+}
+
+func (a *aggregator) flushCounts() {
+	a.countsMu.Lock()
+	dirty := make([]*runState, 0, len(a.countsDirty))
+	for st := range a.countsDirty {
+		dirty = append(dirty, st)
+	}
+	clear(a.countsDirty)
+	a.countsMu.Unlock()
+	for _, st := range dirty {
+		a.c.flushCounts(a.ctx, st)
+	}
 }
 
 // failureJSON is a FlowResult failure with message.
@@ -315,9 +361,9 @@ func failureJSON(message string) []byte {
 	return outcome.Failure(&outcome.Error{Code: outcome.CodeComponent, Message: message}).AppendJSON(nil)
 }
 
-// onMaxDeliveries turns an item JetStream gave up on into a failed result:
-// published like a worker's result (so the first result per index still
-// wins), then the item message is deleted from the work queue.
+// onMaxDeliveries turns an item JetStream gave up on into a failed result
+// (stored like a worker's result, so the first result per index still
+// wins), then deletes the item message from the work queue.
 func (c *Coordinator) onMaxDeliveries(ctx context.Context, ev queue.MaxDeliveriesEvent) {
 	log := c.log.With(zap.String("run", ev.RunID), zap.Int("index", ev.Index), zap.Uint64("seq", ev.StreamSeq))
 	if ev.Item == nil {
@@ -330,6 +376,11 @@ func (c *Coordinator) onMaxDeliveries(ctx context.Context, ev queue.MaxDeliverie
 		if err := queue.DeleteItemMsg(ctx, c.js, ev.StreamSeq); err != nil {
 			log.Warn("cannot delete an exhausted item", zap.Error(err))
 		}
+		return
+	}
+	agg := c.aggregator()
+	if agg == nil {
+		log.Debug("max-deliveries advisory while not leading")
 		return
 	}
 	// A worker records the error itself when a failure ends the last
@@ -346,7 +397,7 @@ func (c *Coordinator) onMaxDeliveries(ctx context.Context, ev queue.MaxDeliverie
 		FinishedAt:    timestamppb.Now(),
 		ItemStreamSeq: ev.StreamSeq,
 	}
-	if _, err := queue.PublishResult(ctx, c.js, res, queue.ResultOptions{Subject: ev.Item.GetReplySubject()}); err != nil {
+	if err := agg.store(ctx, res); err != nil {
 		log.Error("cannot fail an item that exceeded its maximum deliveries", zap.Error(err))
 		return
 	}
@@ -355,4 +406,11 @@ func (c *Coordinator) onMaxDeliveries(ctx context.Context, ev queue.MaxDeliverie
 		log.Warn("cannot delete an exhausted item", zap.Error(err))
 	}
 	log.Warn("item failed: maximum deliveries exceeded", zap.Uint64("deliveries", ev.Deliveries))
+}
+
+// aggregator returns the running aggregator (nil unless leading).
+func (c *Coordinator) aggregator() *aggregator {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.agg
 }

@@ -35,7 +35,7 @@ const (
 // the runs page poll it):
 //
 //	time       the coordinator's clock
-//	streams    STEPFLOW_ITEMS and STEPFLOW_RESULTS: messages, bytes,
+//	streams    STEPFLOW_ITEMS: messages, bytes,
 //	           consumers, first/last sequence, oldestAt (oldest message)
 //	consumers  each run consumer: runId, numPending (queued),
 //	           numAckPending (in flight), numRedelivered, maxAckPending,

@@ -37,14 +37,6 @@ const (
 	DefaultAPIMaxWait = 5 * time.Minute
 	// DefaultMaxDetailInputsBytes is the largest input kept for RunDetails.
 	DefaultMaxDetailInputsBytes = 1 << 20
-	// DefaultResultsAckWait is the AckWait of the coordinators' result
-	// consumer: how long a result fetched by a coordinator that then died
-	// waits before another (or the restarted) coordinator gets it: part
-	// of a standby's take-over time. A batch is acked milliseconds after
-	// it is fetched (one write and one fsync), so 10 s is a wide margin;
-	// a result redelivered to a slow coordinator is dropped as a
-	// duplicate.
-	DefaultResultsAckWait = 10 * time.Second
 	// DefaultMetricsRunRetention is how long a finished run keeps its
 	// per-run series (stepflow_run_*) on /metrics, so that a scrape
 	// after the end still sees its final counts.
@@ -171,13 +163,10 @@ type Config struct {
 	// queue.DefaultMaxDeliver): after that many deliveries an item fails
 	// with "exceeded its maximum deliveries".
 	RunMaxDeliver int
-	// ResultsAckWait is the AckWait of the result consumer. Default
-	// DefaultResultsAckWait.
-	ResultsAckWait time.Duration
-	// SyncResults fsyncs the result store before results are acked. Off,
-	// an accepted result is in the OS page cache, which survives kill -9
-	// of the coordinator but not a power loss (the same trade-off as the
-	// embedded NATS server's default).
+	// SyncResults fsyncs the result store before results are answered
+	// (one fsync per run per group commit). Off, an answered result is in
+	// the OS page cache, which survives kill -9 of the coordinator but not
+	// a power loss.
 	SyncResults bool
 	// APIMaxWait bounds how long the NATS API holds a "wait": true
 	// request before replying with the current status; the requester
@@ -215,9 +204,6 @@ func (c Config) WithDefaults() Config {
 	if c.MaxDetailInputsBytes == 0 {
 		c.MaxDetailInputsBytes = DefaultMaxDetailInputsBytes
 	}
-	if c.ResultsAckWait == 0 {
-		c.ResultsAckWait = DefaultResultsAckWait
-	}
 	if c.APIMaxWait == 0 {
 		c.APIMaxWait = DefaultAPIMaxWait
 	}
@@ -254,8 +240,6 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: RunAckWait must be at least 1s", ErrInvalidConfig)
 	case c.RunMaxDeliver < -1:
 		return fmt.Errorf("%w: RunMaxDeliver must be -1 (unlimited), 0 (default) or more", ErrInvalidConfig)
-	case c.ResultsAckWait < time.Second:
-		return fmt.Errorf("%w: ResultsAckWait must be at least 1s", ErrInvalidConfig)
 	case c.APIMaxWait < 0:
 		return fmt.Errorf("%w: APIMaxWait must not be negative", ErrInvalidConfig)
 	case c.MetricsRunRetention < 0:

@@ -77,6 +77,9 @@ type Coordinator struct {
 	finishedMu sync.Mutex
 	finished   []runSnapshot // recently finished runs, oldest first
 
+	itemsMu  sync.Mutex
+	itemsInc queue.ItemsIncarnation // the items stream the runs were published to
+
 	mu        sync.Mutex
 	runs      map[string]*runState     // running runs attached to this coordinator
 	attaching map[string]chan struct{} // runs being attached
@@ -305,8 +308,8 @@ func (c *Coordinator) start(ctx context.Context) error {
 }
 
 // Stop shuts the coordinator down: it stops taking requests, ends long
-// polls and event streams, lets the result aggregator finish and ack the
-// batch in hand (so that a restart redelivers nothing), closes NATS and
+// polls and event streams, lets the result aggregator commit and answer
+// the results in hand (workers send the others again to the next leader), closes NATS and
 // the embedded server. Runs keep running on the workers; a coordinator
 // started on the same DataDir picks them up. Stop is idempotent, may be
 // called before Start, and returns ctx's error if ctx ends first (the
@@ -351,8 +354,8 @@ func (c *Coordinator) shutdown(ctx context.Context) {
 	c.apiClosed = true
 	c.apiMu.Unlock()
 	c.apiWG.Wait()
-	if c.agg != nil {
-		c.agg.stop()
+	if a := c.aggregator(); a != nil {
+		a.close()
 	}
 	c.wg.Wait()
 	c.mu.Lock()

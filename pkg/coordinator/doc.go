@@ -68,23 +68,26 @@
 //
 // # Aggregation
 //
-// All coordinators share one durable pull consumer on STEPFLOW_RESULTS,
-// queue.ResultsConsumer: results are split between coordinators like a
-// queue group, and a restarted coordinator continues where the previous
-// one stopped. A fetch of up to 256 results is handled as a batch: each
-// result is written to its run's result store unless the index already
-// has one (the first result per index wins, whatever the duplicate
-// window of the stream let through), the run's counters are written to
-// its record once per batch with compare-and-set (absolute values, so a
-// lost or repeated write is repaired by the next), and only then are the
-// results acked. A coordinator that dies mid-batch gets the batch again
-// after Config.ResultsAckWait; the store drops what it already has. The
+// Workers send each result as a core NATS request on
+// stepflow.results.<run> (queue.SendResult); the leader, the only
+// coordinator subscribed (queue group queue.ResultsQueueGroup), takes
+// whatever has arrived as one batch: each result is appended to its run's
+// result log unless the index already has one (the first result per index
+// wins), every log touched is fsynced once (Config.SyncResults), and only
+// then is each request answered (stored, duplicate, or dropped for a
+// finished or unknown run; or refused with the reason, say a full disk).
+// The worker acks its item only after the answer, and sends the result
+// again, to whichever coordinator leads by then, when there is none. A
+// lone result waits for its own fsync and nothing else; under load, one
+// fsync covers hundreds. The run's counters are written to its record
+// off that path, at most every 200 ms, with compare-and-set (absolute
+// values, so a lost or repeated write is repaired by the next). The
 // counters in memory are derived from the store, never the other way
 // round, so they cannot drift.
 //
 // An item JetStream gives up on after MaxDeliver deliveries (its
-// max-deliveries advisory) becomes a failed result, published to the
-// results stream like a worker's (so a worker's result, if any, still
+// max-deliveries advisory) becomes a failed result, stored through the
+// same group commit as a worker's (so a worker's result, if any, still
 // wins) with the message "item <i> exceeded its maximum deliveries (N);
 // last error: …"; its message is then deleted from the work queue.
 // Advisories are not stored: for a run taken over after a restart, items
@@ -99,19 +102,18 @@
 // index order (GET /runs/{id}/items, what `stepflow submit` downloads)
 // is one sequential pass over the index and one pread per item, with
 // constant memory, whatever the batch size; the event stream tails the
-// log. The results stream cannot serve that: it is ordered by arrival and
-// has no lookup by index, and keeping a 10-million-entry index in memory
-// is what this design avoids. So the stream holds a result only until it
-// is in a store; a finished run's results are purged from it.
+// log. A stream could not serve that: it is ordered by arrival and has
+// no lookup by index, and keeping a 10-million-entry index in memory is
+// what this design avoids.
 //
 // A record is written before its index slot, and a slot is only trusted
 // when the record it points to has the right index and checksum. On
 // opening a store (a run taken over after a restart) the log is scanned:
 // a torn tail is cut, a slot missing for a complete record is filled in,
 // and the outcomes are counted again, first record per index only.
-// Results are acked once written to the page cache (kill -9 of the
-// coordinator loses nothing); Config.SyncResults adds an fsync per batch
-// for power loss.
+// With Config.SyncResults (the default) results are answered once
+// fsynced, so an answered result survives a power loss; without it, once
+// in the page cache (kill -9 of the coordinator loses nothing).
 //
 // The stores, the item spools and the idempotency keys
 // (DataDir/idempotency, one file per key hash, claimed with an atomic

@@ -309,6 +309,26 @@ func (w *fakeWorker) serve(runID string, store *queue.RunStore) {
 	}
 }
 
+// send has the coordinator store res, as a worker does: it sends it
+// again until a coordinator answers.
+func (w *fakeWorker) send(res *stepflowv1.ItemResult, subject string) error {
+	subject, data, err := queue.EncodeResult(w.ctx, w.nc, res, queue.ResultOptions{Subject: subject})
+	if err != nil {
+		return err
+	}
+	for {
+		ctx, cancel := context.WithTimeout(w.ctx, 5*time.Second)
+		_, err := queue.SendResult(ctx, w.nc, subject, data)
+		cancel()
+		if err == nil || w.ctx.Err() != nil {
+			return err
+		}
+		if !w.pause(50 * time.Millisecond) {
+			return w.ctx.Err()
+		}
+	}
+}
+
 // pause waits d unless the worker stops; it reports whether to go on.
 func (w *fakeWorker) pause(d time.Duration) bool {
 	t := time.NewTimer(d)
@@ -341,7 +361,8 @@ func (w *fakeWorker) handle(m jetstream.Msg) {
 		ItemStreamSeq: md.Sequence.Stream,
 		FinishedAt:    timestamppb.Now(),
 	}
-	switch w.policy(it, md.NumDelivered) {
+	act := w.policy(it, md.NumDelivered)
+	switch act {
 	case actNak:
 		_ = m.Nak()
 		return
@@ -351,21 +372,17 @@ func (w *fakeWorker) handle(m jetstream.Msg) {
 		res.Failed = true
 		res.Result = []byte(`{"outcome":"failed","error":{"code":500,"message":"boom"}}`)
 	}
-	if _, err := queue.PublishResult(w.ctx, w.js, res, queue.ResultOptions{Subject: it.GetReplySubject()}); err != nil {
+	if err := w.send(res, it.GetReplySubject()); err != nil {
 		if !errors.Is(err, context.Canceled) {
-			w.t.Logf("fake worker: publish result: %v", err)
+			w.t.Logf("fake worker: send result: %v", err)
 		}
 		return
 	}
-	if w.policy(it, md.NumDelivered) == actEchoTwice {
-		// A late duplicate: the server's duplicate window does not catch
-		// it (no message id), so only the coordinator can drop it.
+	if act == actEchoTwice {
+		// A late duplicate: only the coordinator can drop it.
 		dup := proto.CloneOf(res)
 		dup.Result = []byte(`{"outcome":"success","result":"second"}`)
-		data, err := proto.Marshal(dup)
-		if err == nil {
-			_, _ = w.js.Publish(w.ctx, it.GetReplySubject(), data)
-		}
+		_ = w.send(dup, it.GetReplySubject())
 	}
 	_ = m.Ack()
 }

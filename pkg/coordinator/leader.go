@@ -83,7 +83,21 @@ func (c *Coordinator) lead(ctx context.Context) error {
 	if err := c.sweepUploads(ctx); err != nil {
 		return err
 	}
-	var err error
+	inc, _, err := queue.EnsureItemsStream(ctx, c.js, c.queueConfig())
+	if err != nil {
+		return fmt.Errorf("coordinator: %w", err)
+	}
+	c.setItemsIncarnation(inc)
+	// Results are taken before the runs are resumed: attaching a run may
+	// fail items (recoverExhausted), which goes through the aggregator.
+	agg, err := newAggregator(c)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.agg = agg
+	c.mu.Unlock()
+	c.wg.Go(agg.run)
 	c.advisories, err = queue.WatchMaxDeliveries(c.ctx, c.js, c.onMaxDeliveries, queue.AdvisoryOptions{Logger: c.cfg.Logger})
 	if err != nil {
 		return fmt.Errorf("coordinator: %w", err)
@@ -91,10 +105,7 @@ func (c *Coordinator) lead(ctx context.Context) error {
 	if err := c.resume(ctx); err != nil {
 		return err
 	}
-	if c.agg, err = newAggregator(ctx, c); err != nil {
-		return err
-	}
-	c.wg.Go(c.agg.run)
+	c.wg.Go(c.watchItems)
 	return c.serveAPI()
 }
 

@@ -62,7 +62,8 @@ type Ready struct {
 //	--nats-server-config … --nats-server-tls-key  make the embedded NATS
 //	              server require them (queue.RegisterEmbeddedFlags)
 //	--nats-sync   embedded NATS fsync: "always" (default) or an interval [STEPFLOW_NATS_SYNC]
-//	--sync-results fsync the result store before acking results; default true [STEPFLOW_SYNC_RESULTS]
+//	--sync-results fsync the result log before answering results; default true [STEPFLOW_SYNC_RESULTS]
+//	--nats-items-storage memory (default) or file [STEPFLOW_NATS_ITEMS_STORAGE]
 //	--nats-replicas replicas of every stream and bucket; default 1, 3 on a cluster [STEPFLOW_NATS_REPLICAS]
 //	--run-ack-wait AckWait of run consumers; default 30s [STEPFLOW_RUN_ACK_WAIT]
 //	--run-max-deliver MaxDeliver of run consumers; default 5 [STEPFLOW_RUN_MAX_DELIVER]
@@ -137,7 +138,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return ExitUsage
 	}
-	fs.BoolVar(&cfg.SyncResults, "sync-results", syncResults, "fsync the result store before results are acknowledged (survives a power loss) (env STEPFLOW_SYNC_RESULTS)")
+	fs.BoolVar(&cfg.SyncResults, "sync-results", syncResults, "fsync the result log before results are acknowledged to workers (survives a power loss) (env STEPFLOW_SYNC_RESULTS)")
+	itemsStorage := fs.String("nats-items-storage", envOr("STEPFLOW_NATS_ITEMS_STORAGE", "memory"), `storage of the items stream: "memory" (the default: the spools are the durable copy, and lost items are published again) or "file" (env STEPFLOW_NATS_ITEMS_STORAGE)`)
 	ackWait, err := envDuration("STEPFLOW_RUN_ACK_WAIT", queue.DefaultAckWait)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
@@ -168,6 +170,10 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	if cfg.NATSSync, err = queue.ParseSyncPolicy(*syncFlag); err != nil {
 		fmt.Fprintf(stderr, "coordinator: --nats-sync: %v\n", err)
+		return ExitUsage
+	}
+	if cfg.Queue.ItemsFileStorage, err = queue.ParseItemsStorage(*itemsStorage); err != nil {
+		fmt.Fprintf(stderr, "coordinator: --nats-items-storage: %v\n", err)
 		return ExitUsage
 	}
 	log, err := logging.New(*level, *format, stderr)

@@ -43,6 +43,7 @@ type coordMetrics struct {
 	aggLag       prometheus.Histogram
 	results      *prometheus.CounterVec
 	exhausted    prometheus.Counter
+	republished  prometheus.Counter
 	runsFinished *prometheus.CounterVec
 }
 
@@ -56,12 +57,17 @@ func newCoordMetrics() *coordMetrics {
 		}),
 		results: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: metrics.Namespace, Subsystem: "coordinator", Name: "results_total",
-			Help: "Results taken from STEPFLOW_RESULTS, by disposition: stored, duplicate (the index already had one), " +
+			Help: "Results received from workers, by disposition: stored, duplicate (the index already had one), " +
 				"dropped (finished or unknown run, malformed, index out of range).",
 		}, []string{"disposition"}),
 		exhausted: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: metrics.Namespace, Subsystem: "coordinator", Name: "items_exhausted_total",
 			Help: "Items failed because they reached their maximum deliveries (max-deliveries advisory).",
+		}),
+		republished: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: metrics.Namespace, Subsystem: "coordinator", Name: "items_republished_total",
+			Help: "Times a run's unfinished items were published again from its spool because the items stream lost them " +
+				"(the stream created anew, the run's consumer gone, or items neither queued nor in flight).",
 		}),
 		runsFinished: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: metrics.Namespace, Subsystem: "coordinator", Name: "runs_finished_total",
@@ -85,7 +91,7 @@ func (c *Coordinator) registerMetrics() error {
 		Help: "1 while GET /readyz answers 200 (started, not stopping, connected to NATS), else 0.",
 	}, func() float64 { return metrics.Bool(c.Ready() == nil) })
 	cols := []prometheus.Collector{
-		c.metrics.aggLag, c.metrics.results, c.metrics.exhausted, c.metrics.runsFinished,
+		c.metrics.aggLag, c.metrics.results, c.metrics.exhausted, c.metrics.republished, c.metrics.runsFinished,
 		metrics.NewNATSCollector("coordinator", func() *nats.Conn { return c.nc }), ready, newRunCollector(c),
 	}
 	for _, col := range cols {
@@ -318,9 +324,9 @@ func newRunCollector(c *Coordinator) *runCollector {
 			"Items of running runs not finished: queued plus in flight (GET /api/v1/backlog's backlog)."),
 		active: d("coordinator", "runs_active", "Running runs attached to this coordinator."),
 		resultsPending: d("", "results_pending_messages",
-			"Results on STEPFLOW_RESULTS not yet fetched by a coordinator (the result consumer's NumPending)."),
+			"Results received by the leading coordinator and waiting in its subscription for the committer."),
 		resultsUnacked: d("", "results_unacked_messages",
-			"Results fetched by a coordinator and not yet committed and acked (the result consumer's NumAckPending)."),
+			"Results handed to the committer and not yet stored and answered."),
 	}
 }
 
@@ -351,11 +357,10 @@ func (rc *runCollector) Collect(ch chan<- prometheus.Metric) {
 			rc.collectRun(ch, r)
 		}
 	}
-	if c.nc.IsConnected() && ctx.Err() == nil {
-		if info, err := c.agg.cons.Info(ctx); err == nil {
-			ch <- prometheus.MustNewConstMetric(rc.resultsPending, prometheus.GaugeValue, float64(info.NumPending))
-			ch <- prometheus.MustNewConstMetric(rc.resultsUnacked, prometheus.GaugeValue, float64(info.NumAckPending))
-		}
+	if a := c.aggregator(); a != nil {
+		pending, _, _ := a.sub.Pending()
+		ch <- prometheus.MustNewConstMetric(rc.resultsPending, prometheus.GaugeValue, float64(max(pending, 0)))
+		ch <- prometheus.MustNewConstMetric(rc.resultsUnacked, prometheus.GaugeValue, float64(len(a.in)))
 	}
 }
 

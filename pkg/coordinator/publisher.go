@@ -17,8 +17,7 @@ import (
 // spool, so the JetStream server holds a window per run, not a batch.
 const (
 	// minPublishWindow keeps workers busy between refills: the window is
-	// refilled as results are committed (every aggBatch results or
-	// aggLinger), so it must cover several commits.
+	// refilled as results are committed, so it must cover several commits.
 	minPublishWindow = 4096
 	// maxPublishWindow bounds a run with a huge concurrency.
 	maxPublishWindow = 1 << 16
@@ -58,9 +57,13 @@ func (c *Coordinator) startPublisher(st *runState, from int, resumed bool) {
 	if c.pubClosed {
 		return
 	}
+	st.mu.Lock()
+	if st.status != statusRunning {
+		st.mu.Unlock()
+		return // finished meanwhile (terminate stops the publisher after marking the run)
+	}
 	ctx, cancel := context.WithCancel(c.ctx)
 	done := make(chan struct{})
-	st.mu.Lock()
 	st.pubStop, st.pubDone = cancel, done
 	st.mu.Unlock()
 	c.pubWG.Add(1)
@@ -112,7 +115,7 @@ func (c *Coordinator) publish(ctx context.Context, st *runState, path string, fr
 		}
 		_, err := queue.PublishItems(ctx, c.js, st.id, items, queue.PublishItemsOptions{
 			From: from, Encoded: true, Logger: log,
-			Progress: st.setPublished,
+			Progress: st.setPublished, Generation: st.generation(),
 		})
 		if spoolErr != nil {
 			log.Error("cannot read the run's item spool; its unpublished items cannot run (cancel the run)", zap.Error(spoolErr))

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/stepflow-go/stepflow/pkg/coordinator"
+	"github.com/stepflow-go/stepflow/pkg/metrics/metricstest"
 	"github.com/stepflow-go/stepflow/pkg/queue"
 	stepflowv1 "github.com/stepflow-go/stepflow/proto/stepflowv1"
 )
@@ -31,7 +33,8 @@ func TestRestartMidRunExternalNATS(t *testing.T) {
 	c1 := newCoord()
 
 	// Items from 20 on wait until the first coordinator is gone; their
-	// results then pile up on the results stream.
+	// workers then keep their results and send them until a coordinator
+	// answers.
 	gate := make(chan struct{})
 	var gateOnce sync.Once
 	openGate := func() { gateOnce.Do(func() { close(gate) }) }
@@ -54,11 +57,6 @@ func TestRestartMidRunExternalNATS(t *testing.T) {
 
 	require.NoError(t, c1.Stop(context.Background()))
 	openGate()
-	// Every remaining result reaches the stream while no coordinator runs.
-	js := inspectJS(t, srv)
-	waitFor(t, 30*time.Second, func() bool {
-		return subjectCount(t, js, queue.StreamResults, queue.ResultSubject(runID)) >= 40
-	}, "the other results published")
 
 	c2 := newCoord()
 	cl2 := newClient(t, c2)
@@ -72,11 +70,11 @@ func TestRestartMidRunExternalNATS(t *testing.T) {
 		require.JSONEq(t, echoResult(lines[i]), line, "item %d", i)
 	}
 	// Finished (the record is written first, then the cleanup): consumer
-	// gone, results copied out of the stream.
+	// gone, no item left on the queue.
 	waitFor(t, 10*time.Second, func() bool {
 		_, err := queue.RunConsumerHandle(testCtx(t), c2.JetStream(), runID)
 		return errors.Is(err, queue.ErrConsumerNotFound) &&
-			subjectCount(t, c2.JetStream(), queue.StreamResults, queue.ResultSubject(runID)) == 0
+			subjectCount(t, c2.JetStream(), queue.StreamItems, queue.ItemSubject(runID)) == 0
 	}, "the finished run cleaned up")
 }
 
@@ -243,4 +241,72 @@ func TestPublishWindowAndResume(t *testing.T) {
 		_, err := os.Stat(filepath.Join(dataDir, "runs", runID, "items.spool"))
 		return errors.Is(err, os.ErrNotExist)
 	}, "the spool goes with the finished run")
+}
+
+// Items the stream loses (memory storage across a NATS restart; here the
+// stream deleted, or a run's queued items purged, behind the
+// coordinator's back) are published again from the spool: the run
+// completes with every index exactly once.
+func TestLostItemsArePublishedAgain(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		lose func(t *testing.T, js jetstream.JetStream, runID string)
+	}{
+		{"stream deleted", func(t *testing.T, js jetstream.JetStream, _ string) {
+			require.NoError(t, js.DeleteStream(testCtx(t), queue.StreamItems))
+		}},
+		{"queued items purged", func(t *testing.T, js jetstream.JetStream, runID string) {
+			_, err := queue.PurgeRunItems(testCtx(t), js, runID)
+			require.NoError(t, err)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			srv := queue.NewEmbedded(queue.EmbeddedConfig{StoreDir: t.TempDir(), Logger: testLogger(t)})
+			require.NoError(t, srv.Start(testCtx(t)))
+			t.Cleanup(srv.Shutdown)
+			c := coordinatorOn(t, srv, t.TempDir(), coordinator.Config{})
+
+			// Items from 20 on wait until the items are lost.
+			gate := make(chan struct{})
+			var gateOnce sync.Once
+			openGate := func() { gateOnce.Do(func() { close(gate) }) }
+			t.Cleanup(openGate)
+			var executions sync.Map
+			startWorker(t, srv.ClientURL(), func(it *stepflowv1.Item, _ uint64) action {
+				n, _ := executions.LoadOrStore(it.GetIndex(), new(atomic.Int32))
+				n.(*atomic.Int32).Add(1)
+				if it.GetIndex() >= 20 {
+					<-gate
+				}
+				return actEcho
+			})
+			cl := newClient(t, c)
+			flowID := cl.storeFlow()
+			lines := inputLines(60)
+			r := cl.uploadJSONL(flowID, "&wait=false&maxConcurrency=4", lines, nil)
+			require.Equal(t, http.StatusOK, r.Status)
+			runID := r.JSON(t)["runId"].(string)
+			waitFor(t, 30*time.Second, func() bool {
+				return cl.get("/runs/" + runID).JSON(t)["items"].(map[string]any)["completed"] == 20.0
+			}, "the first 20 items done")
+
+			tc.lose(t, inspectJS(t, srv), runID)
+			openGate()
+			details := cl.waitStatus(runID, "completed")
+			require.EqualValues(t, 60, details["items"].(map[string]any)["completed"])
+			got := cl.itemsJSONL(runID)
+			require.Len(t, got, 60)
+			for i, line := range got {
+				require.JSONEq(t, echoResult(lines[i]), line, "item %d", i)
+			}
+			republished, ok := metricstest.Scrape(t, c.URL()+"/metrics", "").Value("stepflow_coordinator_items_republished_total")
+			require.True(t, ok)
+			require.Equal(t, 1.0, republished)
+			for i := range 20 {
+				n, _ := executions.Load(uint64(i))
+				require.EqualValues(t, 1, n.(*atomic.Int32).Load(), "item %d had a result before the loss and ran again", i)
+			}
+		})
+	}
 }

@@ -61,16 +61,20 @@ type runState struct {
 	maxConc      atomic.Int64  // the run's concurrency, for metrics
 	redeliveries atomic.Uint64 // extra deliveries of the items with a stored result
 
-	mu        sync.Mutex
-	log       *resultLog // nil once the run finished (or was detached)
-	succeeded int
-	failed    int
-	flushed   [2]int // succeeded, failed as last written to the record
-	status    stepflowv1.RunStatus
-	committed int64         // bytes of the result log readers may read
-	lastAdded time.Time     // when the last result was stored (zero: none since attached)
-	changed   chan struct{} // closed and replaced on every change
-	done      chan struct{} // closed when the run finished
+	mu         sync.Mutex
+	log        *resultLog // nil once the run finished (or was detached)
+	succeeded  int
+	failed     int
+	flushed    [2]int // succeeded, failed as last written to the record
+	status     stepflowv1.RunStatus
+	committed  int64         // bytes of the result log readers may read
+	lastAdded  time.Time     // when the last result was stored (zero: none since attached)
+	attachedAt time.Time     // when this coordinator attached the run
+	pubAt      time.Time     // when the publisher last put an item on the queue
+	stalls     int           // consecutive checks that found the run stalled (items.go)
+	pubGen     int           // times the items were published again after a loss (items.go)
+	changed    chan struct{} // closed and replaced on every change
+	done       chan struct{} // closed when the run finished
 
 	// Publishing the spool (publisher.go).
 	conc      int                // the run's concurrency, which sizes its publish window
@@ -84,18 +88,19 @@ type runState struct {
 
 func newRunState(rec *stepflowv1.RunRecord, dir string, log *resultLog, counts storeCounts) *runState {
 	st := &runState{
-		id:        rec.GetRunId(),
-		dir:       dir,
-		topLevel:  rec.GetParentRunId() == "",
-		total:     int(rec.GetItemTotal()),
-		meta:      metaOf(rec),
-		log:       log,
-		succeeded: counts.Succeeded,
-		failed:    counts.Failed,
-		status:    statusRunning,
-		committed: log.size,
-		changed:   make(chan struct{}),
-		done:      make(chan struct{}),
+		id:         rec.GetRunId(),
+		dir:        dir,
+		topLevel:   rec.GetParentRunId() == "",
+		total:      int(rec.GetItemTotal()),
+		meta:       metaOf(rec),
+		log:        log,
+		succeeded:  counts.Succeeded,
+		failed:     counts.Failed,
+		status:     statusRunning,
+		committed:  log.size,
+		changed:    make(chan struct{}),
+		done:       make(chan struct{}),
+		attachedAt: time.Now(),
 	}
 	st.flushed = [2]int{int(rec.GetItems().GetCompleted()), int(rec.GetItems().GetFailed())}
 	st.conc = max(int(rec.GetMaxConcurrency()), 1)
@@ -161,6 +166,7 @@ func (s *runState) admit(index int, check bool, window func(conc int) int) (skip
 func (s *runState) setPublished(next int) {
 	s.mu.Lock()
 	s.published = max(s.published, next)
+	s.pubAt = time.Now()
 	s.mu.Unlock()
 }
 
@@ -404,22 +410,24 @@ func (c *Coordinator) attach(ctx context.Context, rec *stepflowv1.RunRecord) (*r
 		_, err := c.terminate(ctx, st, outcomeStatus(st), "")
 		return nil, err
 	}
-	if _, err := queue.RunConsumerHandle(ctx, c.js, runID); errors.Is(err, queue.ErrConsumerNotFound) {
-		// Stopped between creating the record and the consumer.
-		cc := queue.RunConsumerConfig{
-			MaxAckPending: max(int(rec.GetMaxConcurrency()), 1),
-			AckWait:       rec.GetAckWait().AsDuration(),
-			MaxDeliver:    cmp.Or(int(rec.GetMaxDeliver()), c.cfg.RunMaxDeliver),
-		}
-		if _, err := queue.CreateRunConsumer(ctx, c.js, runID, cc); err != nil {
-			return st, fmt.Errorf("coordinator: recreate consumer of run %s: %w", runID, err)
-		}
-	} else if err != nil {
-		return st, fmt.Errorf("coordinator: consumer of run %s: %w", runID, err)
+	// A consumer that is missing (a coordinator stopped between creating
+	// the record and the consumer, or the items stream was lost with a
+	// NATS restart: memory storage) lost whatever was queued: every item
+	// without a result is published again from the spool.
+	created, err := c.ensureRunConsumer(ctx, rec)
+	if err != nil {
+		return st, err
+	}
+	from := int(rec.GetItemsPublished())
+	if created {
+		from = 0
 	}
 	c.flushCounts(ctx, st)
-	c.recoverExhausted(ctx, st)
-	c.startPublisher(st, int(rec.GetItemsPublished()), true)
+	// Items the server gave up on while no coordinator listened are
+	// failed in the background: failing one goes through the aggregator,
+	// which may be the caller (a result for a run not attached yet).
+	c.wg.Go(func() { c.recoverExhausted(c.ctx, st) })
+	c.startPublisher(st, from, true)
 	return st, nil
 }
 
@@ -526,9 +534,6 @@ func (c *Coordinator) terminate(ctx context.Context, st *runState, status stepfl
 	} else if n > 0 {
 		c.log.Info("removed items left on the queue", zap.String("run", st.id), zap.Uint64("items", n))
 	}
-	if _, err := queue.PurgeRunResults(cctx, c.js, st.id); err != nil {
-		c.log.Warn("cannot purge run results", zap.String("run", st.id), zap.Error(err))
-	}
 	_ = os.Remove(filepath.Join(st.dir, spoolFileName))
 	c.log.Info("run finished", zap.String("run", st.id), zap.String("status", queue.StatusName(status)),
 		zap.Int("succeeded", s), zap.Int("failed", f), zap.Int("items", st.total))
@@ -601,9 +606,6 @@ func (c *Coordinator) deleteRun(ctx context.Context, runID string) error {
 	}
 	if err := os.RemoveAll(dir); err != nil {
 		return fmt.Errorf("coordinator: remove results of run %s: %w", runID, err)
-	}
-	if _, err := queue.PurgeRunResults(ctx, c.js, runID); err != nil {
-		c.log.Warn("cannot purge run results", zap.String("run", runID), zap.Error(err))
 	}
 	return nil
 }

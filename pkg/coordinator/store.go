@@ -29,11 +29,11 @@ import (
 // CRC lets recovery tell a torn tail (a power loss in the middle of a write)
 // from a record, and readers double-check every record they are pointed to.
 //
-// Why files and not the results stream: reading a 1,000,000-item run back
-// in index order needs a lookup by index, which a stream keyed by
-// sequence does not have; an index file gives it with one pread per item
-// and constant memory, and the stream keeps only what is not yet copied
-// (the coordinator purges a finished run's results).
+// Why files and not a stream: reading a 1,000,000-item run back in index
+// order needs a lookup by index, which a stream keyed by sequence does not
+// have; an index file gives it with one pread per item and constant
+// memory. And the log is where a result becomes durable: workers send
+// results to the coordinator, which answers once they are fsynced here.
 const (
 	resultsLogName = "results.log"
 	indexName      = "index"

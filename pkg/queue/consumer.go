@@ -193,30 +193,6 @@ func PurgeRunItems(ctx context.Context, js jetstream.JetStream, runID string) (u
 	return purgeSubject(ctx, js, StreamItems, runID, ItemSubject)
 }
 
-// PurgeRunResults removes runID's results from STEPFLOW_RESULTS once the
-// coordinator has stored them elsewhere, and returns how many.
-func PurgeRunResults(ctx context.Context, js jetstream.JetStream, runID string) (uint64, error) {
-	return purgeSubject(ctx, js, StreamResults, runID, ResultSubject)
-}
-
-// PurgeRunResultsBefore removes runID's results with a stream sequence
-// below seq from STEPFLOW_RESULTS: those the results consumer has acked
-// (its ack floor + 1), so that the stream holds only results not yet
-// stored, not a whole batch of them.
-func PurgeRunResultsBefore(ctx context.Context, js jetstream.JetStream, runID string, seq uint64) error {
-	if err := ValidateRunID(runID); err != nil {
-		return err
-	}
-	s, err := js.Stream(ctx, StreamResults)
-	if err != nil {
-		return notProvisioned("stream "+StreamResults, err)
-	}
-	if err := s.Purge(ctx, jetstream.WithPurgeSubject(ResultSubject(runID)), jetstream.WithPurgeSequence(seq)); err != nil {
-		return fmt.Errorf("queue: purge results of run %s before %d: %w", runID, seq, err)
-	}
-	return nil
-}
-
 func purgeSubject(ctx context.Context, js jetstream.JetStream, stream, runID string, subject func(string) string) (uint64, error) {
 	if err := ValidateRunID(runID); err != nil {
 		return 0, err
@@ -249,4 +225,21 @@ func consumerErr(what string, err error) error {
 		return fmt.Errorf("%w: %s: %w", ErrFilterConflict, what, err)
 	}
 	return fmt.Errorf("queue: %s: %w", what, err)
+}
+
+// RunItemsQueued returns how many of runID's items are on STEPFLOW_ITEMS
+// (queued, in flight, or left after their maximum deliveries).
+func RunItemsQueued(ctx context.Context, js jetstream.JetStream, runID string) (uint64, error) {
+	if err := ValidateRunID(runID); err != nil {
+		return 0, err
+	}
+	s, err := js.Stream(ctx, StreamItems)
+	if err != nil {
+		return 0, notProvisioned("stream "+StreamItems, err)
+	}
+	info, err := s.Info(ctx, jetstream.WithSubjectFilter(ItemSubject(runID)))
+	if err != nil {
+		return 0, fmt.Errorf("queue: stream %s: %w", StreamItems, err)
+	}
+	return info.State.Subjects[ItemSubject(runID)], nil
 }

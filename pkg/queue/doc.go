@@ -5,17 +5,18 @@
 //
 // # Layout
 //
-//	STEPFLOW_ITEMS    stream, work-queue retention, file storage
+//	STEPFLOW_ITEMS    stream, work-queue retention, memory storage
+//	                  (ItemsFileStorage for file), first sequence from the
+//	                  clock (see ItemsIncarnation)
 //	                  subject stepflow.items.<runID>, one message per item (Item)
 //	                  Nats-Msg-Id <runID>.<index>
 //	run-<runID>       durable pull consumer per run on STEPFLOW_ITEMS,
 //	                  filter stepflow.items.<runID>, explicit ack,
 //	                  MaxAckPending = the run's max concurrency
-//	STEPFLOW_RESULTS  stream, limits retention, MaxAge, file storage
-//	                  subject stepflow.results.<runID>, one message per item (ItemResult)
-//	                  Nats-Msg-Id <runID>.<index>
-//	coordinator-results durable pull consumer on STEPFLOW_RESULTS shared by
-//	                  the coordinators (ResultsConsumer)
+//	stepflow.results.<runID>
+//	                  core NATS requests (ItemResult) from workers to the
+//	                  leading coordinator, queue group ResultsQueueGroup;
+//	                  the answer says the result is durably stored
 //	STEPFLOW_RUNS     KV bucket, key runID, value RunRecord (CAS on revision)
 //	STEPFLOW_FLOWS    KV bucket, key flow id (SHA-256), value canonical flow JSON
 //	STEPFLOW_BLOBS    object store, object = blob id, metadata = blob kind
@@ -39,10 +40,11 @@
 // across all workers: that is the run's concurrency, enforced by the
 // server, and changing it is a consumer update (UpdateRunConcurrency). A
 // worker executes the item, sending an in-progress ack every
-// HeartbeatInterval, publishes the result (PublishResult) to the item's
-// reply subject, waits for the PubAck, and only then acks the item. A crash
-// anywhere re-executes the item; the result stream's duplicate window and
-// the coordinator's "first result per index wins" make sure nothing is lost
+// HeartbeatInterval, sends the result (EncodeResult, SendResult) to the
+// item's reply subject as a request, waits for the coordinator's answer
+// (given once the result is in the run's fsynced result log), and only
+// then acks the item. A crash anywhere re-executes the item; the
+// coordinator's "first result per index wins" makes sure nothing is lost
 // and nothing counted twice.
 //
 // Consumers on a work-queue stream must have disjoint filters (the server
@@ -61,7 +63,18 @@
 //
 // # Reliability settings and why
 //
-//   - Storage is file storage everywhere. When the file store fsyncs is
+//   - Durability is the coordinator's: an item is accepted once the run's
+//     spool (DataDir/runs/<id>/items.spool) is fsynced, and a result is
+//     answered once the run's result log is fsynced (a group commit).
+//     STEPFLOW_ITEMS holds a window of each spool in memory storage: a
+//     NATS restart loses it, and the coordinator publishes every item
+//     without a result again (it notices the new ItemsIncarnation, a
+//     missing consumer, or counts that do not add up). Each incarnation
+//     of the stream starts its sequences from the clock in microseconds,
+//     above every sequence of the one before, so an ack a worker still
+//     holds from before a restart cannot remove another item.
+//   - The other streams and buckets (run records, flows, blobs, leases,
+//     worker heartbeats) use file storage. When the file store fsyncs is
 //     EmbeddedConfig.Sync (a SyncPolicy; nats-server's sync_interval):
 //     the server default fsyncs every 2 minutes, so an acknowledged
 //     message survives kill -9 of the NATS process (it is in the OS page
@@ -72,18 +85,14 @@
 //     machine, uses SyncAlways unless told otherwise (--nats-sync); see
 //     docs/reliability.md for clusters.
 //   - Replicas: 1 by default (one server), 3 for production clusters.
-//   - Duplicate window: 5 seconds on STEPFLOW_ITEMS (DefaultDuplicateWindow),
-//     1 second on STEPFLOW_RESULTS (DefaultResultsDuplicateWindow). It
-//     makes a quickly retried publish (lost PubAck, reconnect,
+//   - Duplicate window: 5 seconds on STEPFLOW_ITEMS (DefaultDuplicateWindow).
+//     It makes a quickly retried publish (lost PubAck, reconnect,
 //     coordinator resuming its publisher) idempotent. The server holds
 //     the ids of the window in memory (publish rate x window), so it is
-//     short; results that arrive after it (an item redelivered after its
-//     AckWait, a retry after the window) are dropped by the coordinator,
-//     which keeps the first result per index.
-//   - Results are purged from STEPFLOW_RESULTS once the coordinators'
-//     results consumer has acked them (they are in a run's result store),
-//     every second; items are published in a window per run from the
-//     coordinator's spool. So the server holds windows, not batches.
+//     short; an item published again after it runs twice, and the
+//     coordinator keeps the first result per index.
+//   - Items are published in a window per run from the coordinator's
+//     spool, so the server holds windows, not batches.
 //   - Discard policy: new messages are refused when a stream is full, never
 //     old ones dropped, so an accepted item or result is never lost.
 //   - AckWait 30s (DefaultAckWait) with in-progress heartbeats every 10s:
@@ -100,8 +109,6 @@
 //     force very frequent heartbeats. Retry delays of failed items belong in
 //     NakWithDelay (an item nak'ed with a delay keeps its MaxAckPending slot
 //     until it is redelivered).
-//   - Results are kept 7 days (DefaultResultsMaxAge) as a safety net; the
-//     coordinator purges a run's results once stored elsewhere.
 //
 // # Clients
 //

@@ -258,7 +258,8 @@ func TestEmbeddedRestartKeepsState(t *testing.T) {
 	srv := startEmbedded(t, queue.EmbeddedConfig{StoreDir: dir, Sync: queue.SyncAlways})
 	nc, js, err := queue.Connect(ctx, srv.ClientURL(), queue.ConnectOptions{})
 	require.NoError(t, err)
-	require.NoError(t, queue.Provision(ctx, js, queue.Config{}))
+	cfg := queue.Config{ItemsFileStorage: true} // the default memory storage is lost on purpose
+	require.NoError(t, queue.Provision(ctx, js, cfg))
 	_, err = queue.PublishItems(ctx, js, "durable", inputs(0, 100), queue.PublishItemsOptions{})
 	require.NoError(t, err)
 	_, err = queue.CreateRunConsumer(ctx, js, "durable", queue.RunConsumerConfig{MaxAckPending: 5})
@@ -271,11 +272,38 @@ func TestEmbeddedRestartKeepsState(t *testing.T) {
 	nc2, js2, err := queue.Connect(ctx, srv2.ClientURL(), queue.ConnectOptions{})
 	require.NoError(t, err)
 	defer nc2.Close()
-	require.NoError(t, queue.Provision(ctx, js2, queue.Config{}))
+	require.NoError(t, queue.Provision(ctx, js2, cfg))
 	require.Equal(t, uint64(100), subjectCount(t, js2, queue.StreamItems, queue.ItemSubject("durable")))
 	cons, err := queue.RunConsumerHandle(ctx, js2, "durable")
 	require.NoError(t, err)
 	require.Equal(t, 5, cons.CachedInfo().Config.MaxAckPending)
+	nc2.Close()
+	srv2.Shutdown()
+
+	// With the default memory storage, a restart loses the items and the
+	// consumers (the coordinator republishes them from its spools), and
+	// the stream comes back as a new incarnation.
+	srv3 := startEmbedded(t, queue.EmbeddedConfig{StoreDir: dir})
+	nc3, js3, err := queue.Connect(ctx, srv3.ClientURL(), queue.ConnectOptions{})
+	require.NoError(t, err)
+	defer nc3.Close()
+	require.NoError(t, queue.Provision(ctx, js3, queue.Config{}))
+	before, err := queue.ItemsStreamIncarnation(ctx, js3)
+	require.NoError(t, err)
+	_, err = queue.PublishItems(ctx, js3, "memory", inputs(0, 10), queue.PublishItemsOptions{})
+	require.NoError(t, err)
+	nc3.Close()
+	srv3.Shutdown()
+	srv4 := startEmbedded(t, queue.EmbeddedConfig{StoreDir: dir})
+	nc4, js4, err := queue.Connect(ctx, srv4.ClientURL(), queue.ConnectOptions{})
+	require.NoError(t, err)
+	defer nc4.Close()
+	_, err = queue.ItemsStreamIncarnation(ctx, js4)
+	require.ErrorIs(t, err, queue.ErrNotProvisioned)
+	after, created, err := queue.EnsureItemsStream(ctx, js4, queue.Config{})
+	require.NoError(t, err)
+	require.True(t, created)
+	require.Greater(t, after.FirstSeq, before.FirstSeq)
 }
 
 // pki is a throwaway CA with a server and a client certificate, as PEM

@@ -84,6 +84,11 @@ type PublishItemsOptions struct {
 	Progress func(next int)
 	// Logger receives a summary per call at debug level. Default: none.
 	Logger *zap.Logger
+	// Generation, when above 0, marks items published again because the
+	// stream lost them: their Nats-Msg-Id gets the generation as a suffix
+	// (RepublishMsgID), so that the duplicate window, which may still
+	// hold the ids of the lost messages, does not swallow them.
+	Generation int
 }
 
 // ItemEncoder encodes the items of one run into Item messages, offloading
@@ -198,7 +203,7 @@ func PublishItems(ctx context.Context, js jetstream.JetStream, runID string, ite
 			}
 		}
 		msg := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{
-			jetstream.MsgIDHeader:          []string{MsgID(runID, index)},
+			jetstream.MsgIDHeader:          []string{RepublishMsgID(runID, index, opts.Generation)},
 			jetstream.ExpectedStreamHeader: []string{StreamItems},
 		}}
 		fut, err := js.PublishMsgAsync(msg)

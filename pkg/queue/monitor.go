@@ -24,12 +24,12 @@ type StreamStats struct {
 	FirstTime time.Time
 }
 
-// Streams returns the state of STEPFLOW_ITEMS and STEPFLOW_RESULTS, in
-// that order. It reads stream info only: monitoring never adds a
+// Streams returns the state of STEPFLOW_ITEMS (results are not on a
+// stream: they are requests to the coordinator). It reads stream info only: monitoring never adds a
 // consumer (see the package documentation).
 func Streams(ctx context.Context, js jetstream.JetStream) ([]StreamStats, error) {
-	out := make([]StreamStats, 0, 2)
-	for _, name := range []string{StreamItems, StreamResults} {
+	out := make([]StreamStats, 0, 1)
+	for _, name := range []string{StreamItems} {
 		s, err := js.Stream(ctx, name)
 		if err != nil {
 			return nil, notProvisioned("stream "+name, err)

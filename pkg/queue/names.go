@@ -20,14 +20,20 @@ const (
 	// ItemSubjects is the subject filter of StreamItems.
 	ItemSubjects = ItemSubjectPrefix + ">"
 
-	// StreamResults is the limits-retention stream holding one ItemResult
-	// per item, on ResultSubject(runID). Messages expire after
-	// Config.ResultsMaxAge; the coordinator copies them out before that.
-	StreamResults = "STEPFLOW_RESULTS"
-	// ResultSubjectPrefix is the prefix of every result subject.
+	// ResultSubjectPrefix is the prefix of every result subject: workers
+	// send each item's result as a core NATS request on
+	// ResultSubject(runID), answered by the leading coordinator (no stream
+	// captures these subjects).
 	ResultSubjectPrefix = "stepflow.results."
-	// ResultSubjects is the subject filter of StreamResults.
+	// ResultSubjects is the subscription subject of every run's results.
 	ResultSubjects = ResultSubjectPrefix + ">"
+	// ResultsQueueGroup is the queue group coordinators subscribe to
+	// ResultSubjects in: each result goes to one of them (the leader; a
+	// deposed leader that still listens cannot store into runs it lost).
+	ResultsQueueGroup = "stepflow-coordinators"
+	// LegacyStreamResults is the results stream of releases before
+	// 2026-12, deleted by Provision when empty.
+	LegacyStreamResults = "STEPFLOW_RESULTS"
 
 	// BucketRuns is the key-value bucket of run records: key = run id,
 	// value = a protobuf RunRecord.
@@ -50,12 +56,6 @@ const (
 	// RunConsumerPrefix is the prefix of the durable consumer of each run
 	// on StreamItems.
 	RunConsumerPrefix = "run-"
-
-	// ResultsConsumer is the durable pull consumer on StreamResults
-	// through which coordinators aggregate results. Its name is fixed, so
-	// coordinators sharing it split the results between them like a queue
-	// group, and a restarted coordinator resumes where it left off.
-	ResultsConsumer = "coordinator-results"
 
 	// MaxDeliveriesAdvisoryPrefix is the prefix of the subjects on which
 	// the server announces that a consumer of StreamItems gave up on a
@@ -115,6 +115,16 @@ func WorkerKey(workerID string) string {
 
 func keyChar(c byte) bool {
 	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '='
+}
+
+// RepublishMsgID returns the Nats-Msg-Id of item index of runID published
+// for the generation-th time after a loss: MsgID for generation 0,
+// <runID>.<index>/<generation> after.
+func RepublishMsgID(runID string, index, generation int) string {
+	if generation <= 0 {
+		return MsgID(runID, index)
+	}
+	return MsgID(runID, index) + "/" + strconv.Itoa(generation)
 }
 
 // ParseMsgID splits a MsgID into its run id and index.

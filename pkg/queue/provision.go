@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -28,17 +29,6 @@ const (
 	// after the window, an item redelivered after its AckWait) costs an
 	// execution, never a second result.
 	DefaultDuplicateWindow = 5 * time.Second
-	// DefaultResultsDuplicateWindow is the duplicate window of
-	// STEPFLOW_RESULTS: a result published twice (a worker resending after
-	// a reconnect) costs the coordinator a lookup, as it keeps the first
-	// result per index anyway, so the window only spares the stream a
-	// message; one second holds a fifth of the ids of the items' window.
-	DefaultResultsDuplicateWindow = time.Second
-	// DefaultResultsMaxAge is how long results stay on STEPFLOW_RESULTS: a
-	// safety net for results the coordinator has already copied out (it
-	// deletes a finished run's results itself), long enough to survive a
-	// coordinator outage over a weekend.
-	DefaultResultsMaxAge = 7 * 24 * time.Hour
 	// WorkerTTL is the MaxAge of BucketWorkers: a worker's heartbeat key
 	// disappears this long after its last put, so a worker killed without
 	// a clean stop leaves the registry on its own. Workers heartbeat at
@@ -58,13 +48,15 @@ type Config struct {
 	Replicas int
 	// DuplicateWindow of STEPFLOW_ITEMS. Default DefaultDuplicateWindow.
 	DuplicateWindow time.Duration
-	// ResultsDuplicateWindow of STEPFLOW_RESULTS. Default
-	// DefaultResultsDuplicateWindow.
-	ResultsDuplicateWindow time.Duration
-	// ResultsMaxAge expires results. Default DefaultResultsMaxAge. Must be
-	// at least DuplicateWindow.
-	ResultsMaxAge time.Duration
-	// MaxMsgSize bounds item and result messages in bytes; 0 = the
+	// ItemsFileStorage keeps STEPFLOW_ITEMS in file storage. Default
+	// (false) memory storage: the
+	// items stream is a window of each run's spool, which is the durable
+	// copy (fsynced by the coordinator before a run is accepted), and the
+	// coordinator republishes every item without a result when the stream
+	// loses them (a NATS restart). File storage costs an fsync per item
+	// publish and per ack under sync_interval always, and buys nothing.
+	ItemsFileStorage bool
+	// MaxMsgSize bounds item messages in bytes; 0 = the
 	// server's max_payload (1 MiB by default). It cannot exceed
 	// max_payload: Provision checks it against the server.
 	MaxMsgSize int32
@@ -72,15 +64,12 @@ type Config struct {
 	// items are refused (discard-new), never old ones dropped: a work queue
 	// must not lose accepted items.
 	ItemsMaxBytes int64
-	// ResultsMaxBytes bounds STEPFLOW_RESULTS; 0 = unlimited; discard-new
-	// as well, so a worker retries rather than a result being lost.
-	ResultsMaxBytes int64
 	// BlobsMaxBytes bounds the blob object store; 0 = unlimited.
 	BlobsMaxBytes int64
 	// BlobsTTL expires blobs; 0 = never. Blobs are content-addressed and
 	// may be shared between runs, so expiry is the only safe cleanup.
 	BlobsTTL time.Duration
-	// Compression stores results, flows and blobs S2-compressed (JSON
+	// Compression stores flows and blobs S2-compressed (JSON
 	// compresses well; costs CPU on the server). Items are not compressed:
 	// they are short-lived.
 	Compression bool
@@ -100,12 +89,6 @@ func (c Config) WithDefaults() Config {
 	if c.DuplicateWindow == 0 {
 		c.DuplicateWindow = DefaultDuplicateWindow
 	}
-	if c.ResultsDuplicateWindow == 0 {
-		c.ResultsDuplicateWindow = DefaultResultsDuplicateWindow
-	}
-	if c.ResultsMaxAge == 0 {
-		c.ResultsMaxAge = DefaultResultsMaxAge
-	}
 	if c.LeaseTTL == 0 {
 		c.LeaseTTL = DefaultLeaseTTL
 	}
@@ -122,65 +105,119 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: Replicas must be 1 to 5 (JetStream's limit), not %d", ErrInvalidConfig, c.Replicas)
 	case c.LeaseTTL < time.Second:
 		return fmt.Errorf("%w: LeaseTTL must be at least 1s, not %s", ErrInvalidConfig, c.LeaseTTL)
-	case c.DuplicateWindow < 0 || c.ResultsDuplicateWindow < 0:
-		return fmt.Errorf("%w: duplicate windows must not be negative", ErrInvalidConfig)
-	case c.ResultsMaxAge < 0:
-		return fmt.Errorf("%w: ResultsMaxAge must not be negative", ErrInvalidConfig)
-	case c.ResultsMaxAge < c.ResultsDuplicateWindow:
-		return fmt.Errorf("%w: ResultsMaxAge (%s) must be at least ResultsDuplicateWindow (%s)", ErrInvalidConfig, c.ResultsMaxAge, c.ResultsDuplicateWindow)
-	case c.MaxMsgSize < 0 || c.ItemsMaxBytes < 0 || c.ResultsMaxBytes < 0 || c.BlobsMaxBytes < 0 || c.BlobsTTL < 0:
+	case c.DuplicateWindow < 0:
+		return fmt.Errorf("%w: the duplicate window must not be negative", ErrInvalidConfig)
+	case c.MaxMsgSize < 0 || c.ItemsMaxBytes < 0 || c.BlobsMaxBytes < 0 || c.BlobsTTL < 0:
 		return fmt.Errorf("%w: sizes and TTLs must not be negative", ErrInvalidConfig)
 	}
 	return nil
 }
 
-// streamConfigs returns the configs of the two streams.
-func (c Config) streamConfigs() (items, results jetstream.StreamConfig) {
-	limit := func(n int64) int64 {
-		if n == 0 {
-			return -1
-		}
-		return n
+// itemsStreamConfig returns the config of STEPFLOW_ITEMS (FirstSeq unset).
+func (c Config) itemsStreamConfig() jetstream.StreamConfig {
+	maxBytes := int64(-1)
+	if c.ItemsMaxBytes > 0 {
+		maxBytes = c.ItemsMaxBytes
 	}
 	maxMsg := int32(-1)
 	if c.MaxMsgSize > 0 {
 		maxMsg = c.MaxMsgSize
 	}
-	compression := jetstream.NoCompression
-	if c.Compression {
-		compression = jetstream.S2Compression
-	}
-	items = jetstream.StreamConfig{
+	return jetstream.StreamConfig{
 		Name:        StreamItems,
 		Description: "stepflow batch items, one message per item; removed when acked",
 		Subjects:    []string{ItemSubjects},
 		Retention:   jetstream.WorkQueuePolicy,
-		Storage:     jetstream.FileStorage,
+		Storage:     c.itemsStorage(),
 		Replicas:    c.Replicas,
 		Duplicates:  c.DuplicateWindow,
 		Discard:     jetstream.DiscardNew,
-		MaxBytes:    limit(c.ItemsMaxBytes),
+		MaxBytes:    maxBytes,
 		MaxMsgs:     -1,
 		MaxMsgSize:  maxMsg,
 		AllowDirect: true,
 	}
-	results = jetstream.StreamConfig{
-		Name:        StreamResults,
-		Description: "stepflow item results, one message per item (first per index wins)",
-		Subjects:    []string{ResultSubjects},
-		Retention:   jetstream.LimitsPolicy,
-		Storage:     jetstream.FileStorage,
-		Replicas:    c.Replicas,
-		Duplicates:  c.ResultsDuplicateWindow,
-		MaxAge:      c.ResultsMaxAge,
-		Discard:     jetstream.DiscardNew,
-		MaxBytes:    limit(c.ResultsMaxBytes),
-		MaxMsgs:     -1,
-		MaxMsgSize:  maxMsg,
-		Compression: compression,
-		AllowDirect: true,
+}
+
+func (c Config) itemsStorage() jetstream.StorageType {
+	if c.ItemsFileStorage {
+		return jetstream.FileStorage
 	}
-	return items, results
+	return jetstream.MemoryStorage
+}
+
+// ItemsIncarnation identifies one life of STEPFLOW_ITEMS: a stream that
+// was lost (memory storage across a NATS restart, a deleted stream) and
+// created again has another. Items and consumers of an earlier
+// incarnation are gone, and the coordinator republishes every item
+// without a result.
+type ItemsIncarnation struct {
+	// Created is when the stream was created.
+	Created time.Time
+	// FirstSeq is the stream's configured first sequence.
+	FirstSeq uint64
+}
+
+// firstSeqNow is the first sequence of a new items stream: the time in
+// microseconds. An ack carries the stream sequence of its message, so an
+// ack from an earlier incarnation (a worker that held an item across a
+// NATS restart) must never name a message of this one: every sequence of
+// the new stream is above every sequence of the old one as long as the
+// old one took fewer than a million messages a second on average.
+func firstSeqNow() uint64 { return uint64(max(time.Now().UnixMicro(), 1)) }
+
+// EnsureItemsStream creates STEPFLOW_ITEMS when it does not exist (with
+// a first sequence no earlier incarnation reached), or updates it to cfg.
+// A stream of the other storage type is deleted and created anew (its
+// items are in the coordinators' spools). created says the stream is new.
+func EnsureItemsStream(ctx context.Context, js jetstream.JetStream, cfg Config) (inc ItemsIncarnation, created bool, err error) {
+	cfg = cfg.WithDefaults()
+	want := cfg.itemsStreamConfig()
+	s, err := js.Stream(ctx, StreamItems)
+	switch {
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+	case err != nil:
+		return inc, false, fmt.Errorf("queue: stream %s: %w", StreamItems, err)
+	default:
+		info := s.CachedInfo()
+		if info.Config.Storage == want.Storage {
+			want.FirstSeq = info.Config.FirstSeq
+			if _, err := js.UpdateStream(ctx, want); err != nil {
+				return inc, false, fmt.Errorf("queue: provision stream %s: %w", StreamItems, err)
+			}
+			return ItemsIncarnation{Created: info.Created, FirstSeq: info.Config.FirstSeq}, false, nil
+		}
+		cfg.Logger.Warn("recreating the items stream with another storage type; the coordinator republishes its items from the spools",
+			zap.String("from", info.Config.Storage.String()), zap.String("to", want.Storage.String()))
+		if err := js.DeleteStream(ctx, StreamItems); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+			return inc, false, fmt.Errorf("queue: recreate stream %s: %w", StreamItems, err)
+		}
+	}
+	want.FirstSeq = firstSeqNow()
+	s, err = js.CreateStream(ctx, want)
+	if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+		// Another coordinator created it meanwhile.
+		if s, err = js.Stream(ctx, StreamItems); err == nil {
+			info := s.CachedInfo()
+			return ItemsIncarnation{Created: info.Created, FirstSeq: info.Config.FirstSeq}, false, nil
+		}
+	}
+	if err != nil {
+		return inc, false, fmt.Errorf("queue: provision stream %s: %w", StreamItems, err)
+	}
+	info := s.CachedInfo()
+	return ItemsIncarnation{Created: info.Created, FirstSeq: info.Config.FirstSeq}, true, nil
+}
+
+// ItemsStreamIncarnation returns the current incarnation of
+// STEPFLOW_ITEMS; ErrNotProvisioned when the stream does not exist.
+func ItemsStreamIncarnation(ctx context.Context, js jetstream.JetStream) (ItemsIncarnation, error) {
+	s, err := js.Stream(ctx, StreamItems)
+	if err != nil {
+		return ItemsIncarnation{}, notProvisioned("stream "+StreamItems, err)
+	}
+	info := s.CachedInfo()
+	return ItemsIncarnation{Created: info.Created, FirstSeq: info.Config.FirstSeq}, nil
 }
 
 // Provision creates the streams and buckets of the layout, or updates them
@@ -199,12 +236,10 @@ func Provision(ctx context.Context, js jetstream.JetStream, cfg Config) error {
 			return fmt.Errorf("%w: MaxMsgSize %d exceeds the server's max_payload %d", ErrInvalidConfig, cfg.MaxMsgSize, mp)
 		}
 	}
-	items, results := cfg.streamConfigs()
-	for _, sc := range []jetstream.StreamConfig{items, results} {
-		if _, err := js.CreateOrUpdateStream(ctx, sc); err != nil {
-			return fmt.Errorf("queue: provision stream %s: %w", sc.Name, err)
-		}
+	if _, _, err := EnsureItemsStream(ctx, js, cfg); err != nil {
+		return err
 	}
+	deleteLegacyResults(ctx, js, log)
 	if _, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:      BucketRuns,
 		Description: "stepflow run records (protobuf RunRecord by run id)",
@@ -249,6 +284,36 @@ func Provision(ctx context.Context, js jetstream.JetStream, cfg Config) error {
 		return fmt.Errorf("queue: provision object store %s: %w", BucketBlobs, err)
 	}
 	log.Debug("JetStream layout provisioned", zap.Int("replicas", cfg.Replicas),
-		zap.Duration("duplicate_window", cfg.DuplicateWindow), zap.Duration("results_max_age", cfg.ResultsMaxAge))
+		zap.Duration("duplicate_window", cfg.DuplicateWindow), zap.String("items_storage", cfg.itemsStorage().String()))
 	return nil
+}
+
+// deleteLegacyResults deletes the results stream of earlier releases once
+// it is empty (results now travel as requests to the coordinator).
+func deleteLegacyResults(ctx context.Context, js jetstream.JetStream, log *zap.Logger) {
+	s, err := js.Stream(ctx, LegacyStreamResults)
+	if err != nil {
+		return
+	}
+	if n := s.CachedInfo().State.Msgs; n > 0 {
+		log.Warn("the results stream of an earlier release still holds results; delete it once its runs are done",
+			zap.String("stream", LegacyStreamResults), zap.Uint64("messages", n))
+		return
+	}
+	if err := js.DeleteStream(ctx, LegacyStreamResults); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+		log.Debug("deleting the legacy results stream", zap.Error(err))
+	}
+}
+
+// ParseItemsStorage parses the storage of STEPFLOW_ITEMS as a flag
+// gives it: "memory" (file = false) or "file".
+func ParseItemsStorage(s string) (file bool, err error) {
+	switch s {
+	case "memory", "":
+		return false, nil
+	case "file":
+		return true, nil
+	default:
+		return false, fmt.Errorf("%w: items storage %q (want memory or file)", ErrInvalidConfig, s)
+	}
 }

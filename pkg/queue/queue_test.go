@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
@@ -67,8 +68,6 @@ func TestProvisionIdempotent(t *testing.T) {
 	require.ErrorIs(t, err, queue.ErrNotProvisioned)
 	_, err = queue.Streams(ctx, b.js)
 	require.ErrorIs(t, err, queue.ErrNotProvisioned)
-	_, err = queue.PublishResult(ctx, b.js, &stepflowv1.ItemResult{RunId: "r1"}, queue.ResultOptions{})
-	require.ErrorIs(t, err, queue.ErrNotProvisioned)
 	_, err = queue.CreateRunConsumer(ctx, b.js, "r1", queue.RunConsumerConfig{MaxAckPending: 1})
 	require.ErrorIs(t, err, queue.ErrNotProvisioned)
 
@@ -83,18 +82,14 @@ func TestProvisionIdempotent(t *testing.T) {
 		return out
 	}
 	first := snapshot()
-	require.Len(t, first, 7) // 2 streams, 4 KV buckets, 1 object store
+	require.Len(t, first, 6) // the items stream, 4 KV buckets, 1 object store
 	items := first[queue.StreamItems]
 	require.Equal(t, jetstream.WorkQueuePolicy, items.Retention)
-	require.Equal(t, jetstream.FileStorage, items.Storage)
+	require.Equal(t, jetstream.MemoryStorage, items.Storage, "the spools are the durable copy")
+	require.Greater(t, items.FirstSeq, uint64(time.Now().Add(-time.Hour).UnixMicro()), "sequences start above any earlier incarnation's")
 	require.Equal(t, []string{"stepflow.items.>"}, items.Subjects)
 	require.Equal(t, jetstream.DiscardNew, items.Discard)
 	require.Equal(t, queue.DefaultDuplicateWindow, items.Duplicates)
-	require.Equal(t, queue.DefaultResultsDuplicateWindow, first[queue.StreamResults].Duplicates)
-	results := first[queue.StreamResults]
-	require.Equal(t, jetstream.LimitsPolicy, results.Retention)
-	require.Equal(t, queue.DefaultResultsMaxAge, results.MaxAge)
-	require.Equal(t, []string{"stepflow.results.>"}, results.Subjects)
 	require.Contains(t, first, "KV_"+queue.BucketRuns)
 	require.Contains(t, first, "KV_"+queue.BucketFlows)
 	require.Contains(t, first, "OBJ_"+queue.BucketBlobs)
@@ -116,7 +111,7 @@ func TestProvisionIdempotent(t *testing.T) {
 
 	// Settings the server or the package rejects.
 	require.ErrorIs(t, queue.Provision(ctx, b.js, queue.Config{Replicas: 7}), queue.ErrInvalidConfig)
-	require.ErrorIs(t, queue.Provision(ctx, b.js, queue.Config{ResultsMaxAge: time.Minute, ResultsDuplicateWindow: time.Hour}), queue.ErrInvalidConfig)
+	require.ErrorIs(t, queue.Provision(ctx, b.js, queue.Config{DuplicateWindow: -time.Second}), queue.ErrInvalidConfig)
 	require.ErrorIs(t, queue.Provision(ctx, b.js, queue.Config{MaxMsgSize: 2 << 20}), queue.ErrInvalidConfig) // > 1 MiB max_payload
 	err = queue.Provision(ctx, b.js, queue.Config{Replicas: 3})
 	require.Error(t, err, "a single server cannot hold 3 replicas")
@@ -497,7 +492,7 @@ func TestBackOffAndNakDelaySemantics(t *testing.T) {
 	require.Equal(t, 1, info.NumAckPending)
 }
 
-func TestResultDedup(t *testing.T) {
+func TestResultRequests(t *testing.T) {
 	t.Parallel()
 	b := setup(t, true)
 	ctx := testCtx(t)
@@ -507,58 +502,140 @@ func TestResultDedup(t *testing.T) {
 		Source: stepflowv1.ResultSource_RESULT_SOURCE_WORKER, WorkerId: "w1", Deliveries: 1,
 		StartedAt: timestamppb.Now(), FinishedAt: timestamppb.Now(),
 	}
-	dup, err := queue.PublishResult(ctx, b.js, res, queue.ResultOptions{})
+	subject, data, err := queue.EncodeResult(ctx, b.nc, res, queue.ResultOptions{})
 	require.NoError(t, err)
-	require.False(t, dup)
+	require.Equal(t, queue.ResultSubject(run), subject)
+
+	// Nobody leads: no responders, at once.
+	_, err = queue.SendResult(ctx, b.nc, subject, data)
+	require.ErrorIs(t, err, nats.ErrNoResponders)
+
+	// A coordinator keeps the first result per index.
+	var mu sync.Mutex
+	stored := map[uint64]*stepflowv1.ItemResult{}
+	refuse := true
+	sub, err := queue.SubscribeResults(b.nc, func(m *nats.Msg) {
+		r, err := queue.DecodeResult(m.Data)
+		require.NoError(t, err)
+		mu.Lock()
+		defer mu.Unlock()
+		switch {
+		case refuse:
+			refuse = false
+			_ = m.RespondMsg(queue.ResultReply("", errors.New("no space\nleft on device")))
+		case stored[r.GetIndex()] != nil:
+			_ = m.RespondMsg(queue.ResultReply(queue.ResultDuplicate, nil))
+		default:
+			stored[r.GetIndex()] = r
+			_ = m.RespondMsg(queue.ResultReply(queue.ResultStored, nil))
+		}
+	})
+	require.NoError(t, err)
+	defer func() { require.NoError(t, sub.Unsubscribe()) }()
+
+	_, err = queue.SendResult(ctx, b.nc, subject, data)
+	require.ErrorIs(t, err, queue.ErrResultRefused)
+	require.ErrorContains(t, err, "no space left on device")
+	status, err := queue.SendResult(ctx, b.nc, subject, data)
+	require.NoError(t, err)
+	require.Equal(t, queue.ResultStored, status)
 	// The same item re-executed elsewhere: its result is a duplicate.
 	second := &stepflowv1.ItemResult{RunId: run, Index: 7, Result: []byte(`{"outcome":"success","result":{"a":2}}`), WorkerId: "w2", Deliveries: 2}
-	dup, err = queue.PublishResult(ctx, b.js, second, queue.ResultOptions{Subject: queue.ResultSubject(run)})
+	subject, data, err = queue.EncodeResult(ctx, b.nc, second, queue.ResultOptions{Subject: queue.ResultSubject(run)})
 	require.NoError(t, err)
-	require.True(t, dup)
-	require.Equal(t, uint64(1), subjectCount(t, b.js, queue.StreamResults, queue.ResultSubject(run)))
-
-	s, err := b.js.Stream(ctx, queue.StreamResults)
+	status, err = queue.SendResult(ctx, b.nc, subject, data)
 	require.NoError(t, err)
-	raw, err := s.GetLastMsgForSubject(ctx, queue.ResultSubject(run))
-	require.NoError(t, err)
-	stored, err := queue.DecodeResult(raw.Data)
-	require.NoError(t, err)
-	require.Equal(t, "w1", stored.GetWorkerId(), "the first result wins")
-	j, err := queue.ResultJSON(ctx, stored, nil)
-	require.NoError(t, err)
-	require.JSONEq(t, `{"outcome":"success","result":{"a":1}}`, string(j))
-
-	// Another index is another message.
-	_, err = queue.PublishResult(ctx, b.js, &stepflowv1.ItemResult{RunId: run, Index: 8, Result: []byte(`null`)}, queue.ResultOptions{})
-	require.NoError(t, err)
-	require.Equal(t, uint64(2), subjectCount(t, b.js, queue.StreamResults, queue.ResultSubject(run)))
+	require.Equal(t, queue.ResultDuplicate, status)
+	mu.Lock()
+	require.Equal(t, "w1", stored[7].GetWorkerId(), "the first result wins")
+	mu.Unlock()
 
 	// Oversized results are offloaded when a blob store is given.
 	big := []byte(`{"outcome":"success","result":"` + strings.Repeat("y", 1<<20) + `"}`)
-	_, err = queue.PublishResult(ctx, b.js, &stepflowv1.ItemResult{RunId: run, Index: 9, Result: big}, queue.ResultOptions{})
+	_, _, err = queue.EncodeResult(ctx, b.nc, &stepflowv1.ItemResult{RunId: run, Index: 9, Result: big}, queue.ResultOptions{})
 	require.ErrorIs(t, err, queue.ErrPayloadTooLarge)
 	blobs, err := queue.OpenBlobStore(ctx, b.js)
 	require.NoError(t, err)
 	orig := &stepflowv1.ItemResult{RunId: run, Index: 9, Result: big}
-	_, err = queue.PublishResult(ctx, b.js, orig, queue.ResultOptions{Blobs: blobs})
+	subject, data, err = queue.EncodeResult(ctx, b.nc, orig, queue.ResultOptions{Blobs: blobs})
 	require.NoError(t, err)
 	require.Equal(t, big, orig.GetResult(), "the caller's result is not modified")
-	raw, err = s.GetLastMsgForSubject(ctx, queue.ResultSubject(run))
+	_, err = queue.SendResult(ctx, b.nc, subject, data)
 	require.NoError(t, err)
-	stored, err = queue.DecodeResult(raw.Data)
-	require.NoError(t, err)
-	require.NotEmpty(t, stored.GetResultBlobId())
-	j, err = queue.ResultJSON(ctx, stored, blobs)
+	mu.Lock()
+	got := stored[9]
+	mu.Unlock()
+	require.NotEmpty(t, got.GetResultBlobId())
+	j, err := queue.ResultJSON(ctx, got, blobs)
 	require.NoError(t, err)
 	require.Equal(t, big, j)
 
-	// Subjects outside the results stream are refused.
-	_, err = queue.PublishResult(ctx, b.js, res, queue.ResultOptions{Subject: "elsewhere." + run})
+	// Subjects outside the results are refused.
+	_, _, err = queue.EncodeResult(ctx, b.nc, res, queue.ResultOptions{Subject: "elsewhere." + run})
 	require.ErrorIs(t, err, queue.ErrInvalidConfig)
 
-	n, err := queue.PurgeRunResults(ctx, b.js, run)
+	// An answer without a status is malformed.
+	_, err = queue.ParseResultReply(nats.NewMsg("x"))
+	require.ErrorIs(t, err, queue.ErrBadMessage)
+}
+
+// A stream created anew starts its sequences above the old incarnation's,
+// so an ack a worker still holds from before (a NATS restart) can never
+// remove a different item.
+func TestItemsStreamIncarnations(t *testing.T) {
+	t.Parallel()
+	b := setup(t, true)
+	ctx := testCtx(t)
+	first, err := queue.ItemsStreamIncarnation(ctx, b.js)
 	require.NoError(t, err)
-	require.EqualValues(t, 3, n)
+	_, err = queue.CreateRunConsumer(ctx, b.js, "inc", queue.RunConsumerConfig{MaxAckPending: 10})
+	require.NoError(t, err)
+	_, err = queue.PublishItems(ctx, b.js, "inc", inputs(0, 5), queue.PublishItemsOptions{})
+	require.NoError(t, err)
+	cons, err := queue.RunConsumerHandle(ctx, b.js, "inc")
+	require.NoError(t, err)
+	old := fetchAll(t, cons)
+	require.Len(t, old, 5)
+
+	// The stream is lost (a NATS restart with memory storage) and created
+	// again: a new incarnation, whose items have other sequences.
+	require.NoError(t, b.js.DeleteStream(ctx, queue.StreamItems))
+	_, err = queue.ItemsStreamIncarnation(ctx, b.js)
+	require.ErrorIs(t, err, queue.ErrNotProvisioned)
+	second, created, err := queue.EnsureItemsStream(ctx, b.js, queue.Config{})
+	require.NoError(t, err)
+	require.True(t, created)
+	require.NotEqual(t, first, second)
+	require.Greater(t, second.FirstSeq, first.FirstSeq+5)
+	_, err = queue.CreateRunConsumer(ctx, b.js, "inc", queue.RunConsumerConfig{MaxAckPending: 10})
+	require.NoError(t, err)
+	_, err = queue.PublishItems(ctx, b.js, "inc", inputs(0, 5), queue.PublishItemsOptions{})
+	require.NoError(t, err)
+	cons, err = queue.RunConsumerHandle(ctx, b.js, "inc")
+	require.NoError(t, err)
+	fresh := fetchAll(t, cons)
+	require.Len(t, fresh, 5)
+
+	// The old acks reach the new consumer (same names) and remove nothing.
+	for _, m := range old {
+		require.NoError(t, m.DoubleAck(ctx))
+	}
+	require.Equal(t, uint64(5), subjectCount(t, b.js, queue.StreamItems, queue.ItemSubject("inc")))
+	for _, m := range fresh {
+		require.NoError(t, m.DoubleAck(ctx))
+	}
+	require.Zero(t, subjectCount(t, b.js, queue.StreamItems, queue.ItemSubject("inc")))
+
+	// Provisioning again keeps the incarnation.
+	third, created, err := queue.EnsureItemsStream(ctx, b.js, queue.Config{})
+	require.NoError(t, err)
+	require.False(t, created)
+	require.Equal(t, second, third)
+	// File storage replaces a memory stream (its items are in the spools).
+	fourth, created, err := queue.EnsureItemsStream(ctx, b.js, queue.Config{ItemsFileStorage: true})
+	require.NoError(t, err)
+	require.True(t, created)
+	require.Greater(t, fourth.FirstSeq, third.FirstSeq)
 }
 
 func TestRunStore(t *testing.T) {

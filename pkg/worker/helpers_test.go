@@ -41,6 +41,7 @@ type bundle struct {
 	js    jetstream.JetStream
 	runs  *queue.RunStore
 	flows *queue.FlowStore
+	sink  *resultSink
 	log   *zap.Logger
 }
 
@@ -58,7 +59,121 @@ func setup(t testing.TB) *bundle {
 	require.NoError(t, err)
 	flows, err := queue.OpenFlowStore(testCtx(t), js)
 	require.NoError(t, err)
-	return &bundle{t: t, srv: srv, url: srv.ClientURL(), nc: nc, js: js, runs: runs, flows: flows, log: log}
+	sink := newResultSink()
+	sub, err := queue.SubscribeResults(nc, sink.receive)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	return &bundle{t: t, srv: srv, url: srv.ClientURL(), nc: nc, js: js, runs: runs, flows: flows, sink: sink, log: log}
+}
+
+// resultSink plays the coordinator's part in the result protocol: it
+// answers every result request, keeping the first result per index in
+// arrival order.
+type resultSink struct {
+	mu       sync.Mutex
+	order    []*stepflowv1.ItemResult
+	seen     map[string]bool
+	received map[string]int // run id -> requests, duplicates included
+	changed  chan struct{}
+	// refuse, when set, is the reason given for refusing every result.
+	refuse  string
+	refused int
+}
+
+// waitRefused waits until n result requests were refused.
+func (s *resultSink) waitRefused(ctx context.Context, n int) error {
+	for {
+		s.mu.Lock()
+		got, changed := s.refused, s.changed
+		s.mu.Unlock()
+		if got >= n {
+			return nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return fmt.Errorf("%d of %d refusals: %w", got, n, ctx.Err())
+		}
+	}
+}
+
+func newResultSink() *resultSink {
+	return &resultSink{seen: map[string]bool{}, received: map[string]int{}, changed: make(chan struct{})}
+}
+
+func (s *resultSink) receive(m *nats.Msg) {
+	r, err := queue.DecodeResult(m.Data)
+	if err != nil {
+		_ = m.RespondMsg(queue.ResultReply("", err))
+		return
+	}
+	s.mu.Lock()
+	if s.refuse != "" {
+		reason := s.refuse
+		s.refused++
+		close(s.changed)
+		s.changed = make(chan struct{})
+		s.mu.Unlock()
+		_ = m.RespondMsg(queue.ResultReply("", fmt.Errorf("%s", reason)))
+		return
+	}
+	s.received[r.GetRunId()]++
+	key := queue.MsgID(r.GetRunId(), int(r.GetIndex()))
+	status := queue.ResultDuplicate
+	if !s.seen[key] {
+		s.seen[key] = true
+		s.order = append(s.order, r)
+		status = queue.ResultStored
+	}
+	close(s.changed)
+	s.changed = make(chan struct{})
+	s.mu.Unlock()
+	_ = m.RespondMsg(queue.ResultReply(status, nil))
+}
+
+// setRefuse makes the sink refuse every result with reason ("" accepts
+// them again).
+func (s *resultSink) setRefuse(reason string) {
+	s.mu.Lock()
+	s.refuse = reason
+	s.mu.Unlock()
+}
+
+// count returns how many results of runID were stored.
+func (s *resultSink) count(runID string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, r := range s.order {
+		if r.GetRunId() == runID {
+			n++
+		}
+	}
+	return n
+}
+
+// requests returns how many result requests of runID arrived.
+func (s *resultSink) requests(runID string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.received[runID]
+}
+
+// snapshot returns the stored results of runIDs in arrival order and a
+// channel closed at the next change.
+func (s *resultSink) snapshot(runIDs []string) ([]*stepflowv1.ItemResult, <-chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []*stepflowv1.ItemResult
+	for _, r := range s.order {
+		for _, id := range runIDs {
+			if r.GetRunId() == id {
+				out = append(out, r)
+				break
+			}
+		}
+	}
+	return out, s.changed
 }
 
 // testCtx returns a context bounded well below the test timeout.
@@ -253,10 +368,10 @@ func (b *bundle) resultsWithin(runID string, n int, d time.Duration) map[int]*st
 	b.t.Helper()
 	ctx, cancel := context.WithTimeout(testCtx(b.t), d)
 	defer cancel()
-	got, err := readResults(ctx, b.js, []string{runID}, n, nil)
+	got, err := readResults(ctx, b.sink, []string{runID}, n, nil)
 	require.NoError(b.t, err)
 	require.Len(b.t, got, n)
-	require.Equal(b.t, uint64(n), b.subjectCount(queue.StreamResults, queue.ResultSubject(runID)), "results on the stream")
+	require.Equal(b.t, n, b.sink.count(runID), "results stored")
 	out := make(map[int]*stepflowv1.ItemResult, n)
 	for _, r := range got {
 		out[int(r.GetIndex())] = r
@@ -264,45 +379,25 @@ func (b *bundle) resultsWithin(runID string, n int, d time.Duration) map[int]*st
 	return out
 }
 
-// readResults reads results of the runs from STEPFLOW_RESULTS in stream
-// order until n have arrived (or ctx ends), failing on a duplicate index.
-// order, when not nil, receives every result in stream order.
-func readResults(ctx context.Context, js jetstream.JetStream, runIDs []string, n int, order *[]*stepflowv1.ItemResult) ([]*stepflowv1.ItemResult, error) {
-	subjects := make([]string, len(runIDs))
-	for i, id := range runIDs {
-		subjects[i] = queue.ResultSubject(id)
-	}
-	cons, err := js.OrderedConsumer(ctx, queue.StreamResults, jetstream.OrderedConsumerConfig{FilterSubjects: subjects})
-	if err != nil {
-		return nil, err
-	}
-	seen := map[string]bool{}
-	var got []*stepflowv1.ItemResult
-	for len(got) < n {
-		if err := ctx.Err(); err != nil {
-			return got, fmt.Errorf("%d of %d results: %w", len(got), n, err)
-		}
-		batch, err := cons.Fetch(n-len(got), jetstream.FetchMaxWait(time.Second))
-		if err != nil {
-			return got, err
-		}
-		for m := range batch.Messages() {
-			r, err := queue.DecodeResult(m.Data())
-			if err != nil {
-				return got, err
-			}
-			key := queue.MsgID(r.GetRunId(), int(r.GetIndex()))
-			if seen[key] {
-				return got, fmt.Errorf("duplicate result %s", key)
-			}
-			seen[key] = true
-			got = append(got, r)
+// readResults waits until n results of the runs have been stored by sink
+// (or ctx ends) and returns them in arrival order; order, when not nil,
+// receives them too.
+func readResults(ctx context.Context, sink *resultSink, runIDs []string, n int, order *[]*stepflowv1.ItemResult) ([]*stepflowv1.ItemResult, error) {
+	for {
+		got, changed := sink.snapshot(runIDs)
+		if len(got) >= n {
+			got = got[:n]
 			if order != nil {
-				*order = append(*order, r)
+				*order = append(*order, got...)
 			}
+			return got, nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return got, fmt.Errorf("%d of %d results: %w", len(got), n, ctx.Err())
 		}
 	}
-	return got, nil
 }
 
 // subjectCount returns how many messages stream holds on subject.

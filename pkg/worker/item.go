@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -22,9 +23,13 @@ import (
 
 // Timeouts of the result path.
 const (
-	// publishTimeout bounds the publication of one result (its PubAck),
-	// retries included.
-	publishTimeout = 30 * time.Second
+	// resultTimeout bounds one attempt to have a result stored: the
+	// coordinator answers once the result is durable (a group commit), so
+	// a longer wait means it is gone or overloaded; the result is then
+	// sent again, to whichever coordinator leads by then.
+	resultTimeout = 5 * time.Second
+	// resultRetryMax is the longest pause between two attempts.
+	resultRetryMax = 2 * time.Second
 	// ackTimeout bounds the wait for the server's confirmation of an ack,
 	// retries included.
 	ackTimeout = 10 * time.Second
@@ -96,15 +101,61 @@ func retry(epoch *connEpoch, total time.Duration, permanent func(error) bool, fn
 	}
 }
 
-// permanentPublish tells publish errors that another attempt cannot fix.
-func permanentPublish(err error) bool {
-	return errors.Is(err, queue.ErrInvalidConfig) || errors.Is(err, queue.ErrPayloadTooLarge)
+// sendResult has the coordinator store an encoded result, and returns its
+// answer. It keeps trying, with the item's heartbeats still running, until
+// the coordinator answers or ctx (the item's: its run cancelled, the
+// worker giving up on its drain) ends: a coordinator that is away (no
+// leader for a moment, a restart, a full disk) costs the item a wait,
+// never a delivery, and the item is acked only after the answer. An
+// attempt is abandoned when the NATS connection is re-established under
+// it (the request is lost), and made again at once.
+func (w *Worker) sendResult(ctx context.Context, subject string, data []byte, runID string, index uint64) (queue.ResultStatus, error) {
+	pause := retryPause
+	for attempt := 1; ; attempt++ {
+		actx, cancel := context.WithTimeout(ctx, resultTimeout)
+		stop := context.AfterFunc(w.epoch.current(), cancel)
+		status, err := queue.SendResult(actx, w.nc, subject, data)
+		reconnected := actx.Err() != nil && ctx.Err() == nil && w.nc.IsConnected() && !errors.Is(actx.Err(), context.DeadlineExceeded)
+		stop()
+		cancel()
+		if err == nil {
+			if attempt > 1 {
+				w.log.Info("result stored after retrying", zap.String("run", runID), zap.Uint64("index", index), zap.Int("attempts", attempt))
+			}
+			return status, nil
+		}
+		if cause := context.Cause(ctx); cause != nil {
+			return "", cause
+		}
+		lvl := zap.DebugLevel
+		if attempt == 2 || attempt%20 == 0 {
+			lvl = zap.WarnLevel
+		}
+		w.log.Log(lvl, "the coordinator has not stored a result; keeping it and sending it again",
+			zap.String("run", runID), zap.Uint64("index", index), zap.Int("attempt", attempt), zap.Error(err))
+		if reconnected {
+			continue
+		}
+		t := time.NewTimer(pause)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return "", context.Cause(ctx)
+		case <-t.C:
+		}
+		pause = min(2*pause, resultRetryMax)
+	}
 }
 
 // permanentAck tells ack errors that another attempt cannot fix: the
-// message was already settled (a previous attempt went through).
+// message was already settled (a previous attempt went through), or
+// nobody answers for the consumer: the run's last result completed it and
+// the coordinator deleted its consumer (and purges its items) at once,
+// racing with this ack. Were it a consumer briefly without a leader
+// instead, the unacked item runs again after AckWait and its repeated
+// result is dropped: the result is stored either way.
 func permanentAck(err error) bool {
-	return errors.Is(err, jetstream.ErrMsgAlreadyAckd)
+	return errors.Is(err, jetstream.ErrMsgAlreadyAckd) || errors.Is(err, nats.ErrNoResponders)
 }
 
 // More settle causes (see settle).
@@ -260,16 +311,16 @@ func (w *Worker) handle(d delivery) (failed bool, err error) {
 		FinishedAt:    timestamppb.Now(),
 		ItemStreamSeq: md.Sequence.Stream,
 	}
-	var dup bool
-	err = retry(w.epoch, publishTimeout, permanentPublish, func(ctx context.Context) (err error) {
-		dup, err = queue.PublishResult(ctx, w.js, out, queue.ResultOptions{Subject: it.GetReplySubject(), Blobs: w.blobs})
-		return err
-	})
+	subject, data, err := queue.EncodeResult(d.ctx, w.nc, out, queue.ResultOptions{Subject: it.GetReplySubject(), Blobs: w.blobs})
 	if err != nil {
-		return false, fmt.Errorf("publish result %d of run %s: %w", it.GetIndex(), d.runID, err)
+		return false, fmt.Errorf("send result %d of run %s: %w", it.GetIndex(), d.runID, err)
+	}
+	status, err := w.sendResult(d.ctx, subject, data, d.runID, it.GetIndex())
+	if err != nil {
+		return false, err
 	}
 	w.stats.finished(time.Since(startedAt), out.Failed, time.Now())
-	if dup {
+	if status == queue.ResultDuplicate {
 		w.log.Debug("result already stored (item re-executed); the first one counts",
 			zap.String("run", d.runID), zap.Uint64("index", it.GetIndex()), zap.Uint64("deliveries", md.NumDelivered))
 	}

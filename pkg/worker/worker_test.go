@@ -116,7 +116,7 @@ func TestFairnessAcrossRuns(t *testing.T) {
 	b.start(b.workerConfig("w1", 2, comps))
 
 	var order []*stepflowv1.ItemResult
-	_, err := readResults(testCtx(t), b.js, []string{big, small}, bigN+smallN, &order)
+	_, err := readResults(testCtx(t), b.sink, []string{big, small}, bigN+smallN, &order)
 	require.NoError(t, err)
 	lastSmall := -1
 	for i, r := range order {
@@ -180,7 +180,7 @@ output: { $step: block }
 	b.results(other, 20)
 	require.Len(t, started, 0, "items of the cancelled run started after the cancellation")
 	require.Equal(t, uint64(n-2), b.consumerInfo(run).NumPending)
-	require.Zero(t, b.subjectCount(queue.StreamResults, queue.ResultSubject(run)))
+	require.Zero(t, b.sink.requests(run))
 }
 
 func TestStopDrainsAndHandsBack(t *testing.T) {
@@ -249,7 +249,7 @@ output: { $step: work }
 		require.ErrorIs(t, <-abandoned, errWorkerStopping)
 	}
 	require.Equal(t, int32(4), calls.Load(), "w1 fetched nothing after Stop")
-	require.Equal(t, uint64(2), b.subjectCount(queue.StreamResults, queue.ResultSubject(run)))
+	require.Equal(t, 2, b.sink.count(run))
 
 	// Another worker takes the rest, including the handed-back items, at
 	// once: they were nak'ed, not left to time out (AckWait 30s).
@@ -795,7 +795,7 @@ func (a *runsAPI) status(ctx context.Context, runID string, wait, includeResults
 	}
 	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	got, err := readResults(wctx, a.b.js, []string{runID}, want, nil)
+	got, err := readResults(wctx, a.b.sink, []string{runID}, want, nil)
 	if err != nil && wctx.Err() == nil {
 		return nil, err
 	}
@@ -890,4 +890,32 @@ func TestRetryAttempts(t *testing.T) {
 	start = time.Now()
 	require.Error(t, retry(epoch, time.Second, isPermanent, func(context.Context) error { return errors.New("down") }))
 	require.Less(t, time.Since(start), 2*time.Second)
+}
+
+// A coordinator that cannot store results (a full disk, say) refuses
+// them: the worker keeps each result, heartbeating its item, and sends it
+// again until it is stored; the item is not handed back, so the refusals
+// cost it no delivery, and it is acked only after the result is stored.
+func TestResultKeptUntilStored(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.sink.setRefuse("no space left on device")
+	const n = 3
+	run := b.createRun(runSpec{flow: noopFlow, items: n, maxConc: n})
+	b.start(b.workerConfig("w1", 4, nil))
+
+	// Every item is refused at least twice, and stays in flight.
+	require.NoError(t, b.sink.waitRefused(testCtx(t), 2*n))
+	info := b.consumerInfo(run)
+	require.Equal(t, n, info.NumAckPending)
+	require.Zero(t, info.NumRedelivered)
+
+	b.sink.setRefuse("")
+	got := b.results(run, n)
+	for i := range n {
+		require.Equal(t, uint32(1), got[i].GetDeliveries(), "item %d", i)
+	}
+	require.Eventually(t, func() bool { return b.subjectCount(queue.StreamItems, queue.ItemSubject(run)) == 0 },
+		10*time.Second, 20*time.Millisecond)
+	require.Zero(t, b.consumerInfo(run).NumRedelivered)
 }

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -37,8 +38,9 @@ func TestMain(m *testing.M) {
 }
 
 // rawWorker is a worker's protocol with an empty flow and nothing else:
-// pull an item from the run consumer, publish its result and wait for the
-// PubAck, ack the item; with handlers items at once, until killed.
+// pull an item from the run consumer, send its result as a request and
+// wait for the answer, ack the item; with handlers items at once, until
+// killed.
 func rawWorker(spec string) error {
 	f := strings.Fields(spec)
 	if len(f) != 3 {
@@ -73,7 +75,11 @@ func rawWorker(spec string) error {
 					Source: stepflowv1.ResultSource_RESULT_SOURCE_WORKER, WorkerId: "raw",
 					Deliveries: uint32(md.NumDelivered), FinishedAt: timestamppb.Now(), ItemStreamSeq: md.Sequence.Stream,
 				}
-				if _, err := queue.PublishResult(ctx, js, res, queue.ResultOptions{Subject: it.GetReplySubject()}); err != nil {
+				subject, data, err := queue.EncodeResult(ctx, nc, res, queue.ResultOptions{Subject: it.GetReplySubject()})
+				if err == nil {
+					_, err = queue.SendResult(ctx, nc, subject, data)
+				}
+				if err != nil {
 					_ = m.Nak()
 					continue
 				}
@@ -93,8 +99,8 @@ func rawWorker(spec string) error {
 // distributed benchmark's topology: a nats-server process (file store),
 // a worker process (the raw protocol with 64 handlers, like a worker with
 // 64 slots) and this process publishing the items (a run consumer with
-// MaxAckPending 256) and consuming and acking the results, like the
-// coordinator. BenchmarkRawJetStream (pkg/queue) runs the same protocol
+// MaxAckPending 256) and answering the results, like the coordinator
+// without its result log. BenchmarkRawJetStream (pkg/queue) runs the same protocol
 // in one process, which a 2-core machine serves faster than three.
 func BenchmarkRawJetStreamProcesses(b *testing.B) {
 	n := envInt("STEPFLOW_BENCH_DIST_ITEMS", 50_000)
@@ -153,18 +159,12 @@ func rawProcesses(b *testing.B, server, fsync string, n int) time.Duration {
 	}
 	defer func() { _ = worker.Process.Kill(); _ = worker.Wait() }()
 
-	results, err := js.CreateOrUpdateConsumer(ctx, queue.StreamResults, jetstream.ConsumerConfig{
-		Durable: "raw-results", FilterSubject: queue.ResultSubject(runID), AckPolicy: jetstream.AckExplicitPolicy, MaxAckPending: 1024,
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
 	var got atomic.Int64
 	done := make(chan struct{})
 	var once sync.Once
 	start := time.Now()
-	cc, err := results.Consume(func(m jetstream.Msg) {
-		_ = m.Ack()
+	sub, err := queue.SubscribeResults(nc, func(m *nats.Msg) {
+		_ = m.RespondMsg(queue.ResultReply(queue.ResultStored, nil))
 		if got.Add(1) == int64(n) {
 			once.Do(func() { close(done) })
 		}
@@ -172,7 +172,7 @@ func rawProcesses(b *testing.B, server, fsync string, n int) time.Duration {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer cc.Stop()
+	defer func() { _ = sub.Unsubscribe() }()
 	items := func(yield func(int, []byte) bool) {
 		for i := range n {
 			if !yield(i, fmt.Appendf(nil, `{"i":%d}`, i)) {

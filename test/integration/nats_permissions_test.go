@@ -136,7 +136,7 @@ func TestNATSWorkerPermissions(t *testing.T) {
 	defer admin.Close()
 	ajs, err := jetstream.New(admin)
 	require.NoError(t, err)
-	for _, name := range []string{queue.StreamItems, queue.StreamResults, "KV_" + queue.BucketRuns, "OBJ_" + queue.BucketBlobs} {
+	for _, name := range []string{queue.StreamItems, "KV_" + queue.BucketRuns, "OBJ_" + queue.BucketBlobs} {
 		_, err := ajs.Stream(ctx, name)
 		require.NoError(t, err, name)
 	}

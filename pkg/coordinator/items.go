@@ -1,0 +1,221 @@
+package coordinator
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/stepflow-go/stepflow/pkg/queue"
+	stepflowv1 "github.com/stepflow-go/stepflow/proto/stepflowv1"
+)
+
+// Lost items. STEPFLOW_ITEMS holds a window of each run's spool in memory
+// storage (queue.Config.ItemsFileStorage): the spool, fsynced before the
+// run was accepted, is the durable copy of every item, and the stream is
+// only how the items reach the workers. When the stream loses items (a
+// NATS server restarted, a stream or consumer deleted by hand, a quorum
+// lost and rebuilt), the leader publishes every item of the run without a
+// result again. It notices
+//
+//   - a new incarnation of the stream (queue.ItemsIncarnation: created
+//     anew, or missing and created here), which lost every item;
+//   - a run whose consumer is gone (created again here);
+//   - a run whose counts do not add up: items published without a result,
+//     none queued or in flight on its consumer and none on the stream, and
+//     no result for itemsStallAfter, twice in a row.
+//
+// A republished item that was not lost after all runs twice, and the
+// first result per index wins. An ack from an earlier incarnation of the
+// stream can never remove an item of a later one: every incarnation
+// starts its sequences above the last one's (queue.EnsureItemsStream).
+const (
+	// itemsCheckEvery is how often the leader checks the stream and the
+	// run consumers.
+	itemsCheckEvery = time.Second
+	// itemsStallAfter is how long a run with unfinished published items
+	// and nothing queued or in flight must go without a result before its
+	// items are taken for lost.
+	itemsStallAfter = 3 * time.Second
+)
+
+// queueConfig is the queue configuration with the coordinator's logger.
+func (c *Coordinator) queueConfig() queue.Config {
+	qcfg := c.cfg.Queue
+	if qcfg.Logger == nil {
+		qcfg.Logger = c.cfg.Logger
+	}
+	return qcfg
+}
+
+// setItemsIncarnation records the stream incarnation the runs' items
+// were published to; it reports whether it changed.
+func (c *Coordinator) setItemsIncarnation(inc queue.ItemsIncarnation) (changed bool) {
+	c.itemsMu.Lock()
+	defer c.itemsMu.Unlock()
+	changed = c.itemsInc != (queue.ItemsIncarnation{}) && c.itemsInc != inc
+	c.itemsInc = inc
+	return changed
+}
+
+// watchItems checks for lost items every itemsCheckEvery while leading.
+func (c *Coordinator) watchItems() {
+	t := time.NewTicker(itemsCheckEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.ctx.Done():
+			return
+		case <-t.C:
+		}
+		if !c.leading() || !c.nc.IsConnected() {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(c.ctx, 10*time.Second)
+		c.checkItems(ctx)
+		cancel()
+	}
+}
+
+// checkItems republishes the items of the runs that lost some.
+func (c *Coordinator) checkItems(ctx context.Context) {
+	inc, err := queue.ItemsStreamIncarnation(ctx, c.js)
+	if errors.Is(err, queue.ErrNotProvisioned) {
+		inc, _, err = queue.EnsureItemsStream(ctx, c.js, c.queueConfig())
+	}
+	if err != nil {
+		c.log.Debug("checking the items stream", zap.Error(err))
+		return
+	}
+	recreated := c.setItemsIncarnation(inc)
+	for _, st := range c.attachedRuns() {
+		if ctx.Err() != nil {
+			return
+		}
+		if recreated {
+			c.republish(ctx, st, "the items stream was created anew (a NATS restart loses its memory storage)")
+			continue
+		}
+		cons, err := queue.RunConsumerHandle(ctx, c.js, st.id)
+		if errors.Is(err, queue.ErrConsumerNotFound) {
+			c.republish(ctx, st, "its consumer was gone")
+			continue
+		}
+		if err != nil {
+			continue
+		}
+		info, err := cons.Info(ctx)
+		if err != nil {
+			continue
+		}
+		if info.NumPending > 0 || info.NumAckPending > 0 || !st.stalled(itemsStallAfter) {
+			st.setStalls(0)
+			continue
+		}
+		if st.setStalls(1) < 2 {
+			continue
+		}
+		st.setStalls(0)
+		c.recoverExhausted(ctx, st)
+		if n, err := queue.RunItemsQueued(ctx, c.js, st.id); err != nil || n > 0 {
+			continue
+		}
+		if st.stalled(itemsStallAfter) {
+			c.republish(ctx, st, "items published without a result are neither queued nor in flight")
+		}
+	}
+}
+
+// attachedRuns returns the runs attached to this coordinator.
+func (c *Coordinator) attachedRuns() []*runState {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]*runState, 0, len(c.runs))
+	for _, st := range c.runs {
+		out = append(out, st)
+	}
+	return out
+}
+
+// republish makes sure the run has a consumer and publishes again, from
+// its spool, every item without a result.
+func (c *Coordinator) republish(ctx context.Context, st *runState, why string) {
+	rec, err := c.getRecord(ctx, st.id)
+	if err != nil || rec.GetStatus() != statusRunning {
+		return
+	}
+	if _, err := c.ensureRunConsumer(ctx, rec); err != nil {
+		c.log.Warn("cannot recreate the consumer of a run that lost items; retrying", zap.String("run", st.id), zap.Error(err))
+		return
+	}
+	c.log.Warn("publishing the run's unfinished items again", zap.String("run", st.id), zap.String("why", why))
+	c.metrics.republished.Inc()
+	st.stopPublisher()
+	st.mu.Lock()
+	st.pubGen++
+	st.mu.Unlock()
+	c.startPublisher(st, 0, true)
+}
+
+// generation returns how often the run's items were published again.
+func (s *runState) generation() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.pubGen
+}
+
+// ensureRunConsumer creates the run's consumer when it does not exist;
+// created says it did not.
+func (c *Coordinator) ensureRunConsumer(ctx context.Context, rec *stepflowv1.RunRecord) (created bool, err error) {
+	runID := rec.GetRunId()
+	_, err = queue.RunConsumerHandle(ctx, c.js, runID)
+	if err == nil {
+		return false, nil
+	}
+	if !errors.Is(err, queue.ErrConsumerNotFound) {
+		return false, fmt.Errorf("coordinator: consumer of run %s: %w", runID, err)
+	}
+	cc := queue.RunConsumerConfig{
+		MaxAckPending: max(int(rec.GetMaxConcurrency()), 1),
+		AckWait:       rec.GetAckWait().AsDuration(),
+		MaxDeliver:    cmp.Or(int(rec.GetMaxDeliver()), c.cfg.RunMaxDeliver),
+	}
+	if _, err := queue.CreateRunConsumer(ctx, c.js, runID, cc); err != nil {
+		return false, fmt.Errorf("coordinator: recreate consumer of run %s: %w", runID, err)
+	}
+	return true, nil
+}
+
+// stalled reports whether the run has published items without a result
+// and has had no result for d.
+func (s *runState) stalled(d time.Duration) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.status != statusRunning || s.frontier-s.below <= 0 {
+		return false
+	}
+	last := s.lastAdded
+	if last.IsZero() || s.attachedAt.After(last) {
+		last = s.attachedAt
+	}
+	if s.pubAt.After(last) {
+		last = s.pubAt
+	}
+	return time.Since(last) >= d
+}
+
+// setStalls adds n to the consecutive stalled checks, or resets them for
+// n = 0; it returns the count.
+func (s *runState) setStalls(n int) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n == 0 {
+		s.stalls = 0
+	} else {
+		s.stalls += n
+	}
+	return s.stalls
+}
