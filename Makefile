@@ -7,7 +7,7 @@ RACE      ?= -race
 FUZZTIME  ?= 10s
 BENCHTIME ?= 1s
 
-.PHONY: help build test test-integration bench fuzz lint verify demo example clean venv k8s-check
+.PHONY: help build test test-integration bench fuzz lint verify demo example clean venv venv-upstream k8s-check
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -23,9 +23,9 @@ test: venv mcp-deps ## every test (unit, conformance, real component servers), w
 test-integration: venv ## only the multi-process tests in test/integration (part of `make test` too)
 	$(GO) test $(RACE) -count=1 ./test/integration/...
 
-bench: build venv ## benchmarks: Go micro-benchmarks and the end-to-end batch figures
+bench: build venv venv-upstream ## benchmarks: Go micro-benchmarks and the end-to-end batch figures (against upstream's server too)
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./pkg/value/ ./pkg/expr/ ./pkg/executor/ ./pkg/jsonl/ ./pkg/reorder/ ./pkg/blob/ ./pkg/protocol/ ./pkg/queue/ ./pkg/worker/
-	STEPFLOW_BIN=$(CURDIR)/$(BIN)/stepflow STEPFLOW_BIN_DIR=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./test/bench/
+	STEPFLOW_BIN=$(CURDIR)/$(BIN)/stepflow STEPFLOW_BIN_DIR=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./test/bench/
 
 fuzz: ## short fuzz runs of every fuzz target (their corpora: pkg/*/testdata/fuzz/<target>/)
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./pkg/value/
@@ -86,6 +86,23 @@ venv: ## the stepflow-py SDKs the component-server tests drive (0.9.2 over HTTP,
 		  { echo "stepflow-py 0.8.0 is not on PyPI; installing 0.7.0, the newest SDK with StepflowStdioServer there"; \
 		    $(VENV_STDIO)/bin/pip install --quiet "stepflow-py==0.7.0"; }; } && \
 		$(VENV_STDIO)/bin/python -c 'from stepflow_py import StepflowStdioServer'; \
+	fi
+
+# Upstream Stepflow's own server (stepflow-server, a Rust binary that the
+# PyPI package stepflow-orchestrator bundles inside the Python package, not
+# in the venv's bin/), for the benchmarks against upstream (test/bench,
+# docs/bench-upstream.md). Linked as $(VENV_UPSTREAM)/bin/stepflow-server.
+VENV_UPSTREAM := .venv-upstream
+
+venv-upstream: ## upstream Stepflow's server (stepflow-orchestrator 0.9.0 from PyPI) for `make bench`
+	@if $(VENV_UPSTREAM)/bin/stepflow-server --help >/dev/null 2>&1; then \
+		echo "$(VENV_UPSTREAM): stepflow-server (stepflow-orchestrator) present"; \
+	else \
+		$(PYTHON) -m venv $(VENV_UPSTREAM) && \
+		$(VENV_UPSTREAM)/bin/pip install --quiet --disable-pip-version-check "stepflow-orchestrator==0.9.0" && \
+		ln -sf "$$($(VENV_UPSTREAM)/bin/python -c 'import pathlib, stepflow_orchestrator as m; print(pathlib.Path(m.__file__).parent / "bin" / "stepflow-server")')" \
+			$(VENV_UPSTREAM)/bin/stepflow-server && \
+		$(VENV_UPSTREAM)/bin/stepflow-server --help >/dev/null; \
 	fi
 
 clean: ## remove build output

@@ -34,7 +34,9 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(0)
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	stopUpstream() // upstream_test.go: started once, by the first benchmark that needs it
+	os.Exit(code)
 }
 
 // rawWorker is a worker's protocol with an empty flow and nothing else:
