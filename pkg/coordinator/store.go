@@ -134,6 +134,27 @@ type resultLog struct {
 	size int64  // bytes of complete records in the log
 	buf  []byte // encoding buffer
 	slot [slotSize]byte
+	// seen has a bit per index with a record in the log: the authority on
+	// "has a result", built by the scan at open. The index file is only
+	// for lookups and is not fsynced (the log is): a slot the index lost,
+	// or one it kept for a record the log lost, is repaired at open or
+	// rewritten by the index's next result.
+	seen []uint64
+}
+
+// mark records that index has a result.
+func (l *resultLog) mark(index int) {
+	w := index / 64
+	if w >= len(l.seen) {
+		l.seen = append(l.seen, make([]uint64, w+1-len(l.seen)+len(l.seen)/4)...)
+	}
+	l.seen[w] |= 1 << (index % 64)
+}
+
+// marked reports whether index has a result.
+func (l *resultLog) marked(index int) bool {
+	w := index / 64
+	return w < len(l.seen) && l.seen[w]&(1<<(index%64)) != 0
 }
 
 // storeCounts are the outcome counts of the records a store holds,
@@ -226,21 +247,19 @@ func (l *resultLog) recover() (storeCounts, error) {
 		if crc != binary.LittleEndian.Uint32(body[n:]) {
 			break
 		}
-		slot, err := l.slotOf(rec.Index)
-		if err != nil {
-			return counts, err
-		}
-		first := false
-		switch slot {
-		case 0:
-			if err := l.setSlot(rec.Index, off); err != nil {
+		// The first record of an index in the log is its result (adds
+		// happen in log order); its slot may be missing or stale.
+		if first := !l.marked(rec.Index); first {
+			l.mark(rec.Index)
+			slot, err := l.slotOf(rec.Index)
+			if err != nil {
 				return counts, err
 			}
-			first = true
-		case off + 1:
-			first = true
-		}
-		if first {
+			if slot != off+1 {
+				if err := l.setSlot(rec.Index, off); err != nil {
+					return counts, err
+				}
+			}
 			if rec.Failed {
 				counts.Failed++
 			} else {
@@ -281,8 +300,7 @@ func (l *resultLog) setSlot(index int, off int64) error {
 
 // has reports whether index has a result.
 func (l *resultLog) has(index int) (bool, error) {
-	s, err := l.slotOf(index)
-	return s != 0, err
+	return l.marked(index), nil
 }
 
 // add stores r unless its index already has a result (first result per
@@ -305,19 +323,18 @@ func (l *resultLog) add(r *resultRecord) (added bool, err error) {
 	}
 	off := l.size
 	l.size += int64(len(l.buf))
+	l.mark(r.Index)
 	if err := l.setSlot(r.Index, off); err != nil {
 		return false, err
 	}
 	return true, nil
 }
 
-// sync flushes both files to stable storage.
+// sync flushes the log to stable storage: what a result's answer waits
+// for. The index is derived from the log (see seen).
 func (l *resultLog) sync() error {
 	if err := l.log.Sync(); err != nil {
 		return fmt.Errorf("coordinator: sync result log: %w", err)
-	}
-	if err := l.idx.Sync(); err != nil {
-		return fmt.Errorf("coordinator: sync result index: %w", err)
 	}
 	return nil
 }
