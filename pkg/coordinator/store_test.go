@@ -90,7 +90,6 @@ func TestResultStoreFirstWinsAndRecovery(t *testing.T) {
 	require.NoError(t, l.close())
 	rd, err = openResultReader(dir, -1)
 	require.NoError(t, err)
-	defer rd.close()
 	rec, err := rd.at(4)
 	require.NoError(t, err)
 	require.Equal(t, result(4).Result, rec.Result, "the first record of index 4 wins")
@@ -98,6 +97,35 @@ func TestResultStoreFirstWinsAndRecovery(t *testing.T) {
 	_, err = rd.scan(0, func(*resultRecord, int64) error { n++; return nil })
 	require.NoError(t, err)
 	require.Equal(t, 6, n, "the repeated record is not reported")
+
+	// A power loss that kept an index slot the log lost (the index is not
+	// fsynced): index 7 points past the end of the log. It reads as
+	// missing, and its next result is stored and found.
+	idxf, err := os.OpenFile(filepath.Join(dir, indexName), os.O_RDWR, 0)
+	require.NoError(t, err)
+	var slot [slotSize]byte
+	slot[0] = 0xff
+	slot[1] = 0x7f
+	_, err = idxf.WriteAt(slot[:], 7*slotSize)
+	require.NoError(t, err)
+	require.NoError(t, idxf.Close())
+	require.NoError(t, rd.close())
+	l, counts, err = openResultLog(context.Background(), dir)
+	require.NoError(t, err)
+	require.Equal(t, storeCounts{Succeeded: 5, Failed: 1}, counts)
+	ok, err = l.has(7)
+	require.NoError(t, err)
+	require.False(t, ok, "a slot without a record is no result")
+	added, err = l.add(result(7))
+	require.NoError(t, err)
+	require.True(t, added)
+	require.NoError(t, l.close())
+	rd, err = openResultReader(dir, -1)
+	require.NoError(t, err)
+	rec, err = rd.at(7)
+	require.NoError(t, err)
+	require.Equal(t, result(7).Result, rec.Result)
+	require.NoError(t, rd.close())
 
 	// A store that does not exist reads as empty.
 	empty, err := openResultReader(filepath.Join(dir, "nope"), -1)
