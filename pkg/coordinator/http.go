@@ -490,6 +490,7 @@ func submissionFromObject(o *value.Object, inputsKey string) (submission, bool, 
 	if !ok {
 		return sub, false, errorf(ErrInvalidRequest, "%q must be an array with one input per item", inputsKey)
 	}
+	sub.Items = len(arr)
 	sub.Inputs = func(fn func([]byte) error) error {
 		var buf []byte
 		for _, v := range arr {
