@@ -67,10 +67,13 @@ type runState struct {
 	failed    int
 	flushed   [2]int // succeeded, failed as last written to the record
 	status    stepflowv1.RunStatus
-	committed int64         // bytes of the result log readers may read
-	lastAdded time.Time     // when the last result was stored (zero: none since attached)
-	changed   chan struct{} // closed and replaced on every change
-	done      chan struct{} // closed when the run finished
+	committed int64                 // bytes of the result log readers may read
+	lastAdded time.Time             // when the last result was stored (zero: none since attached)
+	changed   chan struct{}         // closed and replaced on every change
+	done      chan struct{}         // closed when the run finished
+	final     *stepflowv1.RunRecord // the terminal record, once terminate wrote it
+
+	released bool // no longer counted in Coordinator.topLevel; guarded by Coordinator.mu
 
 	// Publishing the spool (publisher.go).
 	conc      int                // the run's concurrency, which sizes its publish window
@@ -481,17 +484,35 @@ func (c *Coordinator) terminate(ctx context.Context, st *runState, status stepfl
 	}
 	st.stopPublisher() // before the purge below, which must be the last word
 	c.runFinished(st.finalSnapshot(status, s, f, time.Now()))
-	defer func() {
+	// Waiters (a synchronous POST /runs, runs/get with wait, event
+	// streams) are woken as soon as the terminal record is written: the
+	// results are in the closed store, and what follows is cleanup of
+	// the streams that no answer depends on. The run stops counting
+	// against --max-active-runs at the same time, so that a client that
+	// starts its next run on the answer is not refused; it stays
+	// attached (c.runs) until the cleanup is done. When the record
+	// cannot be written, waiters are woken at the end.
+	wake := sync.OnceFunc(func() {
 		c.mu.Lock()
-		if c.runs[st.id] == st {
-			delete(c.runs, st.id)
-			if st.topLevel {
-				c.topLevel--
-			}
+		if c.runs[st.id] == st && st.topLevel && !st.released {
+			st.released = true
+			c.topLevel--
 		}
 		c.mu.Unlock()
 		close(st.done)
 		st.notify()
+	})
+	defer func() {
+		c.mu.Lock()
+		if c.runs[st.id] == st {
+			delete(c.runs, st.id)
+			if st.topLevel && !st.released {
+				st.released = true
+				c.topLevel--
+			}
+		}
+		c.mu.Unlock()
+		wake()
 	}()
 	cctx, cancel := cleanupCtx(ctx)
 	defer cancel()
@@ -518,6 +539,11 @@ func (c *Coordinator) terminate(ctx context.Context, st *runState, status stepfl
 	}
 	if err != nil {
 		c.log.Error("cannot record the end of a run; a restart repairs it", zap.String("run", st.id), zap.Error(err))
+	} else if queue.Terminal(rec.GetStatus()) {
+		st.mu.Lock()
+		st.final = rec
+		st.mu.Unlock()
+		wake()
 	}
 	if err := queue.DeleteRunConsumer(cctx, c.js, st.id); err != nil {
 		c.log.Warn("cannot delete run consumer", zap.String("run", st.id), zap.Error(err))
@@ -621,7 +647,21 @@ func (c *Coordinator) waitRun(ctx context.Context, runID string) (*stepflowv1.Ru
 	case <-ctx.Done():
 		return nil, context.Cause(ctx)
 	}
+	if final := st.finalRecord(); final != nil {
+		return final, nil
+	}
 	return c.getRecord(ctx, runID)
+}
+
+// finalRecord returns the terminal record terminate wrote, nil before
+// (or when it could not write it). s may be nil.
+func (s *runState) finalRecord() *stepflowv1.RunRecord {
+	if s == nil {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.final
 }
 
 // listRecords returns every run record.
