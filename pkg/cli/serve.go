@@ -67,7 +67,9 @@ stepflow-config.yml of the current directory, else builtins only).
 
 Besides the API, the HTTP port serves /healthz, /readyz (the workers
 included) and /metrics (the coordinator's and the workers' metrics,
-behind --auth-token like the API; see docs/operations.md).
+behind --auth-token like the API; see docs/operations.md), and /debug/pprof/
+(Go profiles, behind the token too; --pprof-addr serves them on a port of
+their own without one).
 
 The first line on stdout is {"port":N,"natsUrl":"nats://…"} once
 everything listens ("tls":true is added with --tls-cert); logs go to
@@ -114,6 +116,7 @@ back to the queue), then stops the coordinator, and exits 0.`,
 	}
 	fl.DurationVar(&s.coord.RunAckWait, "run-ack-wait", ackWait, "AckWait of run consumers: how long an item whose worker went silent waits before redelivery (env STEPFLOW_RUN_ACK_WAIT)")
 	fl.IntVar(&s.coord.RunMaxDeliver, "run-max-deliver", envI("STEPFLOW_RUN_MAX_DELIVER", queue.DefaultMaxDeliver), "deliveries of an item before it fails with \"exceeded its maximum deliveries\" (-1 = unlimited) (env STEPFLOW_RUN_MAX_DELIVER)")
+	fl.StringVar(&s.coord.PprofAddr, "pprof-addr", getenv("STEPFLOW_PPROF_ADDR"), `serve Go runtime profiles of the whole process (coordinator and workers; /debug/pprof/, for go tool pprof) WITHOUT authentication on this host:port, e.g. 127.0.0.1:6060; "" = none (the API serves them behind --auth-token either way) (env STEPFLOW_PPROF_ADDR)`)
 	fl.IntVar(&s.workers, "workers", 2, "in-process workers (0 = coordinator only)")
 	fl.IntVar(&s.workerConcurrency, "worker-concurrency", runtime.NumCPU(), "items each worker executes at once")
 	fl.StringVar(&s.configPath, "config", "", "stepflow-config.yml of the workers' component servers (default: found in the current directory)")

@@ -55,6 +55,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&cfg.Concurrency, "concurrency", envInt("STEPFLOW_WORKER_CONCURRENCY", runtime.NumCPU()), "items executed at once (env STEPFLOW_WORKER_CONCURRENCY)")
 	fs.IntVar(&cfg.HealthPort, "health-port", envInt("STEPFLOW_HEALTH_PORT", 0), "serve /healthz, /readyz and /metrics on this port; 0 = none (env STEPFLOW_HEALTH_PORT)")
 	fs.StringVar(&cfg.HealthHost, "health-host", env("STEPFLOW_HEALTH_HOST", DefaultHealthHost), "address of the health server (env STEPFLOW_HEALTH_HOST)")
+	fs.StringVar(&cfg.PprofAddr, "pprof-addr", env("STEPFLOW_PPROF_ADDR", ""), `serve Go runtime profiles (/debug/pprof/, for go tool pprof) WITHOUT authentication on this host:port, e.g. 127.0.0.1:6061; "" = none (env STEPFLOW_PPROF_ADDR)`)
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", envDuration("STEPFLOW_DRAIN_TIMEOUT", DefaultDrainTimeout), "on SIGTERM, how long in-flight items may finish before they are handed back (env STEPFLOW_DRAIN_TIMEOUT)")
 	fs.StringVar(&cfg.WorkerID, "worker-id", env("STEPFLOW_WORKER_ID", ""), "worker id in results and logs; default <hostname>-<pid> (env STEPFLOW_WORKER_ID)")
 	fs.StringVar(&logLevel, "log-level", env("STEPFLOW_LOG_LEVEL", "info"), "log level: debug, info, warn, error (env STEPFLOW_LOG_LEVEL)")

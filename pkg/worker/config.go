@@ -96,6 +96,11 @@ type Config struct {
 	// HealthHost: see DefaultHealthHost (the default). In a container,
 	// set "0.0.0.0" so that the kubelet reaches the probes.
 	HealthHost string
+	// PprofAddr, when set (host:port, port 0 = any free port), serves the
+	// Go runtime profiles (package profiling: /debug/pprof/ for `go tool
+	// pprof`) WITHOUT authentication: bind it to a loopback address.
+	// Default "": none. See Worker.PprofAddr for the bound address.
+	PprofAddr string
 
 	// StatusInterval is how often the worker puts its WorkerStatus into
 	// the worker registry (queue.BucketWorkers), which `stepflow top` and
