@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -195,11 +196,16 @@ func TestTopOnce(t *testing.T) {
 	runID := strings.TrimSpace(sub.stdout)
 	short := abbreviate(runID, 6, 4)
 
-	r := stepflow(t, nil, "", "top", "--once", "--url", url)
-	require.Equal(t, ExitOK, r.code, r.stderr)
-	out := r.stdout
+	// The run's publisher puts its items on the queue after the run is
+	// created (--no-wait returns at once): wait until all 30 are there.
+	var out string
+	require.Eventually(t, func() bool {
+		r := stepflow(t, nil, "", "top", "--once", "--url", url)
+		require.Equal(t, ExitOK, r.code, r.stderr)
+		out = r.stdout
+		return regexp.MustCompile(`(?m)^STEPFLOW_ITEMS +30 +\S+ +1 +30 `).MatchString(out)
+	}, 10*time.Second, 20*time.Millisecond, "every item queued")
 	require.NotContains(t, out, "\x1b")
-	require.Regexp(t, `(?m)^STEPFLOW_ITEMS +30 +\S+ +1 +30 `, out)
 	require.Regexp(t, `(?m)^`+short+` running +\.{10} +0/30 +0 +0 +30 +0 `, out)
 	require.Contains(t, out, short+": 30 queued, none in flight: no worker is taking this run's items")
 	require.Regexp(t, `(?m)^`+short+` +30 +0 +0 +4 `, out) // the consumer: 30 pending, max 4
@@ -207,7 +213,7 @@ func TestTopOnce(t *testing.T) {
 	require.Contains(t, out, "no worker has announced itself")
 
 	// --json is the raw view.
-	r = stepflow(t, nil, "", "top", "--once", "--json", "--url", url)
+	r := stepflow(t, nil, "", "top", "--once", "--json", "--url", url)
 	require.Equal(t, ExitOK, r.code, r.stderr)
 	v := decodeSnapshot(t, r.stdout)
 	require.Len(t, v.Runs, 1)
