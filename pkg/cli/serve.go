@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -32,6 +31,14 @@ const defaultServeDataDir = ".stepflow-data"
 // serveStopTimeout bounds the shutdown of serve: the workers' drain and
 // the coordinator's stop.
 const serveStopTimeout = 60 * time.Second
+
+// defaultServeWorkers is serve's default --workers. One worker with
+// worker.DefaultConcurrency slots runs a run's --max-concurrent items at
+// once (up to the slots) against one set of component servers; items
+// mostly wait on I/O, and slots are cheap. A second worker adds a second
+// set of component servers: worth it for CPU-bound Python components
+// (one process uses one core), not for waiting ones.
+const defaultServeWorkers = 1
 
 type serveCmd struct {
 	a                 *app
@@ -64,11 +71,18 @@ credentials (the in-process workers use the server's token or user, or the
 --nats-* client credentials); --nats-* connect to an external NATS.
 
 The workers start the component servers of --config (default: the
-stepflow-config.yml of the current directory, else builtins only).
+stepflow-config.yml of the current directory, else builtins only). Each
+worker has --worker-concurrency slots (default 64): it runs that many items
+at once over all runs, and a run has at most its --max-concurrent items in
+flight, so one worker runs 'submit --max-concurrent 50' 50 items at a time.
+A second worker (--workers 2) adds a second set of component servers, which
+helps CPU-bound Python components, not waiting ones.
 
 Besides the API, the HTTP port serves /healthz, /readyz (the workers
 included) and /metrics (the coordinator's and the workers' metrics,
-behind --auth-token like the API; see docs/operations.md).
+behind --auth-token like the API; see docs/operations.md), and /debug/pprof/
+(Go profiles, behind the token too; --pprof-addr serves them on a port of
+their own without one).
 
 The first line on stdout is {"port":N,"natsUrl":"nats://…"} once
 everything listens ("tls":true is added with --tls-cert); logs go to
@@ -116,8 +130,9 @@ back to the queue), then stops the coordinator, and exits 0.`,
 	}
 	fl.DurationVar(&s.coord.RunAckWait, "run-ack-wait", ackWait, "AckWait of run consumers: how long an item whose worker went silent waits before redelivery (env STEPFLOW_RUN_ACK_WAIT)")
 	fl.IntVar(&s.coord.RunMaxDeliver, "run-max-deliver", envI("STEPFLOW_RUN_MAX_DELIVER", queue.DefaultMaxDeliver), "deliveries of an item before it fails with \"exceeded its maximum deliveries\" (-1 = unlimited) (env STEPFLOW_RUN_MAX_DELIVER)")
-	fl.IntVar(&s.workers, "workers", 2, "in-process workers (0 = coordinator only)")
-	fl.IntVar(&s.workerConcurrency, "worker-concurrency", runtime.NumCPU(), "items each worker executes at once")
+	fl.StringVar(&s.coord.PprofAddr, "pprof-addr", getenv("STEPFLOW_PPROF_ADDR"), `serve Go runtime profiles of the whole process (coordinator and workers; /debug/pprof/, for go tool pprof) WITHOUT authentication on this host:port, e.g. 127.0.0.1:6060; "" = none (the API serves them behind --auth-token either way) (env STEPFLOW_PPROF_ADDR)`)
+	fl.IntVar(&s.workers, "workers", defaultServeWorkers, "in-process workers, each with its own component servers (0 = coordinator only)")
+	fl.IntVar(&s.workerConcurrency, "worker-concurrency", envI("STEPFLOW_WORKER_CONCURRENCY", worker.DefaultConcurrency), "slots of each worker: items it executes at once, across runs; a run gets at most its --max-concurrent over all workers (env STEPFLOW_WORKER_CONCURRENCY)")
 	fl.StringVar(&s.configPath, "config", "", "stepflow-config.yml of the workers' component servers (default: found in the current directory)")
 	return cmd
 }

@@ -116,6 +116,14 @@ type Config struct {
 	// ReadyCheck, when set, is one more condition of GET /readyz (nil =
 	// ready): `stepflow serve` reports its in-process workers there.
 	ReadyCheck func() error
+	// PprofAddr, when set (host:port, port 0 = any free port), serves the
+	// Go runtime profiles (package profiling: /debug/pprof/ for `go tool
+	// pprof`) on a listener of its own, WITHOUT authentication: bind it
+	// to a loopback address. Default "": none. The API server serves
+	// the same profiles at /debug/pprof/ behind AuthToken either way.
+	// In `stepflow serve` it profiles the whole process, the in-process
+	// workers included.
+	PprofAddr string
 
 	// MaxBodyBytes bounds a JSON request body, and one line (one item)
 	// of a JSONL upload (413 beyond). A JSONL upload as a whole is

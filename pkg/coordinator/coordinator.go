@@ -21,6 +21,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/stepflow-go/stepflow/pkg/metrics"
+	"github.com/stepflow-go/stepflow/pkg/profiling"
 	"github.com/stepflow-go/stepflow/pkg/queue"
 )
 
@@ -55,6 +56,7 @@ type Coordinator struct {
 	listener net.Listener
 	httpSrv  *http.Server
 	natsURL  string
+	pprof    *profiling.Server // nil without PprofAddr
 
 	agg        *aggregator
 	advisories *queue.AdvisoryWatcher
@@ -207,6 +209,14 @@ func (c *Coordinator) start(ctx context.Context) error {
 	cfg := c.cfg
 	if err := os.MkdirAll(filepath.Join(cfg.DataDir, "runs"), 0o750); err != nil {
 		return fmt.Errorf("coordinator: data dir: %w", err)
+	}
+	if cfg.PprofAddr != "" {
+		// First, so that a slow start can be profiled too.
+		srv, err := profiling.Start(cfg.PprofAddr, "coordinator", c.log)
+		if err != nil {
+			return err
+		}
+		c.pprof = srv
 	}
 
 	var tlsCfg *tls.Config
@@ -391,9 +401,23 @@ func (c *Coordinator) shutdown(ctx context.Context) {
 	if c.embedded != nil {
 		c.embedded.Shutdown()
 	}
+	if c.pprof != nil {
+		if err := c.pprof.Close(); err != nil {
+			c.log.Debug("pprof server", zap.Error(err))
+		}
+	}
 	if c.listener != nil {
 		c.log.Info("coordinator stopped")
 	}
+}
+
+// PprofAddr returns the address of the --pprof-addr listener ("" without
+// one), for PprofAddr with port 0.
+func (c *Coordinator) PprofAddr() string {
+	if c.pprof == nil {
+		return ""
+	}
+	return c.pprof.Addr()
 }
 
 // cleanupCtx returns a context for cleanup that must run even when the

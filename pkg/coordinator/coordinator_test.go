@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -664,4 +665,76 @@ func TestFailedItemsFailTheRunOnly(t *testing.T) {
 		}
 	}
 	require.Len(t, cl.get("/runs?status=failed").JSON(t)["runs"], 1)
+}
+
+// A run's consumer exists before its record: workers start pulling when
+// they see the record, and one that finds no consumer backs off (which
+// cost a synchronous one-item run 100 ms). Both ways of submitting: a
+// JSON request (the consumer is created while the inputs are spooled,
+// with the concurrency its item count gives) and a JSONL upload; and a
+// rejected upload leaves no consumer behind.
+func TestConsumerBeforeRecord(t *testing.T) {
+	t.Parallel()
+	c := startCoordinator(t, func(cfg *coordinator.Config) { cfg.MaxItemsPerRun = 5 })
+	cl := newClient(t, c)
+	flowID := cl.storeFlow()
+	store, err := queue.OpenRunStore(testCtx(t), c.JetStream())
+	require.NoError(t, err)
+	rw, err := store.Watch(testCtx(t), queue.WatchOptions{UpdatesOnly: true})
+	require.NoError(t, err)
+	defer func() { require.NoError(t, rw.Stop()) }()
+	seen := map[string]bool{}
+	firstSight := func() (string, error) {
+		for ev := range rw.Events() {
+			if ev.Ready || ev.Record == nil || seen[ev.RunID] {
+				continue // later updates of a run seen before
+			}
+			seen[ev.RunID] = true
+			_, err := queue.RunConsumerHandle(testCtx(t), c.JetStream(), ev.RunID)
+			return ev.RunID, err
+		}
+		return "", errors.New("watch ended")
+	}
+
+	r := cl.post("/runs", `{"flowId":"`+flowID+`","input":[1,2,3],"wait":false}`)
+	require.Equal(t, http.StatusOK, r.Status, "%s", r.Body)
+	runID, err := firstSight()
+	require.NoError(t, err, "the consumer exists when the record appears")
+	require.Equal(t, r.JSON(t)["runId"], runID)
+	cons, err := queue.RunConsumerHandle(testCtx(t), c.JetStream(), runID)
+	require.NoError(t, err)
+	require.Equal(t, 3, cons.CachedInfo().Config.MaxAckPending, "the item count")
+
+	r = cl.post("/runs", `{"flowId":"`+flowID+`","input":[1,2],"maxConcurrency":7,"wait":false}`)
+	require.Equal(t, http.StatusOK, r.Status, "%s", r.Body)
+	runID, err = firstSight()
+	require.NoError(t, err)
+	cons, err = queue.RunConsumerHandle(testCtx(t), c.JetStream(), runID)
+	require.NoError(t, err)
+	require.Equal(t, 7, cons.CachedInfo().Config.MaxAckPending)
+
+	r = cl.uploadJSONL(flowID, "&wait=false", inputLines(4), nil)
+	require.Equal(t, http.StatusOK, r.Status, "%s", r.Body)
+	runID, err = firstSight()
+	require.NoError(t, err)
+	cons, err = queue.RunConsumerHandle(testCtx(t), c.JetStream(), runID)
+	require.NoError(t, err)
+	require.Equal(t, 4, cons.CachedInfo().Config.MaxAckPending)
+
+	// Rejected: a run whose consumer was being created while its inputs
+	// were read (one too many) leaves no consumer.
+	before := consumerCount(t, c.JetStream())
+	big := cl.post("/runs", `{"flowId":"`+flowID+`","input":[1,2,3,4,5,6]}`)
+	require.Equal(t, http.StatusRequestEntityTooLarge, big.Status, "%s", big.Body)
+	require.Equal(t, before, consumerCount(t, c.JetStream()))
+}
+
+// consumerCount returns the number of consumers on STEPFLOW_ITEMS.
+func consumerCount(t testing.TB, js jetstream.JetStream) int {
+	t.Helper()
+	s, err := js.Stream(testCtx(t), queue.StreamItems)
+	require.NoError(t, err)
+	info, err := s.Info(testCtx(t))
+	require.NoError(t, err)
+	return info.State.Consumers
 }

@@ -101,8 +101,18 @@ func (c *Coordinator) handleEvents(w http.ResponseWriter, r *http.Request) {
 			c.log.Warn("event stream: reading results", zap.String("run", runID), zap.Error(err))
 		}
 		if finished {
-			final, err := c.getRecord(ctx, runID)
-			if err == nil {
+			if st != nil {
+				// The run's status changes before its record is
+				// written: wait for the record (done), to report it.
+				select {
+				case <-done:
+				case <-ctx.Done():
+					return
+				}
+			}
+			if final := st.finalRecord(); final != nil {
+				rec = final
+			} else if final, err := c.getRecord(ctx, runID); err == nil {
 				rec = final
 			}
 			data := value.Marshal(summary(rec, c.countsOf(ctx, rec)))
@@ -125,7 +135,12 @@ func (c *Coordinator) handleEvents(w http.ResponseWriter, r *http.Request) {
 			}
 			t.Stop()
 		}
-		if data := value.Marshal(summary(rec, c.countsOf(ctx, rec))); string(data) != string(lastCounts) {
+		// The counters of the run's state, not of the record read when
+		// the stream opened (nor of a lookup of the state, which the run
+		// leaves when it finishes).
+		n := itemCounts{Total: int(rec.GetItemTotal())}
+		n.Completed, n.Failed, _, _ = st.snapshot()
+		if data := value.Marshal(summary(rec, c.liveCounts(ctx, runID, n))); string(data) != string(lastCounts) {
 			send("counts", "", data)
 			lastCounts, lastSent = data, time.Now()
 		}

@@ -24,6 +24,7 @@ import (
 	"github.com/stepflow-go/stepflow/pkg/flow"
 	"github.com/stepflow-go/stepflow/pkg/jsonl"
 	"github.com/stepflow-go/stepflow/pkg/metrics"
+	"github.com/stepflow-go/stepflow/pkg/profiling"
 	"github.com/stepflow-go/stepflow/pkg/queue"
 	"github.com/stepflow-go/stepflow/pkg/runs"
 	"github.com/stepflow-go/stepflow/pkg/value"
@@ -73,6 +74,7 @@ func (c *Coordinator) Handler() http.Handler {
 	mux.HandleFunc("GET /api/v1/runs/{runId}/events", c.handleEvents)
 	mux.HandleFunc("POST /api/v1/runs/{runId}/cancel", c.handleCancel)
 	mux.HandleFunc("GET /api/v1/cluster", c.handleCluster)
+	profiling.Register(mux) // behind the token like everything else
 	c.mountUI(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		c.writeError(w, r, errorf(ErrRunNotFound, "no such endpoint: %s %s", r.Method, r.URL.Path))
@@ -490,6 +492,7 @@ func submissionFromObject(o *value.Object, inputsKey string) (submission, bool, 
 	if !ok {
 		return sub, false, errorf(ErrInvalidRequest, "%q must be an array with one input per item", inputsKey)
 	}
+	sub.Items = len(arr)
 	sub.Inputs = func(fn func([]byte) error) error {
 		var buf []byte
 		for _, v := range arr {

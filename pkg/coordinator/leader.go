@@ -14,6 +14,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/stepflow-go/stepflow/pkg/profiling"
 	"github.com/stepflow-go/stepflow/pkg/queue"
 )
 
@@ -146,8 +147,15 @@ func (c *Coordinator) leading() bool {
 }
 
 // localPaths are answered by every coordinator itself: health checks
-// and metrics describe this process.
+// and metrics describe this process; so do the profiles under
+// profiling.Prefix (isLocal).
 var localPaths = map[string]bool{"/api/v1/health": true, "/healthz": true, "/readyz": true, "/metrics": true}
+
+// isLocal reports whether a path is answered by this coordinator even
+// while it stands by.
+func isLocal(path string) bool {
+	return localPaths[path] || strings.HasPrefix(path, profiling.Prefix)
+}
 
 // forward serves the REST API as the leader, or forwards requests to it.
 // Health checks are always answered here.
@@ -156,7 +164,7 @@ func (c *Coordinator) forward(next http.Handler) http.Handler {
 		c.leader.mu.Lock()
 		leading, proxy, h := c.leader.leading, c.leader.proxy, c.leader.holder
 		c.leader.mu.Unlock()
-		if leading || localPaths[r.URL.Path] {
+		if leading || isLocal(r.URL.Path) {
 			next.ServeHTTP(w, r)
 			return
 		}

@@ -68,6 +68,8 @@ type Ready struct {
 //	--run-ack-wait AckWait of run consumers; default 30s [STEPFLOW_RUN_ACK_WAIT]
 //	--run-max-deliver MaxDeliver of run consumers; default 5 [STEPFLOW_RUN_MAX_DELIVER]
 //	--log-level   debug, info, warn or error; default info [STEPFLOW_LOG_LEVEL]
+//	--pprof-addr  serve Go profiles (/debug/pprof/) unauthenticated on this
+//	              host:port; default none [STEPFLOW_PPROF_ADDR]
 //
 // and the request limits of Config (413, 429 or 400 beyond them):
 //
@@ -152,6 +154,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return ExitUsage
 	}
 	fs.IntVar(&cfg.RunMaxDeliver, "run-max-deliver", int(maxDeliver), "deliveries of an item before it fails with \"exceeded its maximum deliveries\" (-1 = unlimited) (env STEPFLOW_RUN_MAX_DELIVER)")
+	fs.StringVar(&cfg.PprofAddr, "pprof-addr", os.Getenv("STEPFLOW_PPROF_ADDR"), `serve Go runtime profiles (/debug/pprof/, for go tool pprof) WITHOUT authentication on this host:port, e.g. 127.0.0.1:6060; "" = none (the API serves them behind --auth-token either way) (env STEPFLOW_PPROF_ADDR)`)
 	level := fs.String("log-level", envOr("STEPFLOW_LOG_LEVEL", "info"), "log level: debug, info, warn or error (env STEPFLOW_LOG_LEVEL)")
 	format := fs.String("log-format", envOr("STEPFLOW_LOG_FORMAT", "json"), "log format: json or text (env STEPFLOW_LOG_FORMAT)")
 	if err := fs.Parse(args); err != nil {

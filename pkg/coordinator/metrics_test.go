@@ -1,6 +1,8 @@
 package coordinator_test
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
 	"io"
 	"net/http"
@@ -197,4 +199,67 @@ func TestReadyCheck(t *testing.T) {
 	status, body := plainGet(t, c, "/readyz")
 	require.Equal(t, http.StatusServiceUnavailable, status)
 	require.Equal(t, "not ready: "+notReady.Error()+"\n", body)
+}
+
+// The API server serves the Go profiles behind the token; --pprof-addr
+// serves them on a listener of its own without one.
+func TestPprof(t *testing.T) {
+	t.Parallel()
+	const token = "s3cret"
+	c := startCoordinator(t, func(cfg *coordinator.Config) {
+		cfg.AuthToken = token
+		cfg.PprofAddr = "127.0.0.1:0"
+	})
+	hc := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	fetch := func(url, tok string) (int, []byte) {
+		t.Helper()
+		req, err := http.NewRequestWithContext(testCtx(t), http.MethodGet, url, nil)
+		require.NoError(t, err)
+		if tok != "" {
+			req.Header.Set("Authorization", "Bearer "+tok)
+		}
+		resp, err := hc.Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		return resp.StatusCode, b
+	}
+	requireProfile := func(b []byte) {
+		t.Helper()
+		zr, err := gzip.NewReader(bytes.NewReader(b))
+		require.NoError(t, err, "a pprof profile is gzipped protobuf")
+		raw, err := io.ReadAll(zr)
+		require.NoError(t, err)
+		require.NotEmpty(t, raw)
+	}
+
+	for _, path := range []string{"/debug/pprof/", "/debug/pprof/profile?seconds=1", "/debug/pprof/heap", "/debug/pprof/goroutine?debug=2"} {
+		status, body := fetch(c.URL()+path, "")
+		require.Equal(t, http.StatusUnauthorized, status, "%s: %s", path, body)
+		status, body = fetch(c.URL()+path, "wrong")
+		require.Equal(t, http.StatusUnauthorized, status, "%s: %s", path, body)
+	}
+	status, body := fetch(c.URL()+"/debug/pprof/", token)
+	require.Equal(t, http.StatusOK, status)
+	require.Contains(t, string(body), "goroutine")
+	status, body = fetch(c.URL()+"/debug/pprof/profile?seconds=1", token)
+	require.Equal(t, http.StatusOK, status, "%s", body)
+	requireProfile(body)
+	status, body = fetch(c.URL()+"/debug/pprof/heap", token)
+	require.Equal(t, http.StatusOK, status)
+	requireProfile(body)
+	status, _ = fetch(c.URL()+"/debug/pprof/cmdline", token)
+	require.Equal(t, http.StatusNotFound, status, "the command line may hold secrets")
+
+	// --pprof-addr: no token needed (bind it to loopback).
+	require.NotEmpty(t, c.PprofAddr())
+	status, body = fetch("http://"+c.PprofAddr()+"/debug/pprof/heap", "")
+	require.Equal(t, http.StatusOK, status)
+	requireProfile(body)
+	status, body = fetch("http://"+c.PprofAddr()+"/metrics", "")
+	require.Equal(t, http.StatusNotFound, status, "only the profiles: %s", body)
+
+	// Without --pprof-addr there is no such listener.
+	require.Empty(t, startCoordinator(t, nil).PprofAddr())
 }

@@ -67,14 +67,17 @@ type runState struct {
 	failed     int
 	flushed    [2]int // succeeded, failed as last written to the record
 	status     stepflowv1.RunStatus
-	committed  int64         // bytes of the result log readers may read
-	lastAdded  time.Time     // when the last result was stored (zero: none since attached)
-	attachedAt time.Time     // when this coordinator attached the run
-	pubAt      time.Time     // when the publisher last put an item on the queue
-	stalls     int           // consecutive checks that found the run stalled (items.go)
-	pubGen     int           // times the items were published again after a loss (items.go)
-	changed    chan struct{} // closed and replaced on every change
-	done       chan struct{} // closed when the run finished
+	committed  int64                 // bytes of the result log readers may read
+	lastAdded  time.Time             // when the last result was stored (zero: none since attached)
+	attachedAt time.Time             // when this coordinator attached the run
+	pubAt      time.Time             // when the publisher last put an item on the queue
+	stalls     int                   // consecutive checks that found the run stalled (items.go)
+	pubGen     int                   // times the items were published again after a loss (items.go)
+	changed    chan struct{}         // closed and replaced on every change
+	done       chan struct{}         // closed when the run finished
+	final      *stepflowv1.RunRecord // the terminal record, once terminate wrote it
+
+	released bool // no longer counted in Coordinator.topLevel; guarded by Coordinator.mu
 
 	// Publishing the spool (publisher.go).
 	conc      int                // the run's concurrency, which sizes its publish window
@@ -488,17 +491,35 @@ func (c *Coordinator) terminate(ctx context.Context, st *runState, status stepfl
 	}
 	st.stopPublisher() // before the purge below, which must be the last word
 	c.runFinished(st.finalSnapshot(status, s, f, time.Now()))
-	defer func() {
+	// Waiters (a synchronous POST /runs, runs/get with wait, event
+	// streams) are woken as soon as the terminal record is written: the
+	// results are in the closed store, and what follows is cleanup of
+	// the streams that no answer depends on. The run stops counting
+	// against --max-active-runs at the same time, so that a client that
+	// starts its next run on the answer is not refused; it stays
+	// attached (c.runs) until the cleanup is done. When the record
+	// cannot be written, waiters are woken at the end.
+	wake := sync.OnceFunc(func() {
 		c.mu.Lock()
-		if c.runs[st.id] == st {
-			delete(c.runs, st.id)
-			if st.topLevel {
-				c.topLevel--
-			}
+		if c.runs[st.id] == st && st.topLevel && !st.released {
+			st.released = true
+			c.topLevel--
 		}
 		c.mu.Unlock()
 		close(st.done)
 		st.notify()
+	})
+	defer func() {
+		c.mu.Lock()
+		if c.runs[st.id] == st {
+			delete(c.runs, st.id)
+			if st.topLevel && !st.released {
+				st.released = true
+				c.topLevel--
+			}
+		}
+		c.mu.Unlock()
+		wake()
 	}()
 	cctx, cancel := cleanupCtx(ctx)
 	defer cancel()
@@ -525,6 +546,11 @@ func (c *Coordinator) terminate(ctx context.Context, st *runState, status stepfl
 	}
 	if err != nil {
 		c.log.Error("cannot record the end of a run; a restart repairs it", zap.String("run", st.id), zap.Error(err))
+	} else if queue.Terminal(rec.GetStatus()) {
+		st.mu.Lock()
+		st.final = rec
+		st.mu.Unlock()
+		wake()
 	}
 	if err := queue.DeleteRunConsumer(cctx, c.js, st.id); err != nil {
 		c.log.Warn("cannot delete run consumer", zap.String("run", st.id), zap.Error(err))
@@ -622,7 +648,21 @@ func (c *Coordinator) waitRun(ctx context.Context, runID string) (*stepflowv1.Ru
 	case <-ctx.Done():
 		return nil, context.Cause(ctx)
 	}
+	if final := st.finalRecord(); final != nil {
+		return final, nil
+	}
 	return c.getRecord(ctx, runID)
+}
+
+// finalRecord returns the terminal record terminate wrote, nil before
+// (or when it could not write it). s may be nil.
+func (s *runState) finalRecord() *stepflowv1.RunRecord {
+	if s == nil {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.final
 }
 
 // listRecords returns every run record.
@@ -768,8 +808,12 @@ type submission struct {
 	Overrides      value.Value   // nil: none
 	Variables      *value.Object // nil: none
 	MaxConcurrency int           // 0: the item count, capped at ConcurrencyCap
-	ParentRunID    string        // "" for a top-level run
-	IdempotencyKey string        // "" for none
+	// Items is the number of inputs when known before they are read (a
+	// JSON array), 0 when not. Only an optimisation: the run's consumer
+	// is then created while the inputs are spooled.
+	Items          int
+	ParentRunID    string // "" for a top-level run
+	IdempotencyKey string // "" for none
 	Inputs         inputSource
 }
 
@@ -783,7 +827,8 @@ type inputSource func(fn func(data []byte) error) error
 // executes, and nothing is visible, until every input has been accepted.
 // An input that fails (malformed line, too many items, client gone) thus
 // rejects the whole submission and no run remains. Only then are the
-// record and the consumer created and the run's publisher started (see
+// consumer and the record created (in that order: workers pull as soon
+// as they see the record) and the run's publisher started (see
 // publisher.go).
 //
 // A submission with an Idempotency-Key that was used before returns the
@@ -834,12 +879,21 @@ func (c *Coordinator) submit(ctx context.Context, sub submission) (rec *stepflow
 		}
 	}
 
+	// With the item count known up front (a JSON request), the run's
+	// consumer is created while the inputs are spooled: the two are most
+	// of the time a small run takes to start.
+	var early *earlyConsumer
+	if sub.Items > 0 && runErr == nil {
+		early = c.startConsumer(ctx, runID, c.runConcurrency(sub.MaxConcurrency, sub.Items))
+	}
+
 	dir := c.runDir(runID)
 	ok := false
 	defer func() {
 		if ok {
 			return
 		}
+		early.discard()
 		_ = os.RemoveAll(dir)
 		_ = c.keys.release(keyH, runID)
 		if topLevel {
@@ -871,10 +925,7 @@ func (c *Coordinator) submit(ctx context.Context, sub submission) (rec *stepflow
 		return nil, false, err
 	}
 
-	conc := sub.MaxConcurrency
-	if conc == 0 {
-		conc = max(1, min(n, c.cfg.ConcurrencyCap, c.cfg.MaxRunConcurrency))
-	}
+	conc := c.runConcurrency(sub.MaxConcurrency, n)
 	now := timestamppb.Now()
 	rec = &stepflowv1.RunRecord{
 		RunId:          runID,
@@ -918,6 +969,26 @@ func (c *Coordinator) submit(ctx context.Context, sub submission) (rec *stepflow
 		c.mu.Lock()
 		c.runs[runID] = st // counted in topLevel by reserveRun
 		c.mu.Unlock()
+		// The consumer exists before the record: workers start pulling
+		// when they see the record, and one that finds no consumer backs
+		// off (the first retry alone would be most of a short run's
+		// latency). A consumer left without a record (a stop in between)
+		// is removed by sweepConsumers; the registered state keeps that
+		// sweep off a run being created.
+		err = early.wait(conc)
+		if early == nil {
+			_, err = queue.CreateRunConsumer(ctx, c.js, runID, c.cfg.runConsumerConfig(conc))
+		}
+		if err != nil {
+			c.mu.Lock()
+			delete(c.runs, runID)
+			c.mu.Unlock()
+			st.detach()
+			return nil, false, fmt.Errorf("coordinator: run %s: %w", runID, err)
+		}
+	} else if early != nil {
+		early.discard() // created finished: no consumer
+		early = nil
 	}
 	if _, err := c.runStore.Create(ctx, rec); err != nil {
 		if st != nil {
@@ -925,6 +996,11 @@ func (c *Coordinator) submit(ctx context.Context, sub submission) (rec *stepflow
 			delete(c.runs, runID)
 			c.mu.Unlock()
 			st.detach()
+			if early == nil {
+				dctx, cancel := cleanupCtx(ctx)
+				_ = queue.DeleteRunConsumer(dctx, c.js, runID)
+				cancel()
+			} // else the deferred discard deletes it
 		}
 		return nil, false, fmt.Errorf("coordinator: create run: %w", err)
 	}
@@ -938,14 +1014,67 @@ func (c *Coordinator) submit(ctx context.Context, sub submission) (rec *stepflow
 		c.log.Info("run created finished", zap.String("run", runID), zap.Int("items", n), zap.String("status", queue.StatusName(rec.GetStatus())))
 		return rec, true, nil
 	}
-	if _, err := queue.CreateRunConsumer(ctx, c.js, runID, c.cfg.runConsumerConfig(conc)); err != nil {
-		_, _ = c.terminate(ctx, st, statusFailed, "cannot create the run's consumer: "+err.Error())
-		return nil, false, fmt.Errorf("coordinator: run %s: %w", runID, err)
-	}
 	c.startPublisher(st, 0, false)
 	c.log.Info("run created", zap.String("run", runID), zap.String("flow", flowID), zap.Int("items", n),
 		zap.Int("max_concurrency", conc), zap.String("parent", sub.ParentRunID))
 	return rec, true, nil
+}
+
+// runConcurrency is the concurrency of a run of n items that asked for
+// requested (0: none).
+func (c *Coordinator) runConcurrency(requested, n int) int {
+	if requested > 0 {
+		return requested
+	}
+	return max(1, min(n, c.cfg.ConcurrencyCap, c.cfg.MaxRunConcurrency))
+}
+
+// earlyConsumer is a run's consumer being created while its inputs are
+// spooled. A nil *earlyConsumer is none (every method is a no-op).
+type earlyConsumer struct {
+	c     *Coordinator
+	ctx   context.Context
+	runID string
+	conc  int
+	done  chan struct{}
+	err   error // written before done is closed
+}
+
+// startConsumer starts creating runID's consumer with concurrency conc.
+func (c *Coordinator) startConsumer(ctx context.Context, runID string, conc int) *earlyConsumer {
+	e := &earlyConsumer{c: c, ctx: ctx, runID: runID, conc: conc, done: make(chan struct{})}
+	go func() {
+		defer close(e.done)
+		_, e.err = queue.CreateRunConsumer(ctx, c.js, runID, c.cfg.runConsumerConfig(conc))
+	}()
+	return e
+}
+
+// wait returns once the consumer exists with concurrency conc (updating
+// it if the run turned out to have another), or could not be created.
+func (e *earlyConsumer) wait(conc int) error {
+	if e == nil {
+		return nil
+	}
+	<-e.done
+	if e.err != nil || conc == e.conc {
+		return e.err
+	}
+	_, err := queue.CreateRunConsumer(e.ctx, e.c.js, e.runID, e.c.cfg.runConsumerConfig(conc))
+	return err
+}
+
+// discard deletes the consumer of a submission that failed.
+func (e *earlyConsumer) discard() {
+	if e == nil {
+		return
+	}
+	<-e.done
+	ctx, cancel := cleanupCtx(e.ctx)
+	defer cancel()
+	if err := queue.DeleteRunConsumer(ctx, e.c.js, e.runID); err != nil {
+		e.c.log.Warn("cannot delete the consumer of a rejected submission", zap.String("run", e.runID), zap.Error(err))
+	}
 }
 
 // idempotentRun returns the run an Idempotency-Key maps to.

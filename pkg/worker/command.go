@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"runtime"
 	"strconv"
 	"time"
 
@@ -52,9 +51,10 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&cfg.NATSURL, "nats-url", env(queue.EnvNATSURL, "nats://127.0.0.1:4222"), "NATS server URL(s), comma-separated (env "+queue.EnvNATSURL+")")
 	queue.RegisterConnectFlags(fs, &cfg.NATS, os.Getenv)
 	fs.StringVar(&cfg.ConfigPath, "config", env("STEPFLOW_CONFIG", ""), "stepflow-config.yml naming the component servers; default: builtins only (env STEPFLOW_CONFIG)")
-	fs.IntVar(&cfg.Concurrency, "concurrency", envInt("STEPFLOW_WORKER_CONCURRENCY", runtime.NumCPU()), "items executed at once (env STEPFLOW_WORKER_CONCURRENCY)")
+	fs.IntVar(&cfg.Concurrency, "concurrency", envInt("STEPFLOW_WORKER_CONCURRENCY", DefaultConcurrency), "slots: items executed at once, across runs; a run gets at most its own --max-concurrent over all workers (env STEPFLOW_WORKER_CONCURRENCY)")
 	fs.IntVar(&cfg.HealthPort, "health-port", envInt("STEPFLOW_HEALTH_PORT", 0), "serve /healthz, /readyz and /metrics on this port; 0 = none (env STEPFLOW_HEALTH_PORT)")
 	fs.StringVar(&cfg.HealthHost, "health-host", env("STEPFLOW_HEALTH_HOST", DefaultHealthHost), "address of the health server (env STEPFLOW_HEALTH_HOST)")
+	fs.StringVar(&cfg.PprofAddr, "pprof-addr", env("STEPFLOW_PPROF_ADDR", ""), `serve Go runtime profiles (/debug/pprof/, for go tool pprof) WITHOUT authentication on this host:port, e.g. 127.0.0.1:6061; "" = none (env STEPFLOW_PPROF_ADDR)`)
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", envDuration("STEPFLOW_DRAIN_TIMEOUT", DefaultDrainTimeout), "on SIGTERM, how long in-flight items may finish before they are handed back (env STEPFLOW_DRAIN_TIMEOUT)")
 	fs.StringVar(&cfg.WorkerID, "worker-id", env("STEPFLOW_WORKER_ID", ""), "worker id in results and logs; default <hostname>-<pid> (env STEPFLOW_WORKER_ID)")
 	fs.StringVar(&logLevel, "log-level", env("STEPFLOW_LOG_LEVEL", "info"), "log level: debug, info, warn, error (env STEPFLOW_LOG_LEVEL)")

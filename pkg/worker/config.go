@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"runtime"
 	"runtime/debug"
 	"strconv"
 	"time"
@@ -20,6 +19,16 @@ import (
 
 // Defaults of Config.
 const (
+	// DefaultConcurrency is a worker's slots: the items it executes at
+	// once. Items mostly wait on I/O (a component server, an HTTP API, a
+	// model), and a slot is only a goroutine while its item runs, so the
+	// default is sized for that case: enough for a run's concurrency
+	// (--max-concurrent, its consumer's MaxAckPending) of 50 on one
+	// machine with one worker. Lower it for components that are CPU-bound
+	// in the worker's own container (the Kubernetes manifests set 4, with
+	// the CPU request to match); what the slots share is the component
+	// servers.
+	DefaultConcurrency = 64
 	// DefaultDrainTimeout is how long Stop lets in-flight items finish
 	// before it cancels them and hands them back to JetStream. It matches
 	// Kubernetes' default termination grace period, so a pod's items
@@ -76,8 +85,10 @@ type Config struct {
 	WorkingDir string
 
 	// Concurrency is the number of items this worker executes at once
-	// (its slots). Default runtime.NumCPU(). A run's own limit
-	// (MaxAckPending) applies on top, across all workers.
+	// (its slots). Default DefaultConcurrency. A run's own limit
+	// (MaxAckPending) applies on top, across all workers: a run gets at
+	// most min(its concurrency, the free slots of every worker) items at
+	// once.
 	Concurrency int
 	// DrainTimeout: see DefaultDrainTimeout (the default). Zero means the
 	// default; a negative value hands in-flight items back at once.
@@ -96,6 +107,11 @@ type Config struct {
 	// HealthHost: see DefaultHealthHost (the default). In a container,
 	// set "0.0.0.0" so that the kubelet reaches the probes.
 	HealthHost string
+	// PprofAddr, when set (host:port, port 0 = any free port), serves the
+	// Go runtime profiles (package profiling: /debug/pprof/ for `go tool
+	// pprof`) WITHOUT authentication: bind it to a loopback address.
+	// Default "": none. See Worker.PprofAddr for the bound address.
+	PprofAddr string
 
 	// StatusInterval is how often the worker puts its WorkerStatus into
 	// the worker registry (queue.BucketWorkers), which `stepflow top` and
@@ -125,7 +141,7 @@ type Config struct {
 // WithDefaults returns a copy of c with every zero field set to its
 // default.
 func (c Config) WithDefaults() Config {
-	c.Concurrency = cmp.Or(c.Concurrency, runtime.NumCPU())
+	c.Concurrency = cmp.Or(c.Concurrency, DefaultConcurrency)
 	c.DrainTimeout = cmp.Or(c.DrainTimeout, DefaultDrainTimeout)
 	c.FetchMaxWait = cmp.Or(c.FetchMaxWait, DefaultFetchMaxWait)
 	c.RunsRequestTimeout = cmp.Or(c.RunsRequestTimeout, DefaultRunsRequestTimeout)

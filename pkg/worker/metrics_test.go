@@ -218,3 +218,27 @@ func httptestServer(t *testing.T, reg *prometheus.Registry) string {
 	t.Cleanup(func() { require.NoError(t, h.close()) })
 	return "http://" + h.addr() + "/metrics"
 }
+
+// --pprof-addr serves the Go profiles on a listener of its own, closed
+// with the worker.
+func TestPprofAddr(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	cfg := b.workerConfig("prof", 1, nil)
+	cfg.PprofAddr = "127.0.0.1:0"
+	w, err := New(cfg)
+	require.NoError(t, err)
+	require.Empty(t, w.PprofAddr(), "not started")
+	require.NoError(t, w.Start(testCtx(t)))
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := client.Get("http://" + w.PprofAddr() + "/debug/pprof/goroutine?debug=1")
+	require.NoError(t, err)
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	require.NoError(t, resp.Body.Close())
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Contains(t, string(body), "goroutine profile:")
+	require.NoError(t, w.Stop(testCtx(t)))
+	_, err = client.Get("http://" + w.PprofAddr() + "/debug/pprof/")
+	require.Error(t, err, "closed with the worker")
+}

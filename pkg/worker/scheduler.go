@@ -201,7 +201,8 @@ func (s *scheduler) dispatch() (next time.Time) {
 // slot no hot run can use, and for one message, because a pending pull
 // holds its slots until it ends. A hot run gets its fair share of the
 // free slots (free / active runs, rounded up), capped by its own
-// remaining concurrency and by the backlog its last message reported.
+// remaining concurrency, by its item count and by the backlog its last
+// message reported.
 func (s *scheduler) pick(free int, now time.Time) (rs *runState, n int, retry time.Time) {
 	share := (free + len(s.order) - 1) / len(s.order)
 	for _, cold := range []bool{false, true} {
@@ -222,6 +223,13 @@ func (s *scheduler) pick(free int, now time.Time) (rs *runState, n int, retry ti
 				continue
 			}
 			n := min(share, room)
+			if total := r.rec.GetItemTotal(); total > 0 && uint64(n) > total {
+				// A pull holds what it asked for until it is full or
+				// expires: a small run, whose backlog is not known yet
+				// on its first pull, must not hold more slots than it
+				// has items.
+				n = int(total)
+			}
 			switch {
 			case cold:
 				n = 1

@@ -19,6 +19,7 @@ import (
 	"github.com/stepflow-go/stepflow/pkg/executor"
 	"github.com/stepflow-go/stepflow/pkg/metrics"
 	"github.com/stepflow-go/stepflow/pkg/plugin"
+	"github.com/stepflow-go/stepflow/pkg/profiling"
 	"github.com/stepflow-go/stepflow/pkg/queue"
 )
 
@@ -82,6 +83,7 @@ type Worker struct {
 	exec     *executor.Executor
 	sched    *scheduler
 	health   *healthServer
+	pprof    *profiling.Server // nil without PprofAddr
 	announce *announcer
 
 	watchReady atomic.Bool
@@ -134,6 +136,15 @@ func (w *Worker) Started() <-chan struct{} { return w.startedCh }
 // Stopped is closed once the worker has stopped: after Stop has drained
 // it, after a failed Start, or at once when Stop precedes Start.
 func (w *Worker) Stopped() <-chan struct{} { return w.stoppedCh }
+
+// PprofAddr returns the address the profile server (Config.PprofAddr)
+// listens on, "" when there is none.
+func (w *Worker) PprofAddr() string {
+	if w.pprof == nil {
+		return ""
+	}
+	return w.pprof.Addr()
+}
 
 // HealthAddr returns the address the health server listens on ("" when
 // there is none), for HealthPort -1.
@@ -195,6 +206,13 @@ func (w *Worker) Start(ctx context.Context) error {
 func (w *Worker) start(ctx context.Context) error {
 	if err := w.registerMetrics(); err != nil {
 		return err
+	}
+	if w.cfg.PprofAddr != "" {
+		srv, err := profiling.Start(w.cfg.PprofAddr, "worker", w.log)
+		if err != nil {
+			return err
+		}
+		w.pprof = srv
 	}
 	if w.cfg.HealthPort != 0 {
 		h, err := startHealth(w.cfg.HealthHost, w.cfg.HealthPort, w.Ready, metrics.Handler(w.reg, w.log), w.log)
@@ -367,6 +385,11 @@ func (w *Worker) cleanup() error {
 	if w.health != nil {
 		if err := w.health.close(); err != nil {
 			errs = append(errs, err)
+		}
+	}
+	if w.pprof != nil {
+		if err := w.pprof.Close(); err != nil {
+			w.log.Debug("pprof server", zap.Error(err))
 		}
 	}
 	for _, col := range w.registered {
