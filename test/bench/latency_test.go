@@ -55,7 +55,7 @@ const latencyFlow = `{"name":"one-step","steps":[{"id":"prompt","component":"/bu
 func BenchmarkSyncRunLatency(b *testing.B) {
 	n := envInt("STEPFLOW_BENCH_LATENCY_RUNS", 300)
 	bin := stepflowBin(b)
-	api, natsURL, stop := startServe(b, bin)
+	api, natsURL, stop := startServeProcess(b, bin)
 	defer stop()
 	var tr *natsTrace
 	if os.Getenv("STEPFLOW_BENCH_LATENCY_TRACE") != "" {
@@ -209,10 +209,10 @@ func (t *natsTrace) milestones(runID string) runMilestones {
 
 func (t *natsTrace) stop() { t.nc.Close() }
 
-// startServe starts `stepflow serve` on free ports with a fresh data
+// startServeProcess starts `stepflow serve` on free ports with a fresh data
 // directory and returns its API URL, its NATS URL and a function that
 // stops it.
-func startServe(b *testing.B, bin string, args ...string) (api, natsURL string, stop func()) {
+func startServeProcess(b *testing.B, bin string, args ...string) (api, natsURL string, stop func()) {
 	b.Helper()
 	args = append([]string{"serve", "--port", "0", "--nats-port", "0", "--data-dir", b.TempDir(), "--log-level", "error"}, args...)
 	if extra := os.Getenv("STEPFLOW_BENCH_SERVE_ARGS"); extra != "" {
