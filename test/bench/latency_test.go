@@ -62,7 +62,7 @@ func BenchmarkSyncRunLatency(b *testing.B) {
 		tr = startNATSTrace(b, natsURL)
 		defer tr.stop()
 	}
-	flowID := storeFlow(b, api, latencyFlow)
+	flowID := storeLatencyFlow(b, api, latencyFlow)
 	client := &http.Client{Timeout: 30 * time.Second}
 	body := []byte(fmt.Sprintf(`{"flowId":%q,"input":[{"topic":"latency"}]}`, flowID))
 	post := func() (runID string, start, end time.Time) {
@@ -263,8 +263,8 @@ func startServeProcess(b *testing.B, bin string, args ...string) (api, natsURL s
 	}
 }
 
-// storeFlow stores a flow (JSON) and returns its id.
-func storeFlow(b *testing.B, api, flowJSON string) string {
+// storeLatencyFlow stores a flow (JSON) and returns its id.
+func storeLatencyFlow(b *testing.B, api, flowJSON string) string {
 	b.Helper()
 	resp, err := http.Post(api+"/flows", "application/json", bytes.NewReader([]byte(`{"flow":`+flowJSON+`}`)))
 	if err != nil {
