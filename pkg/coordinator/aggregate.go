@@ -72,6 +72,8 @@ type aggregator struct {
 	// unknown), so that stragglers do not cost a record lookup each.
 	gone map[string]struct{}
 
+	finishing sync.WaitGroup // runs being finished (terminate)
+
 	countsMu    sync.Mutex
 	countsDirty map[*runState]struct{}
 	countsWake  chan struct{}
@@ -145,6 +147,7 @@ func (a *aggregator) run() {
 	var wg sync.WaitGroup
 	wg.Go(a.flushCountsLoop)
 	defer wg.Wait()
+	defer a.finishing.Wait()
 	for {
 		select {
 		case r := <-a.in:
@@ -304,9 +307,15 @@ func (a *aggregator) commit() {
 			continue
 		}
 		if st.complete() {
-			if _, err := a.c.terminate(a.ctx, st, outcomeStatus(st), ""); err != nil && !errors.Is(err, ErrRunFinished) {
-				a.c.log.Warn("finishing run", zap.String("run", st.id), zap.Error(err))
-			}
+			// Finishing writes the record and cleans up the stream: round
+			// trips the next batch need not wait for. Results that still
+			// come for the run are dropped (st.add refuses them once the
+			// run is marked finished, which terminate does first).
+			a.finishing.Go(func() {
+				if _, err := a.c.terminate(a.ctx, st, outcomeStatus(st), ""); err != nil && !errors.Is(err, ErrRunFinished) {
+					a.c.log.Warn("finishing run", zap.String("run", st.id), zap.Error(err))
+				}
+			})
 			continue
 		}
 		st.notify()

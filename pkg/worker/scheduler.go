@@ -43,9 +43,8 @@ type runState struct {
 	cons      jetstream.Consumer // nil until bound
 	heartbeat time.Duration      // the consumer's HeartbeatInterval, once bound
 
-	fetching bool      // a pull is pending
-	reserved int       // slots the pending pull may still fill
-	got      int       // messages the pending pull delivered so far
+	pulls    int       // pulls pending
+	reserved int       // slots the pending pulls may still fill
 	cold     bool      // the last pull delivered nothing
 	pending  int       // NumPending of the last message seen; -1 unknown
 	inflight int       // items of the run executing on this worker
@@ -53,20 +52,38 @@ type runState struct {
 	retryAt  time.Time // no pull before this
 }
 
-// room is how many more items of the run this worker may take without
-// exceeding the run's concurrency as far as it can tell (the server
-// enforces the real, fleet-wide limit).
+// room is how many more items of the run this worker may ask for: its
+// concurrency, less the items it runs and the slots its pulls hold, plus
+// a lookahead of an eighth of the concurrency. The lookahead keeps pulls
+// waiting at the server while the run is at its limit, so that the item
+// an ack lets in is delivered at once rather than a pull round trip
+// later; the server enforces the real, fleet-wide limit
+// (MaxAckPending), so the lookahead costs idle slots, never concurrency.
 func (rs *runState) room() int {
 	limit := int(rs.rec.GetMaxConcurrency())
 	if limit <= 0 {
 		return math.MaxInt
 	}
-	return limit - rs.inflight - rs.reserved
+	return limit + limit/8 - rs.inflight - rs.reserved
+}
+
+// maxPullsPerRun bounds the pulls pending on one run: several let the
+// server hand an item to a waiting pull as soon as a slot frees, instead
+// of one pull at a time, each a round trip, which caps a run at a few
+// thousand items a second.
+const maxPullsPerRun = 4
+
+// pullState is one pending pull.
+type pullState struct {
+	rs       *runState
+	reserved int // slots it may still fill
+	got      int // messages it delivered so far
 }
 
 // fetchEvent is a message delivered by a pull, or (msg nil) the end of
 // the pull.
 type fetchEvent struct {
+	p         *pullState
 	rs        *runState
 	msg       jetstream.Msg
 	cons      jetstream.Consumer // a consumer the pull bound
@@ -209,7 +226,7 @@ func (s *scheduler) pick(free int, now time.Time) (rs *runState, n int, retry ti
 		for i := range len(s.order) {
 			idx := (s.cursor + i) % len(s.order)
 			r := s.order[idx]
-			if r.fetching || r.cold != cold {
+			if r.cold != cold || (cold && r.pulls > 0) || r.pulls >= maxPullsPerRun {
 				continue
 			}
 			if r.retryAt.After(now) {
@@ -246,18 +263,21 @@ func (s *scheduler) pick(free int, now time.Time) (rs *runState, n int, retry ti
 // launch starts a pull of up to n messages from rs, reserving n slots
 // until the pull ends.
 func (s *scheduler) launch(rs *runState, n int) {
-	rs.fetching, rs.reserved, rs.got = true, n, 0
+	p := &pullState{rs: rs, reserved: n}
+	rs.pulls++
+	rs.reserved += n
 	s.reserved += n
 	s.pulls++
 	cons := rs.cons
-	s.wg.Go(func() { s.pull(rs, cons, n) })
+	s.wg.Go(func() { s.pull(p, cons, n) })
 }
 
 // pull runs on its own goroutine: it binds the run's consumer if needed,
 // pulls up to n messages with a short wait, and forwards each message to
 // the loop as it arrives, then the end of the pull.
-func (s *scheduler) pull(rs *runState, cons jetstream.Consumer, n int) {
-	end := fetchEvent{rs: rs}
+func (s *scheduler) pull(p *pullState, cons jetstream.Consumer, n int) {
+	rs := p.rs
+	end := fetchEvent{p: p, rs: rs}
 	defer func() { s.fetched <- end }()
 	if cons == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), bindTimeout)
@@ -277,7 +297,7 @@ func (s *scheduler) pull(rs *runState, cons jetstream.Consumer, n int) {
 		return
 	}
 	for m := range batch.Messages() {
-		s.fetched <- fetchEvent{rs: rs, msg: m, cons: end.cons, heartbeat: end.heartbeat}
+		s.fetched <- fetchEvent{p: p, rs: rs, msg: m, cons: end.cons, heartbeat: end.heartbeat}
 	}
 	end.err = batch.Error()
 }
@@ -287,10 +307,12 @@ func (s *scheduler) onFetch(fe fetchEvent) {
 	if fe.cons != nil {
 		rs.cons, rs.heartbeat = fe.cons, fe.heartbeat
 	}
+	p := fe.p
 	if fe.msg != nil {
+		p.reserved--
 		rs.reserved--
 		s.reserved--
-		rs.got++
+		p.got++
 		if md, err := fe.msg.Metadata(); err == nil {
 			rs.pending = int(md.NumPending)
 		}
@@ -308,8 +330,10 @@ func (s *scheduler) onFetch(fe fetchEvent) {
 		return
 	}
 	s.pulls--
-	s.reserved -= rs.reserved
-	rs.fetching, rs.reserved = false, 0
+	s.reserved -= p.reserved
+	rs.reserved -= p.reserved
+	rs.pulls--
+	p.reserved = 0
 	switch {
 	case fe.err != nil:
 		// Rebind next time: the consumer may have been deleted and
@@ -326,7 +350,7 @@ func (s *scheduler) onFetch(fe fetchEvent) {
 			zap.Int("failures", rs.failures), zap.Duration("retry_in", delay))
 	default:
 		rs.failures = 0
-		rs.cold = rs.got == 0
+		rs.cold = p.got == 0
 	}
 	s.forget(rs)
 }
@@ -416,7 +440,7 @@ func (s *scheduler) deactivate(rs *runState, cause error) {
 
 // forget drops the state of an inactive run once nothing of it is left.
 func (s *scheduler) forget(rs *runState) {
-	if rs.active || rs.inflight > 0 || rs.fetching || s.runs[rs.id] != rs {
+	if rs.active || rs.inflight > 0 || rs.pulls > 0 || s.runs[rs.id] != rs {
 		return
 	}
 	delete(s.runs, rs.id)

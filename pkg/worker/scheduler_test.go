@@ -25,7 +25,13 @@ func TestPickSizesPulls(t *testing.T) {
 	}
 	require.Equal(t, 1, pick(64), "no more than the run's items")
 	rs.rec.ItemTotal = 1000
-	require.Equal(t, 50, pick(64), "the run's concurrency")
+	require.Equal(t, 56, pick(64), "the run's concurrency and its lookahead (an eighth)")
+	rs.inflight = 50
+	require.Equal(t, 6, pick(64), "at its limit, pulls wait at the server for the next free place")
+	rs.pulls = maxPullsPerRun
+	got, _, _ := s.pick(64, time.Now())
+	require.Nil(t, got, "no more pulls pending on one run than maxPullsPerRun")
+	rs.pulls, rs.inflight = 0, 0
 	rs.rec.MaxConcurrency = 0
 	require.Equal(t, 64, pick(64), "the free slots")
 	rs.pending = 3
@@ -41,4 +47,9 @@ func TestPickSizesPulls(t *testing.T) {
 	got, n, _ := s.pick(64, time.Now())
 	require.Same(t, rs, got)
 	require.Equal(t, 32, n)
+	// A cold run gets one pull at a time.
+	other.cold, other.pulls = true, 1
+	rs.pulls = maxPullsPerRun
+	got, _, _ = s.pick(64, time.Now())
+	require.Nil(t, got)
 }
