@@ -362,8 +362,7 @@ func (s *ObjectBlobStore) promote(ctx context.Context, cur objectMeta) error {
 // A blob of one chunk uses its id as the nuid (the chunk subject holds
 // nothing but this content) and its chunk is stored only if that subject
 // is empty; chunkThere reports that it was not (the chunk is stored
-// already). A larger blob gets a fresh nuid, and a write whose info is
-// refused purges its chunks.
+// already). A larger blob gets a fresh nuid.
 //
 // It publishes on the store's own JetStream context: ObjectStore.Put
 // creates a JetStream context per call whose reconnect listener goroutine
@@ -414,9 +413,13 @@ func (s *ObjectBlobStore) write(ctx context.Context, id string, kind blob.Kind, 
 			break
 		}
 	}
-	if !single && metaErr != nil && refused(metaErr) {
+	if !single && refused(metaErr) && !isWrongLastSeq(metaErr) {
 		// Only when the info is known not to be stored: the chunks of a
 		// write that is merely unconfirmed (a timeout, ctx) may be in use.
+		// Those of a write that lost to a concurrent put of the same blob
+		// are left (as ObjectStore.Put leaves them): that happens in
+		// normal operation, and workers may not purge (deploy's
+		// auth.conf), which would cost a violation and a timeout.
 		s.purgeChunks(chunkSubj)
 	}
 	switch {
