@@ -4,24 +4,26 @@ import (
 	"container/list"
 	"context"
 	"sync"
+
+	"github.com/stepflow-go/stepflow/pkg/value"
 )
 
-// DefaultCacheBytes is a sensible budget for a worker's Cache: 64 MiB of
-// blob JSON.
+// DefaultCacheBytes is a sensible budget for a worker's Cache: 64 MiB.
 const DefaultCacheBytes = 64 << 20
 
-// cacheEntryOverhead is what a Cache counts for an entry beyond its JSON
-// size: the id, the list element and the map slot.
-const cacheEntryOverhead = 160
+// cacheEntryOverhead is what a Cache counts for an entry beyond its data:
+// the id, the entry, the list element and the map slot.
+const cacheEntryOverhead = 256
 
 // Cache is a bounded least-recently-used set of blobs by id, for a Store
 // whose reads are expensive (a distributed one): blobs are content
 // addressed, so a cached blob's data never goes stale. Its kind can: a
 // blob cached as KindData may since have been stored as a flow through
 // another process; see WithoutCache. The budget is counted in bytes of
-// compact JSON (plus a small fixed overhead per entry); the parsed values
-// take a few times that in memory. A nil *Cache is a valid, empty cache
-// that holds nothing. It is safe for concurrent use and runs no goroutine.
+// memory, as MemSize estimates them (parsed JSON takes 2 to 10 times its
+// encoded size), plus a fixed overhead per entry. A nil *Cache is a
+// valid, empty cache that holds nothing. It is safe for concurrent use
+// and runs no goroutine.
 type Cache struct {
 	max int64
 
@@ -51,9 +53,8 @@ type CacheStats struct {
 	Bytes   int64
 }
 
-// NewCache returns an empty cache holding at most maxBytes (counted as
-// the blobs' compact JSON sizes plus a small overhead each). maxBytes <= 0
-// returns nil, the cache that holds nothing.
+// NewCache returns an empty cache holding at most maxBytes of blobs.
+// maxBytes <= 0 returns nil, the cache that holds nothing.
 func NewCache(maxBytes int64) *Cache {
 	if maxBytes <= 0 {
 		return nil
@@ -78,24 +79,33 @@ func (c *Cache) Get(id string) (Blob, bool) {
 	return el.Value.(*cacheEntry).blob, true
 }
 
-// Add caches b, whose compact JSON is size bytes, evicting the least
-// recently used blobs beyond the budget. A blob larger than the whole
-// budget is not cached. Adding a cached blob again marks it recently used
-// and merges its kind: KindFlow wins, as in every Store.
-func (c *Cache) Add(b Blob, size int) {
+// Add caches b, evicting the least recently used blobs beyond the
+// budget. A blob larger than the whole budget is not cached. Adding a
+// cached blob again marks it recently used and merges its kind: KindFlow
+// wins, as in every Store.
+func (c *Cache) Add(b Blob) {
 	if c == nil {
 		return
 	}
-	n := int64(size) + cacheEntryOverhead
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if el, ok := c.entries[b.ID]; ok {
 		e := el.Value.(*cacheEntry)
 		e.blob.Kind = mergeKind(e.blob.Kind, b.Kind)
 		c.lru.MoveToFront(el)
+		c.mu.Unlock()
 		return
 	}
+	c.mu.Unlock()
+	n := MemSize(b.Data) + cacheEntryOverhead
 	if n > c.max {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if el, ok := c.entries[b.ID]; ok { // added meanwhile
+		e := el.Value.(*cacheEntry)
+		e.blob.Kind = mergeKind(e.blob.Kind, b.Kind)
+		c.lru.MoveToFront(el)
 		return
 	}
 	c.entries[b.ID] = c.lru.PushFront(&cacheEntry{blob: b, size: n})
@@ -143,4 +153,44 @@ func WithoutCache(ctx context.Context) context.Context {
 func CacheBypassed(ctx context.Context) bool {
 	v, _ := ctx.Value(withoutCacheKey{}).(bool)
 	return v
+}
+
+// MemSize estimates the bytes of memory v takes as parsed by value.Parse:
+// string and number contents and headers, slices of interface values,
+// objects with their key and value slices (and index, for large ones).
+// It is an estimate (allocation size classes and sharing are ignored),
+// close enough to bound a cache.
+func MemSize(v value.Value) int64 {
+	const iface = 16 // the interface value holding v
+	return iface + memSize(v)
+}
+
+// memSize is MemSize without v's own interface value.
+func memSize(v value.Value) int64 {
+	round := func(n int) int64 { return int64((n + 7) &^ 7) }
+	switch x := v.(type) {
+	case string:
+		return 16 + round(len(x))
+	case value.Number:
+		return 16 + round(len(x))
+	case []value.Value:
+		n := 24 + 16*int64(len(x))
+		for _, e := range x {
+			n += memSize(e)
+		}
+		return n
+	case *value.Object:
+		l := x.Len()
+		n := 64 + 32*int64(l) // the struct; key headers and values
+		if l >= 24 {
+			n += 48 * int64(l) // the index map
+		}
+		for i := range l {
+			k, e := x.At(i)
+			n += round(len(k)) + memSize(e)
+		}
+		return n
+	default: // nil, bool: no allocation
+		return 0
+	}
 }

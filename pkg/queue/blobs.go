@@ -163,7 +163,7 @@ func (s *ObjectBlobStore) Put(ctx context.Context, kind blob.Kind, data value.Va
 		return "", fmt.Errorf("queue: store blob %s (%d bytes): %w", id, len(raw), err)
 	}
 	if known {
-		s.cache.Add(blob.Blob{ID: id, Kind: k, Data: data}, len(raw))
+		s.cache.Add(blob.Blob{ID: id, Kind: k, Data: data})
 	}
 	return id, nil
 }
@@ -525,7 +525,7 @@ func (s *ObjectBlobStore) Get(ctx context.Context, id string) (blob.Blob, error)
 		return blob.Blob{}, fmt.Errorf("queue: blob %s is not JSON: %w", id, err)
 	}
 	b := blob.Blob{ID: id, Kind: kind, Data: v}
-	s.cache.Add(b, len(raw))
+	s.cache.Add(b)
 	return b, nil
 }
 

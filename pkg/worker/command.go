@@ -54,7 +54,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	queue.RegisterConnectFlags(fs, &cfg.NATS, os.Getenv)
 	fs.StringVar(&cfg.ConfigPath, "config", env("STEPFLOW_CONFIG", ""), "stepflow-config.yml naming the component servers; default: builtins only (env STEPFLOW_CONFIG)")
 	fs.IntVar(&cfg.Concurrency, "concurrency", envInt("STEPFLOW_WORKER_CONCURRENCY", runtime.NumCPU()), "items executed at once (env STEPFLOW_WORKER_CONCURRENCY)")
-	fs.Int64Var(&cfg.BlobCacheBytes, "blob-cache-bytes", envInt64("STEPFLOW_BLOB_CACHE_BYTES", blob.DefaultCacheBytes), "bytes of blobs (as JSON) kept in memory for get_blob; 0 or less = none (env STEPFLOW_BLOB_CACHE_BYTES)")
+	fs.Int64Var(&cfg.BlobCacheBytes, "blob-cache-bytes", envInt64("STEPFLOW_BLOB_CACHE_BYTES", blob.DefaultCacheBytes), "memory for blobs this worker put or read, kept for get_blob; 0 or less = none (env STEPFLOW_BLOB_CACHE_BYTES)")
 	fs.IntVar(&cfg.HealthPort, "health-port", envInt("STEPFLOW_HEALTH_PORT", 0), "serve /healthz, /readyz and /metrics on this port; 0 = none (env STEPFLOW_HEALTH_PORT)")
 	fs.StringVar(&cfg.HealthHost, "health-host", env("STEPFLOW_HEALTH_HOST", DefaultHealthHost), "address of the health server (env STEPFLOW_HEALTH_HOST)")
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", envDuration("STEPFLOW_DRAIN_TIMEOUT", DefaultDrainTimeout), "on SIGTERM, how long in-flight items may finish before they are handed back (env STEPFLOW_DRAIN_TIMEOUT)")

@@ -89,9 +89,9 @@ type Config struct {
 	RunsRequestTimeout time.Duration
 	// RetryDelay: see DefaultRetryDelay (the default).
 	RetryDelay time.Duration
-	// BlobCacheBytes bounds the worker's in-memory cache of blobs (by
-	// their JSON size), which serves a get_blob of a blob this worker put
-	// or read before without going to NATS. Default
+	// BlobCacheBytes bounds the memory of the worker's cache of blobs
+	// (as blob.MemSize estimates it), which serves a get_blob of a blob
+	// this worker put or read before without going to NATS. Default
 	// blob.DefaultCacheBytes (64 MiB); negative: no cache.
 	BlobCacheBytes int64
 
