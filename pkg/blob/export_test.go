@@ -7,3 +7,7 @@ func SetTagIndexBits(s *Spill, bits uint) {
 	defer s.mu.Unlock()
 	s.tagIndexBits = bits
 }
+
+// CacheEntryOverhead is what a Cache counts per entry beyond the blob's
+// size.
+const CacheEntryOverhead = cacheEntryOverhead

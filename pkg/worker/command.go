@@ -12,6 +12,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/stepflow-go/stepflow/pkg/blob"
 	"github.com/stepflow-go/stepflow/pkg/logging"
 	"github.com/stepflow-go/stepflow/pkg/queue"
 )
@@ -52,6 +53,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	queue.RegisterConnectFlags(fs, &cfg.NATS, os.Getenv)
 	fs.StringVar(&cfg.ConfigPath, "config", env("STEPFLOW_CONFIG", ""), "stepflow-config.yml naming the component servers; default: builtins only (env STEPFLOW_CONFIG)")
 	fs.IntVar(&cfg.Concurrency, "concurrency", envInt("STEPFLOW_WORKER_CONCURRENCY", DefaultConcurrency), "slots: items executed at once, across runs; a run gets at most its own --max-concurrent over all workers (env STEPFLOW_WORKER_CONCURRENCY)")
+	fs.Int64Var(&cfg.BlobCacheBytes, "blob-cache-bytes", envInt64("STEPFLOW_BLOB_CACHE_BYTES", blob.DefaultCacheBytes), "memory for blobs this worker put or read, kept for get_blob; 0 or less = none (env STEPFLOW_BLOB_CACHE_BYTES)")
 	fs.IntVar(&cfg.HealthPort, "health-port", envInt("STEPFLOW_HEALTH_PORT", 0), "serve /healthz, /readyz and /metrics on this port; 0 = none (env STEPFLOW_HEALTH_PORT)")
 	fs.StringVar(&cfg.HealthHost, "health-host", env("STEPFLOW_HEALTH_HOST", DefaultHealthHost), "address of the health server (env STEPFLOW_HEALTH_HOST)")
 	fs.StringVar(&cfg.PprofAddr, "pprof-addr", env("STEPFLOW_PPROF_ADDR", ""), `serve Go runtime profiles (/debug/pprof/, for go tool pprof) WITHOUT authentication on this host:port, e.g. 127.0.0.1:6061; "" = none (env STEPFLOW_PPROF_ADDR)`)
@@ -70,6 +72,9 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return ExitOK
 		}
 		return ExitUsage
+	}
+	if cfg.BlobCacheBytes == 0 {
+		cfg.BlobCacheBytes = -1 // Config's zero is the default
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "Error: unexpected arguments: %v\n", fs.Args())
@@ -114,6 +119,13 @@ func env(key, def string) string {
 
 func envInt(key string, def int) int {
 	if v, err := strconv.Atoi(env(key, "")); err == nil {
+		return v
+	}
+	return def
+}
+
+func envInt64(key string, def int64) int64 {
+	if v, err := strconv.ParseInt(env(key, ""), 10, 64); err == nil {
 		return v
 	}
 	return def

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/stepflow-go/stepflow/pkg/blob"
 	"github.com/stepflow-go/stepflow/pkg/config"
 	"github.com/stepflow-go/stepflow/pkg/plugin"
 	"github.com/stepflow-go/stepflow/pkg/queue"
@@ -99,6 +100,11 @@ type Config struct {
 	RunsRequestTimeout time.Duration
 	// RetryDelay: see DefaultRetryDelay (the default).
 	RetryDelay time.Duration
+	// BlobCacheBytes bounds the memory of the worker's cache of blobs
+	// (as blob.MemSize estimates it), which serves a get_blob of a blob
+	// this worker put or read before without going to NATS. Default
+	// blob.DefaultCacheBytes (64 MiB); negative: no cache.
+	BlobCacheBytes int64
 
 	// HealthPort serves /healthz, /readyz and /metrics over plain HTTP
 	// on HealthHost:HealthPort. 0 = no health server; -1 = an ephemeral
@@ -146,6 +152,7 @@ func (c Config) WithDefaults() Config {
 	c.FetchMaxWait = cmp.Or(c.FetchMaxWait, DefaultFetchMaxWait)
 	c.RunsRequestTimeout = cmp.Or(c.RunsRequestTimeout, DefaultRunsRequestTimeout)
 	c.RetryDelay = cmp.Or(c.RetryDelay, DefaultRetryDelay)
+	c.BlobCacheBytes = cmp.Or(c.BlobCacheBytes, blob.DefaultCacheBytes)
 	c.HealthHost = cmp.Or(c.HealthHost, DefaultHealthHost)
 	c.StatusInterval = cmp.Or(c.StatusInterval, DefaultStatusInterval)
 	if c.Version == "" {

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/stepflow-go/stepflow/pkg/blob"
 	"github.com/stepflow-go/stepflow/pkg/config"
 	"github.com/stepflow-go/stepflow/pkg/executor"
 	"github.com/stepflow-go/stepflow/pkg/metrics"
@@ -329,7 +330,7 @@ func (w *Worker) tryOpenStores(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	bs, err := queue.OpenBlobStore(ctx, w.js)
+	bs, err := queue.OpenBlobStore(ctx, w.js, queue.WithBlobCache(blob.NewCache(w.cfg.BlobCacheBytes)))
 	if err != nil {
 		return err
 	}

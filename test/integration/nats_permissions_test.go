@@ -52,7 +52,9 @@ func TestNATSWorkerPermissions(t *testing.T) {
 
 	c := startCoordinator(t, []string{"STEPFLOW_NATS_PASSWORD=coord-pw"},
 		"--nats-url", srv.ClientURL(), "--nats-user", "coordinator", "--log-level", "warn")
-	worker, workerLogs := startWorkerCmd(t, []string{"STEPFLOW_NATS_USER=worker", "STEPFLOW_NATS_PASSWORD=worker-pw"},
+	// Without its blob cache, the worker reads every blob it put back
+	// from NATS.
+	worker, workerLogs := startWorkerCmd(t, []string{"STEPFLOW_NATS_USER=worker", "STEPFLOW_NATS_PASSWORD=worker-pw", "STEPFLOW_BLOB_CACHE_BYTES=0"},
 		"--nats-url", srv.ClientURL(), "--concurrency", "2", "--config", "examples/batch-processor/stepflow-config.yml")
 
 	// Nested runs, put_blob of the sub-flow.

@@ -457,3 +457,37 @@ func TestOpenAI(t *testing.T) {
 	_, err = b.call(t, builtin.OpenAI, `{"messages":[]}`)
 	require.EqualError(t, err, "openai error: generating completion")
 }
+
+// staleKinds is a caching store whose cache still has every blob as data:
+// only a read past the cache sees its kind.
+type staleKinds struct{ *blob.Memory }
+
+func (s staleKinds) Get(ctx context.Context, id string) (blob.Blob, error) {
+	b, err := s.Memory.Get(ctx, id)
+	if err == nil && !blob.CacheBypassed(ctx) {
+		b.Kind = blob.KindData
+	}
+	return b, err
+}
+
+// /eval re-reads a blob found as data past the store's cache: the cached
+// kind may predate the blob's storing as a flow.
+func TestEvalRereadsStaleKind(t *testing.T) {
+	t.Parallel()
+	mem := blob.NewMemory()
+	p := builtin.New(pluginapi.Host{Blobs: staleKinds{mem}})
+	f, err := flow.FromValue(value.MustParse(nestedFlow))
+	require.NoError(t, err)
+	_, err = mem.Put(context.Background(), blob.KindFlow, f.Value())
+	require.NoError(t, err)
+	subs := &fakeSubflows{run: func(*flow.Flow, value.Value) outcome.Result { return outcome.Success(nil) }}
+	c, err := p.Component(builtin.Eval)
+	require.NoError(t, err)
+	res, err := c.Execute(context.Background(), &executor.Request{
+		RunID: "run-1", StepID: "s", Path: "/builtin" + builtin.Eval,
+		Input: value.ObjectOf("flow_id", f.ID(), "input", nil), Attempt: 1, Subflows: subs,
+	})
+	require.NoError(t, err)
+	require.False(t, res.Failed())
+	require.Len(t, subs.calls, 1)
+}

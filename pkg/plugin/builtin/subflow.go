@@ -67,6 +67,11 @@ func (p *Plugin) eval(ctx context.Context, req *executor.Request) (outcome.Resul
 		return outcome.Result{}, invalidInput("invalid flow id %q (expected 64 lowercase hex digits)", id)
 	}
 	b, err := p.host.Blobs.Get(ctx, id)
+	if err == nil && b.Kind != blob.KindFlow {
+		// A cached blob's kind may be stale: it may have been stored as a
+		// flow elsewhere since it was cached as data.
+		b, err = p.host.Blobs.Get(blob.WithoutCache(ctx), id)
+	}
 	if err != nil {
 		return outcome.Result{}, internal(err, "loading flow %s", id)
 	}

@@ -1,0 +1,13 @@
+package queue
+
+import (
+	"context"
+
+	"github.com/stepflow-go/stepflow/pkg/blob"
+)
+
+// ReadBlobFromLeader reads a blob the way Get does when a direct get may
+// have been served by a lagging replica: through the stream leader.
+func ReadBlobFromLeader(ctx context.Context, s *ObjectBlobStore, id string) ([]byte, blob.Kind, error) {
+	return s.read(ctx, id, true)
+}
