@@ -8,7 +8,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -30,9 +29,6 @@ const (
 	resultTimeout = 5 * time.Second
 	// resultRetryMax is the longest pause between two attempts.
 	resultRetryMax = 2 * time.Second
-	// ackTimeout bounds the wait for the server's confirmation of an ack,
-	// retries included.
-	ackTimeout = 10 * time.Second
 	// retryPause separates attempts that failed at once (no responders
 	// while a server starts).
 	retryPause = 200 * time.Millisecond
@@ -67,38 +63,6 @@ func (e *connEpoch) next() {
 	defer e.mu.Unlock()
 	e.cancel()
 	e.ctx, e.cancel = context.WithCancel(context.Background())
-}
-
-// retry calls fn until it succeeds, fails for good (permanent says so),
-// or total has passed. An attempt is abandoned when the connection is
-// re-established under it, and made again at once: publishing a result
-// (its Nats-Msg-Id is deduplicated) and acking an item (an acked item
-// stays acked) are idempotent, so a restart costs an item a reconnect,
-// not a timeout. Other failures are tried again after retryPause.
-func retry(epoch *connEpoch, total time.Duration, permanent func(error) bool, fn func(ctx context.Context) error) error {
-	ctx, cancel := context.WithTimeout(context.Background(), total)
-	defer cancel()
-	for {
-		actx, acancel := context.WithCancel(ctx)
-		stop := context.AfterFunc(epoch.current(), acancel)
-		err := fn(actx)
-		reconnected := actx.Err() != nil && ctx.Err() == nil
-		stop()
-		acancel()
-		if err == nil || permanent(err) || ctx.Err() != nil {
-			return err
-		}
-		if reconnected {
-			continue
-		}
-		t := time.NewTimer(retryPause)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return err
-		case <-t.C:
-		}
-	}
 }
 
 // sendResult has the coordinator store an encoded result, and returns its
@@ -147,17 +111,6 @@ func (w *Worker) sendResult(ctx context.Context, subject string, data []byte, ru
 	}
 }
 
-// permanentAck tells ack errors that another attempt cannot fix: the
-// message was already settled (a previous attempt went through), or
-// nobody answers for the consumer: the run's last result completed it and
-// the coordinator deleted its consumer (and purges its items) at once,
-// racing with this ack. Were it a consumer briefly without a leader
-// instead, the unacked item runs again after AckWait and its repeated
-// result is dropped: the result is stored either way.
-func permanentAck(err error) bool {
-	return errors.Is(err, jetstream.ErrMsgAlreadyAckd) || errors.Is(err, nats.ErrNoResponders)
-}
-
 // More settle causes (see settle).
 var (
 	// errRunPaused: a message of a paused run arrived: Nak.
@@ -197,9 +150,8 @@ func (w *Worker) process(d delivery) {
 // settle is the one place that acknowledges item messages; it decides
 // from handle's error:
 //
-//	nil                     Ack, waiting for the server's confirmation (the
-//	                        result is already stored: it was published and
-//	                        its PubAck received first)
+//	nil                     Ack (the result is already stored: the
+//	                        coordinator answered that it is durable)
 //	errRunCancelled         TermWithReason("run cancelled"): the run is
 //	                        over, no result is published, and the coordinator
 //	                        reports the item as cancelled
@@ -218,7 +170,11 @@ func (w *Worker) settle(msg jetstream.Msg, cause error) {
 	action := "ack"
 	switch {
 	case cause == nil:
-		err = retry(w.epoch, ackTimeout, permanentAck, msg.DoubleAck)
+		// A plain ack: the result is stored, so an ack that gets lost
+		// (a reconnect) costs a redelivery after AckWait whose result is
+		// dropped, and waiting for the server's confirmation would hold
+		// the slot a round trip longer for every item.
+		err = msg.Ack()
 	case errors.Is(cause, errRunCancelled):
 		action = "term"
 		err = msg.TermWithReason("run cancelled")
@@ -391,32 +347,34 @@ func runItem(ctx context.Context, run *executor.Run, index int, input value.Valu
 }
 
 // heartbeat sends an in-progress ack every interval until the returned
-// function is called (which waits for the heartbeat goroutine), so that
-// JetStream does not redeliver a long item to another worker.
+// function is called (which waits for a heartbeat being sent), so that
+// JetStream does not redeliver a long item to another worker. It costs a
+// timer, not a goroutine: most items end long before their first beat.
 func heartbeat(msg jetstream.Msg, every time.Duration, log *zap.Logger) (stop func()) {
 	if every <= 0 {
 		return func() {}
 	}
-	done := make(chan struct{})
-	finished := make(chan struct{})
-	go func() {
-		defer close(finished)
-		t := time.NewTicker(every)
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-t.C:
-				if err := msg.InProgress(); err != nil {
-					log.Debug("in-progress ack failed", zap.Error(err))
-				}
-			}
+	var (
+		mu      sync.Mutex
+		stopped bool
+		t       *time.Timer
+	)
+	t = time.AfterFunc(every, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if stopped {
+			return
 		}
-	}()
+		if err := msg.InProgress(); err != nil {
+			log.Debug("in-progress ack failed", zap.Error(err))
+		}
+		t.Reset(every)
+	})
 	return func() {
-		close(done)
-		<-finished
+		mu.Lock()
+		defer mu.Unlock()
+		stopped = true
+		t.Stop()
 	}
 }
 

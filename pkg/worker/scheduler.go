@@ -110,6 +110,8 @@ type scheduler struct {
 	events   chan queue.RunEvent
 	fetched  chan fetchEvent
 	finished chan *runState
+	jobs     chan func()     // items for idle item goroutines (runJobs)
+	jobsDone chan struct{}   // closed when no item is left to run
 	stopCh   <-chan struct{} // the worker's stop request
 	done     chan struct{}
 	wg       sync.WaitGroup // the watch, pulls and items
@@ -125,6 +127,8 @@ func newScheduler(w *Worker) *scheduler {
 		events:   make(chan queue.RunEvent),
 		fetched:  make(chan fetchEvent),
 		finished: make(chan *runState),
+		jobs:     make(chan func()),
+		jobsDone: make(chan struct{}),
 		stopCh:   w.stopReq,
 		done:     make(chan struct{}),
 	}
@@ -170,6 +174,7 @@ func (s *scheduler) loop() {
 		timer.Stop()
 	}
 	cancelWatch()
+	close(s.jobsDone)
 	s.wg.Wait()
 	for _, rs := range s.runs {
 		rs.cancel(errWorkerStopping)
@@ -361,10 +366,41 @@ func (s *scheduler) start(rs *runState, msg jetstream.Msg) {
 	s.slots.busy.Add(1)
 	rs.inflight++
 	d := delivery{msg: msg, runID: rs.id, ctx: rs.ctx, prep: rs.prep, heartbeat: rs.heartbeat}
-	s.wg.Go(func() {
+	job := func() {
 		s.w.process(d)
 		s.finished <- rs
-	})
+	}
+	select {
+	case s.jobs <- job: // an idle item goroutine takes it
+	default:
+		s.wg.Go(func() { s.runJobs(job) })
+	}
+}
+
+// itemGoroutineIdle is how long an item goroutine waits for the next item
+// before it exits.
+const itemGoroutineIdle = 10 * time.Second
+
+// runJobs runs job, then the items handed to it while it waits, until it
+// has been idle for itemGoroutineIdle or the scheduler ends. Items run on
+// goroutines that live on, not one new goroutine each: an item's stack
+// grows deep (executor, plugins, protobuf, NATS), and growing a fresh
+// stack for every item costs more than the item's own work on a busy
+// worker.
+func (s *scheduler) runJobs(job func()) {
+	idle := time.NewTimer(itemGoroutineIdle)
+	defer idle.Stop()
+	for {
+		job()
+		idle.Reset(itemGoroutineIdle)
+		select {
+		case job = <-s.jobs:
+		case <-idle.C:
+			return
+		case <-s.jobsDone:
+			return
+		}
+	}
 }
 
 // onRunEvent keeps the set of active runs: status running and no

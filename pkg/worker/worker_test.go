@@ -842,56 +842,6 @@ func (a *runsAPI) status(ctx context.Context, runID string, wait, includeResults
 	return st.Value(), nil
 }
 
-func TestRetryAttempts(t *testing.T) {
-	t.Parallel()
-	permanent := errors.New("permanent")
-	isPermanent := func(err error) bool { return errors.Is(err, permanent) }
-	epoch := newConnEpoch()
-
-	// A transient failure, then success.
-	calls := 0
-	require.NoError(t, retry(epoch, 10*time.Second, isPermanent, func(ctx context.Context) error {
-		calls++
-		if calls == 1 {
-			return errors.New("no responders")
-		}
-		return nil
-	}))
-	require.Equal(t, 2, calls)
-
-	// An attempt whose request was lost with its connection would wait
-	// for the whole timeout; the reconnect ends it, and the next attempt
-	// goes through at once.
-	calls = 0
-	waiting := make(chan struct{})
-	go func() {
-		<-waiting
-		epoch.next()
-	}()
-	start := time.Now()
-	require.NoError(t, retry(epoch, time.Minute, isPermanent, func(ctx context.Context) error {
-		calls++
-		if calls == 1 {
-			close(waiting)
-			<-ctx.Done()
-			return ctx.Err()
-		}
-		return nil
-	}))
-	require.Equal(t, 2, calls)
-	require.Less(t, time.Since(start), 10*time.Second)
-
-	// A permanent failure is not retried.
-	calls = 0
-	require.ErrorIs(t, retry(epoch, 10*time.Second, isPermanent, func(context.Context) error { calls++; return permanent }), permanent)
-	require.Equal(t, 1, calls)
-
-	// The total bounds everything.
-	start = time.Now()
-	require.Error(t, retry(epoch, time.Second, isPermanent, func(context.Context) error { return errors.New("down") }))
-	require.Less(t, time.Since(start), 2*time.Second)
-}
-
 // A coordinator that cannot store results (a full disk, say) refuses
 // them: the worker keeps each result, heartbeating its item, and sends it
 // again until it is stored; the item is not handed back, so the refusals
