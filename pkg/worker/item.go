@@ -242,9 +242,21 @@ func (w *Worker) handle(d delivery) (failed bool, err error) {
 	}
 	if err == nil && res.Failed() && errors.Is(res.Err, executor.ErrUnavailable) {
 		// A component server failed under the item (crashed, its
-		// connection broke) and gave no answer: the crash may be
-		// another item's doing, so this is no result of the item's.
-		err = res.Err
+		// connection broke) and gave no answer: the crash may be another
+		// item's doing. A poison item crashes every call in flight on its
+		// server, and handed back together, it and its victims would be
+		// delivered together again until every one of them ran out of
+		// deliveries. So the item runs again here first, once, and alone
+		// among the items this happened to: a poison item then crashes
+		// the server on its own, and an innocent item completes without
+		// losing a delivery.
+		res, err = w.runAlone(ctx, d, it)
+		if cause := context.Cause(d.ctx); cause != nil {
+			return false, cause
+		}
+		if err == nil && res.Failed() && errors.Is(res.Err, executor.ErrUnavailable) {
+			err = res.Err // no result of the item's: hand it back
+		}
 	}
 	if err != nil {
 		// Transient trouble is retried through a nak, except on the last
@@ -281,6 +293,20 @@ func (w *Worker) handle(d delivery) (failed bool, err error) {
 			zap.String("run", d.runID), zap.Uint64("index", it.GetIndex()), zap.Uint64("deliveries", md.NumDelivered))
 	}
 	return res.Failed(), nil
+}
+
+// runAlone executes the item again once no other item whose server died
+// under it is doing so (see handle).
+func (w *Worker) runAlone(ctx context.Context, d delivery, it *stepflowv1.Item) (outcome.Result, error) {
+	select {
+	case w.alone <- struct{}{}:
+	case <-ctx.Done():
+		return outcome.Result{}, context.Cause(ctx)
+	}
+	defer func() { <-w.alone }()
+	w.log.Info("running an item again alone: a component server died under it",
+		zap.String("run", d.runID), zap.Uint64("index", it.GetIndex()))
+	return w.execute(ctx, d, it)
 }
 
 // exhausted is the failed result of an item whose last allowed delivery

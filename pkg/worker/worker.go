@@ -58,8 +58,11 @@ type Worker struct {
 	log   *zap.Logger
 	slots *slots
 	stats *stats
-	// epoch ends at each NATS reconnect (see retry).
+	// epoch ends at each NATS reconnect (see sendResult).
 	epoch *connEpoch
+	// alone lets one item at a time run again after its component
+	// server died under it (runAlone).
+	alone chan struct{}
 
 	mu        sync.Mutex
 	state     int
@@ -122,6 +125,7 @@ func New(cfg Config) (*Worker, error) {
 		slots:      newSlots(cfg.Concurrency),
 		stats:      newStats(),
 		epoch:      newConnEpoch(),
+		alone:      make(chan struct{}, 1),
 		startedCh:  make(chan struct{}),
 		stoppedCh:  make(chan struct{}),
 		stopReq:    make(chan struct{}),

@@ -131,9 +131,12 @@ func TestChaosNATSKill(t *testing.T) {
 	reportChaos(t, "3", chaosItems, rep)
 }
 
-// Scenario 5: a poison item crashes its component server every time. After
-// MaxDeliver (5) deliveries it is failed with an error naming them and the
-// last error; the other items complete and the workers keep running.
+// Scenario 5: a poison item crashes its component server every time. Each
+// delivery runs it twice: once with the others, and once more alone after
+// the crash (an item whose server died under it does). After MaxDeliver
+// (5) deliveries it is failed with an error naming them and the last
+// error; the other items complete, none of them running out of
+// deliveries, and the workers keep running.
 func TestChaosPoisonItem(t *testing.T) {
 	e := newChaosEnv(t, chaosOptions{externalNATS: true})
 	for _, w := range []string{"w1", "w2", "w3"} {
@@ -147,10 +150,10 @@ func TestChaosPoisonItem(t *testing.T) {
 	t.Logf("poison item's error: %s", fr.Error.Message)
 	require.Contains(t, fr.Error.Message, fmt.Sprintf("item %d exceeded its maximum deliveries (5); last error: ", poison))
 	require.Contains(t, fr.Error.Message, `component server "py" failed: process exited: exit status 1`)
-	require.Len(t, rep.counts[poison], 5, "the poison item ran once per delivery")
+	require.Len(t, rep.counts[poison], 10, "the poison item ran twice per delivery (the second time alone on its worker)")
 	e.requireAlive("w1", "w2", "w3")
-	// Innocent items in flight on a crashing server were handed back and
-	// ran again; they are the other re-executions.
+	// Innocent items in flight on a crashing server ran again on their
+	// worker, on the same delivery; they are the other re-executions.
 	innocent := rep.reexecuted - 1
 	reportChaos(t, "5", chaosItems, rep, fmt.Sprintf("poison_executions=%d innocent_reexecuted=%d", len(rep.counts[poison]), innocent))
 }
