@@ -80,7 +80,7 @@ func (c *Coordinator) campaign(ctx context.Context) (bool, error) {
 }
 
 // lead starts what only the leader runs.
-func (c *Coordinator) lead(ctx context.Context) error {
+func (c *Coordinator) lead(ctx context.Context) (err error) {
 	if err := c.sweepUploads(ctx); err != nil {
 		return err
 	}
@@ -99,6 +99,14 @@ func (c *Coordinator) lead(ctx context.Context) error {
 	c.agg = agg
 	c.mu.Unlock()
 	c.wg.Go(agg.run)
+	defer func() {
+		if err != nil { // not leading after all: take no results
+			agg.close()
+			c.mu.Lock()
+			c.agg = nil
+			c.mu.Unlock()
+		}
+	}()
 	c.advisories, err = queue.WatchMaxDeliveries(c.ctx, c.js, c.onMaxDeliveries, queue.AdvisoryOptions{Logger: c.cfg.Logger})
 	if err != nil {
 		return fmt.Errorf("coordinator: %w", err)
