@@ -14,7 +14,9 @@ import (
 
 // BenchmarkAddWorkerMidBatch runs a batch whose items each wait 20 ms in
 // a Python component, on one worker with 4 slots, adds a second worker
-// half way, and reports the completion rate before and after.
+// half way, and reports the completion rate with one worker and, once the
+// second has started (its component server up) and announced itself, with
+// two.
 func BenchmarkAddWorkerMidBatch(b *testing.B) {
 	const n = 2000
 	stepflow, coord, worker := stepflowBin(b), buildBin(b, "coordinator"), buildBin(b, "worker")
@@ -47,7 +49,10 @@ func BenchmarkAddWorkerMidBatch(b *testing.B) {
 		if err != nil {
 			b.Fatalf("submit: %v", err)
 		}
-		before, after := measureScaleOut(b, c.apiURL+"/runs/"+strings.TrimSpace(string(out)), n, addWorker)
+		before, after := measureScaleOut(b, c.apiURL, strings.TrimSpace(string(out)), n, func() {
+			addWorker()
+			waitWorkers(b, c.apiURL, 2)
+		})
 		c.stop()
 		b.ReportMetric(before, "items/s-1-worker")
 		b.ReportMetric(after, "items/s-2-workers")
@@ -55,11 +60,38 @@ func BenchmarkAddWorkerMidBatch(b *testing.B) {
 	}
 }
 
+// waitWorkers polls the coordinator's cluster view until n workers have
+// announced themselves (a bounded poll: this is a benchmark). A worker
+// announces itself once its component servers are up.
+func waitWorkers(b *testing.B, apiURL string, n int) {
+	b.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) {
+		resp, err := http.Get(apiURL + "/cluster")
+		if err != nil {
+			b.Fatal(err)
+		}
+		var view struct{ Workers []json.RawMessage }
+		err = json.NewDecoder(resp.Body).Decode(&view)
+		resp.Body.Close()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if len(view.Workers) >= n {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	b.Fatalf("fewer than %d workers after a minute", n)
+}
+
 // measureScaleOut samples a run's completed items (a bounded poll: this
 // is a benchmark), calls addWorker once half the items are done, and
-// returns the completion rates before and after.
-func measureScaleOut(b *testing.B, runURL string, n int, addWorker func()) (before, after float64) {
+// returns the completion rates before it was called and after it
+// returned (the second worker started and announced itself).
+func measureScaleOut(b *testing.B, apiURL, runID string, n int, addWorker func()) (before, after float64) {
 	b.Helper()
+	runURL := apiURL + "/runs/" + runID
 	done := func() int {
 		resp, err := http.Get(runURL)
 		if err != nil {
@@ -84,10 +116,11 @@ func measureScaleOut(b *testing.B, runURL string, n int, addWorker func()) (befo
 		d := done()
 		switch {
 		case d >= n:
-			return float64(nHalf) / tHalf.Sub(t0).Seconds(), float64(n-nHalf) / time.Since(tHalf).Seconds()
+			return before, float64(n-nHalf) / time.Since(tHalf).Seconds()
 		case tHalf.IsZero() && d >= n/2:
-			tHalf, nHalf = time.Now(), d
+			before = float64(d) / time.Since(t0).Seconds()
 			addWorker()
+			tHalf, nHalf = time.Now(), done()
 		case t0.IsZero() && d > 0:
 			t0 = time.Now()
 		}
