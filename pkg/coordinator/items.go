@@ -119,13 +119,16 @@ func (c *Coordinator) checkItems(ctx context.Context) {
 			continue
 		}
 		st.setStalls(0)
+		// Items left after their maximum deliveries are failed first;
+		// the publisher is stopped meanwhile, since a message it added
+		// would pass for one of those.
+		st.stopPublisher()
 		c.recoverExhausted(ctx, st)
-		if n, err := queue.RunItemsQueued(ctx, c.js, st.id); err != nil || n > 0 {
+		if n, err := queue.RunItemsQueued(ctx, c.js, st.id); err == nil && n == 0 && st.stalled(itemsStallAfter) {
+			c.republish(ctx, st, "items published without a result are neither queued nor in flight")
 			continue
 		}
-		if st.stalled(itemsStallAfter) {
-			c.republish(ctx, st, "items published without a result are neither queued nor in flight")
-		}
+		c.startPublisher(st, st.publishedUpTo(), true)
 	}
 }
 
@@ -158,6 +161,13 @@ func (c *Coordinator) republish(ctx context.Context, st *runState, why string) {
 	st.pubGen++
 	st.mu.Unlock()
 	c.startPublisher(st, 0, true)
+}
+
+// publishedUpTo returns the index below which every item was published.
+func (s *runState) publishedUpTo() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.published
 }
 
 // generation returns how often the run's items were published again.

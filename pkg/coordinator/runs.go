@@ -426,10 +426,20 @@ func (c *Coordinator) attach(ctx context.Context, rec *stepflowv1.RunRecord) (*r
 		from = 0
 	}
 	c.flushCounts(ctx, st)
-	// Items the server gave up on while no coordinator listened are
-	// failed in the background: failing one goes through the aggregator,
-	// which may be the caller (a result for a run not attached yet).
-	c.wg.Go(func() { c.recoverExhausted(c.ctx, st) })
+	// Items the server gave up on while no coordinator listened (a
+	// consumer that was kept; a new one has delivered nothing) are found
+	// before the publisher adds any, and failed in the background:
+	// failing one goes through the aggregator, which may be the caller (a
+	// result for a run not attached yet).
+	if !created {
+		if evs := c.exhaustedItems(ctx, st); len(evs) > 0 {
+			c.wg.Go(func() {
+				for _, ev := range evs {
+					c.onMaxDeliveries(c.ctx, ev)
+				}
+			})
+		}
+	}
 	c.startPublisher(st, from, true)
 	return st, nil
 }
@@ -775,33 +785,43 @@ func (c *Coordinator) sweepUploads(ctx context.Context) error {
 // consumer has nothing left to deliver and nothing in flight, yet items
 // are still on the work queue.
 func (c *Coordinator) recoverExhausted(ctx context.Context, st *runState) {
+	for _, ev := range c.exhaustedItems(ctx, st) {
+		c.onMaxDeliveries(ctx, ev)
+	}
+}
+
+// exhaustedItems returns the items recoverExhausted fails. It must be
+// called while the run's publisher is stopped: a message it publishes
+// meanwhile would pass for an exhausted one.
+func (c *Coordinator) exhaustedItems(ctx context.Context, st *runState) []queue.MaxDeliveriesEvent {
 	cons, err := queue.RunConsumerHandle(ctx, c.js, st.id)
 	if err != nil {
-		return
+		return nil
 	}
 	info, err := cons.Info(ctx)
 	if err != nil || info.NumPending > 0 || info.NumAckPending > 0 {
-		return
+		return nil
 	}
 	stream, err := c.js.Stream(ctx, queue.StreamItems)
 	if err != nil {
-		return
+		return nil
 	}
 	maxDeliver := info.Config.MaxDeliver
+	var out []queue.MaxDeliveriesEvent
 	for seq := uint64(1); ; {
 		msg, err := stream.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(queue.ItemSubject(st.id)))
 		if err != nil {
 			if !errors.Is(err, jetstream.ErrMsgNotFound) {
 				c.log.Warn("cannot look for exhausted items", zap.String("run", st.id), zap.Error(err))
 			}
-			return
+			return out
 		}
 		item, err := queue.DecodeItem(msg.Data)
 		ev := queue.MaxDeliveriesEvent{RunID: st.id, Index: -1, StreamSeq: msg.Sequence, Deliveries: uint64(max(maxDeliver, 0)), Time: time.Now(), Item: item, Err: err}
 		if item != nil {
 			ev.Index = int(item.GetIndex())
 		}
-		c.onMaxDeliveries(ctx, ev)
+		out = append(out, ev)
 		seq = msg.Sequence + 1
 	}
 }
