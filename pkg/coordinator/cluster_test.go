@@ -91,7 +91,7 @@ func TestClusterView(t *testing.T) {
 	waitFor(t, 10*time.Second, func() bool {
 		view = cl.cluster()
 		w := byKey(view["workers"], "id", "cluster-w1")
-		return w["items"].(map[string]any)["completed"] == 5.0 && w["slots"].(map[string]any)["busy"] == 0.0
+		return w != nil && w["items"].(map[string]any)["completed"] == 5.0 && w["slots"].(map[string]any)["busy"] == 0.0
 	}, "the worker never reported its 5 items")
 	w = byKey(view["workers"], "id", "cluster-w1")
 	recent := w["recent"].(map[string]any)

@@ -140,6 +140,8 @@ type resultLog struct {
 	// or one it kept for a record the log lost, is repaired at open or
 	// rewritten by the index's next result.
 	seen []uint64
+	// dirty says records were written since the last sync.
+	dirty bool
 }
 
 // mark records that index has a result.
@@ -324,6 +326,7 @@ func (l *resultLog) add(r *resultRecord) (added bool, err error) {
 	off := l.size
 	l.size += int64(len(l.buf))
 	l.mark(r.Index)
+	l.dirty = true
 	if err := l.setSlot(r.Index, off); err != nil {
 		return false, err
 	}
@@ -333,9 +336,13 @@ func (l *resultLog) add(r *resultRecord) (added bool, err error) {
 // sync flushes the log to stable storage: what a result's answer waits
 // for. The index is derived from the log (see seen).
 func (l *resultLog) sync() error {
+	if !l.dirty {
+		return nil // a run's last commit synced it; finishing it needs no second fsync
+	}
 	if err := l.log.Sync(); err != nil {
 		return fmt.Errorf("coordinator: sync result log: %w", err)
 	}
+	l.dirty = false
 	return nil
 }
 

@@ -538,14 +538,14 @@ func TestResultRequests(t *testing.T) {
 	require.ErrorContains(t, err, "no space left on device")
 	status, err := queue.SendResult(ctx, b.nc, subject, data)
 	require.NoError(t, err)
-	require.Equal(t, queue.ResultStored, status)
+	require.Equal(t, queue.ResultAnswer{Status: queue.ResultStored}, status)
 	// The same item re-executed elsewhere: its result is a duplicate.
 	second := &stepflowv1.ItemResult{RunId: run, Index: 7, Result: []byte(`{"outcome":"success","result":{"a":2}}`), WorkerId: "w2", Deliveries: 2}
 	subject, data, err = queue.EncodeResult(ctx, b.nc, second, queue.ResultOptions{Subject: queue.ResultSubject(run)})
 	require.NoError(t, err)
 	status, err = queue.SendResult(ctx, b.nc, subject, data)
 	require.NoError(t, err)
-	require.Equal(t, queue.ResultDuplicate, status)
+	require.Equal(t, queue.ResultAnswer{Status: queue.ResultDuplicate}, status)
 	mu.Lock()
 	require.Equal(t, "w1", stored[7].GetWorkerId(), "the first result wins")
 	mu.Unlock()
@@ -577,6 +577,16 @@ func TestResultRequests(t *testing.T) {
 	// An answer without a status is malformed.
 	_, err = queue.ParseResultReply(nats.NewMsg("x"))
 	require.ErrorIs(t, err, queue.ErrBadMessage)
+	answer, err := queue.ParseResultReply(queue.ResultReplyAcked(queue.ResultStored))
+	require.NoError(t, err)
+	require.Equal(t, queue.ResultAnswer{Status: queue.ResultStored, ItemAcked: true}, answer)
+
+	// Only item ack subjects are acked on a worker's behalf.
+	require.True(t, queue.ValidItemAckSubject("$JS.ACK.STEPFLOW_ITEMS.run-x.1.5.5.1700000000000000000.0"))
+	for _, bad := range []string{"", "$JS.ACK.STEPFLOW_ITEMS.", "$JS.ACK.OTHER.c.1.1.1.1.0", "$JS.API.STREAM.DELETE.STEPFLOW_ITEMS",
+		"$JS.ACK.STEPFLOW_ITEMS.>", "$JS.ACK.STEPFLOW_ITEMS.*.1", "$JS.ACK.STEPFLOW_ITEMS.a b", "stepflow.results.x"} {
+		require.False(t, queue.ValidItemAckSubject(bad), "%q", bad)
+	}
 }
 
 // A stream created anew starts its sequences above the old incarnation's,

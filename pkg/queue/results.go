@@ -35,7 +35,31 @@ const (
 	// ResultErrorHeader is set instead when the result was not stored;
 	// its value says why. The sender keeps the result and retries.
 	ResultErrorHeader = "Stepflow-Result-Error"
+	// ItemAckedHeader is set on a positive answer when the coordinator
+	// acked the item itself (ItemResult.item_ack_subject), so the worker
+	// need not.
+	ItemAckedHeader = "Stepflow-Item-Acked"
 )
+
+// ResultAnswer is the coordinator's answer to a stored result.
+type ResultAnswer struct {
+	Status ResultStatus
+	// ItemAcked: the coordinator acked the item message.
+	ItemAcked bool
+}
+
+// ItemAckSubjectPrefix is the prefix of the ack subjects of item
+// messages: the only subjects a coordinator acks on a worker's behalf.
+const ItemAckSubjectPrefix = "$JS.ACK." + StreamItems + "."
+
+// ValidItemAckSubject reports whether s can be the ack subject of an item
+// message: under ItemAckSubjectPrefix, without wildcards or whitespace.
+func ValidItemAckSubject(s string) bool {
+	if !strings.HasPrefix(s, ItemAckSubjectPrefix) || len(s) == len(ItemAckSubjectPrefix) || len(s) > 512 {
+		return false
+	}
+	return !strings.ContainsAny(s, "*> \t\r\n")
+}
 
 // ResultStatus is what the coordinator did with a result it answered.
 type ResultStatus string
@@ -126,25 +150,33 @@ func EncodeResult(ctx context.Context, nc *nats.Conn, res *stepflowv1.ItemResult
 // stored: nats.ErrNoResponders (no coordinator leads right now), a
 // timeout, or ErrResultRefused. Sending the same result again is always
 // safe: the first result per index wins.
-func SendResult(ctx context.Context, nc *nats.Conn, subject string, data []byte) (ResultStatus, error) {
+func SendResult(ctx context.Context, nc *nats.Conn, subject string, data []byte) (ResultAnswer, error) {
 	reply, err := nc.RequestMsgWithContext(ctx, &nats.Msg{Subject: subject, Data: data})
 	if err != nil {
-		return "", fmt.Errorf("queue: send result on %s: %w", subject, err)
+		return ResultAnswer{}, fmt.Errorf("queue: send result on %s: %w", subject, err)
 	}
 	return ParseResultReply(reply)
 }
 
 // ParseResultReply reads a coordinator's answer to a result.
-func ParseResultReply(m *nats.Msg) (ResultStatus, error) {
+func ParseResultReply(m *nats.Msg) (ResultAnswer, error) {
 	if reason := m.Header.Get(ResultErrorHeader); reason != "" {
-		return "", fmt.Errorf("%w: %s", ErrResultRefused, reason)
+		return ResultAnswer{}, fmt.Errorf("%w: %s", ErrResultRefused, reason)
 	}
 	switch s := ResultStatus(m.Header.Get(ResultStatusHeader)); s {
 	case ResultStored, ResultDuplicate, ResultDropped:
-		return s, nil
+		return ResultAnswer{Status: s, ItemAcked: m.Header.Get(ItemAckedHeader) != ""}, nil
 	default:
-		return "", fmt.Errorf("%w: answer to a result without a %s header (%q)", ErrBadMessage, ResultStatusHeader, s)
+		return ResultAnswer{}, fmt.Errorf("%w: answer to a result without a %s header (%q)", ErrBadMessage, ResultStatusHeader, s)
 	}
+}
+
+// ResultReplyAcked is ResultReply(status, nil) saying that the
+// coordinator acked the item message too.
+func ResultReplyAcked(status ResultStatus) *nats.Msg {
+	m := ResultReply(status, nil)
+	m.Header.Set(ItemAckedHeader, "1")
+	return m
 }
 
 // ResultReply returns the coordinator's answer to a result: status, or

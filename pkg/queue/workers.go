@@ -90,31 +90,36 @@ func ListWorkers(ctx context.Context, js jetstream.JetStream) ([]WorkerEntry, er
 	if err != nil {
 		return nil, notProvisioned("bucket "+BucketWorkers, err)
 	}
-	w, err := kv.WatchAll(ctx, jetstream.IgnoreDeletes())
+	// The keys from the stream's subjects, then each key's latest value:
+	// a watch's "all delivered" marker can come before a key that a
+	// worker's heartbeat rewrote meanwhile (its message moved to the end),
+	// and a busy registry is rewritten all the time. Workers are few.
+	st, err := js.Stream(ctx, "KV_"+BucketWorkers)
+	if err != nil {
+		return nil, notProvisioned("bucket "+BucketWorkers, err)
+	}
+	prefix := "$KV." + BucketWorkers + "."
+	info, err := st.Info(ctx, jetstream.WithSubjectFilter(prefix+">"))
 	if err != nil {
 		return nil, fmt.Errorf("queue: list workers: %w", err)
 	}
-	defer func() { _ = w.Stop() }()
-	var out []WorkerEntry
-	for {
-		select {
-		case e, ok := <-w.Updates():
-			if !ok {
-				return nil, fmt.Errorf("queue: list workers: the watch ended early")
-			}
-			if e == nil { // every current key was delivered
-				slices.SortFunc(out, func(a, b WorkerEntry) int {
-					return strings.Compare(a.Status.GetWorkerId(), b.Status.GetWorkerId())
-				})
-				return out, nil
-			}
-			st := &stepflowv1.WorkerStatus{}
-			if proto.Unmarshal(e.Value(), st) != nil || st.GetWorkerId() == "" {
-				continue
-			}
-			out = append(out, WorkerEntry{Status: st, Received: e.Created()})
-		case <-ctx.Done():
-			return nil, fmt.Errorf("queue: list workers: %w", context.Cause(ctx))
+	out := make([]WorkerEntry, 0, len(info.State.Subjects))
+	for subj := range info.State.Subjects {
+		e, err := kv.Get(ctx, strings.TrimPrefix(subj, prefix))
+		if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+			continue // expired or deleted meanwhile
 		}
+		if err != nil {
+			return nil, fmt.Errorf("queue: list workers: %w", err)
+		}
+		st := &stepflowv1.WorkerStatus{}
+		if proto.Unmarshal(e.Value(), st) != nil || st.GetWorkerId() == "" {
+			continue
+		}
+		out = append(out, WorkerEntry{Status: st, Received: e.Created()})
 	}
+	slices.SortFunc(out, func(a, b WorkerEntry) int {
+		return strings.Compare(a.Status.GetWorkerId(), b.Status.GetWorkerId())
+	})
+	return out, nil
 }

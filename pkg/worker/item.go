@@ -73,12 +73,12 @@ func (e *connEpoch) next() {
 // never a delivery, and the item is acked only after the answer. An
 // attempt is abandoned when the NATS connection is re-established under
 // it (the request is lost), and made again at once.
-func (w *Worker) sendResult(ctx context.Context, subject string, data []byte, runID string, index uint64) (queue.ResultStatus, error) {
+func (w *Worker) sendResult(ctx context.Context, subject string, data []byte, runID string, index uint64) (queue.ResultAnswer, error) {
 	pause := retryPause
 	for attempt := 1; ; attempt++ {
 		actx, cancel := context.WithTimeout(ctx, resultTimeout)
 		stop := context.AfterFunc(w.epoch.current(), cancel)
-		status, err := queue.SendResult(actx, w.nc, subject, data)
+		answer, err := queue.SendResult(actx, w.nc, subject, data)
 		reconnected := actx.Err() != nil && ctx.Err() == nil && w.nc.IsConnected() && !errors.Is(actx.Err(), context.DeadlineExceeded)
 		stop()
 		cancel()
@@ -86,10 +86,10 @@ func (w *Worker) sendResult(ctx context.Context, subject string, data []byte, ru
 			if attempt > 1 {
 				w.log.Info("result stored after retrying", zap.String("run", runID), zap.Uint64("index", index), zap.Int("attempts", attempt))
 			}
-			return status, nil
+			return answer, nil
 		}
 		if cause := context.Cause(ctx); cause != nil {
-			return "", cause
+			return queue.ResultAnswer{}, cause
 		}
 		lvl := zap.DebugLevel
 		if attempt == 2 || attempt%20 == 0 {
@@ -104,7 +104,7 @@ func (w *Worker) sendResult(ctx context.Context, subject string, data []byte, ru
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return "", context.Cause(ctx)
+			return queue.ResultAnswer{}, context.Cause(ctx)
 		case <-t.C:
 		}
 		pause = min(2*pause, resultRetryMax)
@@ -137,13 +137,15 @@ func (w *Worker) process(d delivery) {
 	w.stats.begin(d.runID)
 	defer w.stats.end(d.runID)
 	start := time.Now()
-	failed, err := w.handle(d)
+	failed, acked, err := w.handle(d)
 	defer func() {
 		if p := recover(); p != nil {
 			w.log.Error("panic while settling an item", zap.String("run", d.runID), zap.Any("panic", p))
 		}
 	}()
-	w.settle(d.msg, err)
+	if !acked {
+		w.settle(d.msg, err)
+	}
 	w.metrics.countItem(err, failed, time.Since(start))
 }
 
@@ -203,24 +205,24 @@ func (w *Worker) settle(msg jetstream.Msg, cause error) {
 // the result is stored (failed tells whether that result is a failure),
 // and otherwise the reason the item was not completed, for settle. It
 // never acknowledges anything itself.
-func (w *Worker) handle(d delivery) (failed bool, err error) {
+func (w *Worker) handle(d delivery) (failed, acked bool, err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			w.log.Error("panic while handling an item", zap.String("run", d.runID), zap.Any("panic", p), zap.ByteString("stack", debug.Stack()))
-			failed, err = false, fmt.Errorf("%w: %v", errPanic, p)
+			failed, acked, err = false, false, fmt.Errorf("%w: %v", errPanic, p)
 		}
 	}()
 	startedAt := time.Now()
 	it, err := queue.DecodeItem(d.msg.Data())
 	if err != nil {
-		return false, err
+		return false, false, err
 	}
 	if it.GetRunId() != d.runID {
-		return false, fmt.Errorf("%w: item of run %s delivered by the consumer of run %s", errMalformed, it.GetRunId(), d.runID)
+		return false, false, fmt.Errorf("%w: item of run %s delivered by the consumer of run %s", errMalformed, it.GetRunId(), d.runID)
 	}
 	md, err := d.msg.Metadata()
 	if err != nil {
-		return false, fmt.Errorf("%w: %w", errMalformed, err)
+		return false, false, fmt.Errorf("%w: %w", errMalformed, err)
 	}
 	every := d.heartbeat
 	if every <= 0 {
@@ -238,7 +240,7 @@ func (w *Worker) handle(d delivery) (failed bool, err error) {
 	// draining, has a "cancelled" result (or error) that must not be
 	// published.
 	if cause := context.Cause(d.ctx); cause != nil {
-		return false, cause
+		return false, false, cause
 	}
 	if err == nil && res.Failed() && errors.Is(res.Err, executor.ErrUnavailable) {
 		// A component server failed under the item (crashed, its
@@ -252,7 +254,7 @@ func (w *Worker) handle(d delivery) (failed bool, err error) {
 		// losing a delivery.
 		res, err = w.runAlone(ctx, d, it)
 		if cause := context.Cause(d.ctx); cause != nil {
-			return false, cause
+			return false, false, cause
 		}
 		if err == nil && res.Failed() && errors.Is(res.Err, executor.ErrUnavailable) {
 			err = res.Err // no result of the item's: hand it back
@@ -262,7 +264,7 @@ func (w *Worker) handle(d delivery) (failed bool, err error) {
 		// Transient trouble is retried through a nak, except on the last
 		// delivery the consumer allows: then it is the item's result.
 		if last := it.GetMaxDeliver(); last == 0 || uint64(md.NumDelivered) < uint64(last) {
-			return false, err
+			return false, false, err
 		}
 		res = exhausted(it.GetIndex(), md.NumDelivered, err)
 	}
@@ -278,21 +280,23 @@ func (w *Worker) handle(d delivery) (failed bool, err error) {
 		StartedAt:     timestamppb.New(startedAt),
 		FinishedAt:    timestamppb.Now(),
 		ItemStreamSeq: md.Sequence.Stream,
+		// The coordinator acks the item with its answer.
+		ItemAckSubject: d.msg.Reply(),
 	}
 	subject, data, err := queue.EncodeResult(d.ctx, w.nc, out, queue.ResultOptions{Subject: it.GetReplySubject(), Blobs: w.blobs})
 	if err != nil {
-		return false, fmt.Errorf("send result %d of run %s: %w", it.GetIndex(), d.runID, err)
+		return false, false, fmt.Errorf("send result %d of run %s: %w", it.GetIndex(), d.runID, err)
 	}
-	status, err := w.sendResult(d.ctx, subject, data, d.runID, it.GetIndex())
+	answer, err := w.sendResult(d.ctx, subject, data, d.runID, it.GetIndex())
 	if err != nil {
-		return false, err
+		return false, false, err
 	}
 	w.stats.finished(time.Since(startedAt), out.Failed, time.Now())
-	if status == queue.ResultDuplicate {
+	if answer.Status == queue.ResultDuplicate {
 		w.log.Debug("result already stored (item re-executed); the first one counts",
 			zap.String("run", d.runID), zap.Uint64("index", it.GetIndex()), zap.Uint64("deliveries", md.NumDelivered))
 	}
-	return res.Failed(), nil
+	return res.Failed(), answer.ItemAcked, nil
 }
 
 // runAlone executes the item again once no other item whose server died

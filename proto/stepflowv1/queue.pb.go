@@ -364,8 +364,14 @@ type ItemResult struct {
 	FinishedAt *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=finished_at,json=finishedAt,proto3" json:"finished_at,omitempty"`
 	// The stream sequence of the item message in STEPFLOW_ITEMS.
 	ItemStreamSeq uint64 `protobuf:"varint,12,opt,name=item_stream_seq,json=itemStreamSeq,proto3" json:"item_stream_seq,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// The reply subject of the item message's delivery (its ack subject),
+	// when the worker wants the coordinator to ack the item once the result
+	// is durable: the coordinator then acks it together with its answer,
+	// a hop sooner than the worker could, and says so in the answer
+	// (Stepflow-Item-Acked); otherwise the worker acks it itself.
+	ItemAckSubject string `protobuf:"bytes,13,opt,name=item_ack_subject,json=itemAckSubject,proto3" json:"item_ack_subject,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *ItemResult) Reset() {
@@ -480,6 +486,13 @@ func (x *ItemResult) GetItemStreamSeq() uint64 {
 		return x.ItemStreamSeq
 	}
 	return 0
+}
+
+func (x *ItemResult) GetItemAckSubject() string {
+	if x != nil {
+		return x.ItemAckSubject
+	}
+	return ""
 }
 
 // ItemCounts counts a run's items (upstream ItemStatistics): completed
@@ -1003,7 +1016,7 @@ const file_stepflow_v1_queue_proto_rawDesc = "" +
 	"\rtrace_context\x18\r \x03(\v2#.stepflow.v1.Item.TraceContextEntryR\ftraceContext\x1a?\n" +
 	"\x11TraceContextEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xbb\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe5\x03\n" +
 	"\n" +
 	"ItemResult\x12\x15\n" +
 	"\x06run_id\x18\x01 \x01(\tR\x05runId\x12\x14\n" +
@@ -1022,7 +1035,8 @@ const file_stepflow_v1_queue_proto_rawDesc = "" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x12;\n" +
 	"\vfinished_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"finishedAt\x12&\n" +
-	"\x0fitem_stream_seq\x18\f \x01(\x04R\ritemStreamSeq\"z\n" +
+	"\x0fitem_stream_seq\x18\f \x01(\x04R\ritemStreamSeq\x12(\n" +
+	"\x10item_ack_subject\x18\r \x01(\tR\x0eitemAckSubject\"z\n" +
 	"\n" +
 	"ItemCounts\x12\x1c\n" +
 	"\tcompleted\x18\x01 \x01(\x04R\tcompleted\x12\x18\n" +
