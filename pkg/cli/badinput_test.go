@@ -136,6 +136,29 @@ func TestUnroutableComponent(t *testing.T) {
 	}
 }
 
+// A misspelt builtin: builtins are known statically, so validate and run
+// refuse the flow at the step's component, with the default routes and
+// with a config's.
+func TestUnknownBuiltin(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	items := tempFile(t, dir, "items.jsonl", "{\"x\":1}\n")
+	cfg := tempFile(t, dir, "stepflow-config.yml", "plugins:\n  builtin: { type: builtin }\nroutes:\n  /builtin/{*component}:\n    - plugin: builtin\n")
+	f := tempFile(t, dir, "typo.yaml", "name: typo\ndescription: d\nsteps:\n  - id: store\n    component: /builtin/put_blob\n    input: { data: 1, blob_type: data }\n"+
+		"  - id: restore\n    component: /builtin/get_blb\n    input: { blob_id: { $step: store, path: blob_id } }\noutput: { $step: restore }\n")
+	diag := filepath.Join(dir, "typo.yaml") + ":8:16: error: Step 'restore' uses component '/builtin/get_blb', but the builtin plugin it routes to has no component '/get_blb' ($.steps[1].component)\n"
+
+	for _, args := range [][]string{nil, {"--config", cfg}} {
+		r := stepflow(t, nil, "", append([]string{"validate", "--flow", f}, args...)...)
+		require.Equal(t, ExitFailure, r.code)
+		require.Equal(t, diag+"📊 Validation results: 0 fatal, 1 errors, 0 warnings\n", r.stdout)
+		r = stepflow(t, nil, "", append([]string{"run", "--flow", f, "--inputs", items, "-q"}, args...)...)
+		require.Equal(t, ExitFailure, r.code)
+		require.Equal(t, "", r.stdout)
+		require.Equal(t, diag+"📊 Validation results: 0 fatal, 1 errors, 0 warnings\nError: flow validation failed\n", r.stderr)
+	}
+}
+
 // An oversized flow: `run` and `validate` stop at flow.MaxFlowBytes
 // (16 MiB) before parsing; the coordinator at --max-flow-bytes.
 func TestOversizedFlow(t *testing.T) {

@@ -110,7 +110,7 @@ func (e *environment) validate(f *flow.Flow) flow.Diagnostics {
 		d.File = e.cfg.File
 		diags = append(diags, d)
 	}
-	diags = append(diags, flow.ValidateRoutes(f, e.plugins.Routable)...)
+	diags = append(diags, flow.ValidateRoutes(f, e.plugins.Router())...)
 	return diags
 }
 

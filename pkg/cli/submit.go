@@ -289,7 +289,7 @@ func (s *submitCmd) checkRoutes(f *flow.Flow) error {
 	if err != nil {
 		return failure(err)
 	}
-	if diags := flow.ValidateRoutes(f, router.Match); len(diags) > 0 {
+	if diags := flow.ValidateRoutes(f, router); len(diags) > 0 {
 		printDiagnostics(s.a.io.Stderr, f.File, diags)
 		if diags.HasErrors() {
 			return failure(errors.New("flow validation failed"))

@@ -34,6 +34,7 @@ const (
 	CodeUndefinedVariable         = 2004
 	CodeUndefinedRequiredVariable = 2005
 	CodeUnroutableComponent       = 2201
+	CodeUnknownBuiltin            = 2202
 	CodeInvalidComponent          = 2500
 	CodeUnreachableStep           = 1000
 	CodeMissingFlowName           = 1001
@@ -50,6 +51,7 @@ const (
 	KindUndefinedVariable         = "undefinedVariable"
 	KindUndefinedRequiredVariable = "undefinedRequiredVariable"
 	KindUnroutableComponent       = "unroutableComponent"
+	KindUnknownBuiltin            = "unknownBuiltin"
 	KindInvalidComponent          = "invalidComponent"
 	KindUnreachableStep           = "unreachableStep"
 	KindMissingFlowName           = "missingFlowName"
@@ -204,19 +206,40 @@ func Validate(f *Flow) Diagnostics {
 	return v.diags
 }
 
+// Routing is what ValidateRoutes needs of a configuration's routes
+// (*plugin.Router implements it).
+type Routing interface {
+	// Match reports whether some route matches the component path.
+	Match(component string) bool
+	// UnknownBuiltin reports whether the component path surely routes to
+	// a builtin that does not exist, with that builtin's local name.
+	UnknownBuiltin(component string) (string, bool)
+}
+
 // ValidateRoutes reports every step whose component no route reaches
-// (code 2201, unroutableComponent, level error). routable tells whether
-// the configuration routes a component path. Components that do not start
-// with '/' are left to Validate (invalidComponent).
-func ValidateRoutes(f *Flow, routable func(component string) bool) Diagnostics {
+// (code 2201, unroutableComponent, level error) and every step whose
+// component routes to a builtin that does not exist (code 2202,
+// unknownBuiltin, level error; builtins are known statically, so a
+// misspelt one would fail every item at run time). Components that do
+// not start with '/' are left to Validate (invalidComponent).
+func ValidateRoutes(f *Flow, r Routing) Diagnostics {
 	v := &validator{f: f}
 	for i, s := range f.Steps {
-		if !strings.HasPrefix(s.Component, "/") || routable(s.Component) {
+		if !strings.HasPrefix(s.Component, "/") {
 			continue
 		}
-		v.add(CodeUnroutableComponent, KindUnroutableComponent, stepPath(i, "component"),
-			value.ObjectOf("step_id", s.ID, "component", s.Component),
-			"Step '%s' uses component '%s', which no route matches", s.ID, s.Component)
+		if !r.Match(s.Component) {
+			v.add(CodeUnroutableComponent, KindUnroutableComponent, stepPath(i, "component"),
+				value.ObjectOf("step_id", s.ID, "component", s.Component),
+				"Step '%s' uses component '%s', which no route matches", s.ID, s.Component)
+			continue
+		}
+		if name, ok := r.UnknownBuiltin(s.Component); ok {
+			v.add(CodeUnknownBuiltin, KindUnknownBuiltin, stepPath(i, "component"),
+				value.ObjectOf("step_id", s.ID, "component", s.Component, "builtin", name),
+				"Step '%s' uses component '%s', but the builtin plugin it routes to has no component '%s'",
+				s.ID, s.Component, name)
+		}
 	}
 	v.locate()
 	return v.diags

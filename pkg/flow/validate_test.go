@@ -236,7 +236,7 @@ func TestValidateRoutes(t *testing.T) {
   - {id: c, component: bad}
 output: [{$step: a}, {$step: b}, {$step: c}]`), "r.yaml")
 	require.NoError(t, err)
-	ds := ValidateRoutes(f, func(c string) bool { return strings.HasPrefix(c, "/builtin/") })
+	ds := ValidateRoutes(f, fakeRouting{})
 	require.Len(t, ds, 1)
 	d := ds[0]
 	require.Equal(t, CodeUnroutableComponent, d.Code)
@@ -244,6 +244,36 @@ output: [{$step: a}, {$step: b}, {$step: c}]`), "r.yaml")
 	require.Equal(t, LevelError, d.Level)
 	require.Equal(t, "Step 'b' uses component '/python/udf', which no route matches", d.Message)
 	require.Equal(t, "r.yaml:5:24: error: Step 'b' uses component '/python/udf', which no route matches ($.steps[1].component)", d.String("r.yaml"))
+}
+
+// fakeRouting routes /builtin/* to builtins, of which /eval exists.
+type fakeRouting struct{}
+
+func (fakeRouting) Match(c string) bool { return strings.HasPrefix(c, "/builtin/") }
+
+func (fakeRouting) UnknownBuiltin(c string) (string, bool) {
+	name := strings.TrimPrefix(c, "/builtin")
+	return name, name != "/eval"
+}
+
+func TestValidateRoutesUnknownBuiltin(t *testing.T) {
+	t.Parallel()
+	f, err := Parse([]byte(header+`steps:
+  - {id: a, component: /builtin/eval}
+  - id: restore
+    component: /builtin/get_blb
+  - {id: c, component: /python/udf}
+output: [{$step: a}, {$step: restore}, {$step: c}]`), "r.yaml")
+	require.NoError(t, err)
+	ds := ValidateRoutes(f, fakeRouting{})
+	require.Len(t, ds, 2)
+	d := ds[0]
+	require.Equal(t, CodeUnknownBuiltin, d.Code)
+	require.Equal(t, KindUnknownBuiltin, d.Kind)
+	require.Equal(t, LevelError, d.Level)
+	require.Equal(t, "r.yaml:6:16: error: Step 'restore' uses component '/builtin/get_blb', but the builtin plugin it routes to has no component '/get_blb' ($.steps[1].component)", d.String("r.yaml"))
+	require.True(t, ds.HasErrors())
+	require.Equal(t, CodeUnroutableComponent, ds[1].Code)
 }
 
 func TestDiagnosticFormatting(t *testing.T) {

@@ -214,8 +214,9 @@ func (ps *Plugins) Router() *Router { return ps.router }
 // Route implements executor.Router: it resolves the step's component path
 // and input to a plugin and returns the plugin's component. Routing
 // failures are *RouteError. A name the plugin does not know yields a
-// component whose execution fails with `unknown component: /x`, so the
-// step fails as upstream's does (500 `step "<id>" failed`).
+// component whose execution fails with `unknown component: <path>`
+// (naming the plugin and its local name when they differ), so the step
+// fails as upstream's does (500 `step "<id>" failed`).
 func (ps *Plugins) Route(path string, input value.Value) (executor.Component, error) {
 	t, err := ps.router.Resolve(path, input)
 	if err != nil {
@@ -227,6 +228,11 @@ func (ps *Plugins) Route(path string, input value.Value) (executor.Component, er
 	}
 	c, err := p.Component(t.Component)
 	if errors.Is(err, ErrUnknownComponent) {
+		// Name the step's path: the plugin-local name alone (/get_blb)
+		// hides which route and plugin the step reached.
+		if t.Component != path {
+			err = fmt.Errorf("%w: %s (plugin %q has no component %s)", ErrUnknownComponent, path, t.Plugin, t.Component)
+		}
 		return failing{name: t.Component, err: err}, nil
 	}
 	if err != nil {

@@ -57,8 +57,11 @@ func TestDefaultConfigRunsBuiltins(t *testing.T) {
 
 	// An unknown builtin routes, and fails when executed, as upstream.
 	res, err = execute(t, ps, "/builtin/nope", `{}`)
-	require.EqualError(t, err, "unknown component: /nope")
+	require.EqualError(t, err, `unknown component: /builtin/nope (plugin "builtin" has no component /nope)`)
 	require.ErrorIs(t, err, plugin.ErrUnknownComponent)
+	name, unknown := ps.Router().UnknownBuiltin("/builtin/nope")
+	require.True(t, unknown)
+	require.Equal(t, "/nope", name)
 	require.False(t, res.Failed())
 
 	_, err = ps.Route("/other/x", nil)

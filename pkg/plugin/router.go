@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/stepflow-go/stepflow/pkg/config"
+	"github.com/stepflow-go/stepflow/pkg/plugin/builtin"
 	"github.com/stepflow-go/stepflow/pkg/value"
 )
 
@@ -81,13 +82,15 @@ type Target struct {
 // A Router is immutable and safe for concurrent use.
 type Router struct {
 	routes []*route
+	// builtins names the plugins of type builtin.
+	builtins map[string]bool
 }
 
 // NewRouter compiles the routes of cfg. Every rule must name a plugin of
 // cfg. Errors are *config.Error values placing the problem in the config
 // file and wrapping ErrInvalidRoute.
 func NewRouter(cfg *config.Config) (*Router, error) {
-	r := &Router{}
+	r := &Router{builtins: map[string]bool{}}
 	for _, cr := range cfg.Routes {
 		segs, err := parsePattern(cr.Pattern)
 		if err != nil {
@@ -100,9 +103,13 @@ func NewRouter(cfg *config.Config) (*Router, error) {
 			}
 		}
 		for _, rule := range cr.Rules {
-			if cfg.Plugin(rule.Plugin) == nil {
+			pc := cfg.Plugin(rule.Plugin)
+			if pc == nil {
 				return nil, routeConfigError(cfg, value.PathField(rule.Path, "plugin"), rule.Pos,
 					fmt.Sprintf("route %q references unknown plugin %q", cr.Pattern, rule.Plugin))
+			}
+			if pc.Type == config.TypeBuiltin {
+				r.builtins[rule.Plugin] = true
 			}
 		}
 		r.routes = append(r.routes, &route{cfg: cr, segs: segs})
@@ -237,6 +244,34 @@ func (r *Router) find(path string) (*route, map[string]string) {
 func (r *Router) Match(path string) bool {
 	rt, _ := r.find(path)
 	return rt != nil
+}
+
+// UnknownBuiltin reports whether path surely routes to a builtin that
+// does not exist (for static validation), and that builtin's plugin-local
+// name (/get_blb): a pattern matches path, and every rule of that pattern
+// names a builtin plugin and resolves path to a name that is not a
+// builtin (builtin.Known). A rule naming another plugin, or resolving to
+// a known builtin, may route the step somewhere that works, so the answer
+// is then false; so it is for paths no pattern matches (see Match).
+func (r *Router) UnknownBuiltin(path string) (string, bool) {
+	rt, params := r.find(path)
+	if rt == nil || len(rt.cfg.Rules) == 0 {
+		return "", false
+	}
+	var name string
+	for _, rule := range rt.cfg.Rules {
+		if !r.builtins[rule.Plugin] {
+			return "", false
+		}
+		comp, err := resolveComponent(rt, rule, params, path)
+		if err != nil || builtin.Known(comp) {
+			return "", false
+		}
+		if name == "" {
+			name = comp
+		}
+	}
+	return name, true
 }
 
 // Resolve routes a step's component path and resolved input. Errors are

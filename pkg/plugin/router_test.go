@@ -125,6 +125,36 @@ func TestRouterMatch(t *testing.T) {
 	require.False(t, r.Match("/c"))
 }
 
+func TestRouterUnknownBuiltin(t *testing.T) {
+	t.Parallel()
+	r := router(t, "plugins:\n  builtin: {type: builtin}\n  m: {type: mock, components: {}}\n"+`routes: {`+
+		`"/builtin/{*component}": [{plugin: builtin}], `+
+		`"/mixed/{component}": [{plugin: builtin, conditions: [{path: x, value: 1}]}, {plugin: m}], `+
+		`"/both/{component}": [{plugin: builtin, conditions: [{path: x, value: 1}]}, {plugin: builtin, component: "/eval"}], `+
+		`"/alias/{component}": [{plugin: builtin, component: "/{component}_blob"}], `+
+		`"/m/{*component}": [{plugin: m}]}`+"\n")
+	tests := []struct {
+		path string
+		name string
+		bad  bool
+	}{
+		{"/builtin/get_blb", "/get_blb", true},
+		{"/builtin/get_blob", "", false},
+		{"/builtin/eval/x", "/eval/x", true},
+		{"/alias/get", "", false},
+		{"/alias/got", "/got_blob", true},
+		{"/mixed/nope", "", false}, // the mock plugin may have it
+		{"/both/nope", "", false},  // the second rule reaches /eval
+		{"/m/nope", "", false},     // not a builtin plugin
+		{"/other/x", "", false},    // no route: Match's business
+	}
+	for _, tc := range tests {
+		name, bad := r.UnknownBuiltin(tc.path)
+		require.Equal(t, tc.bad, bad, tc.path)
+		require.Equal(t, tc.name, name, tc.path)
+	}
+}
+
 func TestRouterConstructionErrors(t *testing.T) {
 	t.Parallel()
 	tests := []struct{ routes, want string }{

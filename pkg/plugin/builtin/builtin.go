@@ -138,20 +138,50 @@ func New(host pluginapi.Host) *Plugin {
 	}
 	p := &Plugin{host: host, comps: map[string]*component{}}
 	infos := infos()
-	add := func(name string, run func(context.Context, *executor.Request) (outcome.Result, error)) {
-		c := &component{info: infos[name], run: run}
-		p.comps[name] = c
+	for _, r := range registry {
+		run := r.run
+		c := &component{info: infos[r.name], run: func(ctx context.Context, req *executor.Request) (outcome.Result, error) {
+			return run(p, ctx, req)
+		}}
+		p.comps[r.name] = c
 		p.order = append(p.order, c)
 	}
-	add(CreateMessages, p.createMessages)
-	add(Eval, p.eval)
-	add(GetBlob, p.getBlob)
-	add(Iterate, p.iterate)
-	add(LoadFile, p.loadFile)
-	add(Map, p.mapFlow)
-	add(OpenAI, p.openAI)
-	add(PutBlob, p.putBlob)
 	return p
+}
+
+// registry is the list of builtins, by name: New builds the plugin's
+// components from it, and Names and Known answer from it.
+var registry = []struct {
+	name string
+	run  func(p *Plugin, ctx context.Context, req *executor.Request) (outcome.Result, error)
+}{
+	{CreateMessages, (*Plugin).createMessages},
+	{Eval, (*Plugin).eval},
+	{GetBlob, (*Plugin).getBlob},
+	{Iterate, (*Plugin).iterate},
+	{LoadFile, (*Plugin).loadFile},
+	{Map, (*Plugin).mapFlow},
+	{OpenAI, (*Plugin).openAI},
+	{PutBlob, (*Plugin).putBlob},
+}
+
+// Names returns the plugin-local names of the builtins (/eval, …), sorted.
+func Names() []string {
+	out := make([]string, len(registry))
+	for i, r := range registry {
+		out[i] = r.name
+	}
+	return out
+}
+
+// Known reports whether name (plugin-local, /eval) is a builtin.
+func Known(name string) bool {
+	for _, r := range registry {
+		if r.name == name {
+			return true
+		}
+	}
+	return false
 }
 
 // Factory is the pluginapi.Factory of `type: builtin`.

@@ -110,6 +110,12 @@ func TestComponentsAndUnknown(t *testing.T) {
 		require.NotNil(t, i.OutputSchema)
 	}
 	require.Equal(t, []string{"/create_messages", "/eval", "/get_blob", "/iterate", "/load_file", "/map", "/openai", "/put_blob"}, names)
+	require.Equal(t, names, builtin.Names(), "Names lists the components the plugin has")
+	for _, n := range names {
+		require.True(t, builtin.Known(n), n)
+	}
+	require.False(t, builtin.Known("/get_blb"))
+	require.False(t, builtin.Known("get_blob"))
 	openai := infos[6].InputSchema.(*value.Object)
 	title, _ := openai.Get("title")
 	require.Equal(t, "OpenAIInput", title)
