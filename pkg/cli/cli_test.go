@@ -282,6 +282,25 @@ output: { $if: { $input: flag }, then: { $step: b }, else: { $step: c } }
 	require.Equal(t, 0, r.code, r.stderr)
 	require.Contains(t, r.stdout, "flowchart TD")
 	require.Contains(t, r.stdout, "step_c -.-> output")
+
+	// A flow that does not validate is not drawn: validate's messages on
+	// stderr, exit 1, with either format and with -o.
+	bad := tempFile(t, dir, "bad.yaml", `name: viz
+steps:
+  - { id: a, component: /builtin/put_blob, input: { data: { $step: nope } } }
+output: { $step: a }
+`)
+	diag := bad + ":3:59: fatal: Step 'a' references undefined step 'nope' ($.steps[0].input.data)\n"
+	for _, args := range [][]string{{bad}, {"--format", "mermaid", bad}, {"-o", filepath.Join(dir, "bad.dot"), bad}} {
+		r = stepflow(t, nil, "", append([]string{"visualize"}, args...)...)
+		require.Equal(t, ExitFailure, r.code, args)
+		require.Empty(t, r.stdout, args)
+		require.Equal(t, diag+"📊 Validation results: 1 fatal, 0 errors, 0 warnings\nError: flow validation failed\n", r.stderr, args)
+	}
+	require.NoFileExists(t, filepath.Join(dir, "bad.dot"))
+	v := stepflow(t, nil, "", "validate", "--flow", bad)
+	require.Equal(t, ExitFailure, v.code)
+	require.Contains(t, v.stdout, diag, "the same message as validate")
 }
 
 func TestListComponents(t *testing.T) {

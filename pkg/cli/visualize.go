@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -22,21 +23,32 @@ component), the input and output, and an edge for every reference. Edges that
 only a $if branch or a $coalesce fallback uses are dashed.
 
 Render DOT with Graphviz (stepflow visualize f.yaml | dot -Tsvg > f.svg) or
-paste Mermaid into any Markdown viewer that supports it.`,
+paste Mermaid into any Markdown viewer that supports it.
+
+A flow with fatal diagnostics or errors (see validate: a reference to an
+undefined step, a cycle, …) is not drawn: its diagnostics go to stderr and
+the exit code is 1. Routes are not checked (visualize reads no config).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if format != "dot" && format != "mermaid" {
+				return usageErr("--format must be dot or mermaid, got %q", format)
+			}
 			f, err := flow.Load(args[0])
 			if err != nil {
 				return &ExitError{Code: ExitFailure, Err: err}
 			}
+			// A flow that does not validate (a reference to an undefined
+			// step, a cycle, …) has no graph to draw: report it as
+			// validate does and draw nothing.
+			if diags := onlyErrors(withoutExperimental(flow.Validate(f))); diags.HasErrors() {
+				printDiagnostics(a.io.Stderr, f.File, diags)
+				return &ExitError{Code: ExitFailure, Err: errors.New("flow validation failed")}
+			}
 			var text string
-			switch format {
-			case "dot":
+			if format == "dot" {
 				text = DOT(f)
-			case "mermaid":
+			} else {
 				text = Mermaid(f)
-			default:
-				return usageErr("--format must be dot or mermaid, got %q", format)
 			}
 			var w io.Writer = a.io.Stdout
 			if output != "" {
