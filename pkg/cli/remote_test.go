@@ -307,9 +307,13 @@ func TestRunsCancelAndScale(t *testing.T) {
 	require.Equal(t, ExitFailure, r.code)
 	require.Contains(t, r.stderr, "HTTP 409")
 
-	r = stepflow(t, nil, "", "runs", "get", "no-such-run", "--url", url)
+	r = stepflow(t, nil, "", "runs", "get", "0198c0de-0000-7000-8000-000000000000", "--url", url)
 	require.Equal(t, ExitFailure, r.code)
 	require.Contains(t, r.stderr, "HTTP 404")
+	r = stepflow(t, nil, "", "runs", "get", "no-such-run", "--url", url)
+	require.Equal(t, ExitFailure, r.code)
+	require.Contains(t, r.stderr, "HTTP 400")
+	require.Contains(t, r.stderr, "invalid run id 'no-such-run' (not a UUID")
 
 	r = stepflow(t, nil, "", "runs", "scale", runID, "0", "--url", url)
 	require.Equal(t, ExitUsage, r.code, r.stderr)

@@ -1,7 +1,6 @@
 package coordinator_test
 
 import (
-	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -295,8 +294,40 @@ func TestBadRequests(t *testing.T) {
 	requireError(t, cl.get("/flows/"+unknownFlow), http.StatusNotFound, "Flow not found")
 	requireError(t, cl.post("/runs", `{"flowId":"`+unknownFlow+`","input":[1]}`), http.StatusNotFound, "Workflow '"+unknownFlow+"' not found")
 	requireError(t, cl.uploadJSONL(unknownFlow, "", []string{"1"}, nil), http.StatusNotFound, "Workflow '"+unknownFlow+"' not found")
-	requireError(t, cl.get("/runs/not.a.run"), http.StatusBadRequest,
-		fmt.Sprintf("invalid run id 'not.a.run' (%v)", queue.ValidateRunID("not.a.run")))
+	// 400 on every route that takes an id, for an id that is not a UUID
+	// (upstream's answer to a bad UUID in the path).
+	for _, bad := range []string{"not-a-uuid", "not.a.run", "0198c0de-0000-7000-8000-00000000000", "0198c0de-0000-7000-8000-000000000000x"} {
+		msg := "invalid run id '" + bad + "' (not a UUID: run ids look like 0198c0de-0000-7000-8000-000000000000)"
+		for _, rt := range []struct{ method, path, body string }{
+			{http.MethodGet, "/runs/" + bad, ""},
+			{http.MethodPatch, "/runs/" + bad, `{"maxConcurrency":3}`},
+			{http.MethodDelete, "/runs/" + bad, ""},
+			{http.MethodPost, "/runs/" + bad + "/cancel", ""},
+			{http.MethodGet, "/runs/" + bad + "/items", ""},
+			{http.MethodGet, "/runs/" + bad + "/steps", ""},
+			{http.MethodGet, "/runs/" + bad + "/flow", ""},
+			{http.MethodGet, "/runs/" + bad + "/events", ""},
+		} {
+			var body *strings.Reader
+			if rt.body != "" {
+				body = strings.NewReader(rt.body)
+			}
+			var r response
+			if body != nil {
+				r = cl.do(rt.method, rt.path, body, nil)
+			} else {
+				r = cl.do(rt.method, rt.path, nil, nil)
+			}
+			requireError(t, r, http.StatusBadRequest, msg)
+		}
+	}
+	long := strings.Repeat("x", 200)
+	requireError(t, cl.get("/runs/"+long), http.StatusBadRequest,
+		"invalid run id '"+long[:64]+"…' (not a UUID: run ids look like 0198c0de-0000-7000-8000-000000000000)")
+	// A UUID in another spelling names the same run.
+	upper := cl.get("/runs/" + strings.ToUpper(runID))
+	require.Equal(t, http.StatusOK, upper.Status, "%s", upper.Body)
+	require.Equal(t, runID, upper.JSON(t)["runId"])
 	require.Len(t, cl.get("/runs").JSON(t)["runs"], 1)
 }
 

@@ -18,6 +18,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/uuid"
 	"go.uber.org/zap"
 
 	"github.com/stepflow-go/stepflow/pkg/blob"
@@ -65,14 +66,15 @@ func (c *Coordinator) Handler() http.Handler {
 	mux.HandleFunc("DELETE /api/v1/flows/{flowId}", c.handleDeleteFlow)
 	mux.HandleFunc("POST /api/v1/runs", c.handleCreateRun)
 	mux.HandleFunc("GET /api/v1/runs", c.handleListRuns)
-	mux.HandleFunc("GET /api/v1/runs/{runId}", c.handleGetRun)
-	mux.HandleFunc("PATCH /api/v1/runs/{runId}", c.handlePatchRun)
-	mux.HandleFunc("DELETE /api/v1/runs/{runId}", c.handleDeleteRun)
-	mux.HandleFunc("GET /api/v1/runs/{runId}/items", c.handleItems)
-	mux.HandleFunc("GET /api/v1/runs/{runId}/steps", c.handleSteps)
-	mux.HandleFunc("GET /api/v1/runs/{runId}/flow", c.handleRunFlow)
-	mux.HandleFunc("GET /api/v1/runs/{runId}/events", c.handleEvents)
-	mux.HandleFunc("POST /api/v1/runs/{runId}/cancel", c.handleCancel)
+	runRoute := func(pattern string, h http.HandlerFunc) { mux.Handle(pattern, c.withRunID(h)) }
+	runRoute("GET /api/v1/runs/{runId}", c.handleGetRun)
+	runRoute("PATCH /api/v1/runs/{runId}", c.handlePatchRun)
+	runRoute("DELETE /api/v1/runs/{runId}", c.handleDeleteRun)
+	runRoute("GET /api/v1/runs/{runId}/items", c.handleItems)
+	runRoute("GET /api/v1/runs/{runId}/steps", c.handleSteps)
+	runRoute("GET /api/v1/runs/{runId}/flow", c.handleRunFlow)
+	runRoute("GET /api/v1/runs/{runId}/events", c.handleEvents)
+	runRoute("POST /api/v1/runs/{runId}/cancel", c.handleCancel)
 	mux.HandleFunc("GET /api/v1/cluster", c.handleCluster)
 	profiling.Register(mux) // behind the token like everything else
 	c.mountUI(mux)
@@ -80,6 +82,37 @@ func (c *Coordinator) Handler() http.Handler {
 		c.writeError(w, r, errorf(ErrRunNotFound, "no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
 	return c.forward(c.cors(c.auth(mux)))
+}
+
+// withRunID guards a route that takes a {runId}: run ids are UUIDs (the
+// coordinator makes UUIDv7s), so anything that does not parse as one is
+// a 400 `invalid run id '<id>' (…)`, as upstream answers a bad UUID in
+// the path, and never reaches the store (404 stays for well-formed ids
+// of no run). The id is handed on in its canonical form (lower case,
+// hyphenated), the form under which runs are stored.
+func (c *Coordinator) withRunID(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		id, err := parseRunID(r.PathValue("runId"))
+		if err != nil {
+			c.writeError(w, r, err)
+			return
+		}
+		r.SetPathValue("runId", id)
+		h(w, r)
+	}
+}
+
+// parseRunID checks a run id from a request path and returns its
+// canonical form.
+func parseRunID(s string) (string, error) {
+	u, err := uuid.Parse(s)
+	if err != nil {
+		if len(s) > 64 { // echo enough to recognise it, not a whole URL's worth
+			s = s[:64] + "…"
+		}
+		return "", errorf(ErrInvalidRequest, "invalid run id '%s' (not a UUID: run ids look like 0198c0de-0000-7000-8000-000000000000)", s)
+	}
+	return u.String(), nil
 }
 
 // unauthenticatedPaths are the only paths served without the bearer
