@@ -468,6 +468,9 @@ func (e *chaosEnv) executions() []execution {
 		return nil
 	}
 	require.NoError(e.t, err)
+	// A line being appended right now may be read in part: only complete
+	// lines count (each execution writes its whole line at once).
+	data = data[:bytes.LastIndexByte(data, '\n')+1]
 	var out []execution
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	for sc.Scan() {
