@@ -287,7 +287,12 @@ func (w *Worker) handle(d delivery) (failed, acked bool, err error) {
 	if err != nil {
 		return false, false, fmt.Errorf("send result %d of run %s: %w", it.GetIndex(), d.runID, err)
 	}
-	answer, err := w.sendResult(d.ctx, subject, data, d.runID, it.GetIndex())
+	// Once the result exists it is delivered whatever becomes of the run
+	// meanwhile: its last results complete it, and the record turns
+	// terminal (which cancels the run's items here) as their answers are
+	// on their way. The coordinator drops results of a run that is over.
+	// Only a worker giving up on its drain stops the wait.
+	answer, err := w.sendResult(w.workCtx, subject, data, d.runID, it.GetIndex())
 	if err != nil {
 		return false, false, err
 	}
