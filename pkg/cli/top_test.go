@@ -199,11 +199,14 @@ func TestTopOnce(t *testing.T) {
 
 	// The run exists once submit returns; its publisher puts the items on
 	// the queue right after.
+	// The consumer's count of pending items follows the stream's a moment
+	// later.
 	itemsLine := regexp.MustCompile(`(?m)^STEPFLOW_ITEMS +30 +\S+ +1 +\d+ `)
+	consumerLine := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(short) + ` +30 +0 +0 +4 `)
 	var r result
 	queued := assert.Eventually(t, func() bool {
 		r = stepflow(t, nil, "", "top", "--once", "--url", url)
-		return r.code == ExitOK && itemsLine.MatchString(r.stdout)
+		return r.code == ExitOK && itemsLine.MatchString(r.stdout) && consumerLine.MatchString(r.stdout)
 	}, 10*time.Second, 20*time.Millisecond)
 	require.True(t, queued, "last output:\n%s\n%s", r.stdout, r.stderr)
 	out := r.stdout
