@@ -6,6 +6,12 @@ PKGS      := ./...
 RACE      ?= -race
 FUZZTIME  ?= 10s
 BENCHTIME ?= 1s
+# The test targets pipe go test into test/skipcheck and need pipefail.
+SHELL     := /bin/bash
+# Reads `go test -json`, prints what plain go test prints (ok/FAIL lines,
+# failed tests' output) and fails on a skip that is not in
+# test/allowed-skips.txt.
+SKIPCHECK  = $(GO) run ./test/skipcheck -allow test/allowed-skips.txt
 
 .PHONY: help build test test-integration bench fuzz lint verify demo example clean venv venv-upstream k8s-check
 
@@ -17,11 +23,11 @@ build: ## build bin/stepflow, bin/coordinator and bin/worker
 	$(GO) build -o $(BIN)/coordinator ./cmd/coordinator
 	$(GO) build -o $(BIN)/worker ./cmd/worker
 
-test: venv mcp-deps ## every test (unit, conformance, real component servers), with the race detector
-	$(GO) test $(RACE) -count=1 -timeout 20m $(PKGS)
+test: venv mcp-deps ## every test (unit, conformance, real component servers), with the race detector; fails on a skip not in test/allowed-skips.txt
+	set -o pipefail; $(GO) test $(RACE) -json -count=1 -timeout 20m $(PKGS) | $(SKIPCHECK)
 
 test-integration: venv ## only the multi-process tests in test/integration (part of `make test` too)
-	$(GO) test $(RACE) -count=1 ./test/integration/...
+	set -o pipefail; $(GO) test $(RACE) -json -count=1 ./test/integration/... | $(SKIPCHECK)
 
 bench: build venv venv-upstream ## benchmarks: Go micro-benchmarks and the end-to-end batch figures (against upstream's server too)
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./pkg/value/ ./pkg/expr/ ./pkg/executor/ ./pkg/jsonl/ ./pkg/reorder/ ./pkg/blob/ ./pkg/protocol/ ./pkg/queue/ ./pkg/worker/
