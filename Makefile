@@ -12,6 +12,10 @@ SHELL     := /bin/bash
 # failed tests' output) and fails on a skip that is not in
 # test/allowed-skips.txt.
 SKIPCHECK  = $(GO) run ./test/skipcheck -allow test/allowed-skips.txt
+# Tests that -race distorts (heap and allocation figures): they skip under
+# -race (listed in test/allowed-skips.txt) and run again without it.
+NORACE_TESTS := ./pkg/blob/
+NORACE_RUN   := ^(TestSpillHeapPerBlob|TestMemSize)$$
 
 .PHONY: help build test test-integration bench fuzz lint verify demo example clean venv venv-upstream k8s-check
 
@@ -25,6 +29,7 @@ build: ## build bin/stepflow, bin/coordinator and bin/worker
 
 test: venv mcp-deps ## every test (unit, conformance, real component servers), with the race detector; fails on a skip not in test/allowed-skips.txt
 	set -o pipefail; $(GO) test $(RACE) -json -count=1 -timeout 20m $(PKGS) | $(SKIPCHECK)
+	set -o pipefail; $(GO) test -json -count=1 -run '$(NORACE_RUN)' $(NORACE_TESTS) | $(GO) run ./test/skipcheck -allow /dev/null
 
 test-integration: venv ## only the multi-process tests in test/integration (part of `make test` too)
 	set -o pipefail; $(GO) test $(RACE) -json -count=1 ./test/integration/... | $(SKIPCHECK)
