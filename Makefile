@@ -17,7 +17,7 @@ SKIPCHECK  = $(GO) run ./test/skipcheck -allow test/allowed-skips.txt
 NORACE_TESTS := ./pkg/blob/
 NORACE_RUN   := ^(TestSpillHeapPerBlob|TestMemSize)$$
 
-.PHONY: help build test test-integration bench fuzz lint verify demo example clean venv venv-upstream k8s-check
+.PHONY: help build check test test-integration bench fuzz lint verify demo example clean venv venv-upstream k8s-check
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -26,6 +26,9 @@ build: ## build bin/stepflow, bin/coordinator and bin/worker
 	$(GO) build -o $(BIN)/stepflow ./cmd/stepflow
 	$(GO) build -o $(BIN)/coordinator ./cmd/coordinator
 	$(GO) build -o $(BIN)/worker ./cmd/worker
+
+check: ## fast inner loop, ~50 s cold cache on 2 busy cores: every package's unit tests with -short, no -race (skips multi-process, browser, real SDK/MCP server and slow tests; make test runs them)
+	set -o pipefail; $(GO) test -short -json $(PKGS) | $(SKIPCHECK) -short
 
 test: venv mcp-deps ## every test (unit, conformance, real component servers), with the race detector; fails on a skip not in test/allowed-skips.txt
 	set -o pipefail; $(GO) test $(RACE) -json -count=1 -timeout 20m $(PKGS) | $(SKIPCHECK)
