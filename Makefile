@@ -84,22 +84,32 @@ PYTHON       ?= python3
 VENV_HTTP    := .venv-sdk-http
 VENV_STDIO   := .venv-sdk-stdio
 
-venv: ## the stepflow-py SDKs the component-server tests drive (0.9.2 over HTTP, <=0.8 over stdio)
+# The stepflow-py SDKs the component-server tests drive. Over stdio, 0.7.0
+# is the newest release on PyPI with StepflowStdioServer (0.8.0 was never
+# published there: `pip index versions stepflow-py`). pip's errors are
+# shown; a failed install fails the target.
+SDK_HTTP_VERSION  := 0.9.2
+SDK_STDIO_VERSION := 0.7.0
+PIP_INSTALL        = bin/pip install --quiet --disable-pip-version-check
+
+venv: ## the stepflow-py SDKs the component-server tests drive (0.9.2 over HTTP, 0.7.0 over stdio)
 	@if $(VENV_HTTP)/bin/python -c 'import stepflow_py.worker' 2>/dev/null; then \
 		echo "$(VENV_HTTP): stepflow-py[http] present"; \
 	else \
-		$(PYTHON) -m venv $(VENV_HTTP) && \
-		$(VENV_HTTP)/bin/pip install --quiet "stepflow-py[http]==0.9.2" && \
-		$(VENV_HTTP)/bin/python -c 'import stepflow_py.worker'; \
+		echo "$(VENV_HTTP): installing stepflow-py[http]==$(SDK_HTTP_VERSION)"; \
+		{ $(PYTHON) -m venv $(VENV_HTTP) && \
+		  $(VENV_HTTP)/$(PIP_INSTALL) "stepflow-py[http]==$(SDK_HTTP_VERSION)" && \
+		  $(VENV_HTTP)/bin/python -c 'import stepflow_py.worker'; } || \
+		{ echo "make venv: stepflow-py[http]==$(SDK_HTTP_VERSION) into $(VENV_HTTP) failed (see the error above)" >&2; exit 1; }; \
 	fi
 	@if $(VENV_STDIO)/bin/python -c 'from stepflow_py import StepflowStdioServer' 2>/dev/null; then \
 		echo "$(VENV_STDIO): stepflow-py (stdio) present"; \
 	else \
-		$(PYTHON) -m venv $(VENV_STDIO) && \
-		{ $(VENV_STDIO)/bin/pip install --quiet "stepflow-py==0.8.0" 2>/dev/null || \
-		  { echo "stepflow-py 0.8.0 is not on PyPI; installing 0.7.0, the newest SDK with StepflowStdioServer there"; \
-		    $(VENV_STDIO)/bin/pip install --quiet "stepflow-py==0.7.0"; }; } && \
-		$(VENV_STDIO)/bin/python -c 'from stepflow_py import StepflowStdioServer'; \
+		echo "$(VENV_STDIO): installing stepflow-py==$(SDK_STDIO_VERSION)"; \
+		{ $(PYTHON) -m venv $(VENV_STDIO) && \
+		  $(VENV_STDIO)/$(PIP_INSTALL) "stepflow-py==$(SDK_STDIO_VERSION)" && \
+		  $(VENV_STDIO)/bin/python -c 'from stepflow_py import StepflowStdioServer'; } || \
+		{ echo "make venv: stepflow-py==$(SDK_STDIO_VERSION) into $(VENV_STDIO) failed (see the error above)" >&2; exit 1; }; \
 	fi
 
 # Upstream Stepflow's own server (stepflow-server, a Rust binary that the
