@@ -6,8 +6,18 @@ PKGS      := ./...
 RACE      ?= -race
 FUZZTIME  ?= 10s
 BENCHTIME ?= 1s
+# The test targets pipe go test into test/skipcheck and need pipefail.
+SHELL     := /bin/bash
+# Reads `go test -json`, prints what plain go test prints (ok/FAIL lines,
+# failed tests' output) and fails on a skip that is not in
+# test/allowed-skips.txt.
+SKIPCHECK  = $(GO) run ./test/skipcheck -allow test/allowed-skips.txt
+# Tests that -race distorts (heap and allocation figures): they skip under
+# -race (listed in test/allowed-skips.txt) and run again without it.
+NORACE_TESTS := ./pkg/blob/
+NORACE_RUN   := ^(TestSpillHeapPerBlob|TestMemSize)$$
 
-.PHONY: help build test test-integration bench fuzz lint verify demo example clean venv venv-upstream k8s-check
+.PHONY: help build check test test-integration bench fuzz lint verify demo example clean venv venv-upstream k8s-check
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -17,11 +27,15 @@ build: ## build bin/stepflow, bin/coordinator and bin/worker
 	$(GO) build -o $(BIN)/coordinator ./cmd/coordinator
 	$(GO) build -o $(BIN)/worker ./cmd/worker
 
-test: venv mcp-deps ## every test (unit, conformance, real component servers), with the race detector
-	$(GO) test $(RACE) -count=1 -timeout 20m $(PKGS)
+check: ## fast inner loop, ~50 s cold cache on 2 busy cores: every package's unit tests with -short, no -race (skips multi-process, browser, real SDK/MCP server and slow tests; make test runs them)
+	set -o pipefail; $(GO) test -short -json $(PKGS) | $(SKIPCHECK) -short
+
+test: venv mcp-deps ## every test (unit, conformance, real component servers), with the race detector; fails on a skip not in test/allowed-skips.txt
+	set -o pipefail; $(GO) test $(RACE) -json -count=1 -timeout 20m $(PKGS) | $(SKIPCHECK)
+	set -o pipefail; $(GO) test -json -count=1 -run '$(NORACE_RUN)' $(NORACE_TESTS) | $(GO) run ./test/skipcheck -allow /dev/null
 
 test-integration: venv ## only the multi-process tests in test/integration (part of `make test` too)
-	$(GO) test $(RACE) -count=1 ./test/integration/...
+	set -o pipefail; $(GO) test $(RACE) -json -count=1 ./test/integration/... | $(SKIPCHECK)
 
 bench: build venv venv-upstream ## benchmarks: Go micro-benchmarks and the end-to-end batch figures (against upstream's server too)
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./pkg/value/ ./pkg/expr/ ./pkg/executor/ ./pkg/jsonl/ ./pkg/reorder/ ./pkg/blob/ ./pkg/protocol/ ./pkg/queue/ ./pkg/worker/
@@ -70,22 +84,32 @@ PYTHON       ?= python3
 VENV_HTTP    := .venv-sdk-http
 VENV_STDIO   := .venv-sdk-stdio
 
-venv: ## the stepflow-py SDKs the component-server tests drive (0.9.2 over HTTP, <=0.8 over stdio)
+# The stepflow-py SDKs the component-server tests drive. Over stdio, 0.7.0
+# is the newest release on PyPI with StepflowStdioServer (0.8.0 was never
+# published there: `pip index versions stepflow-py`). pip's errors are
+# shown; a failed install fails the target.
+SDK_HTTP_VERSION  := 0.9.2
+SDK_STDIO_VERSION := 0.7.0
+PIP_INSTALL        = bin/pip install --quiet --disable-pip-version-check
+
+venv: ## the stepflow-py SDKs the component-server tests drive (0.9.2 over HTTP, 0.7.0 over stdio)
 	@if $(VENV_HTTP)/bin/python -c 'import stepflow_py.worker' 2>/dev/null; then \
 		echo "$(VENV_HTTP): stepflow-py[http] present"; \
 	else \
-		$(PYTHON) -m venv $(VENV_HTTP) && \
-		$(VENV_HTTP)/bin/pip install --quiet "stepflow-py[http]==0.9.2" && \
-		$(VENV_HTTP)/bin/python -c 'import stepflow_py.worker'; \
+		echo "$(VENV_HTTP): installing stepflow-py[http]==$(SDK_HTTP_VERSION)"; \
+		{ $(PYTHON) -m venv $(VENV_HTTP) && \
+		  $(VENV_HTTP)/$(PIP_INSTALL) "stepflow-py[http]==$(SDK_HTTP_VERSION)" && \
+		  $(VENV_HTTP)/bin/python -c 'import stepflow_py.worker'; } || \
+		{ echo "make venv: stepflow-py[http]==$(SDK_HTTP_VERSION) into $(VENV_HTTP) failed (see the error above)" >&2; exit 1; }; \
 	fi
 	@if $(VENV_STDIO)/bin/python -c 'from stepflow_py import StepflowStdioServer' 2>/dev/null; then \
 		echo "$(VENV_STDIO): stepflow-py (stdio) present"; \
 	else \
-		$(PYTHON) -m venv $(VENV_STDIO) && \
-		{ $(VENV_STDIO)/bin/pip install --quiet "stepflow-py==0.8.0" 2>/dev/null || \
-		  { echo "stepflow-py 0.8.0 is not on PyPI; installing 0.7.0, the newest SDK with StepflowStdioServer there"; \
-		    $(VENV_STDIO)/bin/pip install --quiet "stepflow-py==0.7.0"; }; } && \
-		$(VENV_STDIO)/bin/python -c 'from stepflow_py import StepflowStdioServer'; \
+		echo "$(VENV_STDIO): installing stepflow-py==$(SDK_STDIO_VERSION)"; \
+		{ $(PYTHON) -m venv $(VENV_STDIO) && \
+		  $(VENV_STDIO)/$(PIP_INSTALL) "stepflow-py==$(SDK_STDIO_VERSION)" && \
+		  $(VENV_STDIO)/bin/python -c 'from stepflow_py import StepflowStdioServer'; } || \
+		{ echo "make venv: stepflow-py==$(SDK_STDIO_VERSION) into $(VENV_STDIO) failed (see the error above)" >&2; exit 1; }; \
 	fi
 
 # Upstream Stepflow's own server (stepflow-server, a Rust binary that the

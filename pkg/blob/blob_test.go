@@ -236,8 +236,11 @@ func TestSpillBadDir(t *testing.T) {
 // TestSpillHeapPerBlob checks that spilled blobs cost only their index
 // entry on the heap (the 1M-blob figure is in BenchmarkSpillMillion).
 func TestSpillHeapPerBlob(t *testing.T) {
-	if testing.Short() || raceEnabled {
-		t.Skip("slow; skipped in -short and -race")
+	if testing.Short() {
+		t.Skip("short: slow (200,000 blobs)")
+	}
+	if raceEnabled {
+		t.Skip("the race detector changes the heap; make test runs it again without -race")
 	}
 	const n = 200_000
 	perBlob := spillHeap(t, n) / n
@@ -310,7 +313,7 @@ func BenchmarkMemoryPutGet(b *testing.B) {
 // file size (MB-file).
 func BenchmarkSpillMillion(b *testing.B) {
 	if testing.Short() {
-		b.Skip("slow")
+		b.Skip("short: slow")
 	}
 	const n = 1_000_000
 	for b.Loop() {

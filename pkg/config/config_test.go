@@ -15,18 +15,16 @@ import (
 	"github.com/stepflow-go/stepflow/pkg/value"
 )
 
-const upstreamTests = "../../../shared/upstream/stepflow-0.9.0/tests"
+// upstreamTests is upstream Stepflow 0.9.0's tests directory, kept in the
+// repository (relative to this package's directory, where go test runs).
+const upstreamTests = "../../test/conformance/upstream"
 
 func upstreamDir(t *testing.T) string {
 	t.Helper()
-	dir := upstreamTests
-	if _, err := os.Stat(dir); err != nil {
-		dir = "/work/shared/upstream/stepflow-0.9.0/tests"
-		if _, err := os.Stat(dir); err != nil {
-			t.Skip("upstream tests not available")
-		}
+	if _, err := os.Stat(upstreamTests); err != nil {
+		t.Fatalf("upstream tests missing from the repository: %v", err)
 	}
-	return dir
+	return upstreamTests
 }
 
 func env(kv ...string) config.Option {

@@ -10,9 +10,11 @@ import (
 
 func FuzzParse(f *testing.F) {
 	for _, p := range []string{"mock", "http", "mcp", "builtins"} {
-		if data, err := os.ReadFile(filepath.Join(upstreamTests, p, "stepflow-config.yml")); err == nil {
-			f.Add(data)
+		data, err := os.ReadFile(filepath.Join(upstreamTests, p, "stepflow-config.yml"))
+		if err != nil {
+			f.Fatal(err)
 		}
+		f.Add(data)
 	}
 	f.Add([]byte("plugins: {a: {type: stepflow, command: '${X:-y}', args: [$Y]}}\nroutes: {/a/{*component}: [{plugin: a, conditions: [{path: $.x, value: [1]}]}]}\n"))
 	f.Add([]byte(`{"plugins":{},"routes":{}}`))

@@ -209,7 +209,7 @@ func (c *countingWriter) Write(p []byte) (int, error) { c.n += int64(len(p)); re
 // low megabytes: nothing proportional to the batch is held.
 func TestResultStoreBoundedMemory(t *testing.T) {
 	if testing.Short() {
-		t.Skip("writes 27 MB")
+		t.Skip("short: writes 27 MB")
 	}
 	const n, size = 100_000, 200
 	var out countingWriter

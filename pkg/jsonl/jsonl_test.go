@@ -451,7 +451,7 @@ func BenchmarkReader(b *testing.B) {
 
 func TestDefaultLimitAccepts64MiB(t *testing.T) {
 	if testing.Short() {
-		t.Skip("allocates 128 MiB")
+		t.Skip("short: allocates 128 MiB")
 	}
 	// A string value that makes the line exactly DefaultMaxLineBytes long,
 	// followed by one that is a byte longer.

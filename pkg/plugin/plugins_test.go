@@ -21,15 +21,15 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
+// upstreamDir is upstream Stepflow 0.9.0's tests directory, kept in the
+// repository (relative to this package's directory, where go test runs).
 func upstreamDir(t *testing.T) string {
 	t.Helper()
-	for _, dir := range []string{"../../../shared/upstream/stepflow-0.9.0/tests", "/work/shared/upstream/stepflow-0.9.0/tests"} {
-		if _, err := os.Stat(dir); err == nil {
-			return dir
-		}
+	const dir = "../../test/conformance/upstream"
+	if _, err := os.Stat(dir); err != nil {
+		t.Fatalf("upstream tests missing from the repository: %v", err)
 	}
-	t.Skip("upstream tests not available")
-	return ""
+	return dir
 }
 
 func newPlugins(t *testing.T, cfg *config.Config, opts plugin.Options) *plugin.Plugins {

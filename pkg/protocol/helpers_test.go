@@ -51,8 +51,14 @@ func repoRoot(tb testing.TB) string {
 
 // venvPython returns the interpreter of the SDK venv named by envVar
 // (default <repo>/<dir>), failing the test when it is missing.
+//
+// Under go test -short (make check) the test skips: it runs a real SDK
+// server process.
 func venvPython(tb testing.TB, envVar, dir string) string {
 	tb.Helper()
+	if testing.Short() {
+		tb.Skip("short: runs a real stepflow-py server")
+	}
 	venv := os.Getenv(envVar)
 	if venv == "" {
 		venv = filepath.Join(repoRoot(tb), dir)

@@ -22,7 +22,7 @@ import (
 // has 16 slots; the run allows 64 items in flight.
 func BenchmarkWorkerEndToEnd(b *testing.B) {
 	if testing.Short() {
-		b.Skip("end-to-end benchmark")
+		b.Skip("short: end-to-end benchmark")
 	}
 	for _, workers := range []int{1, 2} {
 		b.Run(fmt.Sprintf("workers=%d", workers), func(b *testing.B) {

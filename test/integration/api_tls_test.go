@@ -20,6 +20,7 @@ import (
 // clear error that does not echo it; plain HTTP to the TLS port and
 // HTTPS without the CA fail; the health check needs no token.
 func TestAPITLSAndToken(t *testing.T) {
+	skipShort(t)
 	t.Parallel()
 	dir := t.TempDir()
 	tc := newCerts(t, dir)

@@ -40,6 +40,7 @@ output:
 // run` gives. Its neighbours, one of them failing the input schema, are
 // not affected.
 func TestItemLargerThanMaxPayload(t *testing.T) {
+	skipShort(t)
 	t.Parallel()
 	c := newCluster(t)
 	c.addWorker(2, "")

@@ -19,6 +19,7 @@ import (
 // leader's lease expires and the standby takes the runs over; a killed
 // standby only moves the client on to the other URL.
 func TestChaosTwoCoordinators(t *testing.T) {
+	skipShort(t)
 	for _, victim := range []string{"leader", "standby"} {
 		t.Run("kill the "+victim, func(t *testing.T) {
 			e := newChaosEnv(t, chaosOptions{externalNATS: true, coordArgs: []string{"--lease-ttl", "3s"}})

@@ -24,6 +24,7 @@ import (
 // Scenario 1: kill -9 one of three workers mid-batch. The batch completes;
 // only that worker's in-flight items run again.
 func TestChaosWorkerKill(t *testing.T) {
+	skipShort(t)
 	e := newChaosEnv(t, chaosOptions{externalNATS: true})
 	const slots = 4
 	for _, w := range []string{"w1", "w2", "w3"} {
@@ -73,6 +74,7 @@ func TestChaosWorkerKill(t *testing.T) {
 // submit` started before the kill rides through the restart, and
 // `submit --attach` gives the same results afterwards.
 func TestChaosCoordinatorKill(t *testing.T) {
+	skipShort(t)
 	e := newChaosEnv(t, chaosOptions{})
 	for _, w := range []string{"w1", "w2", "w3"} {
 		e.addWorker(w, 4)
@@ -115,6 +117,7 @@ func TestChaosCoordinatorKill(t *testing.T) {
 // Scenario 3: kill -9 the external NATS server (file store) mid-batch and
 // restart it on the same store; workers and coordinator reconnect.
 func TestChaosNATSKill(t *testing.T) {
+	skipShort(t)
 	e := newChaosEnv(t, chaosOptions{externalNATS: true})
 	for _, w := range []string{"w1", "w2", "w3"} {
 		e.addWorker(w, 4)
@@ -138,6 +141,7 @@ func TestChaosNATSKill(t *testing.T) {
 // error; the other items complete, none of them running out of
 // deliveries, and the workers keep running.
 func TestChaosPoisonItem(t *testing.T) {
+	skipShort(t)
 	e := newChaosEnv(t, chaosOptions{externalNATS: true})
 	for _, w := range []string{"w1", "w2", "w3"} {
 		e.addWorker(w, 4)
@@ -161,6 +165,7 @@ func TestChaosPoisonItem(t *testing.T) {
 // Scenario 6: an item three times slower than AckWait is kept alive by
 // in-progress heartbeats and never redelivered.
 func TestChaosSlowItemHeartbeat(t *testing.T) {
+	skipShort(t)
 	e := newChaosEnv(t, chaosOptions{externalNATS: true, ackWait: 2 * time.Second})
 	for _, w := range []string{"w1", "w2", "w3"} {
 		e.addWorker(w, 4)
@@ -181,6 +186,7 @@ func TestChaosSlowItemHeartbeat(t *testing.T) {
 // timeout 1s) must hand its slow items back, and w2 (drain timeout 30s)
 // must finish its own.
 func TestChaosWorkerSIGTERM(t *testing.T) {
+	skipShort(t)
 	e := newChaosEnv(t, chaosOptions{externalNATS: true})
 	const slots, first = 4, 1500
 	e.addWorker("w1", slots, "--drain-timeout", "1s")
@@ -245,6 +251,7 @@ func TestChaosWorkerSIGTERM(t *testing.T) {
 // server is restarted, and the item retries or fails as its step's onError
 // says; the other items complete.
 func TestChaosHangingComponent(t *testing.T) {
+	skipShort(t)
 	e := newChaosEnv(t, chaosOptions{externalNATS: true, timeoutMs: 2000})
 	for _, w := range []string{"w1", "w2", "w3"} {
 		e.addWorker(w, 4)

@@ -17,6 +17,7 @@ import (
 //   - a crashed server is restarted, but the item in flight is retried
 //     only when its onError says so, not behind the flow's back.
 func TestUpstreamPythonConformance(t *testing.T) {
+	skipShort(t)
 	t.Parallel()
 	requireVenvs(t)
 	out := runExample(t, 1, stepflowBin, "test", "--config", "test/conformance/python-config.yml", "test/conformance/upstream/python")

@@ -109,6 +109,7 @@ func (c *cluster) submit(t *testing.T, wantCode int, args ...string) string {
 }
 
 func TestDistributedMatchesLocalRun(t *testing.T) {
+	skipShort(t)
 	t.Parallel()
 	requireVenvs(t)
 	c := newCluster(t)
@@ -147,6 +148,7 @@ func (tr *tracker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func TestDistributedConcurrencyLimitsAcrossWorkers(t *testing.T) {
+	skipShort(t)
 	t.Parallel()
 	requireVenvs(t)
 	tr := &tracker{cur: map[string]int{}, max: map[string]int{}, total: map[string]int{}}
@@ -188,6 +190,7 @@ func TestDistributedConcurrencyLimitsAcrossWorkers(t *testing.T) {
 }
 
 func TestDistributedNestedRunsOnOneSlot(t *testing.T) {
+	skipShort(t)
 	t.Parallel()
 	requireVenvs(t)
 	c := newCluster(t)

@@ -38,6 +38,7 @@ func runExample(t *testing.T, wantCode int, name string, args ...string) string 
 func lines(s string) []string { return strings.Split(strings.TrimSuffix(s, "\n"), "\n") }
 
 func TestExampleHello(t *testing.T) {
+	skipShort(t)
 	t.Parallel()
 	out := runExample(t, 0, stepflowBin, "run", "--flow", "examples/hello/flow.yaml", "--inputs", "examples/hello/items.jsonl", "-q")
 	require.Len(t, lines(out), 5)
@@ -46,6 +47,7 @@ func TestExampleHello(t *testing.T) {
 }
 
 func TestExampleDataPipeline(t *testing.T) {
+	skipShort(t)
 	t.Parallel()
 	requireVenvs(t)
 	out := runExample(t, 0, stepflowBin, "run", "--flow", "examples/data-pipeline/data-pipeline.yaml",
@@ -58,6 +60,7 @@ func TestExampleDataPipeline(t *testing.T) {
 }
 
 func TestExampleAIAnalysis(t *testing.T) {
+	skipShort(t)
 	t.Parallel()
 	out := runExample(t, 0, "examples/ai-analysis/run.sh", "-q")
 	require.Equal(t, []string{
@@ -68,6 +71,7 @@ func TestExampleAIAnalysis(t *testing.T) {
 }
 
 func TestExampleAPITesting(t *testing.T) {
+	skipShort(t)
 	t.Parallel()
 	requireVenvs(t)
 	out := runExample(t, 0, "examples/api-testing/run.sh", "-q")
@@ -87,6 +91,7 @@ var batchProcessorWant = []string{
 }
 
 func TestExampleBatchProcessor(t *testing.T) {
+	skipShort(t)
 	t.Parallel()
 	requireVenvs(t)
 	for _, dir := range []string{"batch-processor", "batch-processor-legacy"} {

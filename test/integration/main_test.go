@@ -5,6 +5,7 @@
 package integration
 
 import (
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -29,6 +30,12 @@ var repoRoot = func() string {
 var stepflowBin, coordinatorBin, workerBin, natsServerBin string
 
 func TestMain(m *testing.M) {
+	flag.Parse()
+	if testing.Short() {
+		// Every test here starts processes; they skip (skipShort) and
+		// need no binaries.
+		os.Exit(m.Run())
+	}
 	dir, err := os.MkdirTemp("", "stepflow-integration-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -57,6 +64,15 @@ func TestMain(m *testing.M) {
 		}
 	}
 	os.Exit(code)
+}
+
+// skipShort skips the test under go test -short (make check): every test
+// in this package builds on whole processes. make test runs them.
+func skipShort(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("short: multi-process integration test")
+	}
 }
 
 // requireVenvs fails the test when the SDK virtual environments are

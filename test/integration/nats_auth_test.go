@@ -51,6 +51,7 @@ func submitHello(t *testing.T, url string, env ...string) {
 // its own, a worker process with its own, and a batch completes; a
 // client without credentials is refused.
 func TestNATSAuthModes(t *testing.T) {
+	skipShort(t)
 	t.Parallel()
 	dir := t.TempDir()
 	tc := newCerts(t, dir)
@@ -140,6 +141,7 @@ func TestNATSAuthModes(t *testing.T) {
 // credentials it was not given fails to start with a clear error, instead
 // of waiting forever; the other bad combinations are usage errors.
 func TestNATSAuthMisconfigured(t *testing.T) {
+	skipShort(t)
 	t.Parallel()
 	dir := t.TempDir()
 	k := newNKeyUser(t, dir, "only")

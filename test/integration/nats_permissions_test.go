@@ -30,6 +30,7 @@ import (
 // buckets, publish items, write run records, create consumers on the
 // work queue.
 func TestNATSWorkerPermissions(t *testing.T) {
+	skipShort(t)
 	t.Parallel()
 	requireVenvs(t)
 	dir := t.TempDir()

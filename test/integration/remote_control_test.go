@@ -14,6 +14,7 @@ import (
 // coordinator and worker processes: an idempotent resubmit, --no-wait and
 // --attach, scale and cancel.
 func TestDistributedRunControl(t *testing.T) {
+	skipShort(t)
 	t.Parallel()
 	c := newCluster(t)
 	dir := t.TempDir()

@@ -22,6 +22,7 @@ import (
 // of the secret values; the secrets did reach the component, and the
 // worker's own secrets did not reach the component server's environment.
 func TestSecretsNeverLeak(t *testing.T) {
+	skipShort(t)
 	t.Parallel()
 	requireVenvs(t)
 	const (

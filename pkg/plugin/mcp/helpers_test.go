@@ -30,8 +30,13 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 const everythingPackage = "../../../test/mcp/node_modules/@modelcontextprotocol/server-everything"
 
 // node returns the path of the node binary; the tests fail without it.
+// Under go test -short (make check) the test skips: it runs the real MCP
+// server in Node.js.
 func node(t *testing.T) string {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("short: runs the real MCP test server (Node.js)")
+	}
 	path, err := exec.LookPath("node")
 	if err != nil {
 		t.Fatalf("node is not on PATH: the MCP tests need Node.js and the test server (run make mcp-deps): %v", err)

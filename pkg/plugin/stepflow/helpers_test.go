@@ -58,9 +58,13 @@ var (
 )
 
 // python returns the venv interpreter of s, failing the test (not
-// skipping it) when the venv is missing.
+// skipping it) when the venv is missing. Under go test -short (make
+// check) the test skips: it runs a real SDK server process.
 func (s sdk) python(t testing.TB) string {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("short: runs a real stepflow-py server")
+	}
 	dir := os.Getenv(s.envVar)
 	if dir == "" {
 		dir = filepath.Join(repoRoot(t), s.venvDir)
