@@ -699,6 +699,9 @@ func (c *Checker) localConfig(o *overlay, w *ours, tmp string) (string, error) {
 
 var sdkRE = regexp.MustCompile(`stepflow-py\[http\]==[0-9.]+`)
 
+// makeSDKRE finds the version `make venv` installs over HTTP.
+var makeSDKRE = regexp.MustCompile(`(?m)^SDK_HTTP_VERSION\s*:=\s*([0-9.]+)\s*$`)
+
 // sameSDK: the image installs the stepflow-py that `make venv` does.
 func (c *Checker) sameSDK(d *dockerfile) error {
 	mk, err := os.ReadFile(filepath.Join(c.Root, "Makefile"))
@@ -706,6 +709,9 @@ func (c *Checker) sameSDK(d *dockerfile) error {
 		return err
 	}
 	want := sdkRE.FindString(string(mk))
+	if m := makeSDKRE.FindSubmatch(mk); m != nil {
+		want = "stepflow-py[http]==" + string(m[1])
+	}
 	for _, s := range d.Stages {
 		for _, in := range s.Instrs {
 			if in.Cmd == "RUN" && sdkRE.FindString(in.Args) != "" {
