@@ -49,6 +49,9 @@ func node(t *testing.T) string {
 // it is missing.
 func everythingDir(t *testing.T) string {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("short: runs the real MCP test server (Node.js)")
+	}
 	dir, err := filepath.Abs(everythingPackage)
 	require.NoError(t, err)
 	if _, err := os.Stat(filepath.Join(dir, "dist", "index.js")); err != nil {
