@@ -23,5 +23,8 @@ WORKDIR /home/nonroot
 # 65532 is distroless' "nonroot"; numeric so that the kubelet can check
 # runAsNonRoot without reading /etc/passwd.
 USER 65532:65532
+# The command listens on loopback by default; in a container that is
+# unreachable, so the image listens on every interface.
+ENV STEPFLOW_HOST=0.0.0.0
 EXPOSE 7840
 ENTRYPOINT ["/usr/local/bin/coordinator"]

@@ -99,7 +99,7 @@ back to the queue), then stops the coordinator, and exits 0.`,
 		}
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&s.coord.Host, "host", getenv("STEPFLOW_HOST"), `HTTP listen address ("" = every interface) (env STEPFLOW_HOST)`)
+	fl.StringVar(&s.coord.Host, "host", envOr(getenv, "STEPFLOW_HOST", coordinator.DefaultHost), `HTTP listen address: loopback by default; "0.0.0.0" (or "") listens on every interface, for other machines and Kubernetes (env STEPFLOW_HOST)`)
 	fl.IntVar(&s.coord.Port, "port", port, "HTTP port, 0 = any free port (env STEPFLOW_PORT)")
 	fl.StringVar(&s.coord.NATSURL, "nats-url", getenv(queue.EnvNATSURL), `NATS server URL; "" starts an embedded server (env `+queue.EnvNATSURL+`)`)
 	fl.StringVar(&s.coord.NATSHost, "nats-host", getenv("STEPFLOW_NATS_HOST"), `listen address of the embedded NATS server (default 127.0.0.1) (env STEPFLOW_NATS_HOST)`)

@@ -12,6 +12,11 @@ import (
 
 // Defaults. DefaultPort and DefaultNATSPort are the defaults of Main's
 // flags; in Config, 0 means "pick a free port" (what tests want).
+// DefaultHost is the listen address of the commands' REST API: loopback,
+// so that a single-machine default is not reachable from the network
+// unless asked (--host 0.0.0.0).
+const DefaultHost = "127.0.0.1"
+
 const (
 	// DefaultPort is the HTTP port of upstream's stepflow-server.
 	DefaultPort = 7840
@@ -46,8 +51,9 @@ const (
 // Config configures a Coordinator. The zero value plus a DataDir is a
 // working single-machine coordinator on free ports.
 type Config struct {
-	// Host is the HTTP listen address. Default "" (every interface, like
-	// upstream's 0.0.0.0).
+	// Host is the HTTP listen address. "" listens on every interface;
+	// the commands (`coordinator`, `stepflow serve`) default to
+	// DefaultHost, loopback, and Kubernetes sets 0.0.0.0.
 	Host string
 	// Port is the HTTP port; 0 picks a free one (see Coordinator.Port).
 	// Main's --port defaults to DefaultPort (7840).

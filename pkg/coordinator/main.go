@@ -46,7 +46,7 @@ type Ready struct {
 //
 // Flags (environment variable defaults in brackets):
 //
-//	--host        HTTP listen address, "" = every interface [STEPFLOW_HOST]
+//	--host        HTTP listen address; default 127.0.0.1, "0.0.0.0" = every interface [STEPFLOW_HOST]
 //	--port        HTTP port, 0 = any free port; default 7840 [STEPFLOW_PORT]
 //	--nats-url    NATS server URL; "" starts an embedded server [STEPFLOW_NATS_URL]
 //	--nats-port   embedded NATS client port, 0 = any free port; default 4222
@@ -112,7 +112,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return ExitUsage
 	}
-	fs.StringVar(&cfg.Host, "host", os.Getenv("STEPFLOW_HOST"), `HTTP listen address ("" = every interface) (env STEPFLOW_HOST)`)
+	fs.StringVar(&cfg.Host, "host", envOr("STEPFLOW_HOST", DefaultHost), `HTTP listen address: loopback by default; "0.0.0.0" (or "") listens on every interface, for other machines and Kubernetes (env STEPFLOW_HOST)`)
 	fs.IntVar(&cfg.Port, "port", portDefault, "HTTP port (0 = any free port) (env STEPFLOW_PORT)")
 	fs.StringVar(&cfg.NATSURL, "nats-url", os.Getenv(queue.EnvNATSURL), `NATS server URL ("" = start an embedded NATS server in the data dir) (env `+queue.EnvNATSURL+`)`)
 	fs.StringVar(&cfg.NATSHost, "nats-host", os.Getenv("STEPFLOW_NATS_HOST"), `listen address of the embedded NATS server (default 127.0.0.1; "0.0.0.0" lets workers on other machines join) (env STEPFLOW_NATS_HOST)`)
