@@ -268,26 +268,7 @@ func TestBadRequests(t *testing.T) {
 
 	// 404 on every route that takes an id.
 	notFound := "Execution '" + unknownRunID + "' not found"
-	for _, rt := range []struct{ method, path, body string }{
-		{http.MethodGet, "/runs/" + unknownRunID, ""},
-		{http.MethodPatch, "/runs/" + unknownRunID, `{"maxConcurrency":3}`},
-		{http.MethodDelete, "/runs/" + unknownRunID, ""},
-		{http.MethodPost, "/runs/" + unknownRunID + "/cancel", ""},
-		{http.MethodGet, "/runs/" + unknownRunID + "/items", ""},
-		{http.MethodGet, "/runs/" + unknownRunID + "/steps", ""},
-		{http.MethodGet, "/runs/" + unknownRunID + "/flow", ""},
-		{http.MethodGet, "/runs/" + unknownRunID + "/events", ""},
-	} {
-		var body *strings.Reader
-		if rt.body != "" {
-			body = strings.NewReader(rt.body)
-		}
-		var r response
-		if body != nil {
-			r = cl.do(rt.method, rt.path, body, nil)
-		} else {
-			r = cl.do(rt.method, rt.path, nil, nil)
-		}
+	for _, r := range cl.everyRunRoute(unknownRunID) {
 		requireError(t, r, http.StatusNotFound, notFound)
 	}
 	unknownFlow := strings.Repeat("ab", 32)
@@ -298,26 +279,7 @@ func TestBadRequests(t *testing.T) {
 	// (upstream's answer to a bad UUID in the path).
 	for _, bad := range []string{"not-a-uuid", "not.a.run", "0198c0de-0000-7000-8000-00000000000", "0198c0de-0000-7000-8000-000000000000x"} {
 		msg := "invalid run id '" + bad + "' (not a UUID: run ids look like 0198c0de-0000-7000-8000-000000000000)"
-		for _, rt := range []struct{ method, path, body string }{
-			{http.MethodGet, "/runs/" + bad, ""},
-			{http.MethodPatch, "/runs/" + bad, `{"maxConcurrency":3}`},
-			{http.MethodDelete, "/runs/" + bad, ""},
-			{http.MethodPost, "/runs/" + bad + "/cancel", ""},
-			{http.MethodGet, "/runs/" + bad + "/items", ""},
-			{http.MethodGet, "/runs/" + bad + "/steps", ""},
-			{http.MethodGet, "/runs/" + bad + "/flow", ""},
-			{http.MethodGet, "/runs/" + bad + "/events", ""},
-		} {
-			var body *strings.Reader
-			if rt.body != "" {
-				body = strings.NewReader(rt.body)
-			}
-			var r response
-			if body != nil {
-				r = cl.do(rt.method, rt.path, body, nil)
-			} else {
-				r = cl.do(rt.method, rt.path, nil, nil)
-			}
+		for _, r := range cl.everyRunRoute(bad) {
 			requireError(t, r, http.StatusBadRequest, msg)
 		}
 	}
@@ -368,4 +330,27 @@ func TestNATSAPIConcurrency(t *testing.T) {
 		`{"flowId":"`+flowID+`","inputs":[1,2],"maxConcurrency":5000,"parentRunId":"`+parentID+`"}`)
 	require.Zero(t, apiError(child), "%v", child)
 	require.EqualValues(t, 100, cl.get("/runs/" + child["runId"].(string)).JSON(t)["maxConcurrency"])
+}
+
+// everyRunRoute calls every route that takes a run id with runID and
+// returns the answers.
+func (c *client) everyRunRoute(runID string) []response {
+	var out []response
+	for _, rt := range []struct{ method, path, body string }{
+		{http.MethodGet, "/runs/" + runID, ""},
+		{http.MethodPatch, "/runs/" + runID, `{"maxConcurrency":3}`},
+		{http.MethodDelete, "/runs/" + runID, ""},
+		{http.MethodPost, "/runs/" + runID + "/cancel", ""},
+		{http.MethodGet, "/runs/" + runID + "/items", ""},
+		{http.MethodGet, "/runs/" + runID + "/steps", ""},
+		{http.MethodGet, "/runs/" + runID + "/flow", ""},
+		{http.MethodGet, "/runs/" + runID + "/events", ""},
+	} {
+		if rt.body != "" {
+			out = append(out, c.do(rt.method, rt.path, strings.NewReader(rt.body), nil))
+		} else {
+			out = append(out, c.do(rt.method, rt.path, nil, nil))
+		}
+	}
+	return out
 }
