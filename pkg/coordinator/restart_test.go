@@ -35,25 +35,8 @@ func TestRestartMidRunExternalNATS(t *testing.T) {
 	// Items from 20 on wait until the first coordinator is gone; their
 	// workers then keep their results and send them until a coordinator
 	// answers.
-	gate := make(chan struct{})
-	var gateOnce sync.Once
-	openGate := func() { gateOnce.Do(func() { close(gate) }) }
-	t.Cleanup(openGate)
-	startWorker(t, srv.ClientURL(), func(it *stepflowv1.Item, _ uint64) action {
-		if it.GetIndex() >= 20 {
-			<-gate
-		}
-		return actEcho
-	})
-	cl := newClient(t, c1)
-	flowID := cl.storeFlow()
-	lines := inputLines(60)
-	r := cl.uploadJSONL(flowID, "&wait=false&maxConcurrency=4", lines, nil)
-	require.Equal(t, http.StatusOK, r.Status)
-	runID := r.JSON(t)["runId"].(string)
-	waitFor(t, 30*time.Second, func() bool {
-		return cl.get("/runs/" + runID).JSON(t)["items"].(map[string]any)["completed"] == 20.0
-	}, "the first 20 items done")
+	g := startGatedRun(t, srv, c1, nil)
+	runID, lines, openGate := g.runID, g.lines, g.open
 
 	require.NoError(t, c1.Stop(context.Background()))
 	openGate()
@@ -268,28 +251,12 @@ func TestLostItemsArePublishedAgain(t *testing.T) {
 			c := coordinatorOn(t, srv, t.TempDir(), coordinator.Config{})
 
 			// Items from 20 on wait until the items are lost.
-			gate := make(chan struct{})
-			var gateOnce sync.Once
-			openGate := func() { gateOnce.Do(func() { close(gate) }) }
-			t.Cleanup(openGate)
 			var executions sync.Map
-			startWorker(t, srv.ClientURL(), func(it *stepflowv1.Item, _ uint64) action {
+			g := startGatedRun(t, srv, c, func(it *stepflowv1.Item) {
 				n, _ := executions.LoadOrStore(it.GetIndex(), new(atomic.Int32))
 				n.(*atomic.Int32).Add(1)
-				if it.GetIndex() >= 20 {
-					<-gate
-				}
-				return actEcho
 			})
-			cl := newClient(t, c)
-			flowID := cl.storeFlow()
-			lines := inputLines(60)
-			r := cl.uploadJSONL(flowID, "&wait=false&maxConcurrency=4", lines, nil)
-			require.Equal(t, http.StatusOK, r.Status)
-			runID := r.JSON(t)["runId"].(string)
-			waitFor(t, 30*time.Second, func() bool {
-				return cl.get("/runs/" + runID).JSON(t)["items"].(map[string]any)["completed"] == 20.0
-			}, "the first 20 items done")
+			cl, runID, lines, openGate := g.cl, g.runID, g.lines, g.open
 
 			tc.lose(t, inspectJS(t, srv), runID)
 			openGate()
@@ -309,4 +276,43 @@ func TestLostItemsArePublishedAgain(t *testing.T) {
 			}
 		})
 	}
+}
+
+// gatedRun is a 60-item run of the echo flow at concurrency 4 on a fake
+// worker that holds every item from index 20 on until open is called.
+type gatedRun struct {
+	cl    *client
+	runID string
+	lines []string
+	open  func()
+}
+
+// startGatedRun submits a gatedRun to c (a fake worker on srv takes its
+// items; onItem, if set, sees each delivery) and returns once its first 20
+// items are done.
+func startGatedRun(t *testing.T, srv *queue.Embedded, c *coordinator.Coordinator, onItem func(*stepflowv1.Item)) gatedRun {
+	t.Helper()
+	gate := make(chan struct{})
+	var gateOnce sync.Once
+	open := func() { gateOnce.Do(func() { close(gate) }) }
+	t.Cleanup(open)
+	startWorker(t, srv.ClientURL(), func(it *stepflowv1.Item, _ uint64) action {
+		if onItem != nil {
+			onItem(it)
+		}
+		if it.GetIndex() >= 20 {
+			<-gate
+		}
+		return actEcho
+	})
+	cl := newClient(t, c)
+	flowID := cl.storeFlow()
+	lines := inputLines(60)
+	r := cl.uploadJSONL(flowID, "&wait=false&maxConcurrency=4", lines, nil)
+	require.Equal(t, http.StatusOK, r.Status)
+	runID := r.JSON(t)["runId"].(string)
+	waitFor(t, 30*time.Second, func() bool {
+		return cl.get("/runs/" + runID).JSON(t)["items"].(map[string]any)["completed"] == 20.0
+	}, "the first 20 items done")
+	return gatedRun{cl: cl, runID: runID, lines: lines, open: open}
 }
