@@ -1,19 +1,17 @@
 package bench
 
 import (
-	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"regexp"
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -55,14 +53,17 @@ const latencyFlow = `{"name":"one-step","steps":[{"id":"prompt","component":"/bu
 func BenchmarkSyncRunLatency(b *testing.B) {
 	n := envInt("STEPFLOW_BENCH_LATENCY_RUNS", 300)
 	bin := stepflowBin(b)
-	api, natsURL, stop := startServeProcess(b, bin)
-	defer stop()
+	srv := startServe(b, bin, strings.Fields(os.Getenv("STEPFLOW_BENCH_SERVE_ARGS"))...)
+	api := srv.api
 	var tr *natsTrace
 	if os.Getenv("STEPFLOW_BENCH_LATENCY_TRACE") != "" {
-		tr = startNATSTrace(b, natsURL)
+		tr = startNATSTrace(b, srv.natsURL)
 		defer tr.stop()
 	}
-	flowID := storeLatencyFlow(b, api, latencyFlow)
+	flowID, err := storeFlow(context.Background(), api, []byte(latencyFlow))
+	if err != nil {
+		b.Fatal(err)
+	}
 	client := &http.Client{Timeout: 30 * time.Second}
 	body := []byte(fmt.Sprintf(`{"flowId":%q,"input":[{"topic":"latency"}]}`, flowID))
 	post := func() (runID string, start, end time.Time) {
@@ -105,7 +106,9 @@ func BenchmarkSyncRunLatency(b *testing.B) {
 		if tr == nil {
 			continue
 		}
-		time.Sleep(50 * time.Millisecond) // the last messages
+		// The trace subscriber may still be reading the last run's
+		// terminal record.
+		tr.waitFinal(samples[len(samples)-1].runID, 5*time.Second)
 		stages := map[string][]time.Duration{}
 		for _, s := range samples {
 			m := tr.milestones(s.runID)
@@ -133,6 +136,27 @@ type natsTrace struct {
 	mu sync.Mutex
 	// by run id
 	runs map[string]*runMilestones
+	// changed is closed and replaced at each milestone recorded.
+	changed chan struct{}
+}
+
+// waitFinal waits until runID's terminal record was seen, or d passed.
+func (t *natsTrace) waitFinal(runID string, d time.Duration) {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	for {
+		t.mu.Lock()
+		r, changed := t.runs[runID], t.changed
+		t.mu.Unlock()
+		if r != nil && !r.final.IsZero() {
+			return
+		}
+		select {
+		case <-changed:
+		case <-timer.C:
+			return
+		}
+	}
 }
 
 // runMilestones are the first publications of a run's messages.
@@ -151,7 +175,7 @@ func startNATSTrace(b *testing.B, url string) *natsTrace {
 	if err != nil {
 		b.Fatal(err)
 	}
-	t := &natsTrace{nc: nc, runs: map[string]*runMilestones{}}
+	t := &natsTrace{nc: nc, runs: map[string]*runMilestones{}, changed: make(chan struct{})}
 	_, err = nc.Subscribe(">", func(m *nats.Msg) {
 		now := time.Now()
 		id := runIDInSubject.FindString(m.Subject)
@@ -174,6 +198,8 @@ func startNATSTrace(b *testing.B, url string) *natsTrace {
 		first := func(at *time.Time) {
 			if at.IsZero() {
 				*at = now
+				close(t.changed)
+				t.changed = make(chan struct{})
 			}
 		}
 		switch {
@@ -208,72 +234,3 @@ func (t *natsTrace) milestones(runID string) runMilestones {
 }
 
 func (t *natsTrace) stop() { t.nc.Close() }
-
-// startServeProcess starts `stepflow serve` on free ports with a fresh data
-// directory and returns its API URL, its NATS URL and a function that
-// stops it.
-func startServeProcess(b *testing.B, bin string, args ...string) (api, natsURL string, stop func()) {
-	b.Helper()
-	args = append([]string{"serve", "--port", "0", "--nats-port", "0", "--data-dir", b.TempDir(), "--log-level", "error"}, args...)
-	if extra := os.Getenv("STEPFLOW_BENCH_SERVE_ARGS"); extra != "" {
-		args = append(args, strings.Fields(extra)...)
-	}
-	cmd := exec.Command(bin, args...)
-	cmd.Dir = b.TempDir() // no stepflow-config.yml: builtins only
-	cmd.Stderr = os.Stderr
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
-	line, err := bufio.NewReader(stdout).ReadString('\n')
-	if err != nil {
-		_ = cmd.Process.Kill()
-		b.Fatalf("stepflow serve: no ready line: %v", err)
-	}
-	var ready struct {
-		Port    int
-		NATSURL string `json:"natsUrl"`
-	}
-	if err := json.Unmarshal([]byte(line), &ready); err != nil {
-		b.Fatal(err)
-	}
-	api = fmt.Sprintf("http://127.0.0.1:%d/api/v1", ready.Port)
-	// The ready line comes once everything listens; wait for the workers
-	// to be ready too.
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", ready.Port))
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			b.Fatal("stepflow serve did not become ready")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return api, ready.NATSURL, func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		_ = cmd.Wait()
-	}
-}
-
-// storeLatencyFlow stores a flow (JSON) and returns its id.
-func storeLatencyFlow(b *testing.B, api, flowJSON string) string {
-	b.Helper()
-	resp, err := http.Post(api+"/flows", "application/json", bytes.NewReader([]byte(`{"flow":`+flowJSON+`}`)))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var stored struct{ FlowID string }
-	if err := json.NewDecoder(resp.Body).Decode(&stored); err != nil || stored.FlowID == "" {
-		b.Fatalf("store flow: %s %v", resp.Status, err)
-	}
-	return stored.FlowID
-}

@@ -95,9 +95,10 @@ func upstreamSizes(b *testing.B) []int {
 
 // apiServer is a server process with the REST API at api (".../api/v1").
 type apiServer struct {
-	api string
-	cmd *exec.Cmd
-	dir string // removed by stop, if set
+	api     string
+	natsURL string // `stepflow serve`'s embedded NATS server
+	cmd     *exec.Cmd
+	dir     string // removed by stop, if set
 }
 
 func (s *apiServer) stop() {
@@ -115,13 +116,20 @@ func (s *apiServer) stop() {
 	}
 }
 
+// readyInfo is the ready line a server prints on stdout: {"port":N} (and,
+// from `stepflow serve`, "natsUrl").
+type readyInfo struct {
+	Port    int
+	NATSURL string `json:"natsUrl"`
+}
+
 // readyLine waits for the first stdout line that starts with
-// `{"port":` (upstream's server may log before it), returns the port,
-// and discards the rest of stdout so the server never blocks on it.
-func readyLine(stdout io.Reader) (int, error) {
+// `{"port":` (upstream's server may log before it), decodes it, and
+// discards the rest of stdout so the server never blocks on it.
+func readyLine(stdout io.Reader) (readyInfo, error) {
 	type result struct {
-		port int
-		err  error
+		ready readyInfo
+		err   error
 	}
 	ch := make(chan result, 1)
 	go func() {
@@ -129,23 +137,23 @@ func readyLine(stdout io.Reader) (int, error) {
 		for {
 			line, err := r.ReadString('\n')
 			if strings.HasPrefix(line, `{"port":`) {
-				var ready struct{ Port int }
+				var ready readyInfo
 				err := json.Unmarshal([]byte(line), &ready)
-				ch <- result{ready.Port, err}
+				ch <- result{ready, err}
 				_, _ = io.Copy(io.Discard, r)
 				return
 			}
 			if err != nil {
-				ch <- result{0, fmt.Errorf("no {\"port\":N} line on stdout: %w", err)}
+				ch <- result{readyInfo{}, fmt.Errorf("no {\"port\":N} line on stdout: %w", err)}
 				return
 			}
 		}
 	}()
 	select {
 	case res := <-ch:
-		return res.port, res.err
+		return res.ready, res.err
 	case <-time.After(60 * time.Second):
-		return 0, errors.New("no {\"port\":N} line on stdout in 60 s")
+		return readyInfo{}, errors.New("no {\"port\":N} line on stdout in 60 s")
 	}
 }
 
@@ -198,12 +206,12 @@ func upstreamServer(b *testing.B) *apiServer {
 		b.Fatalf("start %s: %v", bin, err)
 	}
 	srv := &apiServer{cmd: cmd, dir: dir}
-	port, err := readyLine(stdout)
+	ready, err := readyLine(stdout)
 	if err != nil {
 		srv.stop()
 		b.Fatalf("upstream stepflow-server: %v", err)
 	}
-	srv.api = fmt.Sprintf("http://127.0.0.1:%d/api/v1", port)
+	srv.api = fmt.Sprintf("http://127.0.0.1:%d/api/v1", ready.Port)
 	if err := waitHealthy(srv.api + "/health"); err != nil {
 		srv.stop()
 		b.Fatalf("upstream stepflow-server: %v", err)
@@ -238,14 +246,16 @@ func waitHealthy(url string) error {
 	}
 }
 
-// startServe starts `stepflow serve` with its default flags but a free
-// port for the API and for the embedded NATS server and a temporary data
-// dir, in a directory without a stepflow-config.yml (builtins only). It
-// is stopped when b's benchmark ends.
-func startServe(b *testing.B, bin string) *apiServer {
+// startServe starts `stepflow serve` with its default flags (plus args)
+// but a free port for the API and for the embedded NATS server and a
+// temporary data dir, in a directory without a stepflow-config.yml
+// (builtins only), and waits until it is ready (its workers included).
+// It is stopped when b's benchmark ends.
+func startServe(b *testing.B, bin string, args ...string) *apiServer {
 	b.Helper()
 	dir := b.TempDir()
-	cmd := exec.Command(bin, "serve", "--port", "0", "--nats-port", "0", "--data-dir", filepath.Join(dir, "data"))
+	args = append([]string{"serve", "--port", "0", "--nats-port", "0", "--data-dir", filepath.Join(dir, "data")}, args...)
+	cmd := exec.Command(bin, args...)
 	cmd.Dir = dir
 	cmd.Stderr = os.Stderr
 	stdout, err := cmd.StdoutPipe()
@@ -257,11 +267,14 @@ func startServe(b *testing.B, bin string) *apiServer {
 	}
 	srv := &apiServer{cmd: cmd}
 	b.Cleanup(srv.stop)
-	port, err := readyLine(stdout)
+	ready, err := readyLine(stdout)
 	if err != nil {
 		b.Fatalf("stepflow serve: %v", err)
 	}
-	srv.api = fmt.Sprintf("http://127.0.0.1:%d/api/v1", port)
+	srv.api, srv.natsURL = fmt.Sprintf("http://127.0.0.1:%d/api/v1", ready.Port), ready.NATSURL
+	if err := waitHealthy(fmt.Sprintf("http://127.0.0.1:%d/readyz", ready.Port)); err != nil {
+		b.Fatalf("stepflow serve: %v", err)
+	}
 	return srv
 }
 
@@ -288,6 +301,17 @@ func writeHelloInputs(b *testing.B, dir string, n int) string {
 		b.Fatal(err)
 	}
 	return p
+}
+
+// writeOneStepFlow writes oneStepFlow into dir and returns its path and
+// its JSON.
+func writeOneStepFlow(b *testing.B, dir string) (string, []byte) {
+	b.Helper()
+	path := filepath.Join(dir, "one-step.yaml")
+	if err := os.WriteFile(path, []byte(oneStepFlow), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	return path, flowJSON(b, path)
 }
 
 // flowJSON reads a flow file into the JSON that POST /flows takes.
@@ -528,11 +552,7 @@ func BenchmarkVsUpstreamOneStep(b *testing.B) {
 	up := upstreamServer(b)
 	ours := startServe(b, bin)
 	dir := b.TempDir()
-	flowPath := filepath.Join(dir, "one-step.yaml")
-	if err := os.WriteFile(flowPath, []byte(oneStepFlow), 0o644); err != nil {
-		b.Fatal(err)
-	}
-	fj := flowJSON(b, flowPath)
+	flowPath, fj := writeOneStepFlow(b, dir)
 	for _, n := range upstreamSizes(b) {
 		inputs := writeHelloInputs(b, dir, n)
 		b.Run(fmt.Sprintf("items=%d", n), func(b *testing.B) {
@@ -566,11 +586,7 @@ func BenchmarkVsUpstreamLatency(b *testing.B) {
 	up := upstreamServer(b)
 	ours := startServe(b, bin)
 	dir := b.TempDir()
-	flowPath := filepath.Join(dir, "one-step.yaml")
-	if err := os.WriteFile(flowPath, []byte(oneStepFlow), 0o644); err != nil {
-		b.Fatal(err)
-	}
-	fj := flowJSON(b, flowPath)
+	_, fj := writeOneStepFlow(b, dir)
 	ctx := context.Background()
 	type target struct {
 		api, flowID string
