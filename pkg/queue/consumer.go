@@ -190,26 +190,37 @@ func DeleteRunConsumer(ctx context.Context, js jetstream.JetStream, runID string
 // (a cancelled run's backlog, or items left after max deliveries) and
 // returns how many.
 func PurgeRunItems(ctx context.Context, js jetstream.JetStream, runID string) (uint64, error) {
-	return purgeSubject(ctx, js, StreamItems, runID, ItemSubject)
-}
-
-func purgeSubject(ctx context.Context, js jetstream.JetStream, stream, runID string, subject func(string) string) (uint64, error) {
-	if err := ValidateRunID(runID); err != nil {
+	s, n, err := runItems(ctx, js, runID)
+	if err != nil {
 		return 0, err
 	}
-	s, err := js.Stream(ctx, stream)
-	if err != nil {
-		return 0, notProvisioned("stream "+stream, err)
-	}
-	info, err := s.Info(ctx, jetstream.WithSubjectFilter(subject(runID)))
-	if err != nil {
-		return 0, fmt.Errorf("queue: stream %s: %w", stream, err)
-	}
-	n := info.State.Subjects[subject(runID)]
-	if err := s.Purge(ctx, jetstream.WithPurgeSubject(subject(runID))); err != nil {
-		return 0, fmt.Errorf("queue: purge %s of run %s: %w", stream, runID, err)
+	if err := s.Purge(ctx, jetstream.WithPurgeSubject(ItemSubject(runID))); err != nil {
+		return 0, fmt.Errorf("queue: purge %s of run %s: %w", StreamItems, runID, err)
 	}
 	return n, nil
+}
+
+// RunItemsQueued returns how many of runID's items are on STEPFLOW_ITEMS
+// (queued, in flight, or left after their maximum deliveries).
+func RunItemsQueued(ctx context.Context, js jetstream.JetStream, runID string) (uint64, error) {
+	_, n, err := runItems(ctx, js, runID)
+	return n, err
+}
+
+// runItems returns STEPFLOW_ITEMS and how many of runID's items it holds.
+func runItems(ctx context.Context, js jetstream.JetStream, runID string) (jetstream.Stream, uint64, error) {
+	if err := ValidateRunID(runID); err != nil {
+		return nil, 0, err
+	}
+	s, err := js.Stream(ctx, StreamItems)
+	if err != nil {
+		return nil, 0, notProvisioned("stream "+StreamItems, err)
+	}
+	info, err := s.Info(ctx, jetstream.WithSubjectFilter(ItemSubject(runID)))
+	if err != nil {
+		return nil, 0, fmt.Errorf("queue: stream %s: %w", StreamItems, err)
+	}
+	return s, info.State.Subjects[ItemSubject(runID)], nil
 }
 
 // consumerErr maps consumer API errors onto the package's sentinels.
@@ -225,21 +236,4 @@ func consumerErr(what string, err error) error {
 		return fmt.Errorf("%w: %s: %w", ErrFilterConflict, what, err)
 	}
 	return fmt.Errorf("queue: %s: %w", what, err)
-}
-
-// RunItemsQueued returns how many of runID's items are on STEPFLOW_ITEMS
-// (queued, in flight, or left after their maximum deliveries).
-func RunItemsQueued(ctx context.Context, js jetstream.JetStream, runID string) (uint64, error) {
-	if err := ValidateRunID(runID); err != nil {
-		return 0, err
-	}
-	s, err := js.Stream(ctx, StreamItems)
-	if err != nil {
-		return 0, notProvisioned("stream "+StreamItems, err)
-	}
-	info, err := s.Info(ctx, jetstream.WithSubjectFilter(ItemSubject(runID)))
-	if err != nil {
-		return 0, fmt.Errorf("queue: stream %s: %w", StreamItems, err)
-	}
-	return info.State.Subjects[ItemSubject(runID)], nil
 }

@@ -158,6 +158,11 @@ type ItemsIncarnation struct {
 	FirstSeq uint64
 }
 
+// incarnationOf is the incarnation of the items stream described by info.
+func incarnationOf(info *jetstream.StreamInfo) ItemsIncarnation {
+	return ItemsIncarnation{Created: info.Created, FirstSeq: info.Config.FirstSeq}
+}
+
 // firstSeqNow is the first sequence of a new items stream: the time in
 // microseconds. An ack carries the stream sequence of its message, so an
 // ack from an earlier incarnation (a worker that held an item across a
@@ -185,7 +190,7 @@ func EnsureItemsStream(ctx context.Context, js jetstream.JetStream, cfg Config) 
 			if _, err := js.UpdateStream(ctx, want); err != nil {
 				return inc, false, fmt.Errorf("queue: provision stream %s: %w", StreamItems, err)
 			}
-			return ItemsIncarnation{Created: info.Created, FirstSeq: info.Config.FirstSeq}, false, nil
+			return incarnationOf(info), false, nil
 		}
 		cfg.Logger.Warn("recreating the items stream with another storage type; the coordinator republishes its items from the spools",
 			zap.String("from", info.Config.Storage.String()), zap.String("to", want.Storage.String()))
@@ -199,14 +204,14 @@ func EnsureItemsStream(ctx context.Context, js jetstream.JetStream, cfg Config) 
 		// Another coordinator created it meanwhile.
 		if s, err = js.Stream(ctx, StreamItems); err == nil {
 			info := s.CachedInfo()
-			return ItemsIncarnation{Created: info.Created, FirstSeq: info.Config.FirstSeq}, false, nil
+			return incarnationOf(info), false, nil
 		}
 	}
 	if err != nil {
 		return inc, false, fmt.Errorf("queue: provision stream %s: %w", StreamItems, err)
 	}
 	info := s.CachedInfo()
-	return ItemsIncarnation{Created: info.Created, FirstSeq: info.Config.FirstSeq}, true, nil
+	return incarnationOf(info), true, nil
 }
 
 // ItemsStreamIncarnation returns the current incarnation of
@@ -217,7 +222,7 @@ func ItemsStreamIncarnation(ctx context.Context, js jetstream.JetStream) (ItemsI
 		return ItemsIncarnation{}, notProvisioned("stream "+StreamItems, err)
 	}
 	info := s.CachedInfo()
-	return ItemsIncarnation{Created: info.Created, FirstSeq: info.Config.FirstSeq}, nil
+	return incarnationOf(info), nil
 }
 
 // Provision creates the streams and buckets of the layout, or updates them
