@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/stepflow-go/stepflow/pkg/blob"
 	"github.com/stepflow-go/stepflow/pkg/outcome"
 	"github.com/stepflow-go/stepflow/pkg/queue"
 	stepflowv1 "github.com/stepflow-go/stepflow/proto/stepflowv1"
@@ -43,6 +44,10 @@ type resultReq struct {
 	msg  *nats.Msg
 	res  *stepflowv1.ItemResult
 	done chan error
+	// blobs is a BlobJournal request's (res is nil then).
+	blobs []*stepflowv1.Blob
+	// journaled: blobs of this request went to the journal in this batch.
+	journaled bool
 
 	st     *runState // the run it was stored into (or found in)
 	status queue.ResultStatus
@@ -68,6 +73,8 @@ type aggregator struct {
 
 	batch   []*resultReq
 	touched map[*runState]struct{}
+	// journalDirty: blobs were journaled in this batch.
+	journalDirty bool
 	// gone remembers runs whose results are dropped (finished or
 	// unknown), so that stragglers do not cost a record lookup each.
 	gone map[string]struct{}
@@ -99,6 +106,20 @@ func newAggregator(c *Coordinator) (*aggregator, error) {
 // receive runs on the subscription's goroutine: it hands each result to
 // the committer, or refuses it when stopping.
 func (a *aggregator) receive(m *nats.Msg) {
+	if m.Subject == queue.BlobJournalSubject {
+		j, err := queue.DecodeBlobJournal(m.Data)
+		if err != nil {
+			a.c.log.Warn("dropping a malformed blob journal request", zap.Error(err))
+			_ = m.RespondMsg(queue.ResultReply("", err))
+			return
+		}
+		select {
+		case a.in <- &resultReq{msg: m, blobs: j.GetBlobs()}:
+		case <-a.quit:
+			_ = m.RespondMsg(queue.ResultReply("", errNotLeading))
+		}
+		return
+	}
 	r, err := queue.DecodeResult(m.Data)
 	if err != nil {
 		a.c.log.Warn("dropping a malformed result", zap.String("subject", m.Subject), zap.Error(err))
@@ -186,6 +207,13 @@ func (a *aggregator) run() {
 
 // handle stores one result in its run's log (not yet synced).
 func (a *aggregator) handle(r *resultReq) {
+	if r.res == nil {
+		if r.err = a.journal(r.blobs); r.err == nil {
+			r.journaled = true
+			r.status = queue.ResultStored
+		}
+		return
+	}
 	log := a.c.log
 	results := a.c.metrics.results
 	runID := r.res.GetRunId()
@@ -212,6 +240,16 @@ func (a *aggregator) handle(r *resultReq) {
 	completed := time.Now()
 	if ts := r.res.GetFinishedAt(); ts != nil {
 		completed = ts.AsTime()
+	}
+	if blobs := r.res.GetBlobs(); len(blobs) > 0 {
+		// The blobs the result refers to are journaled first, and synced
+		// with it (a duplicate's too: its answer says they are durable).
+		if err := a.journal(blobs); err != nil {
+			log.Error("cannot journal the blobs of a result; the worker sends it again", zap.String("run", runID), zap.Error(err))
+			r.err = fmt.Errorf("cannot journal the blobs of item %d of run %s: %w", r.res.GetIndex(), runID, err)
+			return
+		}
+		r.journaled = true
 	}
 	rec := &resultRecord{Index: int(r.res.GetIndex()), Failed: r.res.GetFailed(), Source: uint8(r.res.GetSource()), CompletedAt: completed, Result: data}
 	added, err := st.add(rec)
@@ -241,6 +279,29 @@ func (a *aggregator) handle(r *resultReq) {
 	// be in this very batch, or in one whose sync failed.
 	r.st = st
 	a.touched[st] = struct{}{}
+}
+
+// journal appends blobs to the blob journal (synced by commit), reading
+// from the blob store those that came without their data.
+func (a *aggregator) journal(blobs []*stepflowv1.Blob) error {
+	for _, b := range blobs {
+		if !blob.ValidID(b.GetId()) {
+			return fmt.Errorf("%w: blob id %q", queue.ErrBadMessage, b.GetId())
+		}
+		if len(b.GetData()) > 0 {
+			continue
+		}
+		raw, kind, err := a.c.blobs.ReadRaw(a.ctx, b.GetId())
+		if err != nil {
+			return err
+		}
+		b.Data, b.Kind = raw, string(kind)
+	}
+	if err := a.c.journal.append(blobs); err != nil {
+		return err
+	}
+	a.journalDirty = true
+	return nil
 }
 
 // ackItem acks an item message whose result is durable (or not wanted),
@@ -293,19 +354,14 @@ func (a *aggregator) commit() {
 	for _, r := range a.batch {
 		a.handle(r)
 	}
-	failed := map[*runState]error{}
-	for st := range a.touched {
-		if a.c.cfg.SyncResults {
-			if err := st.sync(); err != nil {
-				a.c.log.Error("cannot sync results; their workers send them again", zap.String("run", st.id), zap.Error(err))
-				failed[st] = fmt.Errorf("cannot make the results of run %s durable: %w", st.id, err)
-			}
-		}
-	}
+	failed, journalErr := a.syncAll()
 	now := time.Now()
 	for _, r := range a.batch {
 		if r.err == nil && r.st != nil {
 			r.err = failed[r.st]
+		}
+		if r.err == nil && r.journaled {
+			r.err = journalErr
 		}
 		if r.err == nil && !r.finish.IsZero() {
 			a.c.metrics.aggLag.Observe(max(now.Sub(r.finish).Seconds(), 0))
@@ -350,6 +406,55 @@ func (a *aggregator) commit() {
 	case a.countsWake <- struct{}{}:
 	default:
 	}
+}
+
+// syncAll makes the batch durable: the blob journal and each touched
+// run's log, their fsyncs in parallel (each is a wait on the disk, and
+// the disk takes them together). It returns the runs whose log could not
+// be synced, and the journal's error.
+func (a *aggregator) syncAll() (failed map[*runState]error, journalErr error) {
+	failed = map[*runState]error{}
+	journal := a.journalDirty
+	a.journalDirty = false
+	if !a.c.cfg.SyncResults {
+		return failed, nil
+	}
+	var (
+		wg sync.WaitGroup
+		mu sync.Mutex
+	)
+	// One fsync (the common case: one run, no blobs) needs no goroutine.
+	async := wg.Go
+	if len(a.touched)+btoi(journal) == 1 {
+		async = func(f func()) { f() }
+	}
+	if journal {
+		async(func() {
+			if err := a.c.journal.sync(); err != nil {
+				a.c.log.Error("cannot sync the blob journal; the results that refer to blobs are sent again", zap.Error(err))
+				journalErr = fmt.Errorf("cannot make blobs durable: %w", err)
+			}
+		})
+	}
+	for st := range a.touched {
+		async(func() {
+			if err := st.sync(); err != nil {
+				a.c.log.Error("cannot sync results; their workers send them again", zap.String("run", st.id), zap.Error(err))
+				mu.Lock()
+				failed[st] = fmt.Errorf("cannot make the results of run %s durable: %w", st.id, err)
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return failed, journalErr
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // flushCountsLoop writes the counters of the runs that had results to

@@ -45,13 +45,15 @@ type Coordinator struct {
 	ctx    context.Context // cancelled by Stop (cause ErrStopped)
 	cancel context.CancelCauseFunc
 
-	embedded *queue.Embedded
-	nc       *nats.Conn
-	js       jetstream.JetStream
-	runStore *queue.RunStore
-	flows    *queue.FlowStore
-	blobs    *queue.ObjectBlobStore
-	keys     idempotencyKeys
+	embedded  *queue.Embedded
+	nc        *nats.Conn
+	js        jetstream.JetStream
+	runStore  *queue.RunStore
+	flows     *queue.FlowStore
+	blobs     *queue.ObjectBlobStore
+	journal   *blobJournal // blobs that must outlive the blob stream's async writes
+	replaying atomic.Bool  // a journal replay is under way
+	keys      idempotencyKeys
 
 	listener net.Listener
 	httpSrv  *http.Server
@@ -207,6 +209,11 @@ func (c *Coordinator) Start(ctx context.Context) error {
 
 func (c *Coordinator) start(ctx context.Context) error {
 	cfg := c.cfg
+	journal, err := openBlobJournal(filepath.Join(cfg.DataDir, "blob-journal"), queue.DefaultBlobSyncWindow)
+	if err != nil {
+		return err
+	}
+	c.journal = journal
 	if err := os.MkdirAll(filepath.Join(cfg.DataDir, "runs"), 0o750); err != nil {
 		return fmt.Errorf("coordinator: data dir: %w", err)
 	}
@@ -400,6 +407,11 @@ func (c *Coordinator) shutdown(ctx context.Context) {
 	}
 	if c.embedded != nil {
 		c.embedded.Shutdown()
+	}
+	if c.journal != nil {
+		if err := c.journal.close(); err != nil {
+			c.log.Warn("closing the blob journal", zap.Error(err))
+		}
 	}
 	if c.pprof != nil {
 		if err := c.pprof.Close(); err != nil {

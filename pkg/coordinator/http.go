@@ -361,7 +361,7 @@ func (c *Coordinator) handleStoreFlow(w http.ResponseWriter, r *http.Request) {
 			c.writeError(w, r, err)
 			return
 		}
-		if _, err := c.blobs.Put(r.Context(), blob.KindFlow, canonical); err != nil {
+		if _, err := (journaledBlobs{c}).Put(r.Context(), blob.KindFlow, canonical); err != nil {
 			c.writeError(w, r, err)
 			return
 		}

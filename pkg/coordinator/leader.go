@@ -115,6 +115,11 @@ func (c *Coordinator) lead(ctx context.Context) (err error) {
 		return err
 	}
 	c.wg.Go(c.watchItems)
+	if !c.journal.cleanStart {
+		// The last coordinator on this data dir did not stop cleanly:
+		// NATS may have lost blob writes with it (a power loss).
+		c.wg.Go(c.replayJournal)
+	}
 	return c.serveAPI()
 }
 

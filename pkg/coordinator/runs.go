@@ -1146,7 +1146,7 @@ func (c *Coordinator) spoolInputs(ctx context.Context, runID, dir string, tmpl *
 		err error
 	)
 	if spool {
-		enc, err = queue.NewItemEncoder(c.js, runID, queue.PublishItemsOptions{Template: tmpl, Blobs: c.blobs})
+		enc, err = queue.NewItemEncoder(c.js, runID, queue.PublishItemsOptions{Template: tmpl, Blobs: journaledBlobs{c}})
 		if err != nil {
 			return 0, err
 		}

@@ -49,8 +49,10 @@ import (
 //   - With a cache (WithBlobCache), blobs put or got are kept in memory
 //     and read from there.
 //
-// Each message stored costs the server a write (an fsync with
-// sync=always), so a new blob costs two, as with ObjectStore.Put.
+// Each message stored costs the server a write. On one server the stream
+// persists asynchronously (no fsync per message, see blobStreamConfig),
+// and blobs that something durable refers to are journaled by the
+// coordinator (see BlobJournalSubject).
 //
 // It is safe for concurrent use.
 type ObjectBlobStore struct {
@@ -62,6 +64,8 @@ type ObjectBlobStore struct {
 	msgGet string
 	// replicated: direct gets may be served by a replica that lags.
 	replicated bool
+	// tracker remembers recent puts (WithPutTracking); nil: none.
+	tracker *putTracker
 }
 
 var _ blob.Store = (*ObjectBlobStore)(nil)
@@ -164,6 +168,9 @@ func (s *ObjectBlobStore) Put(ctx context.Context, kind blob.Kind, data value.Va
 	}
 	if known {
 		s.cache.Add(blob.Blob{ID: id, Kind: k, Data: data})
+	}
+	if s.tracker != nil {
+		s.tracker.add(id)
 	}
 	return id, nil
 }

@@ -84,6 +84,10 @@
 //     it. The coordinator's embedded server, the only copy on a single
 //     machine, uses SyncAlways unless told otherwise (--nats-sync); see
 //     docs/reliability.md for clusters.
+//   - The blob stream is the exception on one server: it persists
+//     asynchronously (a blob costs no fsync), and a blob a result or a
+//     nested run refers to travels to the coordinator's fsynced blob
+//     journal instead (see BlobJournalSubject).
 //   - Replicas: 1 by default (one server), 3 for production clusters.
 //   - Duplicate window: 5 seconds on STEPFLOW_ITEMS (DefaultDuplicateWindow).
 //     It makes a quickly retried publish (lost PubAck, reconnect,

@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"time"
 
 	"github.com/stepflow-go/stepflow/pkg/blob"
 )
@@ -10,4 +11,11 @@ import (
 // have been served by a lagging replica: through the stream leader.
 func ReadBlobFromLeader(ctx context.Context, s *ObjectBlobStore, id string) ([]byte, blob.Kind, error) {
 	return s.read(ctx, id, true)
+}
+
+// SetPutTrackerClock replaces the clock of s's put tracking.
+func SetPutTrackerClock(s *ObjectBlobStore, now func() time.Time) {
+	s.tracker.mu.Lock()
+	defer s.tracker.mu.Unlock()
+	s.tracker.now = now
 }

@@ -277,15 +277,7 @@ func Provision(ctx context.Context, js jetstream.JetStream, cfg Config) error {
 	if _, err := js.CreateOrUpdateKeyValue(ctx, workersBucketConfig(cfg.Replicas)); err != nil {
 		return fmt.Errorf("queue: provision bucket %s: %w", BucketWorkers, err)
 	}
-	if _, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
-		Bucket:      BucketBlobs,
-		Description: "stepflow blobs by content hash",
-		Storage:     jetstream.FileStorage,
-		Replicas:    cfg.Replicas,
-		Compression: cfg.Compression,
-		MaxBytes:    cfg.BlobsMaxBytes,
-		TTL:         cfg.BlobsTTL,
-	}); err != nil {
+	if err := provisionBlobStream(ctx, js, cfg); err != nil {
 		return fmt.Errorf("queue: provision object store %s: %w", BucketBlobs, err)
 	}
 	log.Debug("JetStream layout provisioned", zap.Int("replicas", cfg.Replicas),
@@ -321,4 +313,65 @@ func ParseItemsStorage(s string) (file bool, err error) {
 	default:
 		return false, fmt.Errorf("%w: items storage %q (want memory or file)", ErrInvalidConfig, s)
 	}
+}
+
+// blobStreamConfig is the stream of the STEPFLOW_BLOBS object store as
+// jetstream.ObjectStore makes it (so the object store API and the NATS
+// CLI read it), persisting asynchronously on one server: a new blob then
+// costs no fsync of its own. A blob an acknowledged result refers to is
+// journaled by the coordinator instead (see BlobJournalSubject). The
+// server refuses async persistence for replicated streams, whose
+// replicas are what keeps a blob.
+func blobStreamConfig(cfg Config) jetstream.StreamConfig {
+	replicas := max(cfg.Replicas, 1)
+	maxBytes := cfg.BlobsMaxBytes
+	if maxBytes == 0 {
+		maxBytes = -1
+	}
+	var compression jetstream.StoreCompression
+	if cfg.Compression {
+		compression = jetstream.S2Compression
+	}
+	sc := jetstream.StreamConfig{
+		Name:        blobStream,
+		Description: "stepflow blobs by content hash",
+		Subjects:    []string{blobChunkPrefix + ">", blobMetaPrefix + ">"},
+		MaxAge:      cfg.BlobsTTL,
+		MaxBytes:    maxBytes,
+		Storage:     jetstream.FileStorage,
+		Replicas:    replicas,
+		Discard:     jetstream.DiscardNew,
+		AllowRollup: true,
+		AllowDirect: true,
+		Compression: compression,
+	}
+	if replicas == 1 {
+		sc.PersistMode = jetstream.AsyncPersistMode
+	}
+	return sc
+}
+
+// provisionBlobStream creates the blob stream, or updates it keeping its
+// persist mode (which the server does not let change: a stream made by
+// an earlier release keeps fsyncing each message).
+func provisionBlobStream(ctx context.Context, js jetstream.JetStream, cfg Config) error {
+	sc := blobStreamConfig(cfg)
+	for range 2 {
+		cur, err := js.Stream(ctx, blobStream)
+		switch {
+		case err == nil:
+			sc.PersistMode = cur.CachedInfo().Config.PersistMode
+			_, err = js.UpdateStream(ctx, sc)
+			return err
+		case errors.Is(err, jetstream.ErrStreamNotFound):
+			_, err = js.CreateStream(ctx, sc)
+			if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+				continue // another process made it meanwhile
+			}
+			return err
+		default:
+			return err
+		}
+	}
+	return fmt.Errorf("stream %s keeps changing", blobStream)
 }

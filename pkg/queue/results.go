@@ -138,6 +138,9 @@ func EncodeResult(ctx context.Context, nc *nats.Conn, res *stepflowv1.ItemResult
 	}
 	small := proto.CloneOf(res)
 	small.Result, small.ResultBlobId = nil, id
+	for _, b := range small.Blobs {
+		b.Data = nil // the coordinator reads them from the blob store
+	}
 	if data, err = proto.Marshal(small); err != nil {
 		return "", nil, fmt.Errorf("queue: encode result %d of run %s: %w", index, runID, err)
 	}

@@ -78,6 +78,8 @@ type resultSink struct {
 	// refuse, when set, is the reason given for refusing every result.
 	refuse  string
 	refused int
+	// journaled: the ids of the blobs journaled (BlobJournal requests).
+	journaled []string
 }
 
 // waitRefused waits until n result requests were refused.
@@ -102,6 +104,18 @@ func newResultSink() *resultSink {
 }
 
 func (s *resultSink) receive(m *nats.Msg) {
+	if m.Subject == queue.BlobJournalSubject {
+		j, err := queue.DecodeBlobJournal(m.Data)
+		if err == nil {
+			s.mu.Lock()
+			for _, b := range j.GetBlobs() {
+				s.journaled = append(s.journaled, b.GetId())
+			}
+			s.mu.Unlock()
+		}
+		_ = m.RespondMsg(queue.ResultReply(queue.ResultStored, err))
+		return
+	}
 	r, err := queue.DecodeResult(m.Data)
 	if err != nil {
 		_ = m.RespondMsg(queue.ResultReply("", err))

@@ -283,6 +283,11 @@ func (w *Worker) handle(d delivery) (failed, acked bool, err error) {
 		// The coordinator acks the item with its answer.
 		ItemAckSubject: d.msg.Reply(),
 	}
+	// Blobs put here that the result refers to travel with it to the
+	// coordinator's journal.
+	if out.Blobs, err = w.blobs.UnjournaledBlobs(d.ctx, out.Result); err != nil {
+		return false, false, fmt.Errorf("send result %d of run %s: %w", it.GetIndex(), d.runID, err)
+	}
 	subject, data, err := queue.EncodeResult(d.ctx, w.nc, out, queue.ResultOptions{Subject: it.GetReplySubject(), Blobs: w.blobs})
 	if err != nil {
 		return false, false, fmt.Errorf("send result %d of run %s: %w", it.GetIndex(), d.runID, err)
@@ -297,6 +302,9 @@ func (w *Worker) handle(d delivery) (failed, acked bool, err error) {
 		return false, false, err
 	}
 	w.stats.finished(time.Since(startedAt), out.Failed, time.Now())
+	if answer.Status != queue.ResultDropped {
+		w.blobs.BlobsJournaled(out.Blobs)
+	}
 	if answer.Status == queue.ResultDuplicate {
 		w.log.Debug("result already stored (item re-executed); the first one counts",
 			zap.String("run", d.runID), zap.Uint64("index", it.GetIndex()), zap.Uint64("deliveries", md.NumDelivered))

@@ -39,6 +39,7 @@ const noResponderRetry = time.Second
 // when every slot is taken by items waiting on children.
 type natsRuns struct {
 	nc      *nats.Conn
+	blobs   *queue.ObjectBlobStore // nil: no blobs to journal
 	slots   *slots
 	timeout time.Duration
 	log     *zap.Logger
@@ -59,6 +60,9 @@ func (r *natsRuns) Submit(ctx context.Context, req runs.Request) (runs.Status, e
 		defer r.slots.Lend()()
 	}
 	body := value.Marshal(submitRequest(req))
+	if err := r.journalBlobs(ctx, body); err != nil {
+		return runs.Status{}, fmt.Errorf("submit run of flow %s: %w", req.FlowID, err)
+	}
 	st, err := r.call(ctx, queue.SubjectRunsSubmit, body, r.timeout, runs.ErrFlowNotFound)
 	if err != nil {
 		return runs.Status{}, fmt.Errorf("submit run of flow %s: %w", req.FlowID, err)
@@ -69,6 +73,26 @@ func (r *natsRuns) Submit(ctx context.Context, req runs.Request) (runs.Status, e
 		return st, nil
 	}
 	return r.wait(ctx, st.RunID, runs.GetOptions{IncludeResults: true})
+}
+
+// journalBlobs has the coordinator journal the blobs put here recently
+// that a nested run's request refers to, before the run exists: its items
+// may run anywhere, after a power loss too.
+func (r *natsRuns) journalBlobs(ctx context.Context, body []byte) error {
+	if r.blobs == nil {
+		return nil
+	}
+	blobs, err := r.blobs.UnjournaledBlobs(ctx, body)
+	if err != nil || len(blobs) == 0 {
+		return err
+	}
+	jctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	if err := queue.JournalBlobs(jctx, r.nc, blobs); err != nil {
+		return err
+	}
+	r.blobs.BlobsJournaled(blobs)
+	return nil
 }
 
 // Get reads a run's status through the coordinator; with opts.Wait it

@@ -253,7 +253,7 @@ func (w *Worker) start(ctx context.Context) error {
 		}
 		wd = stepCfg.WorkDir("", cwd)
 	}
-	nested := &natsRuns{nc: nc, slots: w.slots, timeout: w.cfg.RunsRequestTimeout, log: w.log.Named("runs")}
+	nested := &natsRuns{nc: nc, blobs: w.blobs, slots: w.slots, timeout: w.cfg.RunsRequestTimeout, log: w.log.Named("runs")}
 	plugins, err := plugin.New(ctx, stepCfg, plugin.Options{
 		Blobs:      w.blobs,
 		Logger:     w.cfg.Logger,
@@ -334,7 +334,10 @@ func (w *Worker) tryOpenStores(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	bs, err := queue.OpenBlobStore(ctx, w.js, queue.WithBlobCache(blob.NewCache(w.cfg.BlobCacheBytes)))
+	bs, err := queue.OpenBlobStore(ctx, w.js, queue.WithBlobCache(blob.NewCache(w.cfg.BlobCacheBytes)),
+		// Blobs put here travel with the results (or nested runs) that
+		// refer to them to the coordinator's journal (ItemResult.blobs).
+		queue.WithPutTracking(0))
 	if err != nil {
 		return err
 	}

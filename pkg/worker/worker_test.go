@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -14,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/stepflow-go/stepflow/pkg/blob"
 	"github.com/stepflow-go/stepflow/pkg/executor"
 	"github.com/stepflow-go/stepflow/pkg/outcome"
 	"github.com/stepflow-go/stepflow/pkg/plugin"
@@ -873,4 +875,39 @@ func TestResultKeptUntilStored(t *testing.T) {
 	require.Eventually(t, func() bool { return b.subjectCount(queue.StreamItems, queue.ItemSubject(run)) == 0 },
 		10*time.Second, 20*time.Millisecond)
 	require.Zero(t, b.consumerInfo(run).NumRedelivered)
+}
+
+// A nested run whose inputs refer to a blob put here a moment ago is
+// submitted only after the coordinator journaled that blob: the run's
+// items may execute anywhere, after a power loss of NATS too.
+func TestNestedRunJournalsTheBlobsItRefersTo(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := testCtx(t)
+	store, err := queue.OpenBlobStore(ctx, b.js, queue.WithPutTracking(0))
+	require.NoError(t, err)
+	id, err := store.Put(ctx, blob.KindData, value.MustParse(`{"doc":1}`))
+	require.NoError(t, err)
+
+	// The coordinator's run API: it records what the sink had journaled
+	// when the submit came.
+	journaledAtSubmit := make(chan []string, 2)
+	sub, err := b.nc.Subscribe(queue.SubjectRunsSubmit, func(m *nats.Msg) {
+		b.sink.mu.Lock()
+		journaledAtSubmit <- slices.Clone(b.sink.journaled)
+		b.sink.mu.Unlock()
+		_ = m.Respond([]byte(`{"runId":"r1","status":"running"}`))
+	})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+
+	r := &natsRuns{nc: b.nc, blobs: store, slots: newSlots(1), timeout: 10 * time.Second, log: b.log}
+	_, err = r.Submit(ctx, runs.Request{FlowID: "f", Inputs: []value.Value{value.ObjectOf("doc", id)}})
+	require.NoError(t, err)
+	require.Equal(t, []string{id}, <-journaledAtSubmit)
+
+	// Journaled once: a second run referring to it sends nothing again.
+	_, err = r.Submit(ctx, runs.Request{FlowID: "f", Inputs: []value.Value{value.ObjectOf("doc", id)}})
+	require.NoError(t, err)
+	require.Equal(t, []string{id}, <-journaledAtSubmit)
 }

@@ -370,8 +370,14 @@ type ItemResult struct {
 	// a hop sooner than the worker could, and says so in the answer
 	// (Stepflow-Item-Acked); otherwise the worker acks it itself.
 	ItemAckSubject string `protobuf:"bytes,13,opt,name=item_ack_subject,json=itemAckSubject,proto3" json:"item_ack_subject,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Blobs the result refers to that the worker stored recently: the blob
+	// stream does not fsync each message, so the coordinator journals these
+	// (fsynced with the result) before it answers, and a blob an
+	// acknowledged result refers to is as durable as the result. A blob
+	// without data is read from the blob store by the coordinator.
+	Blobs         []*Blob `protobuf:"bytes,14,rep,name=blobs,proto3" json:"blobs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ItemResult) Reset() {
@@ -495,6 +501,125 @@ func (x *ItemResult) GetItemAckSubject() string {
 	return ""
 }
 
+func (x *ItemResult) GetBlobs() []*Blob {
+	if x != nil {
+		return x.Blobs
+	}
+	return nil
+}
+
+// Blob is a blob carried to the coordinator's blob journal.
+type Blob struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The blob id: the lowercase hex SHA-256 of data.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// "data" or "flow".
+	Kind string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	// The blob's JSON; empty when the coordinator is to read it from the
+	// blob store (a blob too large to carry along).
+	Data          []byte `protobuf:"bytes,3,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Blob) Reset() {
+	*x = Blob{}
+	mi := &file_stepflow_v1_queue_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Blob) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Blob) ProtoMessage() {}
+
+func (x *Blob) ProtoReflect() protoreflect.Message {
+	mi := &file_stepflow_v1_queue_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Blob.ProtoReflect.Descriptor instead.
+func (*Blob) Descriptor() ([]byte, []int) {
+	return file_stepflow_v1_queue_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Blob) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Blob) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *Blob) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+// BlobJournal asks the leading coordinator to journal blobs before
+// something refers to them (a nested run's inputs): the answer comes
+// once they are durable.
+type BlobJournal struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Blobs         []*Blob                `protobuf:"bytes,1,rep,name=blobs,proto3" json:"blobs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BlobJournal) Reset() {
+	*x = BlobJournal{}
+	mi := &file_stepflow_v1_queue_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BlobJournal) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BlobJournal) ProtoMessage() {}
+
+func (x *BlobJournal) ProtoReflect() protoreflect.Message {
+	mi := &file_stepflow_v1_queue_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BlobJournal.ProtoReflect.Descriptor instead.
+func (*BlobJournal) Descriptor() ([]byte, []int) {
+	return file_stepflow_v1_queue_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *BlobJournal) GetBlobs() []*Blob {
+	if x != nil {
+		return x.Blobs
+	}
+	return nil
+}
+
 // ItemCounts counts a run's items (upstream ItemStatistics): completed
 // counts successful items only; total = completed + failed + running +
 // cancelled.
@@ -510,7 +635,7 @@ type ItemCounts struct {
 
 func (x *ItemCounts) Reset() {
 	*x = ItemCounts{}
-	mi := &file_stepflow_v1_queue_proto_msgTypes[2]
+	mi := &file_stepflow_v1_queue_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -522,7 +647,7 @@ func (x *ItemCounts) String() string {
 func (*ItemCounts) ProtoMessage() {}
 
 func (x *ItemCounts) ProtoReflect() protoreflect.Message {
-	mi := &file_stepflow_v1_queue_proto_msgTypes[2]
+	mi := &file_stepflow_v1_queue_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -535,7 +660,7 @@ func (x *ItemCounts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ItemCounts.ProtoReflect.Descriptor instead.
 func (*ItemCounts) Descriptor() ([]byte, []int) {
-	return file_stepflow_v1_queue_proto_rawDescGZIP(), []int{2}
+	return file_stepflow_v1_queue_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ItemCounts) GetCompleted() uint64 {
@@ -619,7 +744,7 @@ type RunRecord struct {
 
 func (x *RunRecord) Reset() {
 	*x = RunRecord{}
-	mi := &file_stepflow_v1_queue_proto_msgTypes[3]
+	mi := &file_stepflow_v1_queue_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -631,7 +756,7 @@ func (x *RunRecord) String() string {
 func (*RunRecord) ProtoMessage() {}
 
 func (x *RunRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_stepflow_v1_queue_proto_msgTypes[3]
+	mi := &file_stepflow_v1_queue_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -644,7 +769,7 @@ func (x *RunRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunRecord.ProtoReflect.Descriptor instead.
 func (*RunRecord) Descriptor() ([]byte, []int) {
-	return file_stepflow_v1_queue_proto_rawDescGZIP(), []int{3}
+	return file_stepflow_v1_queue_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *RunRecord) GetRunId() string {
@@ -831,7 +956,7 @@ type WorkerStatus struct {
 
 func (x *WorkerStatus) Reset() {
 	*x = WorkerStatus{}
-	mi := &file_stepflow_v1_queue_proto_msgTypes[4]
+	mi := &file_stepflow_v1_queue_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -843,7 +968,7 @@ func (x *WorkerStatus) String() string {
 func (*WorkerStatus) ProtoMessage() {}
 
 func (x *WorkerStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_stepflow_v1_queue_proto_msgTypes[4]
+	mi := &file_stepflow_v1_queue_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -856,7 +981,7 @@ func (x *WorkerStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerStatus.ProtoReflect.Descriptor instead.
 func (*WorkerStatus) Descriptor() ([]byte, []int) {
-	return file_stepflow_v1_queue_proto_rawDescGZIP(), []int{4}
+	return file_stepflow_v1_queue_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *WorkerStatus) GetWorkerId() string {
@@ -1016,7 +1141,7 @@ const file_stepflow_v1_queue_proto_rawDesc = "" +
 	"\rtrace_context\x18\r \x03(\v2#.stepflow.v1.Item.TraceContextEntryR\ftraceContext\x1a?\n" +
 	"\x11TraceContextEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe5\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8e\x04\n" +
 	"\n" +
 	"ItemResult\x12\x15\n" +
 	"\x06run_id\x18\x01 \x01(\tR\x05runId\x12\x14\n" +
@@ -1036,7 +1161,14 @@ const file_stepflow_v1_queue_proto_rawDesc = "" +
 	"\vfinished_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"finishedAt\x12&\n" +
 	"\x0fitem_stream_seq\x18\f \x01(\x04R\ritemStreamSeq\x12(\n" +
-	"\x10item_ack_subject\x18\r \x01(\tR\x0eitemAckSubject\"z\n" +
+	"\x10item_ack_subject\x18\r \x01(\tR\x0eitemAckSubject\x12'\n" +
+	"\x05blobs\x18\x0e \x03(\v2\x11.stepflow.v1.BlobR\x05blobs\">\n" +
+	"\x04Blob\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x12\n" +
+	"\x04data\x18\x03 \x01(\fR\x04data\"6\n" +
+	"\vBlobJournal\x12'\n" +
+	"\x05blobs\x18\x01 \x03(\v2\x11.stepflow.v1.BlobR\x05blobs\"z\n" +
 	"\n" +
 	"ItemCounts\x12\x1c\n" +
 	"\tcompleted\x18\x01 \x01(\x04R\tcompleted\x12\x18\n" +
@@ -1120,45 +1252,49 @@ func file_stepflow_v1_queue_proto_rawDescGZIP() []byte {
 }
 
 var file_stepflow_v1_queue_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_stepflow_v1_queue_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_stepflow_v1_queue_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_stepflow_v1_queue_proto_goTypes = []any{
 	(ResultSource)(0),             // 0: stepflow.v1.ResultSource
 	(RunStatus)(0),                // 1: stepflow.v1.RunStatus
 	(*Item)(nil),                  // 2: stepflow.v1.Item
 	(*ItemResult)(nil),            // 3: stepflow.v1.ItemResult
-	(*ItemCounts)(nil),            // 4: stepflow.v1.ItemCounts
-	(*RunRecord)(nil),             // 5: stepflow.v1.RunRecord
-	(*WorkerStatus)(nil),          // 6: stepflow.v1.WorkerStatus
-	nil,                           // 7: stepflow.v1.Item.TraceContextEntry
-	nil,                           // 8: stepflow.v1.WorkerStatus.RunBusyEntry
-	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 10: google.protobuf.Duration
+	(*Blob)(nil),                  // 4: stepflow.v1.Blob
+	(*BlobJournal)(nil),           // 5: stepflow.v1.BlobJournal
+	(*ItemCounts)(nil),            // 6: stepflow.v1.ItemCounts
+	(*RunRecord)(nil),             // 7: stepflow.v1.RunRecord
+	(*WorkerStatus)(nil),          // 8: stepflow.v1.WorkerStatus
+	nil,                           // 9: stepflow.v1.Item.TraceContextEntry
+	nil,                           // 10: stepflow.v1.WorkerStatus.RunBusyEntry
+	(*timestamppb.Timestamp)(nil), // 11: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 12: google.protobuf.Duration
 }
 var file_stepflow_v1_queue_proto_depIdxs = []int32{
-	9,  // 0: stepflow.v1.Item.enqueued_at:type_name -> google.protobuf.Timestamp
-	9,  // 1: stepflow.v1.Item.deadline:type_name -> google.protobuf.Timestamp
-	10, // 2: stepflow.v1.Item.heartbeat_interval:type_name -> google.protobuf.Duration
-	7,  // 3: stepflow.v1.Item.trace_context:type_name -> stepflow.v1.Item.TraceContextEntry
+	11, // 0: stepflow.v1.Item.enqueued_at:type_name -> google.protobuf.Timestamp
+	11, // 1: stepflow.v1.Item.deadline:type_name -> google.protobuf.Timestamp
+	12, // 2: stepflow.v1.Item.heartbeat_interval:type_name -> google.protobuf.Duration
+	9,  // 3: stepflow.v1.Item.trace_context:type_name -> stepflow.v1.Item.TraceContextEntry
 	0,  // 4: stepflow.v1.ItemResult.source:type_name -> stepflow.v1.ResultSource
-	9,  // 5: stepflow.v1.ItemResult.started_at:type_name -> google.protobuf.Timestamp
-	9,  // 6: stepflow.v1.ItemResult.finished_at:type_name -> google.protobuf.Timestamp
-	1,  // 7: stepflow.v1.RunRecord.status:type_name -> stepflow.v1.RunStatus
-	4,  // 8: stepflow.v1.RunRecord.items:type_name -> stepflow.v1.ItemCounts
-	9,  // 9: stepflow.v1.RunRecord.created_at:type_name -> google.protobuf.Timestamp
-	9,  // 10: stepflow.v1.RunRecord.completed_at:type_name -> google.protobuf.Timestamp
-	10, // 11: stepflow.v1.RunRecord.ack_wait:type_name -> google.protobuf.Duration
-	9,  // 12: stepflow.v1.WorkerStatus.started_at:type_name -> google.protobuf.Timestamp
-	9,  // 13: stepflow.v1.WorkerStatus.heartbeat_at:type_name -> google.protobuf.Timestamp
-	10, // 14: stepflow.v1.WorkerStatus.heartbeat_interval:type_name -> google.protobuf.Duration
-	8,  // 15: stepflow.v1.WorkerStatus.run_busy:type_name -> stepflow.v1.WorkerStatus.RunBusyEntry
-	10, // 16: stepflow.v1.WorkerStatus.window:type_name -> google.protobuf.Duration
-	10, // 17: stepflow.v1.WorkerStatus.mean_duration:type_name -> google.protobuf.Duration
-	10, // 18: stepflow.v1.WorkerStatus.p95_duration:type_name -> google.protobuf.Duration
-	19, // [19:19] is the sub-list for method output_type
-	19, // [19:19] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	11, // 5: stepflow.v1.ItemResult.started_at:type_name -> google.protobuf.Timestamp
+	11, // 6: stepflow.v1.ItemResult.finished_at:type_name -> google.protobuf.Timestamp
+	4,  // 7: stepflow.v1.ItemResult.blobs:type_name -> stepflow.v1.Blob
+	4,  // 8: stepflow.v1.BlobJournal.blobs:type_name -> stepflow.v1.Blob
+	1,  // 9: stepflow.v1.RunRecord.status:type_name -> stepflow.v1.RunStatus
+	6,  // 10: stepflow.v1.RunRecord.items:type_name -> stepflow.v1.ItemCounts
+	11, // 11: stepflow.v1.RunRecord.created_at:type_name -> google.protobuf.Timestamp
+	11, // 12: stepflow.v1.RunRecord.completed_at:type_name -> google.protobuf.Timestamp
+	12, // 13: stepflow.v1.RunRecord.ack_wait:type_name -> google.protobuf.Duration
+	11, // 14: stepflow.v1.WorkerStatus.started_at:type_name -> google.protobuf.Timestamp
+	11, // 15: stepflow.v1.WorkerStatus.heartbeat_at:type_name -> google.protobuf.Timestamp
+	12, // 16: stepflow.v1.WorkerStatus.heartbeat_interval:type_name -> google.protobuf.Duration
+	10, // 17: stepflow.v1.WorkerStatus.run_busy:type_name -> stepflow.v1.WorkerStatus.RunBusyEntry
+	12, // 18: stepflow.v1.WorkerStatus.window:type_name -> google.protobuf.Duration
+	12, // 19: stepflow.v1.WorkerStatus.mean_duration:type_name -> google.protobuf.Duration
+	12, // 20: stepflow.v1.WorkerStatus.p95_duration:type_name -> google.protobuf.Duration
+	21, // [21:21] is the sub-list for method output_type
+	21, // [21:21] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_stepflow_v1_queue_proto_init() }
@@ -1172,7 +1308,7 @@ func file_stepflow_v1_queue_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_stepflow_v1_queue_proto_rawDesc), len(file_stepflow_v1_queue_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   7,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
