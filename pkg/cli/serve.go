@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -153,6 +154,7 @@ func (s *serveCmd) run(ctx context.Context) error {
 		return usageErr("--nats-items-storage: %v", err)
 	}
 	log := s.a.log
+	raiseProcs(log)
 	var stepCfg *config.Config
 	if s.workers > 0 {
 		if stepCfg, err = discoverConfig(s.configPath, ""); err != nil {
@@ -270,4 +272,22 @@ func (s *serveCmd) shutdown(workers []*worker.Worker, c *coordinator.Coordinator
 		errs[len(workers)] = err
 	}
 	return errors.Join(errs...)
+}
+
+// minServeProcs is the least GOMAXPROCS serve runs with.
+const minServeProcs = 4
+
+// raiseProcs runs serve with at least minServeProcs Ps unless GOMAXPROCS
+// is set. Its threads spend much of their time blocked in fsync and file
+// writes (the coordinator's group commits, the embedded server's stores),
+// and a P blocked in a syscall is handed to other goroutines only when the
+// runtime notices; with two Ps the other core idles meanwhile. On two
+// cores, 4 Ps ran the examples/hello batch 25-40% faster in the same
+// series (docs/bench-upstream.md).
+func raiseProcs(log *zap.Logger) {
+	if os.Getenv("GOMAXPROCS") != "" || runtime.GOMAXPROCS(0) >= minServeProcs {
+		return
+	}
+	prev := runtime.GOMAXPROCS(minServeProcs)
+	log.Debug("GOMAXPROCS raised", zap.Int("from", prev), zap.Int("to", minServeProcs))
 }
