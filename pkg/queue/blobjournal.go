@@ -270,8 +270,14 @@ func JournalBlobs(ctx context.Context, nc *nats.Conn, blobs []*stepflowv1.Blob) 
 	if err != nil {
 		return fmt.Errorf("queue: journal %d blobs: %w", len(blobs), err)
 	}
-	if _, err := ParseResultReply(reply); err != nil {
+	answer, err := ParseResultReply(reply)
+	if err != nil {
 		return fmt.Errorf("queue: journal %d blobs: %w", len(blobs), err)
+	}
+	if answer.Status != ResultStored {
+		// A coordinator of an earlier release takes the request for a
+		// malformed result and drops it.
+		return fmt.Errorf("%w: the coordinator did not journal the blobs (%s); it may be of an earlier release", ErrResultRefused, answer.Status)
 	}
 	return nil
 }

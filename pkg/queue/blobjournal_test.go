@@ -125,4 +125,14 @@ func TestJournalBlobsRequest(t *testing.T) {
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	require.ErrorIs(t, queue.JournalBlobs(cctx, b.nc, blobs), queue.ErrResultRefused)
+
+	// A coordinator of an earlier release drops the request as a
+	// malformed result: that is no journaling either.
+	require.NoError(t, sub2.Unsubscribe())
+	sub3, err := queue.SubscribeResults(b.nc, func(m *nats.Msg) {
+		_ = m.RespondMsg(queue.ResultReply(queue.ResultDropped, nil))
+	})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = sub3.Unsubscribe() })
+	require.ErrorIs(t, queue.JournalBlobs(cctx, b.nc, blobs), queue.ErrResultRefused)
 }

@@ -334,7 +334,12 @@ func metaMsg(info *jetstream.ObjectInfo, after uint64) (*nats.Msg, error) {
 		return nil, err
 	}
 	m := nats.NewMsg(blobMetaSubject(info.Name))
-	m.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
+	if after > 0 {
+		// Replacing an info: roll the subject up to it. A first info
+		// (after 0) goes to an empty subject, where a rollup would only
+		// cost the server a purge.
+		m.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
+	}
 	m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(after, 10))
 	m.Data = data
 	return m, nil
