@@ -462,6 +462,17 @@ func TestErrors(t *testing.T) {
 	require.Equal(t, http.StatusUnauthorized, cl.get("/runs").Status)
 	cl.token = "s3cret"
 	require.Equal(t, http.StatusOK, cl.get("/runs").Status)
+	// The scheme's name is case-insensitive (RFC 7235); another scheme
+	// or no token is refused.
+	cl.token = ""
+	for authz, want := range map[string]int{
+		"bearer s3cret": http.StatusOK, "BEARER  s3cret ": http.StatusOK, "Bearer s3cret": http.StatusOK,
+		"Basic s3cret": http.StatusUnauthorized, "Bearer": http.StatusUnauthorized, "s3cret": http.StatusUnauthorized,
+		"Bearers3cret": http.StatusUnauthorized,
+	} {
+		require.Equal(t, want, cl.do(http.MethodGet, "/runs", nil, map[string]string{"Authorization": authz}).Status, "Authorization: %s", authz)
+	}
+	cl.token = "s3cret"
 
 	flowID := cl.storeFlow()
 	const unknownRun = "0198c0de-0000-7000-8000-000000000000"

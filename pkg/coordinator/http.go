@@ -144,8 +144,8 @@ func (c *Coordinator) auth(next http.Handler) http.Handler {
 			return
 		}
 		authz := r.Header.Get("Authorization")
-		got, ok := strings.CutPrefix(authz, "Bearer ")
-		gotSum := sha256.Sum256([]byte(strings.TrimSpace(got)))
+		got, ok := bearerToken(authz)
+		gotSum := sha256.Sum256([]byte(got))
 		if ok && subtle.ConstantTimeCompare(gotSum[:], want[:]) == 1 {
 			next.ServeHTTP(w, r)
 			return
@@ -165,6 +165,16 @@ func (c *Coordinator) auth(next http.Handler) http.Handler {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="stepflow"`)
 		writeEnvelope(w, http.StatusUnauthorized, "missing or invalid bearer token")
 	})
+}
+
+// bearerToken returns the token of an Authorization header of the Bearer
+// scheme, whose name is case-insensitive (RFC 7235, section 2.1).
+func bearerToken(authz string) (string, bool) {
+	scheme, token, ok := strings.Cut(strings.TrimSpace(authz), " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return "", false
+	}
+	return strings.TrimSpace(token), true
 }
 
 // cors answers preflight requests and allows any origin for the bearer
