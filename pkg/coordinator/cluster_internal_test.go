@@ -3,6 +3,7 @@ package coordinator
 import (
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -50,7 +51,7 @@ func TestWorkerViewsStaleAndSlow(t *testing.T) {
 func TestSessionValue(t *testing.T) {
 	c := &Coordinator{cfg: Config{AuthToken: "tok"}}
 	now := time.Now()
-	v := sessionValue("tok", now.Add(time.Hour))
+	v := sessionValue("tok", "id1", now.Add(time.Hour))
 	require.NotContains(t, v, "tok")
 	check := func(value string, at time.Time) bool {
 		r := newRequestWithCookie(value)
@@ -58,11 +59,51 @@ func TestSessionValue(t *testing.T) {
 	}
 	require.True(t, check(v, now))
 	require.False(t, check(v, now.Add(2*time.Hour)), "expired")
-	require.False(t, check(sessionValue("other", now.Add(time.Hour)), now), "another token's session")
+	require.False(t, check(sessionValue("other", "id1", now.Add(time.Hour)), now), "another token's session")
 	require.False(t, check("garbage", now))
 	require.False(t, check("", now))
-	exp, mac, _ := cutDot(v)
-	require.False(t, check(exp+"0."+mac, now), "a later expiry with the old MAC")
+	exp, rest, _ := cutDot(v)
+	require.False(t, check(exp+"0."+rest, now), "a later expiry with the old MAC")
+	_, mac, _ := cutDot(rest)
+	require.False(t, check(exp+".id2."+mac, now), "another id with the old MAC")
+
+	// A signed-out session is refused, across a restart too.
+	path := filepath.Join(t.TempDir(), "signed-out")
+	rev, err := loadSessionRevocations(path, now)
+	require.NoError(t, err)
+	c.revoked = rev
+	require.True(t, check(v, now))
+	require.NoError(t, rev.revoke("id1", now.Add(time.Hour).Unix(), now))
+	require.False(t, check(v, now), "signed out")
+	require.NoError(t, rev.revoke("old", now.Add(-time.Minute).Unix(), now))
+	again, err := loadSessionRevocations(path, now)
+	require.NoError(t, err)
+	require.True(t, again.has("id1"))
+	require.False(t, again.has("old"), "expired entries are dropped")
+	later, err := loadSessionRevocations(path, now.Add(2*time.Hour))
+	require.NoError(t, err)
+	require.False(t, later.has("id1"), "entries go once their session would have expired")
+}
+
+func TestLoginLimiter(t *testing.T) {
+	var l loginLimiter
+	now := time.Now()
+	for range loginFreeFailures {
+		require.Zero(t, l.wait("1.2.3.4", now))
+		l.failed("1.2.3.4", now)
+	}
+	require.Equal(t, loginFailureDelay, l.wait("1.2.3.4", now), "after five failures, a wait")
+	require.Zero(t, l.wait("5.6.7.8", now), "per client")
+	require.Zero(t, l.wait("1.2.3.4", now.Add(loginFailureDelay)))
+	l.failed("1.2.3.4", now.Add(loginFailureDelay))
+	require.Equal(t, loginFailureDelay, l.wait("1.2.3.4", now.Add(loginFailureDelay)))
+	l.succeeded("1.2.3.4")
+	require.Zero(t, l.wait("1.2.3.4", now.Add(loginFailureDelay)))
+	l.failed("9.9.9.9", now)
+	for range loginFreeFailures {
+		l.failed("9.9.9.9", now.Add(loginForgetAfter+time.Second))
+	}
+	require.NotZero(t, l.wait("9.9.9.9", now.Add(loginForgetAfter+time.Second)), "old failures forgotten, new ones counted")
 }
 
 func newRequestWithCookie(value string) *http.Request {

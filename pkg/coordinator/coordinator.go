@@ -51,8 +51,10 @@ type Coordinator struct {
 	runStore  *queue.RunStore
 	flows     *queue.FlowStore
 	blobs     *queue.ObjectBlobStore
-	journal   *blobJournal // blobs that must outlive the blob stream's async writes
-	replaying atomic.Bool  // a journal replay is under way
+	journal   *blobJournal        // blobs that must outlive the blob stream's async writes
+	replaying atomic.Bool         // a journal replay is under way
+	revoked   *sessionRevocations // the runs page's signed-out sessions
+	logins    loginLimiter
 	keys      idempotencyKeys
 
 	listener net.Listener
@@ -214,6 +216,9 @@ func (c *Coordinator) start(ctx context.Context) error {
 		return err
 	}
 	c.journal = journal
+	if c.revoked, err = loadSessionRevocations(filepath.Join(cfg.DataDir, "ui-signed-out"), time.Now()); err != nil {
+		return err
+	}
 	if err := os.MkdirAll(filepath.Join(cfg.DataDir, "runs"), 0o750); err != nil {
 		return fmt.Errorf("coordinator: data dir: %w", err)
 	}

@@ -23,8 +23,11 @@ import (
 // Browsers cannot put an Authorization header on an EventSource, so with
 // an AuthToken the page signs in through /ui/login: the token posted
 // there is compared in constant time and exchanged for a session cookie
-// (HttpOnly, SameSite=Strict, Secure over TLS) holding an expiry and an
-// HMAC of it keyed by the token, never the token itself. The API accepts
+// (HttpOnly, SameSite=Strict, Secure over TLS) holding an expiry, a random
+// session id and an HMAC of both keyed by the token, never the token
+// itself. Signing out records the id (sessionRevocations), so the cookie
+// is refused from then on; after five wrong tokens a client waits two
+// seconds between attempts (loginLimiter). The API accepts
 // that cookie like the bearer token; a mutating request authenticated by
 // the cookie must also carry the header X-Stepflow-UI: 1, which a form on
 // another site cannot send (and a cross-origin script cannot either: the
@@ -89,35 +92,46 @@ func uiPublic(r *http.Request) bool {
 	return false
 }
 
-// sessionValue returns the cookie value of a session expiring at exp:
-// "<exp unix seconds>.<base64url HMAC-SHA256(token, purpose|exp)>".
-func sessionValue(token string, exp time.Time) string {
+// sessionValue returns the cookie value of a session id expiring at exp:
+// "<exp unix seconds>.<id>.<base64url HMAC-SHA256(token, purpose|exp|id)>".
+func sessionValue(token, id string, exp time.Time) string {
 	e := strconv.FormatInt(exp.Unix(), 10)
-	return e + "." + sessionMAC(token, e)
+	return e + "." + id + "." + sessionMAC(token, e, id)
 }
 
-func sessionMAC(token, exp string) string {
+func sessionMAC(token, exp, id string) string {
 	m := hmac.New(sha256.New, []byte(token))
-	m.Write([]byte("stepflow-ui-session|" + exp))
+	m.Write([]byte("stepflow-ui-session|" + exp + "|" + id))
 	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
 }
 
+// session parses a session cookie value issued for the current token and
+// unexpired at now: its id and expiry.
+func (c *Coordinator) session(value string, now time.Time) (id string, exp int64, ok bool) {
+	e, rest, ok1 := strings.Cut(value, ".")
+	id, mac, ok2 := strings.Cut(rest, ".")
+	if !ok1 || !ok2 || id == "" {
+		return "", 0, false
+	}
+	secs, err := strconv.ParseInt(e, 10, 64)
+	if err != nil || !now.Before(time.Unix(secs, 0)) {
+		return "", 0, false
+	}
+	if !hmac.Equal([]byte(mac), []byte(sessionMAC(c.cfg.AuthToken, e, id))) {
+		return "", 0, false
+	}
+	return id, secs, true
+}
+
 // validSession reports whether r carries an unexpired session cookie
-// issued for the current token.
+// issued for the current token and not signed out.
 func (c *Coordinator) validSession(r *http.Request, now time.Time) bool {
 	ck, err := r.Cookie(SessionCookie)
 	if err != nil {
 		return false
 	}
-	exp, mac, ok := strings.Cut(ck.Value, ".")
-	if !ok {
-		return false
-	}
-	secs, err := strconv.ParseInt(exp, 10, 64)
-	if err != nil || !now.Before(time.Unix(secs, 0)) {
-		return false
-	}
-	return hmac.Equal([]byte(mac), []byte(sessionMAC(c.cfg.AuthToken, exp)))
+	id, _, ok := c.session(ck.Value, now)
+	return ok && (c.revoked == nil || !c.revoked.has(id))
 }
 
 // safeMethod reports whether a method changes nothing.
@@ -174,18 +188,38 @@ func (c *Coordinator) handleLogin(w http.ResponseWriter, r *http.Request) {
 		c.renderLogin(w, http.StatusBadRequest, "The form could not be read.")
 		return
 	}
+	ip, now := clientIP(r), time.Now()
+	if wait := c.logins.wait(ip, now); wait > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(int((wait+time.Second-1)/time.Second)))
+		c.renderLogin(w, http.StatusTooManyRequests, "Too many wrong tokens: wait a moment and try again.")
+		return
+	}
 	token := strings.TrimSpace(r.PostForm.Get("token"))
 	if subtle.ConstantTimeCompare([]byte(token), []byte(c.cfg.AuthToken)) != 1 {
+		c.logins.failed(ip, now)
 		c.log.Warn("runs page: sign-in with a wrong token", zap.String("remote", r.RemoteAddr))
 		c.renderLogin(w, http.StatusUnauthorized, "Wrong token.")
 		return
 	}
-	c.setSession(w, r, sessionValue(c.cfg.AuthToken, time.Now().Add(sessionTTL)), int(sessionTTL/time.Second))
+	c.logins.succeeded(ip)
+	c.setSession(w, r, sessionValue(c.cfg.AuthToken, newSessionID(), now.Add(sessionTTL)), int(sessionTTL/time.Second))
 	http.Redirect(w, r, "/ui/", http.StatusSeeOther)
 }
 
-// handleLogout clears the session cookie.
+// handleLogout signs the session out (for good: its cookie is refused
+// from now on, on this coordinator, restarts included) and clears the
+// cookie.
 func (c *Coordinator) handleLogout(w http.ResponseWriter, r *http.Request) {
+	now := time.Now()
+	if ck, err := r.Cookie(SessionCookie); err == nil && c.revoked != nil {
+		if id, exp, ok := c.session(ck.Value, now); ok {
+			if err := c.revoked.revoke(id, exp, now); err != nil {
+				c.log.Error("cannot record a sign-out", zap.Error(err))
+				c.renderLogin(w, http.StatusInternalServerError, "The sign-out could not be recorded; the session is still valid.")
+				return
+			}
+		}
+	}
 	c.setSession(w, r, "", -1)
 	http.Redirect(w, r, "/ui/login", http.StatusSeeOther)
 }

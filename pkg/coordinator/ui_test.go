@@ -145,13 +145,36 @@ func TestUIAuth(t *testing.T) {
 	resp, _ = u.do(http.MethodGet, "/api/v1/runs", "", nil)
 	require.Equal(t, http.StatusUnauthorized, resp.StatusCode)
 
-	// Signing out clears the cookie.
-	u.cookie = nil
+	// Signing out clears the cookie, and the cookie signed out is
+	// refused from then on (one kept by a copy of the browser, say).
+	u.cookie = &http.Cookie{Name: ck.Name, Value: ck.Value}
+	resp, _ = u.do(http.MethodGet, "/api/v1/runs", "", nil)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
 	resp, _ = u.do(http.MethodPost, "/ui/logout", "", nil)
 	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
 	cleared := sessionCookie(resp)
 	require.NotNil(t, cleared)
 	require.Negative(t, cleared.MaxAge)
+	resp, _ = u.do(http.MethodGet, "/api/v1/runs", "", nil)
+	require.Equal(t, http.StatusUnauthorized, resp.StatusCode, "a signed-out session")
+	other := sessionCookie(u.login(token, nil))
+	u.cookie = &http.Cookie{Name: other.Name, Value: other.Value}
+	resp, _ = u.do(http.MethodGet, "/api/v1/runs", "", nil)
+	require.Equal(t, http.StatusOK, resp.StatusCode, "another session is not signed out with it")
+	u.cookie = nil
+
+	// Wrong tokens: after five, the form answers 429 with Retry-After
+	// until the delay has passed, the right token included.
+	for range 5 {
+		resp, _ = u.do(http.MethodPost, "/ui/login", "token=nope", map[string]string{"Content-Type": "application/x-www-form-urlencoded"})
+		require.Equal(t, http.StatusUnauthorized, resp.StatusCode)
+	}
+	resp, body = u.do(http.MethodPost, "/ui/login", "token=nope", map[string]string{"Content-Type": "application/x-www-form-urlencoded"})
+	require.Equal(t, http.StatusTooManyRequests, resp.StatusCode)
+	require.Equal(t, "2", resp.Header.Get("Retry-After"))
+	require.Contains(t, body, "Too many wrong tokens")
+	resp = u.login(token, nil)
+	require.Equal(t, http.StatusTooManyRequests, resp.StatusCode)
 
 	// Without a token the page is open and the form steps aside.
 	open := newUIClient(t, startCoordinator(t, nil))
