@@ -2,6 +2,7 @@ package coordinator_test
 
 import (
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -211,6 +212,18 @@ func TestBadRequests(t *testing.T) {
 	requireError(t, cl.post("/runs", `{"flowId" "x"}`), http.StatusBadRequest,
 		"malformed JSON body: 1:11: expected ':' after object key")
 	requireError(t, cl.post("/runs", `[1]`), http.StatusBadRequest, "the request body must be a JSON object, not array")
+	// What a parser would change silently is refused with its place: a
+	// repeated key (upstream's serde keeps the last), invalid UTF-8, an
+	// unpaired surrogate.
+	requireError(t, cl.post("/runs", `{"flowId":"`+flowID+`","input":[1],`+"\n"+`"input":[2]}`), http.StatusBadRequest,
+		`malformed JSON body: 2:1: duplicate key "input" in object`)
+	requireError(t, cl.post("/runs", `{"flowId":"`+flowID+`","input":["a`+"\xff"+`"]}`), http.StatusBadRequest,
+		"malformed JSON body: 1:"+strconv.Itoa(len(`{"flowId":"`+flowID+`","input":["a`)+1)+": invalid UTF-8 in string")
+	requireError(t, cl.post("/runs", `{"flowId":"`+flowID+`","input":["\ud800"]}`), http.StatusBadRequest,
+		"malformed JSON body: 1:"+strconv.Itoa(len(`{"flowId":"`+flowID+`","input":["`)+1)+": unpaired UTF-16 surrogate escape in string")
+	// A JSONL upload names the line and column (line N is item N-1).
+	requireError(t, cl.uploadJSONL(flowID, "", []string{`{"a":1}`, `{"a":1,"a":2}`}, nil), http.StatusBadRequest,
+		`malformed input: line 2, column 8: invalid JSON: duplicate key "a" in object (item 1); the upload was rejected and no run was created`)
 	requireError(t, cl.post("/runs", `{"flowId":"`+flowID+`"}`), http.StatusBadRequest, `"input" must be an array with one input per item`)
 	requireError(t, cl.post("/flows", `{"flow":`), http.StatusBadRequest, "malformed JSON body: 1:9: unexpected end of JSON input")
 

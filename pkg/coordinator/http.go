@@ -238,7 +238,7 @@ func (c *Coordinator) readObject(w http.ResponseWriter, r *http.Request) (*value
 		}
 		return nil, errorf(ErrInvalidRequest, "reading the request body: %w", err)
 	}
-	v, err := value.Parse(body)
+	v, err := value.ParseStrict(body)
 	if err != nil {
 		return nil, errorf(ErrInvalidRequest, "malformed JSON body: %w", err)
 	}

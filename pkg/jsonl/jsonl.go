@@ -43,6 +43,8 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+
+	"github.com/stepflow-go/stepflow/pkg/value"
 )
 
 // DefaultMaxLineBytes is the default maximum length of a line, in bytes,
@@ -220,6 +222,9 @@ func (r *Reader) Next() (Item, error) {
 	if !json.Valid(data) {
 		return Item{}, r.invalid(data)
 	}
+	if err := strictCheck(data); err != nil {
+		return Item{}, r.lineError(err.Col, fmt.Errorf("%w: %s", ErrInvalidJSON, err.Msg))
+	}
 	return Item{Index: index, Line: r.line, Data: data}, nil
 }
 
@@ -298,6 +303,40 @@ func (r *Reader) invalid(data []byte) error {
 	}
 	// json.Valid and json.Unmarshal disagree; should not happen.
 	return r.lineError(0, ErrInvalidJSON)
+}
+
+// strictCheck refuses valid JSON syntax whose meaning would be silently
+// changed (value.ParseStrict): a string that is not valid UTF-8, an
+// unpaired surrogate escape, a key repeated in an object. Only lines with
+// a byte that is not ASCII, an escape or a second key can have one, so
+// the others skip the parse.
+func strictCheck(data []byte) *value.SyntaxError {
+	if !mayBeLax(data) {
+		return nil
+	}
+	_, err := value.ParseStrict(data)
+	var se *value.SyntaxError
+	if errors.As(err, &se) {
+		return se
+	}
+	return nil
+}
+
+// mayBeLax reports whether data has a byte outside ASCII, a backslash
+// escape, or more than one object key (a ':').
+func mayBeLax(data []byte) bool {
+	colons := 0
+	for _, c := range data {
+		switch {
+		case c >= 0x80, c == '\\':
+			return true
+		case c == ':':
+			if colons++; colons > 1 {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // isBlank reports whether b consists only of JSON whitespace (space, tab,

@@ -12,6 +12,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
+
+	"github.com/stepflow-go/stepflow/pkg/value"
 )
 
 func TestMain(m *testing.M) {
@@ -308,11 +310,21 @@ func reference(input []byte, maxLine int) (lines [][]byte, errs []error) {
 			lines, errs = append(lines, nil), append(errs, ErrBlankLine)
 		case !json.Valid(p):
 			lines, errs = append(lines, nil), append(errs, ErrInvalidJSON)
+		case strictErr(p) != nil:
+			// Valid syntax whose meaning a parser would change: invalid
+			// UTF-8, an unpaired surrogate, a repeated key.
+			lines, errs = append(lines, nil), append(errs, ErrInvalidJSON)
 		default:
 			lines, errs = append(lines, p), append(errs, nil)
 		}
 	}
 	return lines, errs
+}
+
+// strictErr is the reference for strictCheck: a full strict parse.
+func strictErr(p []byte) error {
+	_, err := value.ParseStrict(p)
+	return err
 }
 
 func FuzzReader(f *testing.F) {
@@ -472,4 +484,32 @@ func TestDefaultLimitAccepts64MiB(t *testing.T) {
 	it, err = r.Next()
 	require.NoError(t, err)
 	require.Equal(t, Item{Index: 2, Line: 3, Data: []byte("7")}, it)
+}
+
+// Lines whose meaning a JSON parser would change silently are refused
+// with the place: invalid UTF-8, an unpaired surrogate escape, a key
+// given twice.
+func TestStrictLines(t *testing.T) {
+	input := "{\"a\":1}\n{\"name\":\"x\xffy\"}\n{\"s\":\"\\ud800\"}\n{\"k\":1,\"k\":2}\n{\"ok\":\"\\ud83d\\ude00é\",\"k\":{\"k\":1}}\n"
+	r := NewReader(strings.NewReader(input), WithName("items.jsonl"))
+	var got []string
+	for {
+		it, err := r.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			require.ErrorIs(t, err, ErrInvalidJSON)
+			got = append(got, err.Error())
+			continue
+		}
+		got = append(got, fmt.Sprintf("item %d ok", it.Index))
+	}
+	require.Equal(t, []string{
+		"item 0 ok",
+		"items.jsonl:2:11: invalid JSON: invalid UTF-8 in string",
+		"items.jsonl:3:7: invalid JSON: unpaired UTF-16 surrogate escape in string",
+		`items.jsonl:4:8: invalid JSON: duplicate key "k" in object`,
+		"item 4 ok",
+	}, got)
 }

@@ -45,6 +45,25 @@ func Parse(data []byte) (Value, error) {
 	return v, nil
 }
 
+// ParseStrict is Parse for input from outside (request bodies, items): it
+// refuses what Parse repairs or resolves silently, with the place: a
+// string that is not valid UTF-8 (Parse replaces the bad bytes with
+// U+FFFD), an escaped UTF-16 surrogate without its pair (Parse: U+FFFD),
+// and a key repeated in an object (Parse keeps the last value).
+func ParseStrict(data []byte) (Value, error) {
+	p := parser{data: data, strict: true}
+	p.skipWS()
+	v, err := p.value(0)
+	if err != nil {
+		return nil, err
+	}
+	p.skipWS()
+	if p.pos < len(p.data) {
+		return nil, p.errorf("trailing characters after JSON value")
+	}
+	return v, nil
+}
+
 // ParseString is Parse for a string.
 func ParseString(s string) (Value, error) { return Parse([]byte(s)) }
 
@@ -58,8 +77,9 @@ func MustParse(s string) Value {
 }
 
 type parser struct {
-	data []byte
-	pos  int
+	data   []byte
+	pos    int
+	strict bool // ParseStrict
 }
 
 func (p *parser) errorf(format string, args ...any) error {
@@ -134,9 +154,14 @@ func (p *parser) object(depth int) (Value, error) {
 		if p.pos >= len(p.data) || p.data[p.pos] != '"' {
 			return nil, p.errorf("expected string object key")
 		}
+		keyAt := p.pos
 		key, err := p.str()
 		if err != nil {
 			return nil, err
+		}
+		if p.strict && o.Has(key) {
+			p.pos = keyAt
+			return nil, p.errorf("duplicate key %q in object", key)
 		}
 		p.skipWS()
 		if p.pos >= len(p.data) || p.data[p.pos] != ':' {
@@ -204,10 +229,14 @@ func (p *parser) str() (string, error) {
 		c := p.data[p.pos]
 		if c == '"' {
 			s := p.data[start:p.pos]
-			p.pos++
 			if !utf8.Valid(s) {
+				if p.strict {
+					return "", p.invalidUTF8(start, s)
+				}
+				p.pos++
 				return string([]rune(string(s))), nil
 			}
+			p.pos++
 			return string(s), nil
 		}
 		if c == '\\' {
@@ -223,10 +252,14 @@ func (p *parser) str() (string, error) {
 		c := p.data[p.pos]
 		switch {
 		case c == '"':
-			p.pos++
 			if !utf8.Valid(buf) {
+				if p.strict {
+					return "", p.invalidUTF8(start, p.data[start:p.pos])
+				}
+				p.pos++
 				return string([]rune(string(buf))), nil
 			}
+			p.pos++
 			return string(buf), nil
 		case c < 0x20:
 			return "", p.errorf("invalid control character in string")
@@ -256,6 +289,7 @@ func (p *parser) str() (string, error) {
 					return "", err
 				}
 				if utf16.IsSurrogate(r) {
+					escAt := p.pos - 6
 					r2 := rune(-1)
 					if p.pos+1 < len(p.data) && p.data[p.pos] == '\\' && p.data[p.pos+1] == 'u' {
 						save := p.pos
@@ -273,6 +307,10 @@ func (p *parser) str() (string, error) {
 					} else {
 						r = utf8.RuneError
 					}
+					if r == utf8.RuneError && p.strict {
+						p.pos = escAt
+						return "", p.errorf("unpaired UTF-16 surrogate escape in string")
+					}
 				}
 				buf = utf8.AppendRune(buf, r)
 			default:
@@ -285,6 +323,21 @@ func (p *parser) str() (string, error) {
 		}
 	}
 	return "", p.errorf("unexpected end of JSON input in string")
+}
+
+// invalidUTF8 is the error for the string s starting at start: its first
+// byte that is not valid UTF-8.
+func (p *parser) invalidUTF8(start int, s []byte) error {
+	i := 0
+	for i < len(s) {
+		r, n := utf8.DecodeRune(s[i:])
+		if r == utf8.RuneError && n <= 1 {
+			break
+		}
+		i += n
+	}
+	p.pos = start + i
+	return p.errorf("invalid UTF-8 in string")
 }
 
 func (p *parser) hex4() (rune, error) {

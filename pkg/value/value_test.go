@@ -155,3 +155,31 @@ func TestLargeObjectConcurrentLookup(t *testing.T) {
 		<-done
 	}
 }
+
+func TestParseStrict(t *testing.T) {
+	for _, tc := range []struct {
+		in, err string
+	}{
+		{"{\"a\":\"x\xffy\"}", "1:8: invalid UTF-8 in string"},
+		{"[\"ok\",\n \"\xc3\"]", "2:3: invalid UTF-8 in string"},
+		{"{\"a\":\"\\n\xff\"}", "1:9: invalid UTF-8 in string"},
+		{`{"a":"\ud800"}`, `1:7: unpaired UTF-16 surrogate escape in string`},
+		{`{"a":"x\udc00y"}`, `1:8: unpaired UTF-16 surrogate escape in string`},
+		{`{"a":"\ud800\u0041"}`, `1:7: unpaired UTF-16 surrogate escape in string`},
+		{"{\"input\":1,\n\"input\":2}", `2:1: duplicate key "input" in object`},
+		{`[{"a":{"b":1,"b":2}}]`, `1:14: duplicate key "b" in object`},
+	} {
+		_, err := ParseStrict([]byte(tc.in))
+		require.EqualError(t, err, tc.err, "%q", tc.in)
+		var se *SyntaxError
+		require.ErrorAs(t, err, &se)
+		v, err := Parse([]byte(tc.in))
+		require.NoError(t, err, "Parse repairs %q", tc.in)
+		require.NotNil(t, v)
+	}
+	for _, ok := range []string{`{"a":"\ud83d\ude00","b":"é","c":{"a":1}}`, `[]`, `"\u00e9"`, `{"a":{"a":{"a":1}}}`} {
+		v, err := ParseStrict([]byte(ok))
+		require.NoError(t, err, ok)
+		require.Equal(t, Marshal(MustParse(ok)), Marshal(v))
+	}
+}
