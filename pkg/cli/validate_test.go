@@ -17,8 +17,11 @@ import (
 func TestValidateUpstreamConfigsStartsNothing(t *testing.T) {
 	t.Setenv("PATH", t.TempDir())
 	root := "../../test/conformance/upstream"
-	// Flows of upstream's test suite that are wrong under their own
-	// config (upstream runs neither as a test): the diagnostic each gets.
+	// Flows that do not validate under their directory's config, with the
+	// diagnostic each gets: error_handling_stdio.yaml routes through the
+	// inline `test.config` it carries instead; basic_mcp.yaml (no test
+	// cases) reaches the builtin plugin through `/{*component}`, which
+	// hands it the name /builtin/eval, not a builtin's.
 	broken := map[string]string{
 		"http/error_handling_stdio.yaml": "uses component '/test_stdio/error_test', which no route matches",
 		"mcp/basic_mcp.yaml":             "the builtin plugin it routes to has no component '/builtin/eval'",
