@@ -105,13 +105,7 @@ func (e *environment) storeFlow(ctx context.Context, f *flow.Flow) error {
 
 // validate checks the flow, the config and the routing of every step.
 func (e *environment) validate(f *flow.Flow) flow.Diagnostics {
-	diags := flow.Diagnostics(flow.Validate(f))
-	for _, d := range e.cfg.Validate() {
-		d.File = e.cfg.File
-		diags = append(diags, d)
-	}
-	diags = append(diags, flow.ValidateRoutes(f, e.plugins.Router())...)
-	return diags
+	return validateStatic(f, e.cfg, e.plugins.Router())
 }
 
 func (e *environment) close() {

@@ -403,7 +403,7 @@ func (c *Coordinator) handleGetFlow(w http.ResponseWriter, r *http.Request) {
 		c.writeError(w, r, err)
 		return
 	}
-	o := value.ObjectOf("flow", f.Value(), "flowId", id)
+	o := value.ObjectOf("flow", f.APIValue(), "flowId", id)
 	if ex := f.AllExamples(); len(ex) > 0 {
 		arr := make([]value.Value, len(ex))
 		for i, e := range ex {
@@ -973,17 +973,12 @@ func (c *Coordinator) handleRunFlow(w http.ResponseWriter, r *http.Request) {
 		c.writeError(w, r, err)
 		return
 	}
-	data, err := c.flows.Get(r.Context(), rec.GetFlowId())
+	f, _, err := c.loadFlow(r.Context(), rec.GetFlowId())
 	if err != nil {
 		c.writeError(w, r, err)
 		return
 	}
-	v, err := value.Parse(data)
-	if err != nil {
-		c.writeError(w, r, fmt.Errorf("coordinator: stored flow %s: %w", rec.GetFlowId(), err))
-		return
-	}
-	writeJSON(w, http.StatusOK, value.ObjectOf("flow", v, "flowId", rec.GetFlowId()))
+	writeJSON(w, http.StatusOK, value.ObjectOf("flow", f.APIValue(), "flowId", rec.GetFlowId()))
 }
 
 // missingStatus is the status of an item without a result.

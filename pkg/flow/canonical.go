@@ -202,6 +202,51 @@ func (s *Schemas) Value() value.Value {
 	return o
 }
 
+// APIValue returns the schemas section as upstream's REST API types it
+// (the OpenAPI FlowSchema that stepflow-py's generated client validates:
+// `defs` and `steps` required, `steps` mapping each step id to its output
+// schema, `input`, `output`, `variables` when declared) merged with the
+// wire form of Value (`type`, `$defs`, `properties`), which that client
+// ignores and which FromValue reads back. Nil when the section is empty.
+func (s *Schemas) APIValue() value.Value {
+	v := s.Value()
+	o, ok := v.(*value.Object)
+	if !ok {
+		return v
+	}
+	defs := s.Defs
+	if defs == nil {
+		defs = value.NewObject(0)
+	}
+	o.Set("defs", defs)
+	if s.Input != nil {
+		o.Set("input", s.Input)
+	}
+	if s.Output != nil {
+		o.Set("output", s.Output)
+	}
+	if s.Variables != nil {
+		o.Set("variables", s.Variables)
+	}
+	steps := value.NewObject(len(s.Steps))
+	for _, id := range s.stepOrder() {
+		steps.Set(id, s.Steps[id])
+	}
+	o.Set("steps", steps)
+	return o
+}
+
+// APIValue returns the flow as upstream's REST API answers it
+// (FlowResponse.flow, RunFlowResponse.flow): Value with the schemas
+// section in the shape of Schemas.APIValue.
+func (f *Flow) APIValue() value.Value {
+	v := f.Value()
+	if o, ok := v.(*value.Object); ok && !f.Schemas.IsEmpty() {
+		o.Set("schemas", f.Schemas.APIValue())
+	}
+	return v
+}
+
 // stepOrder returns the ids of Steps in order: those of StepOrder, then
 // any id missing from it (a hand-built Schemas), sorted.
 func (s *Schemas) stepOrder() []string {

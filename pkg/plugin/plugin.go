@@ -150,6 +150,24 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Plugins, error
 	return ps, nil
 }
 
+// Check checks cfg without starting anything: it compiles the routes
+// (NewRouter) and makes sure every plugin's type has an implementation
+// (ErrUnsupportedType, in a *PluginError naming the plugin entry). It is
+// what `stepflow validate` does by default: a config whose plugins need
+// programs this machine lacks (uv, npx) still checks.
+func Check(cfg *config.Config) (*Router, error) {
+	router, err := NewRouter(cfg)
+	if err != nil {
+		return nil, err
+	}
+	for _, pc := range cfg.Plugins {
+		if _, ok := defaultFactory(pc.Type); !ok {
+			return nil, pluginError(cfg, pc, fmt.Errorf("%w: type %s", ErrUnsupportedType, pc.Type))
+		}
+	}
+	return router, nil
+}
+
 // PluginError is a plugin that could not be created or started.
 type PluginError struct {
 	// Plugin is the plugin's name.
