@@ -329,9 +329,12 @@ func (s *ObjectBlobStore) leaderGet(ctx context.Context, req msgGetRequest) (*je
 // is stored only if the subject's last message is at sequence after (0:
 // the subject is empty).
 func metaMsg(info *jetstream.ObjectInfo, after uint64) (*nats.Msg, error) {
-	data, err := json.Marshal(info)
-	if err != nil {
-		return nil, err
+	data, ok := appendPlainObjectInfo(nil, info)
+	if !ok {
+		var err error
+		if data, err = json.Marshal(info); err != nil {
+			return nil, err
+		}
 	}
 	m := nats.NewMsg(blobMetaSubject(info.Name))
 	if after > 0 {
@@ -343,6 +346,55 @@ func metaMsg(info *jetstream.ObjectInfo, after uint64) (*nats.Msg, error) {
 	m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(after, 10))
 	m.Data = data
 	return m, nil
+}
+
+// appendPlainObjectInfo appends the JSON encoding/json gives info when it
+// is what write makes (a name, the kind metadata, the chunk size, no
+// description, headers, link or deletion, a zero mtime, and strings that
+// need no escaping), without reflection: it is on every new blob's path.
+// ok is false for any other info.
+func appendPlainObjectInfo(buf []byte, info *jetstream.ObjectInfo) (_ []byte, ok bool) {
+	kind, hasKind := info.Metadata[MetaBlobKind]
+	if info.Description != "" || len(info.Headers) > 0 || len(info.Metadata) != 1 || !hasKind ||
+		info.Opts == nil || info.Opts.Link != nil || info.Opts.ChunkSize == 0 || !info.ModTime.IsZero() || info.Deleted ||
+		!plainJSONString(info.Name) || !plainJSONString(kind) || !plainJSONString(info.Bucket) ||
+		!plainJSONString(info.NUID) || !plainJSONString(info.Digest) {
+		return buf, false
+	}
+	buf = append(buf, `{"name":"`...)
+	buf = append(buf, info.Name...)
+	buf = append(buf, `","metadata":{"`...)
+	buf = append(buf, MetaBlobKind...)
+	buf = append(buf, `":"`...)
+	buf = append(buf, kind...)
+	buf = append(buf, `"},"options":{"max_chunk_size":`...)
+	buf = strconv.AppendUint(buf, uint64(info.Opts.ChunkSize), 10)
+	buf = append(buf, `},"bucket":"`...)
+	buf = append(buf, info.Bucket...)
+	buf = append(buf, `","nuid":"`...)
+	buf = append(buf, info.NUID...)
+	buf = append(buf, `","size":`...)
+	buf = strconv.AppendUint(buf, info.Size, 10)
+	buf = append(buf, `,"mtime":"0001-01-01T00:00:00Z","chunks":`...)
+	buf = strconv.AppendUint(buf, uint64(info.Chunks), 10)
+	if info.Digest != "" {
+		buf = append(buf, `,"digest":"`...)
+		buf = append(buf, info.Digest...)
+		buf = append(buf, '"')
+	}
+	return append(buf, '}'), true
+}
+
+// plainJSONString reports whether encoding/json writes s as is between
+// quotes: printable ASCII without '"', '\\', '<', '>' or '&'.
+func plainJSONString(s string) bool {
+	for i := range len(s) {
+		switch c := s[i]; {
+		case c < 0x20 || c >= 0x7f, c == '"', c == '\\', c == '<', c == '>', c == '&':
+			return false
+		}
+	}
+	return true
 }
 
 // promote rewrites a live object's info with kind KindFlow, unless the
