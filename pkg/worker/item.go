@@ -383,7 +383,7 @@ func (w *Worker) execute(ctx context.Context, d delivery, it *stepflowv1.Item) (
 	withSteps := d.prep.rec.GetItemTotal() == 1
 	res, outs := runItem(ctx, run, int(it.GetIndex()), input, withSteps)
 	if withSteps {
-		steps = stepsJSON(run, outs, maxStepsBytes)
+		steps = stepsJSON(run, outs, secretStrings(run, input), maxStepsBytes)
 	}
 	return res, steps, nil
 }
@@ -410,10 +410,11 @@ const maxStepsBytes = 64 << 10
 
 // stepsJSON renders the steps of an item for ItemResult.steps: in flow
 // order, step id -> {"stepId","component","status","result"?}, the
-// result (a FlowResult) for completed and failed steps. outs nil (the
-// input was refused before any step) reports every step blocked. When
-// the results would exceed limit bytes, they are all left out.
-func stepsJSON(run *executor.Run, outs []executor.StepOutcome, limit int) []byte {
+// result (a FlowResult) for completed and failed steps, with the values
+// of secrets (secretStrings) redacted. outs nil (the input was refused
+// before any step) reports every step blocked. When the results would
+// exceed limit bytes, they are all left out.
+func stepsJSON(run *executor.Run, outs []executor.StepOutcome, secrets []string, limit int) []byte {
 	render := func(withResults bool) []byte {
 		o := value.NewObject(len(run.Flow.Steps))
 		for i, s := range run.Flow.Steps {
@@ -424,7 +425,7 @@ func stepsJSON(run *executor.Run, outs []executor.StepOutcome, limit int) []byte
 			}
 			st.Set("status", status.String())
 			if withResults && (status == executor.StepCompleted || status == executor.StepFailed) {
-				st.Set("result", outs[i].Result.JSON())
+				st.Set("result", redactSecrets(outs[i].Result.JSON(), secrets))
 			}
 			o.Set(s.ID, st)
 		}
