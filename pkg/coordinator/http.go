@@ -321,12 +321,6 @@ func (c *Coordinator) handleHealth(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, value.ObjectOf("status", "healthy", "timestamp", runs.Timestamp(time.Now()), "version", APIVersion))
 }
 
-func (c *Coordinator) handleComponents(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, http.StatusOK, value.ObjectOf("components", []value.Value{},
-		"note", "components are served by the workers' component servers, not by the coordinator; "+
-			"run `stepflow list-components` with the workers' stepflow-config.yml to list them"))
-}
-
 func (c *Coordinator) handleStoreFlow(w http.ResponseWriter, r *http.Request) {
 	o, err := c.readObject(w, r)
 	if err != nil {
