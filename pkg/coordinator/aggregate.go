@@ -252,6 +252,9 @@ func (a *aggregator) handle(r *resultReq) {
 		r.journaled = true
 	}
 	rec := &resultRecord{Index: int(r.res.GetIndex()), Failed: r.res.GetFailed(), Source: uint8(r.res.GetSource()), CompletedAt: completed, Result: data}
+	if steps := r.res.GetSteps(); len(steps) > 0 && len(steps) <= maxStepsBytes && json.Valid(steps) {
+		rec.Steps = steps
+	}
 	added, err := st.add(rec)
 	switch {
 	case errors.Is(err, errIndexRange):

@@ -162,7 +162,10 @@
 // `stepflow top` and the runs page; see handleCluster), GET
 // /api/v1/backlog ({"queued","inFlight","backlog","runs"} over the running
 // runs, what a KEDA metrics-api scaler reads), and "queued" and
-// "redelivered" in the item statistics. With Config.AuthToken set, every
+// "redelivered" in the item statistics. GET /components lists what the
+// live workers publish in the worker registry (components.go); GET
+// /runs/{id}/steps serves the step outcomes the worker of a single-item
+// run sends with its result (handleSteps). With Config.AuthToken set, every
 // call but GET /api/v1/health, /healthz and /readyz needs
 // "Authorization: Bearer <token>", or the runs page's session cookie.
 // Secret variables (and input fields the flow's schema marks

@@ -331,12 +331,6 @@ func (c *Coordinator) handleHealth(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, value.ObjectOf("status", "healthy", "timestamp", runs.Timestamp(time.Now()), "version", APIVersion))
 }
 
-func (c *Coordinator) handleComponents(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, http.StatusOK, value.ObjectOf("components", []value.Value{},
-		"note", "components are served by the workers' component servers, not by the coordinator; "+
-			"run `stepflow list-components` with the workers' stepflow-config.yml to list them"))
-}
-
 func (c *Coordinator) handleStoreFlow(w http.ResponseWriter, r *http.Request) {
 	o, err := c.readObject(w, r)
 	if err != nil {
@@ -957,14 +951,82 @@ func (c *Coordinator) handleDeleteRun(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusOK)
 }
 
-// handleSteps answers with no steps: step states live in the workers'
-// executors, per item, and are not reported to the coordinator.
+// maxStepsBytes bounds the step outcomes stored with a result (the
+// worker sends at most 64 KiB; anything larger is not stored).
+const maxStepsBytes = 1 << 20
+
+// handleSteps answers upstream's ListStepRunsResponse,
+// {"steps":{"<stepId>":{"stepId","component","status","result"?}}} in
+// flow order, for a run of one item: the step outcomes its worker sent
+// with the item's result (ItemResult.steps), stored with it. Until the
+// result is stored (or when it came without steps: an item the
+// coordinator failed itself, a worker that predates them), every step
+// of the flow is "blocked": the coordinator sees no step start, only
+// the item's end. A run of several items answers {"steps":{}}: upstream
+// keeps one step view per run, which in a batch is whichever item wrote
+// a step last; we do not make every batch item carry its step outcomes
+// for that (GET /runs/{id}/items has each item's result).
 func (c *Coordinator) handleSteps(w http.ResponseWriter, r *http.Request) {
-	if _, err := c.getRecord(r.Context(), r.PathValue("runId")); err != nil {
+	rec, err := c.getRecord(r.Context(), r.PathValue("runId"))
+	if err != nil {
 		c.writeError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, value.ObjectOf("steps", value.NewObject(0)))
+	if rec.GetItemTotal() != 1 {
+		writeJSON(w, http.StatusOK, value.ObjectOf("steps", value.NewObject(0)))
+		return
+	}
+	committed := int64(-1)
+	if st := c.active(rec.GetRunId()); st != nil {
+		_, _, _, committed = st.snapshot()
+	}
+	rd, err := openResultReader(c.runDir(rec.GetRunId()), committed)
+	if err != nil {
+		c.writeError(w, r, err)
+		return
+	}
+	res, err := rd.at(0)
+	_ = rd.close()
+	if err != nil {
+		c.writeError(w, r, err)
+		return
+	}
+	if res != nil && len(res.Steps) > 0 {
+		v, err := value.Parse(res.Steps)
+		if err != nil {
+			c.writeError(w, r, fmt.Errorf("coordinator: stored steps of run %s: %w", rec.GetRunId(), err))
+			return
+		}
+		writeJSON(w, http.StatusOK, value.ObjectOf("steps", v))
+		return
+	}
+	steps, err := c.blockedSteps(r.Context(), rec.GetFlowId())
+	if err != nil {
+		c.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, value.ObjectOf("steps", steps))
+}
+
+// blockedSteps lists the steps of a stored flow, each "blocked".
+func (c *Coordinator) blockedSteps(ctx context.Context, flowID string) (*value.Object, error) {
+	data, err := c.flows.Get(ctx, flowID)
+	if err != nil {
+		return nil, err
+	}
+	v, err := value.Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("coordinator: stored flow %s: %w", flowID, err)
+	}
+	f, err := flow.FromValue(v)
+	if err != nil {
+		return nil, fmt.Errorf("coordinator: stored flow %s: %w", flowID, err)
+	}
+	out := value.NewObject(len(f.Steps))
+	for _, s := range f.Steps {
+		out.Set(s.ID, value.ObjectOf("stepId", s.ID, "component", s.Component, "status", "blocked"))
+	}
+	return out, nil
 }
 
 func (c *Coordinator) handleRunFlow(w http.ResponseWriter, r *http.Request) {

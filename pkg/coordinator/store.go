@@ -25,7 +25,11 @@ import (
 //
 //	index u64 | flags u8 | source u8 | completedAt i64 (unix ns) | len u32 | result [len] | crc32c u32
 //
-// all little endian, the CRC (Castagnoli) covering everything before it. The
+// all little endian, the CRC (Castagnoli) covering everything before it.
+// With flagSteps, the len bytes are `resultLen u32 | result | steps`: the
+// FlowResult JSON followed by the JSON of the item's step outcomes
+// (ItemResult.steps, single-item runs only), so that they are as durable
+// as the result at no extra write or fsync. The
 // CRC lets recovery tell a torn tail (a power loss in the middle of a write)
 // from a record, and readers double-check every record they are pointed to.
 //
@@ -42,6 +46,7 @@ const (
 	recordTrailer  = 4
 
 	flagFailed = 1 << 0
+	flagSteps  = 1 << 1
 )
 
 // maxResultBytes bounds a stored result (larger ones are refused by NATS
@@ -60,10 +65,22 @@ type resultRecord struct {
 	Source      uint8 // stepflowv1.ResultSource
 	CompletedAt time.Time
 	Result      []byte // the FlowResult JSON
+	// Steps is the JSON of the item's step outcomes (ItemResult.steps);
+	// nil when the worker sent none.
+	Steps []byte
+}
+
+// payloadLen is the length of the record's payload: the result, and with
+// steps their length prefix and the steps.
+func (r *resultRecord) payloadLen() int {
+	if len(r.Steps) == 0 {
+		return len(r.Result)
+	}
+	return 4 + len(r.Result) + len(r.Steps)
 }
 
 // size is the record's size on disk.
-func (r *resultRecord) size() int64 { return int64(recordHeader + len(r.Result) + recordTrailer) }
+func (r *resultRecord) size() int64 { return int64(recordHeader + r.payloadLen() + recordTrailer) }
 
 // appendRecord appends the encoding of r to dst.
 func appendRecord(dst []byte, r *resultRecord) []byte {
@@ -73,17 +90,28 @@ func appendRecord(dst []byte, r *resultRecord) []byte {
 	if r.Failed {
 		flags |= flagFailed
 	}
+	if len(r.Steps) > 0 {
+		flags |= flagSteps
+	}
 	dst = append(dst, flags, r.Source)
 	dst = binary.LittleEndian.AppendUint64(dst, uint64(r.CompletedAt.UnixNano()))
-	dst = binary.LittleEndian.AppendUint32(dst, uint32(len(r.Result)))
+	dst = binary.LittleEndian.AppendUint32(dst, uint32(r.payloadLen()))
+	if len(r.Steps) > 0 {
+		dst = binary.LittleEndian.AppendUint32(dst, uint32(len(r.Result)))
+	}
 	dst = append(dst, r.Result...)
+	dst = append(dst, r.Steps...)
 	return binary.LittleEndian.AppendUint32(dst, crc32.Checksum(dst[start:], crcTable))
 }
 
-// parseHeader decodes a record header; n is the length of the result.
+// parseHeader decodes a record header; n is the length of the payload
+// (see setPayload).
 func parseHeader(h []byte) (r resultRecord, n int) {
 	r.Index = int(binary.LittleEndian.Uint64(h[0:8]))
 	r.Failed = h[8]&flagFailed != 0
+	if h[8]&flagSteps != 0 {
+		r.Steps = []byte{} // set by setPayload
+	}
 	r.Source = h[9]
 	r.CompletedAt = time.Unix(0, int64(binary.LittleEndian.Uint64(h[10:18]))).UTC()
 	return r, int(binary.LittleEndian.Uint32(h[18:22]))
@@ -111,8 +139,28 @@ func readRecordAt(f io.ReaderAt, off, limit int64, buf []byte) (resultRecord, []
 	if crc32.Checksum(buf[:total-recordTrailer], crcTable) != binary.LittleEndian.Uint32(buf[total-recordTrailer:total]) {
 		return resultRecord{}, buf, fmt.Errorf("%w: checksum mismatch at %d", errCorrupt, off)
 	}
-	rec.Result = buf[recordHeader : recordHeader+n]
+	if err := rec.setPayload(buf[recordHeader : recordHeader+n]); err != nil {
+		return resultRecord{}, buf, fmt.Errorf("%w at %d", err, off)
+	}
 	return rec, buf, nil
+}
+
+// setPayload points Result (and Steps, for a record parseHeader found
+// steps in) into the record's payload.
+func (r *resultRecord) setPayload(p []byte) error {
+	if r.Steps == nil {
+		r.Result = p
+		return nil
+	}
+	if len(p) < 4 {
+		return fmt.Errorf("%w: record with steps too short", errCorrupt)
+	}
+	rl := int(binary.LittleEndian.Uint32(p))
+	if rl > len(p)-4 {
+		return fmt.Errorf("%w: result length %d runs past the record", errCorrupt, rl)
+	}
+	r.Result, r.Steps = p[4:4+rl], p[4+rl:]
+	return nil
 }
 
 // grow returns b resized to n bytes, keeping its content.
@@ -312,7 +360,7 @@ func (l *resultLog) add(r *resultRecord) (added bool, err error) {
 	if r.Index < 0 {
 		return false, fmt.Errorf("coordinator: negative item index %d", r.Index)
 	}
-	if len(r.Result) > maxResultBytes {
+	if r.payloadLen() > maxResultBytes {
 		return false, fmt.Errorf("coordinator: result of item %d is %d bytes, more than %d", r.Index, len(r.Result), maxResultBytes)
 	}
 	dup, err := l.has(r.Index)
@@ -456,6 +504,9 @@ func (r *resultReader) at(index int) (*resultRecord, error) {
 		if rec != nil {
 			c := *rec
 			c.Result = append([]byte(nil), rec.Result...)
+			if rec.Steps != nil {
+				c.Steps = append([]byte{}, rec.Steps...)
+			}
 			out = &c
 		}
 		return nil

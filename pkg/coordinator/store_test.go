@@ -256,3 +256,48 @@ func TestResultLogLock(t *testing.T) {
 	require.NoError(t, l.close())
 	require.NoError(t, <-got)
 }
+
+// A record with step outcomes keeps them apart from its result, through
+// reads by index, scans and recovery; records without keep none.
+func TestResultStoreSteps(t *testing.T) {
+	dir := t.TempDir()
+	l, _, err := openResultLog(context.Background(), dir)
+	require.NoError(t, err)
+	withSteps := result(0)
+	withSteps.Steps = []byte(`{"a":{"stepId":"a","component":"/x","status":"completed"}}`)
+	for _, r := range []*resultRecord{withSteps, result(1)} {
+		added, err := l.add(r)
+		require.NoError(t, err)
+		require.True(t, added)
+	}
+	size := l.size
+	require.Equal(t, withSteps.size()+result(1).size(), size)
+	require.NoError(t, l.sync())
+	require.NoError(t, l.close())
+
+	l, counts, err := openResultLog(context.Background(), dir)
+	require.NoError(t, err)
+	require.Equal(t, storeCounts{Failed: 1, Succeeded: 1}, counts)
+	require.Equal(t, size, l.size, "nothing cut by recovery")
+	require.NoError(t, l.close())
+
+	rd, err := openResultReader(dir, -1)
+	require.NoError(t, err)
+	defer rd.close()
+	rec, err := rd.at(0)
+	require.NoError(t, err)
+	require.Equal(t, withSteps.Result, rec.Result)
+	require.Equal(t, withSteps.Steps, rec.Steps)
+	rec, err = rd.at(1)
+	require.NoError(t, err)
+	require.Equal(t, result(1).Result, rec.Result)
+	require.Nil(t, rec.Steps)
+	var seen []int
+	end, err := rd.scan(0, func(r *resultRecord, _ int64) error {
+		seen = append(seen, r.Index)
+		return nil
+	})
+	require.NoError(t, err)
+	require.Equal(t, size, end)
+	require.Equal(t, []int{0, 1}, seen)
+}

@@ -174,9 +174,84 @@ func (it *item) Variable(name string) (value.Value, bool) {
 // failed result. When ctx ends, steps in flight are abandoned and the item
 // fails with the context's cause.
 func (r *Run) Execute(ctx context.Context, index int, input value.Value) outcome.Result {
+	res, _ := r.run(ctx, index, input)
+	return res
+}
+
+// StepStatus is how far a step of an item got (upstream's StepStatus,
+// less the states only a live view has).
+type StepStatus uint8
+
+// Step statuses.
+const (
+	// StepBlocked: the step never started. It was not needed (lazy
+	// evaluation: upstream's "not executed, leaves no trace"), or it
+	// still waited on other steps when the item ended.
+	StepBlocked StepStatus = iota
+	// StepRunning: the step was in flight when the item was cancelled.
+	StepRunning
+	// StepCompleted: the step has a successful result (onError:
+	// useDefault turns a failure into one).
+	StepCompleted
+	// StepFailed: the step has a failed result (its component failed, or
+	// its input could not be resolved).
+	StepFailed
+)
+
+// String returns upstream's name: blocked, running, completed, failed.
+func (s StepStatus) String() string {
+	switch s {
+	case StepRunning:
+		return "running"
+	case StepCompleted:
+		return "completed"
+	case StepFailed:
+		return "failed"
+	}
+	return "blocked"
+}
+
+// StepOutcome is one step's state at the end of an item.
+type StepOutcome struct {
+	Status StepStatus
+	// Result is the step's FlowResult when Status is StepCompleted or
+	// StepFailed.
+	Result outcome.Result
+}
+
+// ExecuteSteps is Execute that also returns each step's outcome, in the
+// flow's step order (nil when the input failed validation and no step
+// was considered). It costs one slice per item over Execute; callers
+// use it when someone will look at the steps (a single-item run's
+// GET /runs/{id}/steps).
+func (r *Run) ExecuteSteps(ctx context.Context, index int, input value.Value) (outcome.Result, []StepOutcome) {
+	res, it := r.run(ctx, index, input)
+	if it == nil {
+		return res, nil
+	}
+	out := make([]StepOutcome, len(it.state))
+	for i, st := range it.state {
+		switch st {
+		case stRunning:
+			out[i].Status = StepRunning
+		case stDone:
+			out[i].Result = it.result[i]
+			out[i].Status = StepCompleted
+			if it.result[i].Failed() {
+				out[i].Status = StepFailed
+			}
+		}
+	}
+	return res, out
+}
+
+// run executes one item and returns its result and its final state (nil
+// when the input failed validation). Only this goroutine wrote the
+// state, so it may be read once run returns.
+func (r *Run) run(ctx context.Context, index int, input value.Value) (outcome.Result, *item) {
 	if r.inputSV != nil {
 		if err := r.inputSV.Validate(input); err != nil {
-			return outcome.Failure(&outcome.Error{Code: outcome.CodeInvalidInput, Message: err.Error()})
+			return outcome.Failure(&outcome.Error{Code: outcome.CodeInvalidInput, Message: err.Error()}), nil
 		}
 	}
 	it := &item{
@@ -189,10 +264,10 @@ func (r *Run) Execute(ctx context.Context, index int, input value.Value) outcome
 	res := it.execute(ctx)
 	if !res.Failed() && r.outputSV != nil {
 		if err := r.outputSV.Validate(res.Value); err != nil {
-			return outcome.Failure(&outcome.Error{Code: outcome.CodeComponent, Message: err.Error()})
+			return outcome.Failure(&outcome.Error{Code: outcome.CodeComponent, Message: err.Error()}), it
 		}
 	}
-	return res
+	return res, it
 }
 
 // ErrDeadlock is the cause of an item whose needed steps can never run

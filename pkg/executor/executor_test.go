@@ -432,3 +432,41 @@ output: { $step: e }
 	require.NotErrorIs(t, res.Err, ErrUnavailable)
 	require.Nil(t, res.Err.Cause, "a component's own failure has no cause to branch on")
 }
+
+func TestExecuteStepsReportsEachStep(t *testing.T) {
+	t.Parallel()
+	b := setup(t, router{"/t/echo": echo, "/t/boom": fails})
+	f := mustFlow(t, `
+steps:
+  - { id: a, component: /t/echo, input: { v: { $input: x } } }
+  - { id: b, component: /t/echo, input: { w: { $step: a, path: v } } }
+  - { id: unused, component: /t/echo, input: 1 }
+  - { id: soft, component: /t/boom, onError: { action: useDefault, defaultValue: 0 } }
+output: { out: { $step: b, path: w }, soft: { $step: soft } }
+`)
+	r, err := b.exec.NewRun("run-1", f, nil)
+	require.NoError(t, err)
+	res, steps := r.ExecuteSteps(context.Background(), 0, value.MustParse(`{"x":7}`))
+	require.False(t, res.Failed())
+	require.Len(t, steps, 4)
+	require.Equal(t, StepCompleted, steps[0].Status)
+	require.Equal(t, `{"outcome":"success","result":{"v":7}}`, value.String(steps[0].Result.JSON()))
+	require.Equal(t, StepCompleted, steps[1].Status)
+	require.Equal(t, `{"outcome":"success","result":{"w":7}}`, value.String(steps[1].Result.JSON()))
+	require.Equal(t, StepBlocked, steps[2].Status, "a step that is not needed never starts")
+	require.Equal(t, "blocked", steps[2].Status.String())
+	require.Equal(t, StepCompleted, steps[3].Status, "useDefault turns the failure into a result")
+
+	f = mustFlow(t, `
+steps:
+  - { id: a, component: /t/boom }
+  - { id: b, component: /t/echo, input: { $step: a } }
+output: { $step: b }
+`)
+	r, err = b.exec.NewRun("run-2", f, nil)
+	require.NoError(t, err)
+	res, steps = r.ExecuteSteps(context.Background(), 0, nil)
+	require.True(t, res.Failed())
+	require.Equal(t, []StepStatus{StepFailed, StepFailed}, []StepStatus{steps[0].Status, steps[1].Status})
+	require.Equal(t, `step "a" failed`, steps[0].Result.Err.Message)
+}

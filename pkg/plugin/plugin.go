@@ -286,18 +286,36 @@ func (ps *Plugins) Plugin(name string) Plugin { return ps.plugins[name] }
 func (ps *Plugins) ListComponents(ctx context.Context) ([]ComponentInfo, error) {
 	var out []ComponentInfo
 	for _, name := range ps.names {
-		infos, err := ps.plugins[name].Components(ctx)
+		infos, err := ps.ListPlugin(ctx, name)
 		if err != nil {
-			return nil, fmt.Errorf("plugin %q: list components: %w", name, err)
+			return nil, err
 		}
-		for _, info := range infos {
-			info.Plugin = name
-			info.Routes = ps.router.RoutesFor(name, info.Component)
-			out = append(out, info)
-		}
+		out = append(out, infos...)
 	}
 	slices.SortStableFunc(out, func(a, b ComponentInfo) int { return strings.Compare(a.Component, b.Component) })
 	return out, nil
+}
+
+// Names returns the plugins' names in config order.
+func (ps *Plugins) Names() []string { return slices.Clone(ps.names) }
+
+// ListPlugin lists the components of one plugin, in the plugin's order,
+// with Plugin and Routes filled in, so that a caller can keep the lists
+// of the plugins that answered when another one does not.
+func (ps *Plugins) ListPlugin(ctx context.Context, name string) ([]ComponentInfo, error) {
+	p, ok := ps.plugins[name]
+	if !ok {
+		return nil, fmt.Errorf("plugin %q: not configured", name)
+	}
+	infos, err := p.Components(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("plugin %q: list components: %w", name, err)
+	}
+	for i := range infos {
+		infos[i].Plugin = name
+		infos[i].Routes = ps.router.RoutesFor(name, infos[i].Component)
+	}
+	return infos, nil
 }
 
 // HealthReporter is implemented by plugins that can be down.

@@ -59,7 +59,8 @@
 // item durations) under its key, and deletes the key when it stops
 // cleanly. The bucket's MaxAge (WorkerTTL) drops the key of a worker that
 // died. ListWorkers reads the registry for `stepflow top` and the
-// coordinator's GET /api/v1/cluster.
+// coordinator's GET /api/v1/cluster and GET /api/v1/components (each
+// status lists its worker's components, at most MaxComponentsBytes).
 //
 // # Reliability settings and why
 //

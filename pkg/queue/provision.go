@@ -38,6 +38,13 @@ const (
 	// use: a third of WorkerTTL, so two lost heartbeats do not remove a
 	// live worker from the registry.
 	MaxWorkerHeartbeat = WorkerTTL / 3
+	// MaxComponentsBytes bounds the component list a worker puts in its
+	// WorkerStatus (its encoded size): the status is rewritten every
+	// heartbeat and read by every GET /components and /cluster, so a
+	// config with many components or huge schemas sends its schemas no
+	// more (components_schemas_omitted), then not every component
+	// (components_truncated).
+	MaxComponentsBytes = 64 << 10
 )
 
 // Config configures Provision: the streams and buckets of the layout.

@@ -23,6 +23,7 @@ type announcer struct {
 	host    string
 	started time.Time
 	reg     *queue.WorkerRegistry // bound lazily: a registry missing at start may appear later
+	cat     *catalogue
 
 	ctx  context.Context // ends at close: a put in progress gives up
 	stop context.CancelFunc
@@ -35,7 +36,9 @@ func (w *Worker) startAnnouncer(ctx context.Context) *announcer {
 		host = ""
 	}
 	a := &announcer{w: w, log: w.log.Named("registry"), host: host, started: time.Now(), done: make(chan struct{})}
+	a.cat = newCatalogue(w.plugins, a.log, queue.MaxComponentsBytes)
 	a.ctx, a.stop = context.WithCancel(context.Background())
+	a.listComponents()
 	a.announce(ctx) // at once, so that the worker is visible as soon as it runs
 	go a.loop()
 	return a
@@ -50,11 +53,19 @@ func (a *announcer) loop() {
 		case <-a.ctx.Done():
 			return
 		case <-t.C:
+			a.listComponents()
 			ctx, cancel := context.WithTimeout(a.ctx, a.w.cfg.StatusInterval)
 			a.announce(ctx)
 			cancel()
 		}
 	}
+}
+
+// listComponents lists the plugins' components when due (see catalogue).
+func (a *announcer) listComponents() {
+	ctx, cancel := context.WithTimeout(a.ctx, componentsTimeout)
+	defer cancel()
+	a.cat.refresh(ctx, time.Now())
 }
 
 // announce puts one status; a failure is logged and retried at the next
@@ -95,6 +106,7 @@ func (a *announcer) status(now time.Time) *stepflowv1.WorkerStatus {
 		Window:            durationpb.New(statsWindow),
 		Draining:          w.draining.Load(),
 	}
+	a.cat.fill(st)
 	if len(s.busy) > 0 {
 		st.RunBusy = make(map[string]uint32, len(s.busy))
 		for run, n := range s.busy {

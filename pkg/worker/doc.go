@@ -112,8 +112,13 @@
 // the items finished in the last five minutes (stats.go). A clean stop
 // deletes it; the bucket's MaxAge drops the key of a worker that died.
 // `stepflow top` and the coordinator's GET /api/v1/cluster read it to
-// show each worker's load and to mark stale and slow workers. A registry
-// that cannot be reached only costs the status, never an item.
+// show each worker's load and to mark stale and slow workers. The status
+// also lists the components the worker can run, one per routed path with
+// its schemas (components.go: listed at start, again for a plugin whose
+// listing failed or whose server came back up, and every five minutes;
+// at most queue.MaxComponentsBytes, about 11 KiB for the builtins), which
+// the coordinator's GET /api/v1/components merges across live workers. A
+// registry that cannot be reached only costs the status, never an item.
 //
 // # Health
 //

@@ -235,7 +235,7 @@ func (w *Worker) handle(d delivery) (failed, acked bool, err error) {
 	defer stopHeartbeat()
 
 	ctx := withItemRunID(d.ctx, d.runID)
-	res, err := w.execute(ctx, d, it)
+	res, steps, err := w.execute(ctx, d, it)
 	// An item whose run was cancelled, or that the worker abandoned while
 	// draining, has a "cancelled" result (or error) that must not be
 	// published.
@@ -252,7 +252,7 @@ func (w *Worker) handle(d delivery) (failed, acked bool, err error) {
 		// among the items this happened to: a poison item then crashes
 		// the server on its own, and an innocent item completes without
 		// losing a delivery.
-		res, err = w.runAlone(ctx, d, it)
+		res, steps, err = w.runAlone(ctx, d, it)
 		if cause := context.Cause(d.ctx); cause != nil {
 			return false, false, cause
 		}
@@ -266,7 +266,7 @@ func (w *Worker) handle(d delivery) (failed, acked bool, err error) {
 		if last := it.GetMaxDeliver(); last == 0 || uint64(md.NumDelivered) < uint64(last) {
 			return false, false, err
 		}
-		res = exhausted(it.GetIndex(), md.NumDelivered, err)
+		res, steps = exhausted(it.GetIndex(), md.NumDelivered, err), nil
 	}
 
 	out := &stepflowv1.ItemResult{
@@ -282,6 +282,7 @@ func (w *Worker) handle(d delivery) (failed, acked bool, err error) {
 		ItemStreamSeq: md.Sequence.Stream,
 		// The coordinator acks the item with its answer.
 		ItemAckSubject: d.msg.Reply(),
+		Steps:          steps,
 	}
 	// Blobs put here that the result refers to travel with it to the
 	// coordinator's journal.
@@ -314,11 +315,11 @@ func (w *Worker) handle(d delivery) (failed, acked bool, err error) {
 
 // runAlone executes the item again once no other item whose server died
 // under it is doing so (see handle).
-func (w *Worker) runAlone(ctx context.Context, d delivery, it *stepflowv1.Item) (outcome.Result, error) {
+func (w *Worker) runAlone(ctx context.Context, d delivery, it *stepflowv1.Item) (outcome.Result, []byte, error) {
 	select {
 	case w.alone <- struct{}{}:
 	case <-ctx.Done():
-		return outcome.Result{}, context.Cause(ctx)
+		return outcome.Result{}, nil, context.Cause(ctx)
 	}
 	defer func() { <-w.alone }()
 	w.log.Info("running an item again alone: a component server died under it",
@@ -347,11 +348,13 @@ func exhausted(index, deliveries uint64, err error) outcome.Result {
 
 // execute loads the item's input and run and executes the flow. A
 // problem of the item or the run itself is a failed result; an error is
-// returned only for transient trouble (NATS) and cancellation.
-func (w *Worker) execute(ctx context.Context, d delivery, it *stepflowv1.Item) (outcome.Result, error) {
+// returned only for transient trouble (NATS) and cancellation. steps is
+// the JSON of ItemResult.steps for the item of a single-item run whose
+// flow ran (nil otherwise).
+func (w *Worker) execute(ctx context.Context, d delivery, it *stepflowv1.Item) (res outcome.Result, steps []byte, err error) {
 	if dl := it.GetDeadline(); dl != nil {
 		if !time.Now().Before(dl.AsTime()) {
-			return outcome.Failure(outcome.Errorf(outcome.CodeComponent, "item deadline %s passed before it started", dl.AsTime().UTC().Format(time.RFC3339))), nil
+			return outcome.Failure(outcome.Errorf(outcome.CodeComponent, "item deadline %s passed before it started", dl.AsTime().UTC().Format(time.RFC3339))), nil, nil
 		}
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithDeadlineCause(ctx, dl.AsTime(), errors.New("item deadline exceeded"))
@@ -360,33 +363,78 @@ func (w *Worker) execute(ctx context.Context, d delivery, it *stepflowv1.Item) (
 	raw, err := queue.ItemInput(ctx, it, w.blobs)
 	switch {
 	case errors.Is(err, blob.ErrNotFound):
-		return outcome.Failure(outcome.Errorf(outcome.CodeInvalidInput, "item %d: %v", it.GetIndex(), err)), nil
+		return outcome.Failure(outcome.Errorf(outcome.CodeInvalidInput, "item %d: %v", it.GetIndex(), err)), nil, nil
 	case err != nil:
-		return outcome.Result{}, err
+		return outcome.Result{}, nil, err
 	}
 	input, err := value.Parse(raw)
 	if err != nil {
-		return outcome.Failure(outcome.Errorf(outcome.CodeInvalidInput, "item %d: input is not JSON: %v", it.GetIndex(), err)), nil
+		return outcome.Failure(outcome.Errorf(outcome.CodeInvalidInput, "item %d: input is not JSON: %v", it.GetIndex(), err)), nil, nil
 	}
 	run, err := d.prep.get(ctx, it.GetFlowId())
 	switch {
 	case errors.Is(err, errRunUnusable):
-		return outcome.Failure(outcome.Errorf(outcome.CodeInvalidInput, "%v", err)), nil
+		return outcome.Failure(outcome.Errorf(outcome.CodeInvalidInput, "%v", err)), nil, nil
 	case err != nil:
-		return outcome.Result{}, err
+		return outcome.Result{}, nil, err
 	}
-	return runItem(ctx, run, int(it.GetIndex()), input), nil
+	// Only a single-item run reports its steps (upstream's per-run step
+	// view): a batch item carries nothing more than its result.
+	withSteps := d.prep.rec.GetItemTotal() == 1
+	res, outs := runItem(ctx, run, int(it.GetIndex()), input, withSteps)
+	if withSteps {
+		steps = stepsJSON(run, outs, secretStrings(run, input), maxStepsBytes)
+	}
+	return res, steps, nil
 }
 
-// runItem executes the flow; a panic that escapes the executor's own
-// recovery fails the item rather than the worker.
-func runItem(ctx context.Context, run *executor.Run, index int, input value.Value) (res outcome.Result) {
+// runItem executes the flow, with each step's outcome when withSteps; a
+// panic that escapes the executor's own recovery fails the item rather
+// than the worker.
+func runItem(ctx context.Context, run *executor.Run, index int, input value.Value, withSteps bool) (res outcome.Result, steps []executor.StepOutcome) {
 	defer func() {
 		if p := recover(); p != nil {
-			res = outcome.Failure(outcome.Errorf(outcome.CodeComponent, "item panicked: %v", p))
+			res, steps = outcome.Failure(outcome.Errorf(outcome.CodeComponent, "item panicked: %v", p)), nil
 		}
 	}()
-	return run.Execute(ctx, index, input)
+	if withSteps {
+		return run.ExecuteSteps(ctx, index, input)
+	}
+	return run.Execute(ctx, index, input), nil
+}
+
+// maxStepsBytes bounds ItemResult.steps: past it, the step results are
+// left out and only the statuses sent (a result message must stay well
+// under NATS's max_payload, the item's own result taking the rest).
+const maxStepsBytes = 64 << 10
+
+// stepsJSON renders the steps of an item for ItemResult.steps: in flow
+// order, step id -> {"stepId","component","status","result"?}, the
+// result (a FlowResult) for completed and failed steps, with the values
+// of secrets (secretStrings) redacted. outs nil (the input was refused
+// before any step) reports every step blocked. When the results would
+// exceed limit bytes, they are all left out.
+func stepsJSON(run *executor.Run, outs []executor.StepOutcome, secrets []string, limit int) []byte {
+	render := func(withResults bool) []byte {
+		o := value.NewObject(len(run.Flow.Steps))
+		for i, s := range run.Flow.Steps {
+			st := value.ObjectOf("stepId", s.ID, "component", s.Component)
+			status := executor.StepBlocked
+			if i < len(outs) {
+				status = outs[i].Status
+			}
+			st.Set("status", status.String())
+			if withResults && (status == executor.StepCompleted || status == executor.StepFailed) {
+				st.Set("result", redactSecrets(outs[i].Result.JSON(), secrets))
+			}
+			o.Set(s.ID, st)
+		}
+		return value.Marshal(o)
+	}
+	if out := render(true); len(out) <= limit {
+		return out
+	}
+	return render(false)
 }
 
 // heartbeat sends an in-progress ack every interval until the returned

@@ -375,7 +375,15 @@ type ItemResult struct {
 	// (fsynced with the result) before it answers, and a blob an
 	// acknowledged result refers to is as durable as the result. A blob
 	// without data is read from the blob store by the coordinator.
-	Blobs         []*Blob `protobuf:"bytes,14,rep,name=blobs,proto3" json:"blobs,omitempty"`
+	Blobs []*Blob `protobuf:"bytes,14,rep,name=blobs,proto3" json:"blobs,omitempty"`
+	// The outcome of each step of the flow, for GET /api/v1/runs/{id}/steps:
+	// a JSON object in flow order, step id -> {"stepId","component","status"
+	// (blocked|running|completed|failed),"result"?: FlowResult}. Set only
+	// for runs of exactly one item (RunRecord.item_total == 1), so that
+	// batch items carry nothing extra. Bounded by the worker: when the step
+	// results would make it larger than a few tens of KiB, they are left
+	// out and the statuses kept.
+	Steps         []byte `protobuf:"bytes,15,opt,name=steps,proto3" json:"steps,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -504,6 +512,13 @@ func (x *ItemResult) GetItemAckSubject() string {
 func (x *ItemResult) GetBlobs() []*Blob {
 	if x != nil {
 		return x.Blobs
+	}
+	return nil
+}
+
+func (x *ItemResult) GetSteps() []byte {
+	if x != nil {
+		return x.Steps
 	}
 	return nil
 }
@@ -949,9 +964,27 @@ type WorkerStatus struct {
 	P95Duration *durationpb.Duration `protobuf:"bytes,18,opt,name=p95_duration,json=p95Duration,proto3" json:"p95_duration,omitempty"`
 	// The worker is draining: it takes no new items and stops when the items
 	// in flight are done.
-	Draining      bool `protobuf:"varint,19,opt,name=draining,proto3" json:"draining,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Draining bool `protobuf:"varint,19,opt,name=draining,proto3" json:"draining,omitempty"`
+	// The components this worker can run, for GET /api/v1/components: one
+	// per component path its routes reach (builtins included), sorted by
+	// path. Listed when the worker starts and again when a plugin's listing
+	// failed or its component server was restarted. Bounded
+	// (queue.MaxComponentsBytes): schemas are dropped first
+	// (components_schemas_omitted), then components
+	// (components_truncated).
+	Components []*WorkerComponent `protobuf:"bytes,20,rep,name=components,proto3" json:"components,omitempty"`
+	// The component list was taken (it may still be empty, or partial: see
+	// components_error). False while the worker has not listed its plugins.
+	ComponentsListed bool `protobuf:"varint,21,opt,name=components_listed,json=componentsListed,proto3" json:"components_listed,omitempty"`
+	// The schemas were left out to fit the bound.
+	ComponentsSchemasOmitted bool `protobuf:"varint,22,opt,name=components_schemas_omitted,json=componentsSchemasOmitted,proto3" json:"components_schemas_omitted,omitempty"`
+	// Components were left out to fit the bound.
+	ComponentsTruncated bool `protobuf:"varint,23,opt,name=components_truncated,json=componentsTruncated,proto3" json:"components_truncated,omitempty"`
+	// Why some plugins' components are missing from the list ("" when every
+	// plugin listed its components).
+	ComponentsError string `protobuf:"bytes,24,opt,name=components_error,json=componentsError,proto3" json:"components_error,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *WorkerStatus) Reset() {
@@ -1117,6 +1150,124 @@ func (x *WorkerStatus) GetDraining() bool {
 	return false
 }
 
+func (x *WorkerStatus) GetComponents() []*WorkerComponent {
+	if x != nil {
+		return x.Components
+	}
+	return nil
+}
+
+func (x *WorkerStatus) GetComponentsListed() bool {
+	if x != nil {
+		return x.ComponentsListed
+	}
+	return false
+}
+
+func (x *WorkerStatus) GetComponentsSchemasOmitted() bool {
+	if x != nil {
+		return x.ComponentsSchemasOmitted
+	}
+	return false
+}
+
+func (x *WorkerStatus) GetComponentsTruncated() bool {
+	if x != nil {
+		return x.ComponentsTruncated
+	}
+	return false
+}
+
+func (x *WorkerStatus) GetComponentsError() string {
+	if x != nil {
+		return x.ComponentsError
+	}
+	return ""
+}
+
+// WorkerComponent is a component a worker can run.
+type WorkerComponent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The component path a flow uses (/builtin/eval): a route's resolved
+	// path, not the plugin-local name.
+	Path string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	// The component's description; empty when it has none.
+	Description string `protobuf:"bytes,2,opt,name=description,proto3" json:"description,omitempty"`
+	// The input and output JSON Schemas as JSON; empty when the component
+	// server gives none (or they were omitted to fit the bound).
+	InputSchema  []byte `protobuf:"bytes,3,opt,name=input_schema,json=inputSchema,proto3" json:"input_schema,omitempty"`
+	OutputSchema []byte `protobuf:"bytes,4,opt,name=output_schema,json=outputSchema,proto3" json:"output_schema,omitempty"`
+	// The plugin (config name) that provides the component.
+	Plugin        string `protobuf:"bytes,5,opt,name=plugin,proto3" json:"plugin,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WorkerComponent) Reset() {
+	*x = WorkerComponent{}
+	mi := &file_stepflow_v1_queue_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkerComponent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkerComponent) ProtoMessage() {}
+
+func (x *WorkerComponent) ProtoReflect() protoreflect.Message {
+	mi := &file_stepflow_v1_queue_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkerComponent.ProtoReflect.Descriptor instead.
+func (*WorkerComponent) Descriptor() ([]byte, []int) {
+	return file_stepflow_v1_queue_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *WorkerComponent) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *WorkerComponent) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *WorkerComponent) GetInputSchema() []byte {
+	if x != nil {
+		return x.InputSchema
+	}
+	return nil
+}
+
+func (x *WorkerComponent) GetOutputSchema() []byte {
+	if x != nil {
+		return x.OutputSchema
+	}
+	return nil
+}
+
+func (x *WorkerComponent) GetPlugin() string {
+	if x != nil {
+		return x.Plugin
+	}
+	return ""
+}
+
 var File_stepflow_v1_queue_proto protoreflect.FileDescriptor
 
 const file_stepflow_v1_queue_proto_rawDesc = "" +
@@ -1141,7 +1292,7 @@ const file_stepflow_v1_queue_proto_rawDesc = "" +
 	"\rtrace_context\x18\r \x03(\v2#.stepflow.v1.Item.TraceContextEntryR\ftraceContext\x1a?\n" +
 	"\x11TraceContextEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8e\x04\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa4\x04\n" +
 	"\n" +
 	"ItemResult\x12\x15\n" +
 	"\x06run_id\x18\x01 \x01(\tR\x05runId\x12\x14\n" +
@@ -1162,7 +1313,8 @@ const file_stepflow_v1_queue_proto_rawDesc = "" +
 	"finishedAt\x12&\n" +
 	"\x0fitem_stream_seq\x18\f \x01(\x04R\ritemStreamSeq\x12(\n" +
 	"\x10item_ack_subject\x18\r \x01(\tR\x0eitemAckSubject\x12'\n" +
-	"\x05blobs\x18\x0e \x03(\v2\x11.stepflow.v1.BlobR\x05blobs\">\n" +
+	"\x05blobs\x18\x0e \x03(\v2\x11.stepflow.v1.BlobR\x05blobs\x12\x14\n" +
+	"\x05steps\x18\x0f \x01(\fR\x05steps\">\n" +
 	"\x04Blob\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x12\n" +
@@ -1197,7 +1349,7 @@ const file_stepflow_v1_queue_proto_rawDesc = "" +
 	"\back_wait\x18\x10 \x01(\v2\x19.google.protobuf.DurationR\aackWait\x12\x1f\n" +
 	"\vmax_deliver\x18\x11 \x01(\rR\n" +
 	"maxDeliver\x12\x14\n" +
-	"\x05error\x18\x12 \x01(\tR\x05error\"\xf0\x06\n" +
+	"\x05error\x18\x12 \x01(\tR\x05error\"\xf7\b\n" +
 	"\fWorkerStatus\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x12\n" +
 	"\x04host\x18\x02 \x01(\tR\x04host\x12\x10\n" +
@@ -1222,10 +1374,23 @@ const file_stepflow_v1_queue_proto_rawDesc = "" +
 	"\x06window\x18\x10 \x01(\v2\x19.google.protobuf.DurationR\x06window\x12>\n" +
 	"\rmean_duration\x18\x11 \x01(\v2\x19.google.protobuf.DurationR\fmeanDuration\x12<\n" +
 	"\fp95_duration\x18\x12 \x01(\v2\x19.google.protobuf.DurationR\vp95Duration\x12\x1a\n" +
-	"\bdraining\x18\x13 \x01(\bR\bdraining\x1a:\n" +
+	"\bdraining\x18\x13 \x01(\bR\bdraining\x12<\n" +
+	"\n" +
+	"components\x18\x14 \x03(\v2\x1c.stepflow.v1.WorkerComponentR\n" +
+	"components\x12+\n" +
+	"\x11components_listed\x18\x15 \x01(\bR\x10componentsListed\x12<\n" +
+	"\x1acomponents_schemas_omitted\x18\x16 \x01(\bR\x18componentsSchemasOmitted\x121\n" +
+	"\x14components_truncated\x18\x17 \x01(\bR\x13componentsTruncated\x12)\n" +
+	"\x10components_error\x18\x18 \x01(\tR\x0fcomponentsError\x1a:\n" +
 	"\fRunBusyEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01*\x86\x01\n" +
+	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"\xa7\x01\n" +
+	"\x0fWorkerComponent\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12 \n" +
+	"\vdescription\x18\x02 \x01(\tR\vdescription\x12!\n" +
+	"\finput_schema\x18\x03 \x01(\fR\vinputSchema\x12#\n" +
+	"\routput_schema\x18\x04 \x01(\fR\foutputSchema\x12\x16\n" +
+	"\x06plugin\x18\x05 \x01(\tR\x06plugin*\x86\x01\n" +
 	"\fResultSource\x12\x1d\n" +
 	"\x19RESULT_SOURCE_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14RESULT_SOURCE_WORKER\x10\x01\x12 \n" +
@@ -1252,7 +1417,7 @@ func file_stepflow_v1_queue_proto_rawDescGZIP() []byte {
 }
 
 var file_stepflow_v1_queue_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_stepflow_v1_queue_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_stepflow_v1_queue_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_stepflow_v1_queue_proto_goTypes = []any{
 	(ResultSource)(0),             // 0: stepflow.v1.ResultSource
 	(RunStatus)(0),                // 1: stepflow.v1.RunStatus
@@ -1263,38 +1428,40 @@ var file_stepflow_v1_queue_proto_goTypes = []any{
 	(*ItemCounts)(nil),            // 6: stepflow.v1.ItemCounts
 	(*RunRecord)(nil),             // 7: stepflow.v1.RunRecord
 	(*WorkerStatus)(nil),          // 8: stepflow.v1.WorkerStatus
-	nil,                           // 9: stepflow.v1.Item.TraceContextEntry
-	nil,                           // 10: stepflow.v1.WorkerStatus.RunBusyEntry
-	(*timestamppb.Timestamp)(nil), // 11: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 12: google.protobuf.Duration
+	(*WorkerComponent)(nil),       // 9: stepflow.v1.WorkerComponent
+	nil,                           // 10: stepflow.v1.Item.TraceContextEntry
+	nil,                           // 11: stepflow.v1.WorkerStatus.RunBusyEntry
+	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 13: google.protobuf.Duration
 }
 var file_stepflow_v1_queue_proto_depIdxs = []int32{
-	11, // 0: stepflow.v1.Item.enqueued_at:type_name -> google.protobuf.Timestamp
-	11, // 1: stepflow.v1.Item.deadline:type_name -> google.protobuf.Timestamp
-	12, // 2: stepflow.v1.Item.heartbeat_interval:type_name -> google.protobuf.Duration
-	9,  // 3: stepflow.v1.Item.trace_context:type_name -> stepflow.v1.Item.TraceContextEntry
+	12, // 0: stepflow.v1.Item.enqueued_at:type_name -> google.protobuf.Timestamp
+	12, // 1: stepflow.v1.Item.deadline:type_name -> google.protobuf.Timestamp
+	13, // 2: stepflow.v1.Item.heartbeat_interval:type_name -> google.protobuf.Duration
+	10, // 3: stepflow.v1.Item.trace_context:type_name -> stepflow.v1.Item.TraceContextEntry
 	0,  // 4: stepflow.v1.ItemResult.source:type_name -> stepflow.v1.ResultSource
-	11, // 5: stepflow.v1.ItemResult.started_at:type_name -> google.protobuf.Timestamp
-	11, // 6: stepflow.v1.ItemResult.finished_at:type_name -> google.protobuf.Timestamp
+	12, // 5: stepflow.v1.ItemResult.started_at:type_name -> google.protobuf.Timestamp
+	12, // 6: stepflow.v1.ItemResult.finished_at:type_name -> google.protobuf.Timestamp
 	4,  // 7: stepflow.v1.ItemResult.blobs:type_name -> stepflow.v1.Blob
 	4,  // 8: stepflow.v1.BlobJournal.blobs:type_name -> stepflow.v1.Blob
 	1,  // 9: stepflow.v1.RunRecord.status:type_name -> stepflow.v1.RunStatus
 	6,  // 10: stepflow.v1.RunRecord.items:type_name -> stepflow.v1.ItemCounts
-	11, // 11: stepflow.v1.RunRecord.created_at:type_name -> google.protobuf.Timestamp
-	11, // 12: stepflow.v1.RunRecord.completed_at:type_name -> google.protobuf.Timestamp
-	12, // 13: stepflow.v1.RunRecord.ack_wait:type_name -> google.protobuf.Duration
-	11, // 14: stepflow.v1.WorkerStatus.started_at:type_name -> google.protobuf.Timestamp
-	11, // 15: stepflow.v1.WorkerStatus.heartbeat_at:type_name -> google.protobuf.Timestamp
-	12, // 16: stepflow.v1.WorkerStatus.heartbeat_interval:type_name -> google.protobuf.Duration
-	10, // 17: stepflow.v1.WorkerStatus.run_busy:type_name -> stepflow.v1.WorkerStatus.RunBusyEntry
-	12, // 18: stepflow.v1.WorkerStatus.window:type_name -> google.protobuf.Duration
-	12, // 19: stepflow.v1.WorkerStatus.mean_duration:type_name -> google.protobuf.Duration
-	12, // 20: stepflow.v1.WorkerStatus.p95_duration:type_name -> google.protobuf.Duration
-	21, // [21:21] is the sub-list for method output_type
-	21, // [21:21] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	12, // 11: stepflow.v1.RunRecord.created_at:type_name -> google.protobuf.Timestamp
+	12, // 12: stepflow.v1.RunRecord.completed_at:type_name -> google.protobuf.Timestamp
+	13, // 13: stepflow.v1.RunRecord.ack_wait:type_name -> google.protobuf.Duration
+	12, // 14: stepflow.v1.WorkerStatus.started_at:type_name -> google.protobuf.Timestamp
+	12, // 15: stepflow.v1.WorkerStatus.heartbeat_at:type_name -> google.protobuf.Timestamp
+	13, // 16: stepflow.v1.WorkerStatus.heartbeat_interval:type_name -> google.protobuf.Duration
+	11, // 17: stepflow.v1.WorkerStatus.run_busy:type_name -> stepflow.v1.WorkerStatus.RunBusyEntry
+	13, // 18: stepflow.v1.WorkerStatus.window:type_name -> google.protobuf.Duration
+	13, // 19: stepflow.v1.WorkerStatus.mean_duration:type_name -> google.protobuf.Duration
+	13, // 20: stepflow.v1.WorkerStatus.p95_duration:type_name -> google.protobuf.Duration
+	9,  // 21: stepflow.v1.WorkerStatus.components:type_name -> stepflow.v1.WorkerComponent
+	22, // [22:22] is the sub-list for method output_type
+	22, // [22:22] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_stepflow_v1_queue_proto_init() }
@@ -1308,7 +1475,7 @@ func file_stepflow_v1_queue_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_stepflow_v1_queue_proto_rawDesc), len(file_stepflow_v1_queue_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   9,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
