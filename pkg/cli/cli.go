@@ -212,6 +212,8 @@ func (a *app) rootCommand() *cobra.Command {
 // binaries used to parse with, rewriting them to --nats-url.
 func (a *app) standalone(cmd *cobra.Command) *cobra.Command {
 	a.setupRoot(cmd)
+	cmd.InitDefaultHelpFlag() // so that -help is rewritten too
+	cmd.InitDefaultVersionFlag()
 	a.singleDash = true
 	return cmd
 }

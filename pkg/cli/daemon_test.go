@@ -142,6 +142,12 @@ func TestDaemonHelp(t *testing.T) {
 			require.Contains(t, normalizeSpace(r.stdout), normalizeSpace(l), c.name)
 		}
 	}
+	// The flag package's single-dash forms still work for the binaries.
+	for _, execute := range []func(context.Context, []string, IO) int{ExecuteCoordinator, ExecuteWorker} {
+		r := runStandalone(t, execute, nil, "-help")
+		require.Equal(t, ExitOK, r.code, r.stderr)
+		require.Contains(t, r.stdout, "      --nats-url string ")
+	}
 	stepflowHelp := stepflow(t, nil, "", "--help")
 	require.Regexp(t, `(?m)^  coordinator +Run the coordinator`, stepflowHelp.stdout)
 	require.Regexp(t, `(?m)^  worker +Run a worker`, stepflowHelp.stdout)
@@ -334,4 +340,15 @@ func TestLogFormatFlag(t *testing.T) {
 	r = stepflow(t, nil, "", "--log-format", "xml", "run", "--flow", f, "--inputs", items, "-q")
 	require.Equal(t, ExitUsage, r.code)
 	require.Contains(t, r.stderr, `--log-format "xml": want text or json`)
+}
+
+// doubleDashes rewrites the single-dash long flags of the command only.
+func TestDoubleDashes(t *testing.T) {
+	t.Parallel()
+	a := &app{}
+	a.io.defaults()
+	cmd := a.standalone(a.workerCommand())
+	require.Equal(t,
+		[]string{"--nats-url", "x", "--concurrency=2", "-h", "--log-level", "warn", "--drain-timeout", "-10s", "-bogus", "--", "-config"},
+		doubleDashes(cmd, []string{"-nats-url", "x", "-concurrency=2", "-h", "-log-level", "warn", "--drain-timeout", "-10s", "-bogus", "--", "-config"}))
 }
