@@ -1,6 +1,7 @@
 // Command worker is a stepflow-go worker: it pulls batch items from NATS
-// JetStream and executes them against local component servers. See
-// package worker for the design and the flags.
+// JetStream and executes them against local component servers. It is
+// `stepflow worker` under a name of its own; see package cli for its
+// flags and package worker for the design.
 package main
 
 import (
@@ -9,12 +10,12 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/stepflow-go/stepflow/pkg/worker"
+	"github.com/stepflow-go/stepflow/pkg/cli"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := worker.Main(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	code := cli.ExecuteWorker(ctx, os.Args[1:], cli.IO{})
 	stop()
 	os.Exit(code)
 }

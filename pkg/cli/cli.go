@@ -1,7 +1,9 @@
 // Package cli implements the `stepflow` command line: run, validate, test,
 // visualize and list-components locally; submit, runs and top against a
 // coordinator (distributed mode); serve runs a coordinator and workers in
-// one process.
+// one process; coordinator and worker run them as processes of their own
+// (bin/coordinator and bin/worker run these two commands as root commands,
+// with the same global flags, environment variables and exit codes).
 //
 // Commands write results to stdout and everything else (progress,
 // diagnostics, logs) to stderr, so that `stepflow run ... > out.jsonl`
@@ -105,20 +107,46 @@ type app struct {
 	logFile   string
 	log       *zap.Logger
 	closeLog  func()
+	// singleDash: the command accepts -flag for --flag (standalone).
+	singleDash bool
 }
 
 // Execute runs the stepflow command line with args and returns the exit
 // code. Signals are main's business: it passes a context that ends on
 // SIGINT/SIGTERM.
 func Execute(ctx context.Context, args []string, stdio IO) int {
+	return execute(ctx, args, stdio, (*app).rootCommand)
+}
+
+// ExecuteCoordinator runs `stepflow coordinator` as a command of its own,
+// named coordinator (bin/coordinator), with args (without the program
+// name) and returns the exit code.
+func ExecuteCoordinator(ctx context.Context, args []string, stdio IO) int {
+	return execute(ctx, args, stdio, func(a *app) *cobra.Command { return a.standalone(a.coordinatorCommand()) })
+}
+
+// ExecuteWorker runs `stepflow worker` as a command of its own, named
+// worker (bin/worker), with args (without the program name) and returns
+// the exit code.
+func ExecuteWorker(ctx context.Context, args []string, stdio IO) int {
+	return execute(ctx, args, stdio, func(a *app) *cobra.Command { return a.standalone(a.workerCommand()) })
+}
+
+func execute(ctx context.Context, args []string, stdio IO, command func(*app) *cobra.Command) int {
 	stdio.defaults()
 	a := &app{io: stdio}
-	root := a.rootCommand()
+	root := command(a)
+	if a.singleDash {
+		args = doubleDashes(root, args)
+	}
 	root.SetArgs(args)
 	root.SetIn(stdio.Stdin)
 	root.SetOut(stdio.Stdout)
 	root.SetErr(stdio.Stderr)
-	err := root.ExecuteContext(ctx)
+	cmd, err := root.ExecuteContextC(ctx)
+	if a.log != nil {
+		_ = a.log.Sync()
+	}
 	if a.closeLog != nil {
 		a.closeLog()
 	}
@@ -134,7 +162,10 @@ func Execute(ctx context.Context, args []string, stdio IO) int {
 	}
 	fmt.Fprintf(stdio.Stderr, "Error: %v\n", err)
 	if isUsageError(err) {
-		fmt.Fprintln(stdio.Stderr, "Run 'stepflow --help' for usage.")
+		if cmd == nil {
+			cmd = root
+		}
+		fmt.Fprintf(stdio.Stderr, "Run '%s --help' for usage.\n", cmd.CommandPath())
 		return ExitUsage
 	}
 	return ExitFailure
@@ -153,23 +184,11 @@ func isUsageError(err error) bool {
 
 func (a *app) rootCommand() *cobra.Command {
 	root := &cobra.Command{
-		Use:           "stepflow",
-		Short:         "Run Stepflow workflows over batches of inputs",
-		Long:          "stepflow runs Stepflow flows (YAML files of steps that call components) over single inputs or JSON Lines batches.",
-		SilenceUsage:  true,
-		SilenceErrors: true,
-		Version:       Version,
-		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
-			return a.setupLogger()
-		},
+		Use:   "stepflow",
+		Short: "Run Stepflow workflows over batches of inputs",
+		Long:  "stepflow runs Stepflow flows (YAML files of steps that call components) over single inputs or JSON Lines batches.",
 	}
-	root.SetVersionTemplate("stepflow {{.Version}}\n")
-	pf := root.PersistentFlags()
-	pf.StringVar(&a.logLevel, "log-level", envOr(a.io.Getenv, "STEPFLOW_LOG_LEVEL", "warn"), "log level: debug, info, warn, error (env STEPFLOW_LOG_LEVEL)")
-	pf.StringVar(&a.logFormat, "log-format", envOr(a.io.Getenv, "STEPFLOW_LOG_FORMAT", "text"), "log format: text or json (env STEPFLOW_LOG_FORMAT)")
-	pf.StringVar(&a.logFile, "log-file", a.io.Getenv("STEPFLOW_LOG_FILE"), "write logs to this file instead of stderr (env STEPFLOW_LOG_FILE)")
-	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageErr("%v", err) })
-
+	a.setupRoot(root)
 	root.AddCommand(
 		a.runCommand(),
 		a.validateCommand(),
@@ -180,8 +199,61 @@ func (a *app) rootCommand() *cobra.Command {
 		a.runsCommand(),
 		a.topCommand(),
 		a.serveCommand(),
+		a.coordinatorCommand(),
+		a.workerCommand(),
 	)
 	return root
+}
+
+// standalone makes cmd, a command of stepflow, a root command of its
+// own: bin/coordinator and bin/worker. It takes the global flags, the
+// exit codes and the error handling of stepflow, and also accepts the
+// single-dash long flags (-nats-url) of the flag package that these
+// binaries used to parse with, rewriting them to --nats-url.
+func (a *app) standalone(cmd *cobra.Command) *cobra.Command {
+	a.setupRoot(cmd)
+	cmd.InitDefaultHelpFlag() // so that -help is rewritten too
+	cmd.InitDefaultVersionFlag()
+	a.singleDash = true
+	return cmd
+}
+
+// doubleDashes rewrites the single-dash long flags of args that name a
+// flag of cmd (-nats-url, -nats-url=x) to their double-dash form; it
+// leaves shorthands (-h), values (-1) and everything after "--" alone.
+func doubleDashes(cmd *cobra.Command, args []string) []string {
+	out := make([]string, 0, len(args))
+	for i, arg := range args {
+		if arg == "--" {
+			return append(out, args[i:]...)
+		}
+		if len(arg) > 2 && arg[0] == '-' && arg[1] != '-' {
+			name, _, _ := strings.Cut(arg[1:], "=")
+			if len(name) > 1 && (cmd.Flags().Lookup(name) != nil || cmd.PersistentFlags().Lookup(name) != nil) {
+				arg = "-" + arg
+			}
+		}
+		out = append(out, arg)
+	}
+	return out
+}
+
+// setupRoot gives root the global flags (logging) and behaviour of every
+// stepflow command line: errors are printed once by execute, flag errors
+// are usage errors.
+func (a *app) setupRoot(root *cobra.Command) {
+	root.SilenceUsage = true
+	root.SilenceErrors = true
+	root.Version = Version
+	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
+		return a.setupLogger()
+	}
+	root.SetVersionTemplate("stepflow {{.Version}}\n")
+	pf := root.PersistentFlags()
+	pf.StringVar(&a.logLevel, "log-level", envOr(a.io.Getenv, "STEPFLOW_LOG_LEVEL", "warn"), "log level: debug, info, warn, error (env STEPFLOW_LOG_LEVEL)")
+	pf.StringVar(&a.logFormat, "log-format", envOr(a.io.Getenv, "STEPFLOW_LOG_FORMAT", "text"), "log format: text or json (env STEPFLOW_LOG_FORMAT)")
+	pf.StringVar(&a.logFile, "log-file", a.io.Getenv("STEPFLOW_LOG_FILE"), "write logs to this file instead of stderr (env STEPFLOW_LOG_FILE)")
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageErr("%v", err) })
 }
 
 // Version is the stepflow-go version, set at build time with

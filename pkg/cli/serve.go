@@ -61,7 +61,7 @@ func (a *app) serveCommand() *cobra.Command {
 'stepflow runs' talk to) and --workers in-process workers in one process.
 
 With --nats-url empty, an embedded NATS server stores its state in
---data-dir; other workers ('stepflow-worker --nats-url …') may join it.
+--data-dir; other workers ('stepflow worker --nats-url …') may join it.
 --data-dir defaults to ./.stepflow-data (env STEPFLOW_DATA_DIR): state that
 belongs to the directory serve runs in, kept across restarts (runs in
 progress resume), never shared between two projects.

@@ -1,23 +1,19 @@
 package cli
 
 import (
-	"bytes"
-	"context"
 	"regexp"
 	"testing"
 
 	"github.com/stretchr/testify/require"
-
-	"github.com/stepflow-go/stepflow/pkg/coordinator"
 )
 
 // `stepflow serve` takes the coordinator's flags, except those about
 // sharing a NATS deployment with other coordinators (serve embeds its
 // own server) and replicas (one embedded server).
 func TestServeTakesTheCoordinatorFlags(t *testing.T) {
-	var stdout, stderr bytes.Buffer
-	require.Equal(t, coordinator.ExitOK, coordinator.Main(context.Background(), []string{"--help"}, &stdout, &stderr))
-	coordFlags := regexp.MustCompile(`(?m)^  -([a-z-]+)`).FindAllStringSubmatch(stderr.String(), -1)
+	coord := stepflow(t, nil, "", "coordinator", "--help")
+	require.Equal(t, ExitOK, coord.code, coord.stderr)
+	coordFlags := regexp.MustCompile(`(?m)^ +(?:-[a-z], )?--([a-z-]+)`).FindAllStringSubmatch(coord.stdout, -1)
 	require.NotEmpty(t, coordFlags)
 	r := stepflow(t, nil, "", "serve", "--help")
 	require.Equal(t, ExitOK, r.code, r.stderr)

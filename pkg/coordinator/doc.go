@@ -135,8 +135,8 @@
 // stalled past its lease cannot write a run its successor took. A
 // coordinator with an embedded NATS server takes the lease by force; one
 // that finds another holder of its lease stops (Stopped is closed,
-// LostLeadership is true, Main exits 1) for its supervisor to restart it
-// as a standby.
+// LostLeadership is true, the coordinator command exits 1) for its
+// supervisor to restart it as a standby.
 //
 // # Restart
 //

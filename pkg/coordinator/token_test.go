@@ -1,7 +1,6 @@
 package coordinator_test
 
 import (
-	"bytes"
 	"os"
 	"path/filepath"
 	"testing"
@@ -34,30 +33,4 @@ func TestLoadAuthToken(t *testing.T) {
 	require.ErrorContains(t, err, "is empty")
 	_, err = coordinator.LoadAuthToken("", filepath.Join(dir, "missing"))
 	require.ErrorIs(t, err, os.ErrNotExist)
-}
-
-// Main: --auth-token-file with --auth-token, or an empty file, is a usage
-// error; a token from the environment never shows in --help.
-func TestMainAuthTokenFile(t *testing.T) {
-	t.Setenv("STEPFLOW_AUTH_TOKEN", "env-tok-93")
-	empty := filepath.Join(t.TempDir(), "empty")
-	require.NoError(t, os.WriteFile(empty, nil, 0o600))
-	var stdout, stderr bytes.Buffer
-	require.Equal(t, coordinator.ExitUsage, coordinator.Main(testCtx(t), []string{"--data-dir", t.TempDir(), "--auth-token-file", empty}, &stdout, &stderr))
-	require.Contains(t, stderr.String(), "not both")
-	require.NotContains(t, stderr.String(), "env-tok-93")
-
-	t.Setenv("STEPFLOW_AUTH_TOKEN", "")
-	stderr.Reset()
-	require.Equal(t, coordinator.ExitUsage, coordinator.Main(testCtx(t), []string{"--data-dir", t.TempDir(), "--auth-token-file", empty}, &stdout, &stderr))
-	require.Contains(t, stderr.String(), "is empty")
-
-	t.Setenv("STEPFLOW_AUTH_TOKEN", "env-tok-93")
-	t.Setenv("STEPFLOW_NATS_PASSWORD", "env-nats-pw-93")
-	stderr.Reset()
-	require.Equal(t, coordinator.ExitOK, coordinator.Main(testCtx(t), []string{"--help"}, &stdout, &stderr))
-	require.Contains(t, stderr.String(), "(env STEPFLOW_AUTH_TOKEN)")
-	require.Contains(t, stderr.String(), "-nats-server-config")
-	require.NotContains(t, stderr.String(), "env-tok-93")
-	require.NotContains(t, stderr.String(), "env-nats-pw-93")
 }

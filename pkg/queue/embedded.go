@@ -343,9 +343,12 @@ func (e *Embedded) Server() *server.Server {
 	return e.srv
 }
 
-// serverLogger adapts zap to the nats-server Logger interface. Fatal
-// messages are logged as errors and signalled to Start: the server gives
-// up after them, and exiting the process is main's decision.
+// serverLogger adapts zap to the nats-server Logger interface. The
+// server's notices (its start-up banner of some thirty lines, listening
+// ports, JetStream recovery) are logged at debug level: at info level
+// the coordinator logs one line about its start instead. Fatal messages
+// are logged as errors and signalled to Start: the server gives up after
+// them, and exiting the process is main's decision.
 type serverLogger struct {
 	l     *zap.SugaredLogger
 	fatal *fatalSignal
@@ -358,7 +361,7 @@ type fatalSignal struct {
 	msg  string // written before ch is closed
 }
 
-func (s serverLogger) Noticef(format string, v ...any) { s.l.Infof(format, v...) }
+func (s serverLogger) Noticef(format string, v ...any) { s.l.Debugf(format, v...) }
 func (s serverLogger) Warnf(format string, v ...any)   { s.l.Warnf(format, v...) }
 func (s serverLogger) Fatalf(format string, v ...any) {
 	s.l.Errorf("fatal: "+format, v...)

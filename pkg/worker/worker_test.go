@@ -658,52 +658,6 @@ func TestRunsWithoutCoordinator(t *testing.T) {
 	require.Zero(t, r.slots.Lent())
 }
 
-func TestMainCommand(t *testing.T) {
-	b := setup(t)
-	var stdout, stderr syncBuffer
-	require.Equal(t, ExitOK, Main(testCtx(t), []string{"--help"}, &stdout, &stderr))
-	require.Contains(t, stdout.String(), "-nats-url")
-	require.Contains(t, stdout.String(), "STEPFLOW_NATS_URL")
-	require.Equal(t, ExitUsage, Main(testCtx(t), []string{"--bogus"}, &stdout, &stderr))
-	require.Contains(t, stderr.String(), "flag provided but not defined: -bogus")
-	require.Equal(t, ExitUsage, Main(testCtx(t), []string{"--log-level", "loud"}, &stderr, &stderr))
-	require.Equal(t, ExitUsage, Main(testCtx(t), []string{"--concurrency", "-1"}, &stderr, &stderr))
-	require.Equal(t, ExitUsage, Main(testCtx(t), []string{"extra"}, &stderr, &stderr))
-
-	// A real run: the worker serves a run until its context ends.
-	t.Setenv("STEPFLOW_NATS_URL", b.url)
-	ctx, cancel := context.WithCancel(testCtx(t))
-	code := make(chan int, 1)
-	go func() {
-		code <- Main(ctx, []string{"--concurrency", "2", "--drain-timeout", "5s", "--log-level", "warn", "--worker-id", "main"}, &stderr, &stderr)
-	}()
-	run := b.createRun(runSpec{flow: noopFlow, items: 5, maxConc: 2})
-	for _, r := range b.results(run, 5) {
-		require.Equal(t, "main", r.GetWorkerId())
-	}
-	cancel()
-	require.Equal(t, ExitOK, <-code)
-}
-
-// syncBuffer is a bytes buffer safe for the logger's writes.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf []byte
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.buf = append(s.buf, p...)
-	return len(p), nil
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return string(s.buf)
-}
-
 // runsAPI is a tiny stand-in for the coordinator's run API: it creates
 // child runs exactly as a coordinator does (record, consumer, items) and
 // answers status from the results stream.

@@ -26,24 +26,27 @@ type binary struct {
 	Env      map[string]bool   // STEPFLOW_* variables it reads
 	FlagEnv  map[string]string // flag name -> its env variable, where known
 	Consts   map[string]time.Duration
-	Source   string // the file with Main, relative to the repo root
+	Source   string // the file defining the flags, relative to the repo root
 	ConstSrc string
 }
 
-// binarySpecs: where each command's Main lives. The worker prints its env
-// variables in --help ("(env STEPFLOW_X)"); the coordinator does not, so
-// its variables are read from the string literals of the env lookups in
-// its Main's source. Both sources are used for both commands.
+// binarySpecs: where each command's flags are defined (bin/coordinator
+// and bin/worker run `stepflow coordinator` and `stepflow worker`). Both
+// print their env variables in --help ("(env STEPFLOW_X)"); the string
+// literals of the env lookups in the sources add the variables read
+// without a flag of their own.
 var binarySpecs = []struct {
 	name, source string
 	consts       []string // duration constants the grace-period rules use
 }{
-	{"coordinator", "pkg/coordinator/main.go", []string{"stopTimeout"}},
-	{"worker", "pkg/worker/command.go", []string{"stopGrace"}},
+	{"coordinator", "pkg/cli/coordinator.go", []string{"stopTimeout"}},
+	{"worker", "pkg/cli/worker.go", []string{"stopGrace"}},
 }
 
 var (
-	helpFlagRE = regexp.MustCompile(`(?m)^  -([a-z0-9][a-z0-9-]*)(?: [a-z]+)?\n((?:    \t.*\n?)+)`)
+	// pflag (cobra) --help lines: "  -h, --name type   usage (default x)",
+	// one flag a line.
+	helpFlagRE = regexp.MustCompile(`(?m)^ +(?:-[a-zA-Z], )?--([a-z0-9][a-z0-9-]*)(?: [a-zA-Z0-9]+)?  +(.*)$`)
 	helpEnvRE  = regexp.MustCompile(`\(env (STEPFLOW_[A-Z0-9_]+)\)`)
 	helpDefRE  = regexp.MustCompile(`\(default "?([^")]*)"?\)\s*$`)
 )
@@ -61,7 +64,7 @@ func loadBinary(root, name, source string, consts []string) (*binary, error) {
 		return nil, fmt.Errorf("%s --help: %w (run `make build` first)\n%s", b.Path, err, out.String())
 	}
 	for _, m := range helpFlagRE.FindAllStringSubmatch(out.String(), -1) {
-		usage := strings.TrimSpace(strings.ReplaceAll(m[2], "\n    \t", " "))
+		usage := strings.TrimSpace(m[2])
 		def := ""
 		if d := helpDefRE.FindStringSubmatch(usage); d != nil {
 			def = d[1]
@@ -82,10 +85,11 @@ func loadBinary(root, name, source string, consts []string) (*binary, error) {
 }
 
 // envLookups are the functions whose first argument names an environment
-// variable in the commands' sources.
-var envLookups = map[string]bool{"Getenv": true, "LookupEnv": true, "envOr": true, "envInt": true, "env": true, "envDuration": true}
+// variable in the commands' sources (pkg/cli's envDefaults methods and
+// the os functions).
+var envLookups = map[string]bool{"Getenv": true, "LookupEnv": true, "lookupStr": true, "str": true, "integer": true, "int64": true, "duration": true, "boolean": true}
 
-// readSource collects the STEPFLOW_* variables that Main's source looks
+// readSource collects the STEPFLOW_* variables that the source looks
 // up, pairs each with the flag whose default it feeds where the call is
 // the default argument of fs.XxxVar(&…, "flag", <lookup>, …), and
 // evaluates the named duration constants (N * time.Second and the like).
