@@ -55,6 +55,19 @@ const retryAfterSeconds = 5
 // embedders may mount it elsewhere.
 func (c *Coordinator) Handler() http.Handler {
 	mux := http.NewServeMux()
+	c.routes(mux)
+	return c.forward(c.cors(c.auth(mux)))
+}
+
+// router is what routes are registered on: an *http.ServeMux (tests
+// record the patterns instead).
+type router interface {
+	Handle(pattern string, handler http.Handler)
+	HandleFunc(pattern string, handler func(http.ResponseWriter, *http.Request))
+}
+
+// routes registers every route Handler serves on mux.
+func (c *Coordinator) routes(mux router) {
 	mux.HandleFunc("GET /healthz", c.handleHealthz)
 	mux.HandleFunc("GET /readyz", c.handleReadyz)
 	mux.Handle("GET /metrics", metrics.Handler(c.reg, c.log))
@@ -81,7 +94,6 @@ func (c *Coordinator) Handler() http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		c.writeError(w, r, errorf(ErrRunNotFound, "no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
-	return c.forward(c.cors(c.auth(mux)))
 }
 
 // withRunID guards a route that takes a {runId}: run ids are UUIDs (the
