@@ -12,8 +12,11 @@ import (
 // this coordinator, with "x-stepflow-go": true on what upstream does not
 // have), served at /api/v1/openapi.json, and Swagger UI rendering it at
 // /swagger-ui (swagger-ui-dist, vendored in apidocs/swagger-ui: nothing is
-// loaded from elsewhere). A test checks every route Handler registers and
-// every status it answers against the document.
+// loaded from elsewhere). openapi.json is edited by hand: a route, status
+// or field added to the API goes there too, and the tests
+// (openapi_test.go) fail on a route Handler registers that it lacks, an
+// operation it lists that is not served, and a status a route answers
+// that its operation does not list.
 //
 // Both are served without the token, like upstream: the document holds no
 // secrets, and Swagger UI's Authorize button is where a client enters the

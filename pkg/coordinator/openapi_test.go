@@ -142,12 +142,15 @@ func TestOpenAPIDocumentsEveryRoute(t *testing.T) {
 		}
 	}
 
-	// Every $ref points at something in the document.
+	// Every $ref points at something in the document, and every
+	// component is used.
+	used := map[string]bool{}
 	var walk func(v any)
 	walk = func(v any) {
 		switch t2 := v.(type) {
 		case map[string]any:
 			if ref, ok := t2["$ref"].(string); ok {
+				used[ref] = true
 				var at any = raw
 				for _, seg := range strings.Split(strings.TrimPrefix(ref, "#/"), "/") {
 					m, _ := at.(map[string]any)
@@ -165,6 +168,12 @@ func TestOpenAPIDocumentsEveryRoute(t *testing.T) {
 		}
 	}
 	walk(raw)
+	components := raw["components"].(map[string]any)
+	for _, kind := range []string{"schemas", "responses"} {
+		for name := range components[kind].(map[string]any) {
+			assert.True(t, used["#/components/"+kind+"/"+name], "components.%s.%s is never referenced", kind, name)
+		}
+	}
 }
 
 // statusRecorder sends requests to a coordinator and records, for each
