@@ -1,7 +1,9 @@
 package coordinator_test
 
 import (
+	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"mime"
 	"net/http"
@@ -13,6 +15,7 @@ import (
 	"testing"
 
 	"github.com/google/uuid"
+	"github.com/santhosh-tekuri/jsonschema/v6"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -184,6 +187,7 @@ type statusRecorder struct {
 	hc     *http.Client
 	mux    *http.ServeMux // the coordinator's patterns, to name a request's route
 	seen   map[string]map[int][]string
+	bodies []answer // the JSON bodies answered
 	token  string
 	cookie *http.Cookie
 }
@@ -246,7 +250,17 @@ func (s *statusRecorder) do(a auth, method, path, body string, header map[string
 		require.NoError(s.t, err, ct)
 	}
 	s.seen[pattern][resp.StatusCode] = append(s.seen[pattern][resp.StatusCode], mt+" ← "+method+" "+path)
+	if mt == "application/json" {
+		s.bodies = append(s.bodies, answer{pattern: pattern, status: resp.StatusCode, request: method + " " + path, body: b})
+	}
 	return resp.StatusCode, b
+}
+
+// answer is a JSON response to a request of a route.
+type answer struct {
+	pattern, request string
+	status           int
+	body             []byte
 }
 
 // expect sends a request that must answer want.
@@ -268,8 +282,10 @@ func concrete(path string) string {
 // (no token, a session cookie without the CSRF header, unknown and
 // malformed ids, malformed bodies, conflicts, an oversized body, too many
 // runs) and checks that every status answered, and the media type it
-// came with, is documented for that operation in openapi.json. Every
-// operation must have answered at least one 2xx.
+// came with, is documented for that operation in openapi.json, and that
+// every JSON body matches the documented schema with no undocumented
+// field (checkBodies). Every operation must have answered at least one
+// 2xx.
 func TestOpenAPIDocumentsEveryStatus(t *testing.T) {
 	const token = "openapi-s3cret"
 	c := startCoordinator(t, func(cfg *coordinator.Config) {
@@ -427,6 +443,111 @@ func TestOpenAPIDocumentsEveryStatus(t *testing.T) {
 	for _, p := range apiRoutes(t, c) {
 		assert.Contains(t, s.seen, p, "route %s not exercised", p)
 	}
+	checkBodies(t, c, doc, raw, s.bodies)
+}
+
+// checkBodies validates every JSON body answered against the schema its
+// operation documents for its status (JSON Schema 2020-12, as OpenAPI
+// 3.1), and requires every field of it to be documented: a property of
+// an object schema that lists properties, recursively (oneOf and schemas
+// without properties, such as Value, are not descended into).
+func checkBodies(t *testing.T, c *coordinator.Coordinator, doc openAPIDoc, raw map[string]any, answers []answer) {
+	t.Helper()
+	r := newClient(t, c).get("/openapi.json")
+	require.Equal(t, http.StatusOK, r.Status)
+	res, err := jsonschema.UnmarshalJSON(bytes.NewReader(r.Body))
+	require.NoError(t, err)
+	comp := jsonschema.NewCompiler()
+	comp.DefaultDraft(jsonschema.Draft2020)
+	require.NoError(t, comp.AddResource("openapi.json", res))
+	escape := strings.NewReplacer("~", "~0", "/", "~1").Replace
+	compiled := map[string]*jsonschema.Schema{}
+	for _, a := range answers {
+		op, _ := doc.operation(a.pattern)
+		code := strconv.Itoa(a.status)
+		resp := op.Responses[code]
+		method, path, _ := strings.Cut(a.pattern, " ")
+		ptr := "/paths/" + escape(path) + "/" + strings.ToLower(method) + "/responses/" + code
+		if resp.Ref != "" {
+			ptr = strings.TrimPrefix(resp.Ref, "#")
+		}
+		ptr += "/content/application~1json/schema"
+		sch, ok := compiled[ptr]
+		if !ok {
+			sch, err = comp.Compile("openapi.json#" + ptr)
+			require.NoError(t, err, "%s %d", a.pattern, a.status)
+			compiled[ptr] = sch
+		}
+		v, err := jsonschema.UnmarshalJSON(bytes.NewReader(a.body))
+		require.NoError(t, err, "%s: %s", a.request, a.body)
+		assert.NoError(t, sch.Validate(v), "%s answered %d with a body its schema refuses: %s", a.request, a.status, a.body)
+
+		var node any = raw
+		for _, seg := range strings.Split(strings.TrimPrefix(ptr, "/"), "/") {
+			seg = strings.NewReplacer("~1", "/", "~0", "~").Replace(seg)
+			node = node.(map[string]any)[seg]
+		}
+		var body any
+		require.NoError(t, json.Unmarshal(a.body, &body))
+		for _, f := range undocumentedFields(raw, node, body, "") {
+			t.Errorf("%s answered %d with field %s, which openapi.json does not document", a.request, a.status, f)
+		}
+	}
+}
+
+// undocumentedFields returns the paths of the fields of v that schema
+// does not list.
+func undocumentedFields(raw map[string]any, schema any, v any, at string) []string {
+	sch, _ := schema.(map[string]any)
+	if ref, ok := sch["$ref"].(string); ok {
+		var node any = raw
+		for _, seg := range strings.Split(strings.TrimPrefix(ref, "#/"), "/") {
+			node = node.(map[string]any)[seg]
+		}
+		return undocumentedFields(raw, node, v, at)
+	}
+	var out []string
+	switch x := v.(type) {
+	case map[string]any:
+		props := map[string]any{}
+		parts := []map[string]any{sch}
+		if all, ok := sch["allOf"].([]any); ok {
+			for _, p := range all {
+				pm, _ := p.(map[string]any)
+				if ref, ok := pm["$ref"].(string); ok {
+					var node any = raw
+					for _, seg := range strings.Split(strings.TrimPrefix(ref, "#/"), "/") {
+						node = node.(map[string]any)[seg]
+					}
+					pm = node.(map[string]any)
+				}
+				parts = append(parts, pm)
+			}
+		}
+		for _, p := range parts {
+			if ps, ok := p["properties"].(map[string]any); ok {
+				for k, s := range ps {
+					props[k] = s
+				}
+			}
+		}
+		extra, _ := sch["additionalProperties"].(map[string]any)
+		for k, fv := range x {
+			switch ps, ok := props[k]; {
+			case ok:
+				out = append(out, undocumentedFields(raw, ps, fv, at+"."+k)...)
+			case extra != nil:
+				out = append(out, undocumentedFields(raw, extra, fv, at+"."+k)...)
+			case len(props) > 0:
+				out = append(out, at+"."+k)
+			}
+		}
+	case []any:
+		for i, item := range x {
+			out = append(out, undocumentedFields(raw, sch["items"], item, fmt.Sprintf("%s[%d]", at, i))...)
+		}
+	}
+	return out
 }
 
 // sortedKeys returns a map's keys in order.
