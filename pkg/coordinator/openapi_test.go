@@ -182,14 +182,15 @@ func TestOpenAPIDocumentsEveryRoute(t *testing.T) {
 // statusRecorder sends requests to a coordinator and records, for each
 // route pattern, the statuses and content types answered.
 type statusRecorder struct {
-	t      *testing.T
-	base   string
-	hc     *http.Client
-	mux    *http.ServeMux // the coordinator's patterns, to name a request's route
-	seen   map[string]map[int][]string
-	bodies []answer // the JSON bodies answered
-	token  string
-	cookie *http.Cookie
+	t        *testing.T
+	base     string
+	hc       *http.Client
+	mux      *http.ServeMux // the coordinator's patterns, to name a request's route
+	seen     map[string]map[int][]string
+	bodies   []answer // the JSON bodies answered
+	requests []answer // the JSON bodies of the requests that succeeded
+	token    string
+	cookie   *http.Cookie
 }
 
 func newStatusRecorder(t *testing.T, c *coordinator.Coordinator, token string) *statusRecorder {
@@ -252,6 +253,9 @@ func (s *statusRecorder) do(a auth, method, path, body string, header map[string
 	s.seen[pattern][resp.StatusCode] = append(s.seen[pattern][resp.StatusCode], mt+" ← "+method+" "+path)
 	if mt == "application/json" {
 		s.bodies = append(s.bodies, answer{pattern: pattern, status: resp.StatusCode, request: method + " " + path, body: b})
+	}
+	if resp.StatusCode/100 == 2 && body != "" && req.Header.Get("Content-Type") == "application/json" {
+		s.requests = append(s.requests, answer{pattern: pattern, status: resp.StatusCode, request: method + " " + path, body: []byte(body)})
 	}
 	return resp.StatusCode, b
 }
@@ -324,7 +328,7 @@ func TestOpenAPIDocumentsEveryStatus(t *testing.T) {
 		"/debug/pprof/", "/debug/pprof/goroutine?debug=1", "/debug/pprof/heap", "/debug/pprof/symbol", "/debug/pprof/trace?seconds=0.01", "/debug/pprof/profile?seconds=1"} {
 		s.expect(http.StatusOK, withToken, http.MethodGet, path, "", nil)
 	}
-	s.expect(http.StatusOK, withToken, http.MethodPost, "/debug/pprof/symbol", "0x1", nil)
+	s.expect(http.StatusOK, withToken, http.MethodPost, "/debug/pprof/symbol", "0x1", map[string]string{"Content-Type": "text/plain"})
 	s.expect(http.StatusNotFound, withToken, http.MethodGet, "/debug/pprof/cmdline", "", nil)
 	s.expect(http.StatusBadRequest, withToken, http.MethodGet, "/api/v1/cluster?recent=many", "", nil)
 
@@ -443,7 +447,7 @@ func TestOpenAPIDocumentsEveryStatus(t *testing.T) {
 	for _, p := range apiRoutes(t, c) {
 		assert.Contains(t, s.seen, p, "route %s not exercised", p)
 	}
-	checkBodies(t, c, doc, raw, s.bodies)
+	checkBodies(t, c, doc, raw, s.bodies, s.requests)
 }
 
 // checkBodies validates every JSON body answered against the schema its
@@ -451,7 +455,10 @@ func TestOpenAPIDocumentsEveryStatus(t *testing.T) {
 // 3.1), and requires every field of it to be documented: a property of
 // an object schema that lists properties, recursively (oneOf and schemas
 // without properties, such as Value, are not descended into).
-func checkBodies(t *testing.T, c *coordinator.Coordinator, doc openAPIDoc, raw map[string]any, answers []answer) {
+//
+// The JSON bodies of the requests that succeeded are checked the same way
+// against their operation's requestBody.
+func checkBodies(t *testing.T, c *coordinator.Coordinator, doc openAPIDoc, raw map[string]any, answers, requests []answer) {
 	t.Helper()
 	r := newClient(t, c).get("/openapi.json")
 	require.Equal(t, http.StatusOK, r.Status)
@@ -462,14 +469,20 @@ func checkBodies(t *testing.T, c *coordinator.Coordinator, doc openAPIDoc, raw m
 	require.NoError(t, comp.AddResource("openapi.json", res))
 	escape := strings.NewReplacer("~", "~0", "/", "~1").Replace
 	compiled := map[string]*jsonschema.Schema{}
-	for _, a := range answers {
+	for i, a := range slices.Concat(answers, requests) {
+		isRequest := i >= len(answers)
 		op, _ := doc.operation(a.pattern)
 		code := strconv.Itoa(a.status)
-		resp := op.Responses[code]
 		method, path, _ := strings.Cut(a.pattern, " ")
-		ptr := "/paths/" + escape(path) + "/" + strings.ToLower(method) + "/responses/" + code
-		if resp.Ref != "" {
+		ptr := "/paths/" + escape(path) + "/" + strings.ToLower(method)
+		what := fmt.Sprintf("%s answered %d with", a.request, a.status)
+		if isRequest {
+			ptr += "/requestBody"
+			what = fmt.Sprintf("%s succeeded with the request", a.request)
+		} else if resp := op.Responses[code]; resp.Ref != "" {
 			ptr = strings.TrimPrefix(resp.Ref, "#")
+		} else {
+			ptr += "/responses/" + code
 		}
 		ptr += "/content/application~1json/schema"
 		sch, ok := compiled[ptr]
@@ -480,7 +493,7 @@ func checkBodies(t *testing.T, c *coordinator.Coordinator, doc openAPIDoc, raw m
 		}
 		v, err := jsonschema.UnmarshalJSON(bytes.NewReader(a.body))
 		require.NoError(t, err, "%s: %s", a.request, a.body)
-		assert.NoError(t, sch.Validate(v), "%s answered %d with a body its schema refuses: %s", a.request, a.status, a.body)
+		assert.NoError(t, sch.Validate(v), "%s body its schema refuses: %s", what, a.body)
 
 		var node any = raw
 		for _, seg := range strings.Split(strings.TrimPrefix(ptr, "/"), "/") {
@@ -490,7 +503,7 @@ func checkBodies(t *testing.T, c *coordinator.Coordinator, doc openAPIDoc, raw m
 		var body any
 		require.NoError(t, json.Unmarshal(a.body, &body))
 		for _, f := range undocumentedFields(raw, node, body, "") {
-			t.Errorf("%s answered %d with field %s, which openapi.json does not document", a.request, a.status, f)
+			t.Errorf("%s field %s, which openapi.json does not document", what, f)
 		}
 	}
 }
