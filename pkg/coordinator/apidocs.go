@@ -15,8 +15,9 @@ import (
 // loaded from elsewhere). openapi.json is edited by hand: a route, status
 // or field added to the API goes there too, and the tests
 // (openapi_test.go) fail on a route Handler registers that it lacks, an
-// operation it lists that is not served, and a status a route answers
-// that its operation does not list.
+// operation it lists that is not served, a status a route answers that
+// its operation does not list, and a JSON body answered or accepted that
+// its schema refuses or that has a field the schema does not list.
 //
 // Both are served without the token, like upstream: the document holds no
 // secrets, and Swagger UI's Authorize button is where a client enters the
