@@ -118,7 +118,7 @@ func (p *page) screenshot(name string) {
 	require.NoError(p.t, err)
 	path := filepath.Join(artifactsDir(p.t), name)
 	require.NoError(p.t, os.WriteFile(path, png, 0o644))
-	p.t.Logf("screenshot of the runs page: %s", path)
+	p.t.Logf("screenshot: %s", path)
 }
 
 // fail keeps a screenshot and the page's text, then fails the test.

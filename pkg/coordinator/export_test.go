@@ -1,6 +1,10 @@
 package coordinator
 
-import stepflowv1 "github.com/stepflow-go/stepflow/proto/stepflowv1"
+import (
+	"net/http"
+
+	stepflowv1 "github.com/stepflow-go/stepflow/proto/stepflowv1"
+)
 
 // ReplayBlobJournal replays the blob journal now (as after an unclean
 // stop).
@@ -14,4 +18,20 @@ func (c *Coordinator) JournaledBlobs() (map[string]bool, error) {
 		return nil
 	})
 	return ids, err
+}
+
+// RoutePatterns returns the patterns Handler registers, in order.
+func (c *Coordinator) RoutePatterns() []string {
+	var r patternRecorder
+	c.routes(&r)
+	return r
+}
+
+// patternRecorder is a router that records patterns.
+type patternRecorder []string
+
+func (r *patternRecorder) Handle(pattern string, _ http.Handler) { *r = append(*r, pattern) }
+
+func (r *patternRecorder) HandleFunc(pattern string, _ func(http.ResponseWriter, *http.Request)) {
+	*r = append(*r, pattern)
 }

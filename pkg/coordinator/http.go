@@ -46,15 +46,32 @@ const (
 const retryAfterSeconds = 5
 
 // Handler returns the REST API (under /api/v1), the runs page (under
-// /ui/), the probes (/healthz, /readyz) and /metrics, with bearer-token
-// authentication when Config.AuthToken is set (on everything but the
-// probes, /api/v1/health and the runs page's sign-in; the runs page's
-// session cookie also works, see ui.go) and permissive CORS like
-// upstream. A standby coordinator forwards everything but the probes and
-// /metrics to the leader (leader.go). It is what Start serves; tests and
+// /ui/), the probes (/healthz, /readyz), /metrics, and the API's OpenAPI
+// document and Swagger UI (apidocs.go), with bearer-token authentication
+// when Config.AuthToken is set (on everything but the probes,
+// /api/v1/health, the API's documentation and the runs page's sign-in;
+// the runs page's session cookie also works, see ui.go) and permissive
+// CORS like upstream. A standby coordinator forwards everything but the
+// probes, /metrics, the profiles and the API's documentation to the
+// leader (leader.go). It is what Start serves; tests and
 // embedders may mount it elsewhere.
 func (c *Coordinator) Handler() http.Handler {
 	mux := http.NewServeMux()
+	c.routes(mux)
+	return c.forward(c.cors(c.auth(mux)))
+}
+
+// router is what routes are registered on: an *http.ServeMux (tests
+// record the patterns instead).
+type router interface {
+	Handle(pattern string, handler http.Handler)
+	HandleFunc(pattern string, handler func(http.ResponseWriter, *http.Request))
+}
+
+// routes registers every route Handler serves on mux. Every route but the
+// browser pages (the runs page, Swagger UI) is in the OpenAPI document
+// (apidocs.go), which a test keeps true.
+func (c *Coordinator) routes(mux router) {
 	mux.HandleFunc("GET /healthz", c.handleHealthz)
 	mux.HandleFunc("GET /readyz", c.handleReadyz)
 	mux.Handle("GET /metrics", metrics.Handler(c.reg, c.log))
@@ -78,10 +95,10 @@ func (c *Coordinator) Handler() http.Handler {
 	mux.HandleFunc("GET /api/v1/cluster", c.handleCluster)
 	profiling.Register(mux) // behind the token like everything else
 	c.mountUI(mux)
+	mountAPIDocs(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		c.writeError(w, r, errorf(ErrRunNotFound, "no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
-	return c.forward(c.cors(c.auth(mux)))
 }
 
 // withRunID guards a route that takes a {runId}: run ids are UUIDs (the
@@ -119,17 +136,19 @@ func parseRunID(s string) (string, error) {
 // token: liveness and readiness checks, which reveal nothing but whether
 // the process is up (probes and load balancers carry no token). /metrics
 // is not among them: run ids and flow names are in its labels. Keep every
-// exemption here (and the runs page's sign-in, uiPublic).
+// exemption here (and the runs page's sign-in, uiPublic, and the API's
+// documentation, docsPath).
 var unauthenticatedPaths = map[string]bool{
 	"/api/v1/health": true,
 	"/healthz":       true,
 	"/readyz":        true,
 }
 
-// auth requires the bearer token on everything but unauthenticatedPaths
-// and the runs page's sign-in. Without an Authorization header, the runs
-// page's session cookie is accepted instead; a mutating request on the
-// cookie alone must carry UIHeader (CSRF protection). An unauthenticated
+// auth requires the bearer token on everything but unauthenticatedPaths,
+// the runs page's sign-in and the API's documentation. Without an
+// Authorization header, the runs page's session cookie is accepted
+// instead; a mutating request on the cookie alone must carry UIHeader
+// (CSRF protection). An unauthenticated
 // page of the runs UI redirects to its sign-in form.
 func (c *Coordinator) auth(next http.Handler) http.Handler {
 	if c.cfg.AuthToken == "" {
@@ -139,7 +158,7 @@ func (c *Coordinator) auth(next http.Handler) http.Handler {
 	// reveals neither the token's bytes nor its length.
 	want := sha256.Sum256([]byte(c.cfg.AuthToken))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if unauthenticatedPaths[r.URL.Path] || uiPublic(r) {
+		if unauthenticatedPaths[r.URL.Path] || uiPublic(r) || docsPath(r.URL.Path) {
 			next.ServeHTTP(w, r)
 			return
 		}

@@ -161,13 +161,14 @@ func (c *Coordinator) leading() bool {
 
 // localPaths are answered by every coordinator itself: health checks
 // and metrics describe this process; so do the profiles under
-// profiling.Prefix (isLocal).
+// profiling.Prefix; every coordinator serves the same API documentation
+// (docsPath) (isLocal).
 var localPaths = map[string]bool{"/api/v1/health": true, "/healthz": true, "/readyz": true, "/metrics": true}
 
 // isLocal reports whether a path is answered by this coordinator even
 // while it stands by.
 func isLocal(path string) bool {
-	return localPaths[path] || strings.HasPrefix(path, profiling.Prefix)
+	return localPaths[path] || strings.HasPrefix(path, profiling.Prefix) || docsPath(path)
 }
 
 // forward serves the REST API as the leader, or forwards requests to it.

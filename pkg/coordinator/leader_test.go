@@ -60,6 +60,10 @@ func TestStandbyTakesOverTheRuns(t *testing.T) {
 	require.Equal(t, http.StatusOK, r.Status, "%s", r.Body)
 	require.Equal(t, "a", r.Header.Get("Stepflow-Forwarded-To"))
 	runID := r.JSON(t)["runId"].(string)
+	// The API's documentation is the standby's own, like the probes.
+	r = cb.get("/openapi.json")
+	require.Equal(t, http.StatusOK, r.Status)
+	require.Empty(t, r.Header.Get("Stepflow-Forwarded-To"))
 	counts := func() map[string]any {
 		r := cb.get("/runs/" + runID)
 		if r.Status != http.StatusOK {

@@ -53,7 +53,7 @@ const (
 var loginPage = template.Must(template.ParseFS(uiFS, "ui/login.html"))
 
 // mountUI adds the runs page's routes to mux.
-func (c *Coordinator) mountUI(mux *http.ServeMux) {
+func (c *Coordinator) mountUI(mux router) {
 	static, err := fs.Sub(uiFS, "ui/static")
 	if err != nil {
 		panic(err) // the embedded tree is fixed at build time

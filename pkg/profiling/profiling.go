@@ -30,8 +30,11 @@ const Prefix = "/debug/pprof/"
 
 // Register adds the profile routes to mux: the index at Prefix (which
 // also serves every named profile, /debug/pprof/heap and so on), the CPU
-// profile, the execution trace and symbol lookup.
-func Register(mux *http.ServeMux) {
+// profile, the execution trace and symbol lookup. mux is usually an
+// *http.ServeMux.
+func Register(mux interface {
+	HandleFunc(pattern string, handler func(http.ResponseWriter, *http.Request))
+}) {
 	mux.HandleFunc("GET "+Prefix, pprof.Index)
 	mux.HandleFunc("GET "+Prefix+"profile", pprof.Profile)
 	mux.HandleFunc("GET "+Prefix+"trace", pprof.Trace)
