@@ -44,6 +44,10 @@ type resultReq struct {
 	msg  *nats.Msg
 	res  *stepflowv1.ItemResult
 	done chan error
+	// batch is the result batch r came in (msg is nil then), pos its
+	// place there.
+	batch *resultBatch
+	pos   int
 	// blobs is a BlobJournal request's (res is nil then).
 	blobs []*stepflowv1.Blob
 	// journaled: blobs of this request went to the journal in this batch.
@@ -120,6 +124,10 @@ func (a *aggregator) receive(m *nats.Msg) {
 		}
 		return
 	}
+	if m.Subject == queue.ResultBatchSubject {
+		a.receiveBatch(m)
+		return
+	}
 	r, err := queue.DecodeResult(m.Data)
 	if err != nil {
 		a.c.log.Warn("dropping a malformed result", zap.String("subject", m.Subject), zap.Error(err))
@@ -131,6 +139,65 @@ func (a *aggregator) receive(m *nats.Msg) {
 	case a.in <- &resultReq{msg: m, res: r}:
 	case <-a.quit:
 		_ = m.RespondMsg(queue.ResultReply("", errNotLeading))
+	}
+}
+
+// resultBatch is a batch of results (queue.ResultBatchSubject) being
+// stored: it is answered once every result in it is.
+type resultBatch struct {
+	msg *nats.Msg
+
+	mu        sync.Mutex
+	outcomes  []queue.ResultBatchOutcome
+	remaining int
+}
+
+// answer records the outcome of the result at pos, and answers the batch
+// once it has them all.
+func (b *resultBatch) answer(pos int, o queue.ResultBatchOutcome, log *zap.Logger) {
+	b.mu.Lock()
+	b.outcomes[pos] = o
+	b.remaining--
+	done := b.remaining == 0
+	b.mu.Unlock()
+	if !done {
+		return
+	}
+	reply, err := queue.ResultBatchReply(b.outcomes)
+	if err != nil {
+		reply = queue.ResultReply("", err)
+	}
+	if err := b.msg.RespondMsg(reply); err != nil {
+		log.Debug("answering a result batch", zap.Error(err))
+	}
+}
+
+// receiveBatch hands each result of a batch to the committer, as if it
+// came alone.
+func (a *aggregator) receiveBatch(m *nats.Msg) {
+	results, err := queue.DecodeResultBatch(m.Data)
+	if err == nil && len(results) == 0 {
+		err = fmt.Errorf("%w: an empty result batch", queue.ErrBadMessage)
+	}
+	if err != nil {
+		a.c.log.Warn("refusing a malformed result batch", zap.Error(err))
+		_ = m.RespondMsg(queue.ResultReply("", err))
+		return
+	}
+	b := &resultBatch{msg: m, outcomes: make([]queue.ResultBatchOutcome, len(results)), remaining: len(results)}
+	for i, data := range results {
+		r, err := queue.DecodeResult(data)
+		if err != nil {
+			a.c.log.Warn("dropping a malformed result of a batch", zap.Error(err))
+			a.c.metrics.results.WithLabelValues(resultDropped).Inc()
+			b.answer(i, queue.ResultBatchOutcome{Answer: queue.ResultAnswer{Status: queue.ResultDropped}}, a.c.log)
+			continue
+		}
+		select {
+		case a.in <- &resultReq{res: r, batch: b, pos: i}:
+		case <-a.quit:
+			b.answer(i, queue.ResultBatchOutcome{Err: errNotLeading}, a.c.log)
+		}
 	}
 }
 
@@ -369,7 +436,8 @@ func (a *aggregator) commit() {
 		if r.err == nil && !r.finish.IsZero() {
 			a.c.metrics.aggLag.Observe(max(now.Sub(r.finish).Seconds(), 0))
 		}
-		if r.msg != nil {
+		switch {
+		case r.msg != nil:
 			answer := queue.ResultReply(r.status, r.err)
 			if r.err == nil && a.ackItem(r.res.GetItemAckSubject()) {
 				answer = queue.ResultReplyAcked(r.status)
@@ -377,7 +445,13 @@ func (a *aggregator) commit() {
 			if err := r.msg.RespondMsg(answer); err != nil {
 				a.c.log.Debug("answering a result", zap.Error(err))
 			}
-		} else {
+		case r.batch != nil:
+			o := queue.ResultBatchOutcome{Err: r.err}
+			if r.err == nil {
+				o.Answer = queue.ResultAnswer{Status: r.status, ItemAcked: a.ackItem(r.res.GetItemAckSubject())}
+			}
+			r.batch.answer(r.pos, o, a.c.log)
+		default:
 			r.done <- r.err
 		}
 	}

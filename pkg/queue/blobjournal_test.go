@@ -136,3 +136,31 @@ func TestJournalBlobsRequest(t *testing.T) {
 	t.Cleanup(func() { _ = sub3.Unsubscribe() })
 	require.ErrorIs(t, queue.JournalBlobs(cctx, b.nc, blobs), queue.ErrResultRefused)
 }
+
+func TestResultBatchAnswers(t *testing.T) {
+	t.Parallel()
+	reply, err := queue.ResultBatchReply([]queue.ResultBatchOutcome{
+		{Answer: queue.ResultAnswer{Status: queue.ResultStored, ItemAcked: true}},
+		{Err: fmt.Errorf("no space left on device")},
+		{Answer: queue.ResultAnswer{Status: queue.ResultDuplicate}},
+	})
+	require.NoError(t, err)
+	outs, err := queue.ParseResultBatchReply(reply, 3)
+	require.NoError(t, err)
+	require.Equal(t, queue.ResultAnswer{Status: queue.ResultStored, ItemAcked: true}, outs[0].Answer)
+	require.ErrorIs(t, outs[1].Err, queue.ErrResultRefused)
+	require.ErrorContains(t, outs[1].Err, "no space left on device")
+	require.Equal(t, queue.ResultDuplicate, outs[2].Answer.Status)
+
+	_, err = queue.ParseResultBatchReply(reply, 2)
+	require.ErrorIs(t, err, queue.ErrNoBatchAnswer, "an answer for another number of results")
+	_, err = queue.ParseResultBatchReply(queue.ResultReply(queue.ResultDropped, nil), 2)
+	require.ErrorIs(t, err, queue.ErrNoBatchAnswer, "a coordinator of an earlier release")
+	_, err = queue.ParseResultBatchReply(queue.ResultReply("", fmt.Errorf("stopping")), 2)
+	require.ErrorIs(t, err, queue.ErrResultRefused, "refused as a whole")
+	bad := queue.ResultReplyAcked(queue.ResultStored)
+	bad.Header.Set(queue.ResultBatchHeader, "2")
+	bad.Data = []byte{0xff}
+	_, err = queue.ParseResultBatchReply(bad, 2)
+	require.ErrorIs(t, err, queue.ErrBadMessage)
+}

@@ -42,7 +42,9 @@ type bundle struct {
 	runs  *queue.RunStore
 	flows *queue.FlowStore
 	sink  *resultSink
-	log   *zap.Logger
+	// sinkSub is the sink's subscription (a test may take it out).
+	sinkSub *nats.Subscription
+	log     *zap.Logger
 }
 
 func setup(t testing.TB) *bundle {
@@ -63,7 +65,7 @@ func setup(t testing.TB) *bundle {
 	sub, err := queue.SubscribeResults(nc, sink.receive)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = sub.Unsubscribe() })
-	return &bundle{t: t, srv: srv, url: srv.ClientURL(), nc: nc, js: js, runs: runs, flows: flows, sink: sink, log: log}
+	return &bundle{t: t, srv: srv, url: srv.ClientURL(), nc: nc, js: js, runs: runs, flows: flows, sink: sink, sinkSub: sub, log: log}
 }
 
 // resultSink plays the coordinator's part in the result protocol: it
@@ -116,20 +118,47 @@ func (s *resultSink) receive(m *nats.Msg) {
 		_ = m.RespondMsg(queue.ResultReply(queue.ResultStored, err))
 		return
 	}
+	if m.Subject == queue.ResultBatchSubject {
+		results, err := queue.DecodeResultBatch(m.Data)
+		if err != nil {
+			_ = m.RespondMsg(queue.ResultReply("", err))
+			return
+		}
+		outs := make([]queue.ResultBatchOutcome, len(results))
+		for i, data := range results {
+			r, err := queue.DecodeResult(data)
+			if err != nil {
+				outs[i].Err = err
+				continue
+			}
+			status, err := s.store(r)
+			outs[i] = queue.ResultBatchOutcome{Answer: queue.ResultAnswer{Status: status}, Err: err}
+		}
+		reply, err := queue.ResultBatchReply(outs)
+		if err != nil {
+			reply = queue.ResultReply("", err)
+		}
+		_ = m.RespondMsg(reply)
+		return
+	}
 	r, err := queue.DecodeResult(m.Data)
 	if err != nil {
 		_ = m.RespondMsg(queue.ResultReply("", err))
 		return
 	}
+	status, err := s.store(r)
+	_ = m.RespondMsg(queue.ResultReply(status, err))
+}
+
+// store keeps the first result per index (or refuses it when told to).
+func (s *resultSink) store(r *stepflowv1.ItemResult) (queue.ResultStatus, error) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.refuse != "" {
-		reason := s.refuse
 		s.refused++
 		close(s.changed)
 		s.changed = make(chan struct{})
-		s.mu.Unlock()
-		_ = m.RespondMsg(queue.ResultReply("", fmt.Errorf("%s", reason)))
-		return
+		return "", fmt.Errorf("%s", s.refuse)
 	}
 	s.received[r.GetRunId()]++
 	key := queue.MsgID(r.GetRunId(), int(r.GetIndex()))
@@ -141,8 +170,7 @@ func (s *resultSink) receive(m *nats.Msg) {
 	}
 	close(s.changed)
 	s.changed = make(chan struct{})
-	s.mu.Unlock()
-	_ = m.RespondMsg(queue.ResultReply(status, nil))
+	return status, nil
 }
 
 // setRefuse makes the sink refuse every result with reason ("" accepts

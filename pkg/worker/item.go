@@ -78,7 +78,14 @@ func (w *Worker) sendResult(ctx context.Context, subject string, data []byte, ru
 	for attempt := 1; ; attempt++ {
 		actx, cancel := context.WithTimeout(ctx, resultTimeout)
 		stop := context.AfterFunc(w.epoch.current(), cancel)
-		answer, err := queue.SendResult(actx, w.nc, subject, data)
+		var answer queue.ResultAnswer
+		var err error
+		if attempt == 1 && w.results != nil {
+			// With the results that finish meanwhile (resultSender).
+			answer, err = w.results.send(actx, subject, data)
+		} else {
+			answer, err = queue.SendResult(actx, w.nc, subject, data)
+		}
 		reconnected := actx.Err() != nil && ctx.Err() == nil && w.nc.IsConnected() && !errors.Is(actx.Err(), context.DeadlineExceeded)
 		stop()
 		cancel()
@@ -90,6 +97,9 @@ func (w *Worker) sendResult(ctx context.Context, subject string, data []byte, ru
 		}
 		if cause := context.Cause(ctx); cause != nil {
 			return queue.ResultAnswer{}, cause
+		}
+		if errors.Is(err, queue.ErrNoBatchAnswer) {
+			continue // a coordinator of an earlier release: alone, at once
 		}
 		lvl := zap.DebugLevel
 		if attempt == 2 || attempt%20 == 0 {

@@ -80,6 +80,7 @@ type Worker struct {
 	// Set by Start, read-only afterwards.
 	nc       *nats.Conn
 	js       jetstream.JetStream
+	results  *resultSender
 	runStore *queue.RunStore
 	blobs    *queue.ObjectBlobStore
 	flows    *flowCache
@@ -241,6 +242,7 @@ func (w *Worker) start(ctx context.Context) error {
 		return fmt.Errorf("worker: %w", err)
 	}
 	w.nc, w.js = nc, js
+	w.results = newResultSender(w.workCtx, nc, w.epoch)
 	if err := w.openStores(ctx); err != nil {
 		return err
 	}
@@ -362,6 +364,9 @@ func (w *Worker) run() {
 		<-w.sched.done
 	}
 	w.workCancel(errWorkerStopping)
+	if w.results != nil {
+		w.results.wait()
+	}
 	err := w.cleanup()
 	w.log.Info("worker stopped")
 	w.mu.Lock()

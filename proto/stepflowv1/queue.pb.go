@@ -523,6 +523,163 @@ func (x *ItemResult) GetSteps() []byte {
 	return nil
 }
 
+// ResultBatch carries several results in one request (on
+// stepflow.results.batch): each element is an encoded ItemResult, as sent
+// alone.
+type ResultBatch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Results       [][]byte               `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResultBatch) Reset() {
+	*x = ResultBatch{}
+	mi := &file_stepflow_v1_queue_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResultBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResultBatch) ProtoMessage() {}
+
+func (x *ResultBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_stepflow_v1_queue_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResultBatch.ProtoReflect.Descriptor instead.
+func (*ResultBatch) Descriptor() ([]byte, []int) {
+	return file_stepflow_v1_queue_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ResultBatch) GetResults() [][]byte {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+// ResultBatchAnswer answers a ResultBatch, one answer per result in order.
+type ResultBatchAnswer struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Answers       []*ResultBatchEntry    `protobuf:"bytes,1,rep,name=answers,proto3" json:"answers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResultBatchAnswer) Reset() {
+	*x = ResultBatchAnswer{}
+	mi := &file_stepflow_v1_queue_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResultBatchAnswer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResultBatchAnswer) ProtoMessage() {}
+
+func (x *ResultBatchAnswer) ProtoReflect() protoreflect.Message {
+	mi := &file_stepflow_v1_queue_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResultBatchAnswer.ProtoReflect.Descriptor instead.
+func (*ResultBatchAnswer) Descriptor() ([]byte, []int) {
+	return file_stepflow_v1_queue_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ResultBatchAnswer) GetAnswers() []*ResultBatchEntry {
+	if x != nil {
+		return x.Answers
+	}
+	return nil
+}
+
+// ResultBatchEntry is what became of one result of a batch.
+type ResultBatchEntry struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "stored", "duplicate" or "dropped"; empty when error is set.
+	Status string `protobuf:"bytes,1,opt,name=status,proto3" json:"status,omitempty"`
+	// The coordinator acked the item message.
+	ItemAcked bool `protobuf:"varint,2,opt,name=item_acked,json=itemAcked,proto3" json:"item_acked,omitempty"`
+	// Why the result was not stored (the worker keeps it and sends it
+	// again).
+	Error         string `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResultBatchEntry) Reset() {
+	*x = ResultBatchEntry{}
+	mi := &file_stepflow_v1_queue_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResultBatchEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResultBatchEntry) ProtoMessage() {}
+
+func (x *ResultBatchEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_stepflow_v1_queue_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResultBatchEntry.ProtoReflect.Descriptor instead.
+func (*ResultBatchEntry) Descriptor() ([]byte, []int) {
+	return file_stepflow_v1_queue_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ResultBatchEntry) GetStatus() string {
+	if x != nil {
+		return x.Status
+	}
+	return ""
+}
+
+func (x *ResultBatchEntry) GetItemAcked() bool {
+	if x != nil {
+		return x.ItemAcked
+	}
+	return false
+}
+
+func (x *ResultBatchEntry) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 // Blob is a blob carried to the coordinator's blob journal.
 type Blob struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -539,7 +696,7 @@ type Blob struct {
 
 func (x *Blob) Reset() {
 	*x = Blob{}
-	mi := &file_stepflow_v1_queue_proto_msgTypes[2]
+	mi := &file_stepflow_v1_queue_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -551,7 +708,7 @@ func (x *Blob) String() string {
 func (*Blob) ProtoMessage() {}
 
 func (x *Blob) ProtoReflect() protoreflect.Message {
-	mi := &file_stepflow_v1_queue_proto_msgTypes[2]
+	mi := &file_stepflow_v1_queue_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -564,7 +721,7 @@ func (x *Blob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Blob.ProtoReflect.Descriptor instead.
 func (*Blob) Descriptor() ([]byte, []int) {
-	return file_stepflow_v1_queue_proto_rawDescGZIP(), []int{2}
+	return file_stepflow_v1_queue_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Blob) GetId() string {
@@ -600,7 +757,7 @@ type BlobJournal struct {
 
 func (x *BlobJournal) Reset() {
 	*x = BlobJournal{}
-	mi := &file_stepflow_v1_queue_proto_msgTypes[3]
+	mi := &file_stepflow_v1_queue_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -612,7 +769,7 @@ func (x *BlobJournal) String() string {
 func (*BlobJournal) ProtoMessage() {}
 
 func (x *BlobJournal) ProtoReflect() protoreflect.Message {
-	mi := &file_stepflow_v1_queue_proto_msgTypes[3]
+	mi := &file_stepflow_v1_queue_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -625,7 +782,7 @@ func (x *BlobJournal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlobJournal.ProtoReflect.Descriptor instead.
 func (*BlobJournal) Descriptor() ([]byte, []int) {
-	return file_stepflow_v1_queue_proto_rawDescGZIP(), []int{3}
+	return file_stepflow_v1_queue_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *BlobJournal) GetBlobs() []*Blob {
@@ -650,7 +807,7 @@ type ItemCounts struct {
 
 func (x *ItemCounts) Reset() {
 	*x = ItemCounts{}
-	mi := &file_stepflow_v1_queue_proto_msgTypes[4]
+	mi := &file_stepflow_v1_queue_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -662,7 +819,7 @@ func (x *ItemCounts) String() string {
 func (*ItemCounts) ProtoMessage() {}
 
 func (x *ItemCounts) ProtoReflect() protoreflect.Message {
-	mi := &file_stepflow_v1_queue_proto_msgTypes[4]
+	mi := &file_stepflow_v1_queue_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -675,7 +832,7 @@ func (x *ItemCounts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ItemCounts.ProtoReflect.Descriptor instead.
 func (*ItemCounts) Descriptor() ([]byte, []int) {
-	return file_stepflow_v1_queue_proto_rawDescGZIP(), []int{4}
+	return file_stepflow_v1_queue_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ItemCounts) GetCompleted() uint64 {
@@ -759,7 +916,7 @@ type RunRecord struct {
 
 func (x *RunRecord) Reset() {
 	*x = RunRecord{}
-	mi := &file_stepflow_v1_queue_proto_msgTypes[5]
+	mi := &file_stepflow_v1_queue_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -771,7 +928,7 @@ func (x *RunRecord) String() string {
 func (*RunRecord) ProtoMessage() {}
 
 func (x *RunRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_stepflow_v1_queue_proto_msgTypes[5]
+	mi := &file_stepflow_v1_queue_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -784,7 +941,7 @@ func (x *RunRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunRecord.ProtoReflect.Descriptor instead.
 func (*RunRecord) Descriptor() ([]byte, []int) {
-	return file_stepflow_v1_queue_proto_rawDescGZIP(), []int{5}
+	return file_stepflow_v1_queue_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *RunRecord) GetRunId() string {
@@ -989,7 +1146,7 @@ type WorkerStatus struct {
 
 func (x *WorkerStatus) Reset() {
 	*x = WorkerStatus{}
-	mi := &file_stepflow_v1_queue_proto_msgTypes[6]
+	mi := &file_stepflow_v1_queue_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1001,7 +1158,7 @@ func (x *WorkerStatus) String() string {
 func (*WorkerStatus) ProtoMessage() {}
 
 func (x *WorkerStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_stepflow_v1_queue_proto_msgTypes[6]
+	mi := &file_stepflow_v1_queue_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1014,7 +1171,7 @@ func (x *WorkerStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerStatus.ProtoReflect.Descriptor instead.
 func (*WorkerStatus) Descriptor() ([]byte, []int) {
-	return file_stepflow_v1_queue_proto_rawDescGZIP(), []int{6}
+	return file_stepflow_v1_queue_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *WorkerStatus) GetWorkerId() string {
@@ -1205,7 +1362,7 @@ type WorkerComponent struct {
 
 func (x *WorkerComponent) Reset() {
 	*x = WorkerComponent{}
-	mi := &file_stepflow_v1_queue_proto_msgTypes[7]
+	mi := &file_stepflow_v1_queue_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1217,7 +1374,7 @@ func (x *WorkerComponent) String() string {
 func (*WorkerComponent) ProtoMessage() {}
 
 func (x *WorkerComponent) ProtoReflect() protoreflect.Message {
-	mi := &file_stepflow_v1_queue_proto_msgTypes[7]
+	mi := &file_stepflow_v1_queue_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1230,7 +1387,7 @@ func (x *WorkerComponent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerComponent.ProtoReflect.Descriptor instead.
 func (*WorkerComponent) Descriptor() ([]byte, []int) {
-	return file_stepflow_v1_queue_proto_rawDescGZIP(), []int{7}
+	return file_stepflow_v1_queue_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *WorkerComponent) GetPath() string {
@@ -1314,7 +1471,16 @@ const file_stepflow_v1_queue_proto_rawDesc = "" +
 	"\x0fitem_stream_seq\x18\f \x01(\x04R\ritemStreamSeq\x12(\n" +
 	"\x10item_ack_subject\x18\r \x01(\tR\x0eitemAckSubject\x12'\n" +
 	"\x05blobs\x18\x0e \x03(\v2\x11.stepflow.v1.BlobR\x05blobs\x12\x14\n" +
-	"\x05steps\x18\x0f \x01(\fR\x05steps\">\n" +
+	"\x05steps\x18\x0f \x01(\fR\x05steps\"'\n" +
+	"\vResultBatch\x12\x18\n" +
+	"\aresults\x18\x01 \x03(\fR\aresults\"L\n" +
+	"\x11ResultBatchAnswer\x127\n" +
+	"\aanswers\x18\x01 \x03(\v2\x1d.stepflow.v1.ResultBatchEntryR\aanswers\"_\n" +
+	"\x10ResultBatchEntry\x12\x16\n" +
+	"\x06status\x18\x01 \x01(\tR\x06status\x12\x1d\n" +
+	"\n" +
+	"item_acked\x18\x02 \x01(\bR\titemAcked\x12\x14\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\">\n" +
 	"\x04Blob\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x12\n" +
@@ -1417,51 +1583,55 @@ func file_stepflow_v1_queue_proto_rawDescGZIP() []byte {
 }
 
 var file_stepflow_v1_queue_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_stepflow_v1_queue_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_stepflow_v1_queue_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_stepflow_v1_queue_proto_goTypes = []any{
 	(ResultSource)(0),             // 0: stepflow.v1.ResultSource
 	(RunStatus)(0),                // 1: stepflow.v1.RunStatus
 	(*Item)(nil),                  // 2: stepflow.v1.Item
 	(*ItemResult)(nil),            // 3: stepflow.v1.ItemResult
-	(*Blob)(nil),                  // 4: stepflow.v1.Blob
-	(*BlobJournal)(nil),           // 5: stepflow.v1.BlobJournal
-	(*ItemCounts)(nil),            // 6: stepflow.v1.ItemCounts
-	(*RunRecord)(nil),             // 7: stepflow.v1.RunRecord
-	(*WorkerStatus)(nil),          // 8: stepflow.v1.WorkerStatus
-	(*WorkerComponent)(nil),       // 9: stepflow.v1.WorkerComponent
-	nil,                           // 10: stepflow.v1.Item.TraceContextEntry
-	nil,                           // 11: stepflow.v1.WorkerStatus.RunBusyEntry
-	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 13: google.protobuf.Duration
+	(*ResultBatch)(nil),           // 4: stepflow.v1.ResultBatch
+	(*ResultBatchAnswer)(nil),     // 5: stepflow.v1.ResultBatchAnswer
+	(*ResultBatchEntry)(nil),      // 6: stepflow.v1.ResultBatchEntry
+	(*Blob)(nil),                  // 7: stepflow.v1.Blob
+	(*BlobJournal)(nil),           // 8: stepflow.v1.BlobJournal
+	(*ItemCounts)(nil),            // 9: stepflow.v1.ItemCounts
+	(*RunRecord)(nil),             // 10: stepflow.v1.RunRecord
+	(*WorkerStatus)(nil),          // 11: stepflow.v1.WorkerStatus
+	(*WorkerComponent)(nil),       // 12: stepflow.v1.WorkerComponent
+	nil,                           // 13: stepflow.v1.Item.TraceContextEntry
+	nil,                           // 14: stepflow.v1.WorkerStatus.RunBusyEntry
+	(*timestamppb.Timestamp)(nil), // 15: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 16: google.protobuf.Duration
 }
 var file_stepflow_v1_queue_proto_depIdxs = []int32{
-	12, // 0: stepflow.v1.Item.enqueued_at:type_name -> google.protobuf.Timestamp
-	12, // 1: stepflow.v1.Item.deadline:type_name -> google.protobuf.Timestamp
-	13, // 2: stepflow.v1.Item.heartbeat_interval:type_name -> google.protobuf.Duration
-	10, // 3: stepflow.v1.Item.trace_context:type_name -> stepflow.v1.Item.TraceContextEntry
+	15, // 0: stepflow.v1.Item.enqueued_at:type_name -> google.protobuf.Timestamp
+	15, // 1: stepflow.v1.Item.deadline:type_name -> google.protobuf.Timestamp
+	16, // 2: stepflow.v1.Item.heartbeat_interval:type_name -> google.protobuf.Duration
+	13, // 3: stepflow.v1.Item.trace_context:type_name -> stepflow.v1.Item.TraceContextEntry
 	0,  // 4: stepflow.v1.ItemResult.source:type_name -> stepflow.v1.ResultSource
-	12, // 5: stepflow.v1.ItemResult.started_at:type_name -> google.protobuf.Timestamp
-	12, // 6: stepflow.v1.ItemResult.finished_at:type_name -> google.protobuf.Timestamp
-	4,  // 7: stepflow.v1.ItemResult.blobs:type_name -> stepflow.v1.Blob
-	4,  // 8: stepflow.v1.BlobJournal.blobs:type_name -> stepflow.v1.Blob
-	1,  // 9: stepflow.v1.RunRecord.status:type_name -> stepflow.v1.RunStatus
-	6,  // 10: stepflow.v1.RunRecord.items:type_name -> stepflow.v1.ItemCounts
-	12, // 11: stepflow.v1.RunRecord.created_at:type_name -> google.protobuf.Timestamp
-	12, // 12: stepflow.v1.RunRecord.completed_at:type_name -> google.protobuf.Timestamp
-	13, // 13: stepflow.v1.RunRecord.ack_wait:type_name -> google.protobuf.Duration
-	12, // 14: stepflow.v1.WorkerStatus.started_at:type_name -> google.protobuf.Timestamp
-	12, // 15: stepflow.v1.WorkerStatus.heartbeat_at:type_name -> google.protobuf.Timestamp
-	13, // 16: stepflow.v1.WorkerStatus.heartbeat_interval:type_name -> google.protobuf.Duration
-	11, // 17: stepflow.v1.WorkerStatus.run_busy:type_name -> stepflow.v1.WorkerStatus.RunBusyEntry
-	13, // 18: stepflow.v1.WorkerStatus.window:type_name -> google.protobuf.Duration
-	13, // 19: stepflow.v1.WorkerStatus.mean_duration:type_name -> google.protobuf.Duration
-	13, // 20: stepflow.v1.WorkerStatus.p95_duration:type_name -> google.protobuf.Duration
-	9,  // 21: stepflow.v1.WorkerStatus.components:type_name -> stepflow.v1.WorkerComponent
-	22, // [22:22] is the sub-list for method output_type
-	22, // [22:22] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	15, // 5: stepflow.v1.ItemResult.started_at:type_name -> google.protobuf.Timestamp
+	15, // 6: stepflow.v1.ItemResult.finished_at:type_name -> google.protobuf.Timestamp
+	7,  // 7: stepflow.v1.ItemResult.blobs:type_name -> stepflow.v1.Blob
+	6,  // 8: stepflow.v1.ResultBatchAnswer.answers:type_name -> stepflow.v1.ResultBatchEntry
+	7,  // 9: stepflow.v1.BlobJournal.blobs:type_name -> stepflow.v1.Blob
+	1,  // 10: stepflow.v1.RunRecord.status:type_name -> stepflow.v1.RunStatus
+	9,  // 11: stepflow.v1.RunRecord.items:type_name -> stepflow.v1.ItemCounts
+	15, // 12: stepflow.v1.RunRecord.created_at:type_name -> google.protobuf.Timestamp
+	15, // 13: stepflow.v1.RunRecord.completed_at:type_name -> google.protobuf.Timestamp
+	16, // 14: stepflow.v1.RunRecord.ack_wait:type_name -> google.protobuf.Duration
+	15, // 15: stepflow.v1.WorkerStatus.started_at:type_name -> google.protobuf.Timestamp
+	15, // 16: stepflow.v1.WorkerStatus.heartbeat_at:type_name -> google.protobuf.Timestamp
+	16, // 17: stepflow.v1.WorkerStatus.heartbeat_interval:type_name -> google.protobuf.Duration
+	14, // 18: stepflow.v1.WorkerStatus.run_busy:type_name -> stepflow.v1.WorkerStatus.RunBusyEntry
+	16, // 19: stepflow.v1.WorkerStatus.window:type_name -> google.protobuf.Duration
+	16, // 20: stepflow.v1.WorkerStatus.mean_duration:type_name -> google.protobuf.Duration
+	16, // 21: stepflow.v1.WorkerStatus.p95_duration:type_name -> google.protobuf.Duration
+	12, // 22: stepflow.v1.WorkerStatus.components:type_name -> stepflow.v1.WorkerComponent
+	23, // [23:23] is the sub-list for method output_type
+	23, // [23:23] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_stepflow_v1_queue_proto_init() }
@@ -1475,7 +1645,7 @@ func file_stepflow_v1_queue_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_stepflow_v1_queue_proto_rawDesc), len(file_stepflow_v1_queue_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   10,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
