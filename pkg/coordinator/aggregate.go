@@ -493,6 +493,18 @@ func (a *aggregator) syncAll() (failed map[*runState]error, journalErr error) {
 	failed = map[*runState]error{}
 	journal := a.journalDirty
 	a.journalDirty = false
+	// Each run's results of the batch are written in one write first;
+	// readers see them once written.
+	for st := range a.touched {
+		logErr, slotErr := st.flush()
+		if slotErr != nil {
+			a.c.log.Warn("cannot write result index slots; the index is repaired from the log at the next open", zap.String("run", st.id), zap.Error(slotErr))
+		}
+		if logErr != nil {
+			a.c.log.Error("cannot write results; their workers send them again", zap.String("run", st.id), zap.Error(logErr))
+			failed[st] = fmt.Errorf("cannot store the results of run %s: %w", st.id, logErr)
+		}
+	}
 	if !a.c.cfg.SyncResults {
 		return failed, nil
 	}
@@ -514,6 +526,9 @@ func (a *aggregator) syncAll() (failed map[*runState]error, journalErr error) {
 		})
 	}
 	for st := range a.touched {
+		if failed[st] != nil {
+			continue
+		}
 		async(func() {
 			if err := st.sync(); err != nil {
 				a.c.log.Error("cannot sync results; their workers send them again", zap.String("run", st.id), zap.Error(err))

@@ -61,21 +61,22 @@ type runState struct {
 	maxConc      atomic.Int64  // the run's concurrency, for metrics
 	redeliveries atomic.Uint64 // extra deliveries of the items with a stored result
 
-	mu         sync.Mutex
-	log        *resultLog // nil once the run finished (or was detached)
-	succeeded  int
-	failed     int
-	flushed    [2]int // succeeded, failed as last written to the record
-	status     stepflowv1.RunStatus
-	committed  int64                 // bytes of the result log readers may read
-	lastAdded  time.Time             // when the last result was stored (zero: none since attached)
-	attachedAt time.Time             // when this coordinator attached the run
-	pubAt      time.Time             // when the publisher last put an item on the queue
-	stalls     int                   // consecutive checks that found the run stalled (items.go)
-	pubGen     int                   // times the items were published again after a loss (items.go)
-	changed    chan struct{}         // closed and replaced on every change
-	done       chan struct{}         // closed when the run finished
-	final      *stepflowv1.RunRecord // the terminal record, once terminate wrote it
+	mu          sync.Mutex
+	log         *resultLog // nil once the run finished (or was detached)
+	succeeded   int
+	failed      int
+	flushed     [2]int // succeeded, failed as last written to the record
+	status      stepflowv1.RunStatus
+	committed   int64                 // bytes of the result log readers may read
+	pendingAdds []pendingAdd          // results added, not yet flushed
+	lastAdded   time.Time             // when the last result was stored (zero: none since attached)
+	attachedAt  time.Time             // when this coordinator attached the run
+	pubAt       time.Time             // when the publisher last put an item on the queue
+	stalls      int                   // consecutive checks that found the run stalled (items.go)
+	pubGen      int                   // times the items were published again after a loss (items.go)
+	changed     chan struct{}         // closed and replaced on every change
+	done        chan struct{}         // closed when the run finished
+	final       *stepflowv1.RunRecord // the terminal record, once terminate wrote it
 
 	released bool // no longer counted in Coordinator.topLevel; guarded by Coordinator.mu
 
@@ -188,7 +189,8 @@ func (s *runState) add(rec *resultRecord) (bool, error) {
 	if err != nil || !added {
 		return false, err
 	}
-	if rec.Index < s.frontier {
+	p := pendingAdd{index: rec.Index, failed: rec.Failed, below: rec.Index < s.frontier}
+	if p.below {
 		s.below++
 	}
 	if rec.Failed {
@@ -196,9 +198,50 @@ func (s *runState) add(rec *resultRecord) (bool, error) {
 	} else {
 		s.succeeded++
 	}
-	s.committed = s.log.size
+	s.pendingAdds = append(s.pendingAdds, p)
 	s.lastAdded = time.Now()
 	return true, nil
+}
+
+// pendingAdd is what add counted for a record flush has not written yet.
+type pendingAdd struct {
+	index         int
+	failed, below bool
+}
+
+// flush writes the results added since the last flush (a batch) and
+// lets readers read them. When the write fails, their counts are taken
+// back with them (see resultLog.flush) and the error returned; a failed
+// index slot write is only reported (slotErr).
+func (s *runState) flush() (logErr, slotErr error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.log == nil {
+		return nil, nil
+	}
+	forgotten, logErr, slotErr := s.log.flush()
+	if len(forgotten) > 0 {
+		lost := make(map[int]bool, len(forgotten))
+		for _, i := range forgotten {
+			lost[i] = true
+		}
+		for _, p := range s.pendingAdds {
+			if !lost[p.index] {
+				continue
+			}
+			if p.below {
+				s.below--
+			}
+			if p.failed {
+				s.failed--
+			} else {
+				s.succeeded--
+			}
+		}
+	}
+	s.pendingAdds = s.pendingAdds[:0]
+	s.committed = s.log.size
+	return logErr, slotErr
 }
 
 // lastResult returns when the run's last result was stored by this

@@ -190,6 +190,32 @@ type resultLog struct {
 	seen []uint64
 	// dirty says records were written since the last sync.
 	dirty bool
+	// Records added and not yet written (flush): their bytes, from offset
+	// pendingAt (size counts them already), their indices (marked in
+	// seen) and index slots.
+	pending   []byte
+	pendingAt int64
+	slots     []pendingSlot
+	// lost and lostErr: records forgotten by a write add made early
+	// (pending grew past maxPendingBytes) that failed; flush reports them.
+	lost    []int
+	lostErr error
+}
+
+// maxPendingBytes bounds the records add keeps before it writes them.
+const maxPendingBytes = 1 << 20
+
+// pendingSlot is an index slot to write: index's record is at off.
+type pendingSlot struct {
+	index int
+	off   int64
+}
+
+// unmark forgets that index has a result (a write that failed).
+func (l *resultLog) unmark(index int) {
+	if w := index / 64; w < len(l.seen) {
+		l.seen[w] &^= 1 << (index % 64)
+	}
 }
 
 // mark records that index has a result.
@@ -367,23 +393,79 @@ func (l *resultLog) add(r *resultRecord) (added bool, err error) {
 	if err != nil || dup {
 		return false, err
 	}
-	l.buf = appendRecord(l.buf[:0], r)
-	if _, err := l.log.WriteAt(l.buf, l.size); err != nil {
-		return false, fmt.Errorf("coordinator: result log: %w", err)
+	if len(l.pending) >= maxPendingBytes {
+		if forgotten, err, _ := l.flush(); err != nil {
+			l.lost, l.lostErr = append(l.lost, forgotten...), err
+			return false, err
+		}
+	}
+	if len(l.pending) == 0 {
+		l.pendingAt = l.size
 	}
 	off := l.size
-	l.size += int64(len(l.buf))
+	l.pending = appendRecord(l.pending, r)
+	l.size = l.pendingAt + int64(len(l.pending))
 	l.mark(r.Index)
-	l.dirty = true
-	if err := l.setSlot(r.Index, off); err != nil {
-		return false, err
-	}
+	l.slots = append(l.slots, pendingSlot{r.Index, off})
 	return true, nil
+}
+
+// flush writes the records added since the last flush: one write for
+// the log, one per run of consecutive index slots. When the log write
+// fails (logErr), the records are forgotten (unmarked, size back): their
+// results were not stored, and are sent again; forgotten says which. A
+// failed slot write (slotErr) loses no result: the index is not fsynced
+// and is repaired from the log at open.
+func (l *resultLog) flush() (forgotten []int, logErr, slotErr error) {
+	forgotten, logErr = l.lost, l.lostErr
+	l.lost, l.lostErr = nil, nil
+	if len(l.pending) == 0 {
+		return forgotten, logErr, nil
+	}
+	if _, err := l.log.WriteAt(l.pending, l.pendingAt); err != nil {
+		for _, s := range l.slots {
+			l.unmark(s.index)
+			forgotten = append(forgotten, s.index)
+		}
+		l.size = l.pendingAt
+		l.pending, l.slots = l.pending[:0], l.slots[:0]
+		return forgotten, errors.Join(logErr, fmt.Errorf("coordinator: result log: %w", err)), nil
+	}
+	l.pending = l.pending[:0]
+	l.dirty = true
+	slotErr = l.writeSlots()
+	l.slots = l.slots[:0]
+	return forgotten, logErr, slotErr
+}
+
+// writeSlots writes the pending index slots, consecutive indices in one
+// write.
+func (l *resultLog) writeSlots() error {
+	slots := l.slots
+	for len(slots) > 0 {
+		n := 1
+		for n < len(slots) && slots[n].index == slots[n-1].index+1 {
+			n++
+		}
+		buf := l.buf[:0]
+		for _, s := range slots[:n] {
+			buf = binary.LittleEndian.AppendUint64(buf, uint64(s.off+1))
+		}
+		l.buf = buf
+		if _, err := l.idx.WriteAt(buf, int64(slots[0].index)*slotSize); err != nil {
+			return fmt.Errorf("coordinator: result index: %w", err)
+		}
+		slots = slots[n:]
+	}
+	return nil
 }
 
 // sync flushes the log to stable storage: what a result's answer waits
 // for. The index is derived from the log (see seen).
 func (l *resultLog) sync() error {
+	if _, err, _ := l.flush(); err != nil {
+		return err
+	}
 	if !l.dirty {
 		return nil // a run's last commit synced it; finishing it needs no second fsync
 	}
@@ -395,7 +477,8 @@ func (l *resultLog) sync() error {
 }
 
 func (l *resultLog) close() error {
-	return errors.Join(l.log.Close(), l.idx.Close())
+	_, logErr, slotErr := l.flush()
+	return errors.Join(logErr, slotErr, l.log.Close(), l.idx.Close())
 }
 
 // resultReader reads a run's result store while it is written (up to the

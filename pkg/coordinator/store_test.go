@@ -301,3 +301,57 @@ func TestResultStoreSteps(t *testing.T) {
 	require.Equal(t, size, end)
 	require.Equal(t, []int{0, 1}, seen)
 }
+
+// Results are written a batch at a time (flush); when the write fails,
+// the batch's results are forgotten, so that sending them again stores
+// them rather than counting as duplicates; what was written before stays.
+func TestResultStoreFailedWriteForgetsTheBatch(t *testing.T) {
+	dir := t.TempDir()
+	l, _, err := openResultLog(context.Background(), dir)
+	require.NoError(t, err)
+	for _, i := range []int{0, 1} {
+		added, err := l.add(result(i))
+		require.NoError(t, err)
+		require.True(t, added)
+	}
+	forgotten, logErr, slotErr := l.flush()
+	require.NoError(t, logErr)
+	require.NoError(t, slotErr)
+	require.Empty(t, forgotten)
+	written := l.size
+
+	for _, i := range []int{2, 3} {
+		added, err := l.add(result(i))
+		require.NoError(t, err)
+		require.True(t, added)
+	}
+	dup, err := l.add(result(3))
+	require.NoError(t, err)
+	require.False(t, dup, "a duplicate within the batch")
+	// The disk refuses the write (here: a read-only descriptor).
+	good := l.log
+	ro, err := os.Open(good.Name())
+	require.NoError(t, err)
+	l.log = ro
+	forgotten, logErr, _ = l.flush()
+	require.Error(t, logErr)
+	require.ElementsMatch(t, []int{2, 3}, forgotten)
+	require.Equal(t, written, l.size)
+	for i, want := range []bool{true, true, false, false} {
+		has, err := l.has(i)
+		require.NoError(t, err)
+		require.Equal(t, want, has, "index %d", i)
+	}
+	require.NoError(t, ro.Close())
+	l.log = good
+	added, err := l.add(result(3))
+	require.NoError(t, err)
+	require.True(t, added, "sent again, it is stored")
+	require.NoError(t, l.sync())
+	require.NoError(t, l.close())
+
+	l2, counts, err := openResultLog(context.Background(), dir)
+	require.NoError(t, err)
+	require.Equal(t, 3, counts.Succeeded+counts.Failed)
+	require.NoError(t, l2.close())
+}
