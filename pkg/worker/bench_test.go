@@ -16,9 +16,9 @@ import (
 // empty flow (output: the input), to compare with queue's
 // BenchmarkRawJetStream (the transport alone): the test coordinator
 // publishes benchItems items of one run (PublishItems) while in-process
-// workers pull them fairly, execute the flow, publish each result and
-// wait for its PubAck, then ack the item with the server's confirmation.
-// The clock stops when the last result has been published. Each worker
+// workers pull them fairly, execute the flow and send each result (alone
+// or in a batch) to the test's result sink. The clock stops when the last
+// result has been sent. Each worker
 // has 16 slots; the run allows 64 items in flight.
 func BenchmarkWorkerEndToEnd(b *testing.B) {
 	if testing.Short() {
@@ -53,14 +53,27 @@ func benchWorkers(b *testing.B, workers int) {
 		done := make(chan struct{})
 		seen := make([]bool, benchItems)
 		count := 0
-		sub, err := bb.nc.Subscribe(queue.ResultSubjects, func(m *nats.Msg) {
-			r, err := queue.DecodeResult(m.Data)
+		see := func(data []byte) {
+			r, err := queue.DecodeResult(data)
 			if err != nil || seen[r.GetIndex()] {
 				return
 			}
 			seen[r.GetIndex()] = true
 			if count++; count == benchItems {
 				close(done)
+			}
+		}
+		sub, err := bb.nc.Subscribe(queue.ResultSubjects, func(m *nats.Msg) {
+			if m.Subject != queue.ResultBatchSubject {
+				see(m.Data)
+				return
+			}
+			results, err := queue.DecodeResultBatch(m.Data)
+			if err != nil {
+				return
+			}
+			for _, data := range results {
+				see(data)
 			}
 		})
 		require.NoError(b, err)
