@@ -31,27 +31,17 @@ const MaxDepth = 10000
 // Parse decodes one JSON value from data (surrounding whitespace allowed).
 // Objects keep key order; a repeated key keeps its first position and its
 // last value, as serde_json does. Numbers are canonicalised ([Number]).
-func Parse(data []byte) (Value, error) {
-	p := parser{data: data}
-	p.skipWS()
-	v, err := p.value(0)
-	if err != nil {
-		return nil, err
-	}
-	p.skipWS()
-	if p.pos < len(p.data) {
-		return nil, p.errorf("trailing characters after JSON value")
-	}
-	return v, nil
-}
+func Parse(data []byte) (Value, error) { return parse(data, false) }
 
 // ParseStrict is Parse for input from outside (request bodies, items): it
 // refuses what Parse repairs or resolves silently, with the place: a
 // string that is not valid UTF-8 (Parse replaces the bad bytes with
 // U+FFFD), an escaped UTF-16 surrogate without its pair (Parse: U+FFFD),
 // and a key repeated in an object (Parse keeps the last value).
-func ParseStrict(data []byte) (Value, error) {
-	p := parser{data: data, strict: true}
+func ParseStrict(data []byte) (Value, error) { return parse(data, true) }
+
+func parse(data []byte, strict bool) (Value, error) {
+	p := parser{data: data, strict: strict}
 	p.skipWS()
 	v, err := p.value(0)
 	if err != nil {
