@@ -81,10 +81,15 @@ func TestResultSenderBatches(t *testing.T) {
 		a, err := s.send(ctx, subject, data)
 		outs <- outcome{i, a, err}
 	}
-	// Two alone (they take both requests), then eight that queue.
+	// Two alone, one after the other (they take both requests), then
+	// eight that queue.
+	requests := func(n int) func() bool {
+		return func() bool { mu.Lock(); defer mu.Unlock(); return len(sizes) == n }
+	}
 	go send(100)
+	require.Eventually(t, requests(1), 10*time.Second, time.Millisecond)
 	go send(101)
-	require.Eventually(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(sizes) == 2 }, 10*time.Second, time.Millisecond)
+	require.Eventually(t, requests(2), 10*time.Second, time.Millisecond)
 	for i := range uint64(8) {
 		go send(i)
 	}
