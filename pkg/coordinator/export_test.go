@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"net/http"
+	"time"
 
 	stepflowv1 "github.com/stepflow-go/stepflow/proto/stepflowv1"
 )
@@ -34,4 +35,11 @@ func (r *patternRecorder) Handle(pattern string, _ http.Handler) { *r = append(*
 
 func (r *patternRecorder) HandleFunc(pattern string, _ func(http.ResponseWriter, *http.Request)) {
 	*r = append(*r, pattern)
+}
+
+// SetLoginClock sets the clock of the sign-in limiter.
+func (c *Coordinator) SetLoginClock(now func() time.Time) {
+	c.logins.mu.Lock()
+	defer c.logins.mu.Unlock()
+	c.logins.now = now
 }

@@ -118,6 +118,18 @@ const (
 type loginLimiter struct {
 	mu      sync.Mutex
 	clients map[string]*loginClient
+	now     func() time.Time // nil: time.Now
+}
+
+// clock returns the limiter's time.
+func (l *loginLimiter) clock() time.Time {
+	l.mu.Lock()
+	now := l.now
+	l.mu.Unlock()
+	if now != nil {
+		return now()
+	}
+	return time.Now()
 }
 
 type loginClient struct {

@@ -188,7 +188,7 @@ func (c *Coordinator) handleLogin(w http.ResponseWriter, r *http.Request) {
 		c.renderLogin(w, http.StatusBadRequest, "The form could not be read.")
 		return
 	}
-	ip, now := clientIP(r), time.Now()
+	ip, now := clientIP(r), c.logins.clock()
 	if wait := c.logins.wait(ip, now); wait > 0 {
 		w.Header().Set("Retry-After", strconv.Itoa(int((wait+time.Second-1)/time.Second)))
 		c.renderLogin(w, http.StatusTooManyRequests, "Too many wrong tokens: wait a moment and try again.")
@@ -202,7 +202,7 @@ func (c *Coordinator) handleLogin(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c.logins.succeeded(ip)
-	c.setSession(w, r, sessionValue(c.cfg.AuthToken, newSessionID(), now.Add(sessionTTL)), int(sessionTTL/time.Second))
+	c.setSession(w, r, sessionValue(c.cfg.AuthToken, newSessionID(), time.Now().Add(sessionTTL)), int(sessionTTL/time.Second))
 	http.Redirect(w, r, "/ui/", http.StatusSeeOther)
 }
 

@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -164,7 +165,10 @@ func TestUIAuth(t *testing.T) {
 	u.cookie = nil
 
 	// Wrong tokens: after five, the form answers 429 with Retry-After
-	// until the delay has passed, the right token included.
+	// until the delay has passed, the right token included (the
+	// limiter's clock stands still meanwhile).
+	frozen := time.Now()
+	c.SetLoginClock(func() time.Time { return frozen })
 	for range 5 {
 		resp, _ = u.do(http.MethodPost, "/ui/login", "token=nope", map[string]string{"Content-Type": "application/x-www-form-urlencoded"})
 		require.Equal(t, http.StatusUnauthorized, resp.StatusCode)
