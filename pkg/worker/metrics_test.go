@@ -104,8 +104,11 @@ func TestMetricsAndReadiness(t *testing.T) {
 	var m metricstest.Families
 	eventually(t, func() bool {
 		m = scrape()
-		return m.Sum("stepflow_worker_items_total") == 7
-	}, "7 items settled")
+		// An item is counted as it settles, a moment before its slot is
+		// free again.
+		free, _ := m.Value("stepflow_worker_slots", "state", "free")
+		return m.Sum("stepflow_worker_items_total") == 7 && free == float64(concurrency)
+	}, "7 items settled and their slots free")
 	require.Equal(t, 6.0, val(m, "stepflow_worker_items_total", "worker", "m1", "outcome", "succeeded"))
 	require.Equal(t, 1.0, val(m, "stepflow_worker_items_total", "worker", "m1", "outcome", "failed"))
 	require.Zero(t, val(m, "stepflow_worker_items_total", "worker", "m1", "outcome", "retried"))
