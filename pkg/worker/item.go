@@ -76,19 +76,21 @@ func (e *connEpoch) next() {
 func (w *Worker) sendResult(ctx context.Context, subject string, data []byte, runID string, index uint64) (queue.ResultAnswer, error) {
 	pause := retryPause
 	for attempt := 1; ; attempt++ {
-		actx, cancel := context.WithTimeout(ctx, resultTimeout)
-		stop := context.AfterFunc(w.epoch.current(), cancel)
 		var answer queue.ResultAnswer
 		var err error
+		reconnected := false
 		if attempt == 1 && w.results != nil {
-			// With the results that finish meanwhile (resultSender).
-			answer, err = w.results.send(actx, subject, data)
+			// With the results that finish meanwhile: the sender bounds
+			// its request (resultTimeout, a reconnect) itself.
+			answer, err = w.results.send(ctx, subject, data)
 		} else {
+			actx, cancel := context.WithTimeout(ctx, resultTimeout)
+			stop := context.AfterFunc(w.epoch.current(), cancel)
 			answer, err = queue.SendResult(actx, w.nc, subject, data)
+			reconnected = actx.Err() != nil && ctx.Err() == nil && w.nc.IsConnected() && !errors.Is(actx.Err(), context.DeadlineExceeded)
+			stop()
+			cancel()
 		}
-		reconnected := actx.Err() != nil && ctx.Err() == nil && w.nc.IsConnected() && !errors.Is(actx.Err(), context.DeadlineExceeded)
-		stop()
-		cancel()
 		if err == nil {
 			if attempt > 1 {
 				w.log.Info("result stored after retrying", zap.String("run", runID), zap.Uint64("index", index), zap.Int("attempts", attempt))
