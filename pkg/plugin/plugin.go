@@ -202,6 +202,13 @@ func pluginError(cfg *config.Config, pc *config.Plugin, err error) error {
 
 func (o Options) host(cfg *config.Config) (Host, error) {
 	h := Host{Blobs: o.Blobs, WorkingDir: o.WorkingDir, Logger: o.Logger, HTTPClient: o.HTTPClient, LookupEnv: o.LookupEnv, Runs: o.Runs, ConfineFiles: o.ConfineFiles}
+	if o.ConfineFiles && cfg != nil && cfg.File != "" {
+		// The config may name credentials (environment values, tokens):
+		// flows submitted to a worker must not read it.
+		if fi, err := os.Stat(cfg.File); err == nil {
+			h.HiddenFiles = append(h.HiddenFiles, fi)
+		}
+	}
 	if h.Blobs == nil {
 		h.Blobs = blob.NewMemory()
 	}

@@ -350,6 +350,27 @@ func TestLoadFileConfined(t *testing.T) {
 		require.ErrorIs(t, err, builtin.ErrInvalidInput, path)
 		require.Nil(t, res.Value, path)
 	}
+
+	// The worker's config, which its working directory holds by default,
+	// is hidden however it is reached: by name, a symlink or a hard link.
+	cfgPath := filepath.Join(dir, "stepflow-config.yml")
+	require.NoError(t, os.WriteFile(cfgPath, []byte("plugins: {}\n"), 0o600))
+	require.NoError(t, os.Symlink("stepflow-config.yml", filepath.Join(dir, "cfg-link.yml")))
+	require.NoError(t, os.Link(cfgPath, filepath.Join(dir, "sub", "copy.yml")))
+	fi, err := os.Stat(cfgPath)
+	require.NoError(t, err)
+	p = builtin.New(pluginapi.Host{WorkingDir: dir, ConfineFiles: true, HiddenFiles: []os.FileInfo{fi}})
+	c, err = p.Component(builtin.LoadFile)
+	require.NoError(t, err)
+	for _, path := range []string{"stepflow-config.yml", "./stepflow-config.yml", "cfg-link.yml", "sub/copy.yml", "sub/../stepflow-config.yml"} {
+		res, err := call(path)
+		require.ErrorIs(t, err, builtin.ErrInvalidInput, path)
+		require.ErrorContains(t, err, "does not let flows read its configuration file", path)
+		require.Nil(t, res.Value, path)
+	}
+	res, err = call("sub/d.json")
+	require.NoError(t, err, "other files still read")
+	require.NotNil(t, res.Value)
 }
 
 // fakeOpenAI is a local stand-in for the chat completions API.

@@ -58,6 +58,13 @@ func (p *Plugin) loadFile(_ context.Context, req *executor.Request) (outcome.Res
 	if err != nil {
 		return outcome.Result{}, &Error{Kind: ErrInvalidInput, Detail: "cannot read " + resolved, Err: err}
 	}
+	if p.host.ConfineFiles {
+		for _, hidden := range p.host.HiddenFiles {
+			if os.SameFile(st, hidden) {
+				return outcome.Result{}, invalidInput("path %q: this runtime does not let flows read its configuration file", path)
+			}
+		}
+	}
 	if st.Size() > maxLoadFile {
 		return outcome.Result{}, invalidInput("file %s is larger than %d bytes", resolved, maxLoadFile)
 	}

@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"os"
 
 	"go.uber.org/zap"
 
@@ -65,6 +66,11 @@ type Host struct {
 	// they run flows submitted through the API, which must not read the
 	// worker's files (its /proc/self/environ holds its credentials).
 	ConfineFiles bool
+	// HiddenFiles are files /builtin/load_file never reads when
+	// ConfineFiles is set, wherever they are reached from (compared with
+	// os.SameFile): the worker's stepflow-config.yml, which the working
+	// directory holds by default.
+	HiddenFiles []os.FileInfo
 	// Logger is named for the plugin.
 	Logger *zap.Logger
 	// HTTPClient is used for outgoing HTTP (OpenAI, remote servers).
