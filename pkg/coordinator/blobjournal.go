@@ -127,10 +127,11 @@ func (j *blobJournal) rotateLocked(now time.Time) error {
 		if err := j.flushSyncLocked(); err != nil {
 			return err
 		}
-		if err := j.f.Close(); err != nil {
+		err := j.f.Close()
+		j.f, j.w = nil, nil // synced: nothing is lost with it
+		if err != nil {
 			return fmt.Errorf("coordinator: blob journal: %w", err)
 		}
-		j.f, j.w = nil, nil
 	}
 	name := filepath.Join(j.dir, journalSegmentPrefix+strconv.FormatInt(now.UnixNano(), 10)+journalSegmentSuffix)
 	f, err := os.OpenFile(name, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
