@@ -77,8 +77,9 @@ type aggregator struct {
 
 	batch   []*resultReq
 	touched map[*runState]struct{}
-	// journalDirty: blobs were journaled in this batch.
+	// journalDirty: blobs were journaled in this batch, from journalEpoch.
 	journalDirty bool
+	journalEpoch uint64
 	// gone remembers runs whose results are dropped (finished or
 	// unknown), so that stragglers do not cost a record lookup each.
 	gone map[string]struct{}
@@ -367,8 +368,15 @@ func (a *aggregator) journal(blobs []*stepflowv1.Blob) error {
 		}
 		b.Data, b.Kind = raw, string(kind)
 	}
-	if err := a.c.journal.append(blobs); err != nil {
+	epoch, err := a.c.journal.append(blobs)
+	if err != nil {
 		return err
+	}
+	if !a.journalDirty {
+		// The batch's blobs are durable if the segment they started in
+		// was not dropped before the batch's sync (a later append's
+		// epoch would hide that).
+		a.journalEpoch = epoch
 	}
 	a.journalDirty = true
 	return nil
@@ -506,7 +514,13 @@ func (a *aggregator) syncAll() (failed map[*runState]error, journalErr error) {
 		}
 	}
 	if !a.c.cfg.SyncResults {
-		return failed, nil
+		if journal {
+			// Written to the kernel, like the result logs.
+			if err := a.c.journal.sync(a.journalEpoch, false); err != nil {
+				journalErr = fmt.Errorf("cannot journal blobs: %w", err)
+			}
+		}
+		return failed, journalErr
 	}
 	var (
 		wg sync.WaitGroup
@@ -519,7 +533,7 @@ func (a *aggregator) syncAll() (failed map[*runState]error, journalErr error) {
 	}
 	if journal {
 		async(func() {
-			if err := a.c.journal.sync(); err != nil {
+			if err := a.c.journal.sync(a.journalEpoch, true); err != nil {
 				a.c.log.Error("cannot sync the blob journal; the results that refer to blobs are sent again", zap.Error(err))
 				journalErr = fmt.Errorf("cannot make blobs durable: %w", err)
 			}

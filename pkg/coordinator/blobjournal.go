@@ -49,6 +49,10 @@ type blobJournal struct {
 	size    int64
 	written uint64 // records appended
 	synced  uint64 // records durable
+	// epoch counts the segments dropped after a write error: the records
+	// of a dropped segment that were not durable are lost, and a sync of
+	// an earlier epoch fails (errJournalLost).
+	epoch uint64
 
 	syncMu sync.Mutex // one fsync at a time; later callers find theirs done
 
@@ -91,33 +95,53 @@ func openBlobJournal(dir string, window time.Duration) (*blobJournal, error) {
 func (j *blobJournal) segmentSpan() time.Duration { return max(j.window/4, time.Second) }
 
 // append writes blobs to the journal (not yet durable: see sync).
-func (j *blobJournal) append(blobs []*stepflowv1.Blob) error {
+func (j *blobJournal) append(blobs []*stepflowv1.Blob) (epoch uint64, err error) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	now := j.now()
 	if j.f == nil || now.Sub(j.started) >= j.segmentSpan() || j.size >= journalSegmentBytes {
 		if err := j.rotateLocked(now); err != nil {
-			return err
+			j.dropLocked()
+			return j.epoch, err
 		}
 	}
 	var hdr [8]byte
 	for _, b := range blobs {
 		data, err := proto.Marshal(b)
 		if err != nil {
-			return fmt.Errorf("coordinator: blob journal: encode %s: %w", b.GetId(), err)
+			return j.epoch, fmt.Errorf("coordinator: blob journal: encode %s: %w", b.GetId(), err)
 		}
 		binary.LittleEndian.PutUint32(hdr[:4], uint32(len(data)))
 		binary.LittleEndian.PutUint32(hdr[4:], crc32.Checksum(data, journalCRC))
-		if _, err := j.w.Write(hdr[:]); err != nil {
-			return fmt.Errorf("coordinator: blob journal: %w", err)
+		_, err = j.w.Write(hdr[:])
+		if err == nil {
+			_, err = j.w.Write(data)
 		}
-		if _, err := j.w.Write(data); err != nil {
-			return fmt.Errorf("coordinator: blob journal: %w", err)
+		if err != nil {
+			j.dropLocked()
+			return j.epoch, fmt.Errorf("coordinator: blob journal: %w", err)
 		}
 		j.size += int64(len(hdr) + len(data))
 		j.written++
 	}
-	return nil
+	return j.epoch, nil
+}
+
+// errJournalLost fails a sync whose records were in a segment dropped
+// after a write error: they are to be journaled again.
+var errJournalLost = errors.New("coordinator: blob journal: a write failed; the blobs are to be journaled again")
+
+// dropLocked gives up the current segment after a write error (a full
+// disk): what it holds that is not durable is lost, syncs of the records
+// appended so far fail, and the next append starts a new segment. A
+// record torn in it ends its replay, so it reads no further.
+func (j *blobJournal) dropLocked() {
+	if j.f != nil {
+		_ = j.f.Close()
+	}
+	j.f, j.w = nil, nil
+	j.synced = j.written
+	j.epoch++
 }
 
 // rotateLocked finishes the current segment (durably) and starts another,
@@ -176,39 +200,60 @@ func (j *blobJournal) flushSyncLocked() error {
 	return nil
 }
 
-// sync makes every record appended before it durable. Concurrent callers
-// share one fsync.
-func (j *blobJournal) sync() error {
+// sync makes every record appended before it in epoch (append's) durable
+// (written to the kernel only, without durable). Concurrent callers share
+// one fsync. It fails with errJournalLost when the segment of those
+// records was dropped.
+func (j *blobJournal) sync(epoch uint64, durable bool) error {
 	j.mu.Lock()
+	if epoch != j.epoch {
+		j.mu.Unlock()
+		return errJournalLost
+	}
 	want := j.written
 	if j.synced >= want {
 		j.mu.Unlock()
 		return nil
 	}
 	if err := j.w.Flush(); err != nil {
+		j.dropLocked()
 		j.mu.Unlock()
 		return fmt.Errorf("coordinator: blob journal: %w", err)
 	}
 	f, flushed := j.f, j.written
 	j.mu.Unlock()
+	if !durable {
+		return nil
+	}
 
 	j.syncMu.Lock()
 	defer j.syncMu.Unlock()
 	j.mu.Lock()
-	if j.synced >= want {
+	switch {
+	case epoch != j.epoch:
+		j.mu.Unlock()
+		return errJournalLost
+	case j.synced >= want:
 		j.mu.Unlock()
 		return nil
 	}
 	j.mu.Unlock()
-	if err := f.Sync(); err != nil && !errors.Is(err, os.ErrClosed) {
+	err := f.Sync()
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	switch {
+	case epoch != j.epoch:
+		return errJournalLost
+	case err != nil && !errors.Is(err, os.ErrClosed):
+		// A rotation closes f only after syncing it (ErrClosed then).
+		if j.f == f {
+			j.dropLocked()
+		}
 		return fmt.Errorf("coordinator: blob journal: %w", err)
 	}
-	// A rotation closed f after syncing it (rotateLocked syncs first).
-	j.mu.Lock()
 	if j.synced < flushed {
 		j.synced = flushed
 	}
-	j.mu.Unlock()
 	return nil
 }
 
@@ -343,13 +388,11 @@ func (b journaledBlobs) Get(ctx context.Context, id string) (blob.Blob, error) {
 
 // journalBlobs journals blobs and, with SyncResults, makes them durable.
 func (c *Coordinator) journalBlobs(blobs []*stepflowv1.Blob) error {
-	if err := c.journal.append(blobs); err != nil {
+	epoch, err := c.journal.append(blobs)
+	if err != nil {
 		return err
 	}
-	if !c.cfg.SyncResults {
-		return nil
-	}
-	return c.journal.sync()
+	return c.journal.sync(epoch, c.cfg.SyncResults)
 }
 
 // replayJournal puts every journaled blob back into the blob store (a put

@@ -31,10 +31,12 @@ func TestBlobJournalReplaysWhatWasSynced(t *testing.T) {
 	j, err := openBlobJournal(dir, time.Minute)
 	require.NoError(t, err)
 	require.False(t, j.cleanStart)
-	require.NoError(t, j.append([]*stepflowv1.Blob{journalBlob(1), journalBlob(2)}))
-	require.NoError(t, j.sync())
-	require.NoError(t, j.sync()) // nothing new: no fsync
-	require.NoError(t, j.append([]*stepflowv1.Blob{journalBlob(3)}))
+	ep, err := j.append([]*stepflowv1.Blob{journalBlob(1), journalBlob(2)})
+	require.NoError(t, err)
+	require.NoError(t, j.sync(ep, true))
+	require.NoError(t, j.sync(ep, true)) // nothing new: no fsync
+	_, err = j.append([]*stepflowv1.Blob{journalBlob(3)})
+	require.NoError(t, err)
 	require.Equal(t, []string{`{"i":1}`, `{"i":2}`, `{"i":3}`}, replayed(t, j))
 	require.NoError(t, j.close())
 
@@ -53,8 +55,9 @@ func TestBlobJournalReplaysWhatWasSynced(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, j2.cleanStart, "close marks the journal closed cleanly")
 	require.Equal(t, []string{`{"i":1}`, `{"i":2}`, `{"i":3}`}, replayed(t, j2))
-	require.NoError(t, j2.append([]*stepflowv1.Blob{journalBlob(4)}))
-	require.NoError(t, j2.sync())
+	ep, err = j2.append([]*stepflowv1.Blob{journalBlob(4)})
+	require.NoError(t, err)
+	require.NoError(t, j2.sync(ep, true))
 	require.Equal(t, []string{`{"i":1}`, `{"i":2}`, `{"i":3}`, `{"i":4}`}, replayed(t, j2))
 
 	// Not closed (a crash): the next open knows it.
@@ -68,7 +71,8 @@ func TestBlobJournalCorruptRecordEndsItsSegment(t *testing.T) {
 	dir := t.TempDir()
 	j, err := openBlobJournal(dir, time.Minute)
 	require.NoError(t, err)
-	require.NoError(t, j.append([]*stepflowv1.Blob{journalBlob(1), journalBlob(2)}))
+	_, err = j.append([]*stepflowv1.Blob{journalBlob(1), journalBlob(2)})
+	require.NoError(t, err)
 	require.NoError(t, j.close())
 	segs, err := j.segments()
 	require.NoError(t, err)
@@ -86,8 +90,9 @@ func TestBlobJournalRotatesAndForgetsOldSegments(t *testing.T) {
 	require.NoError(t, err)
 	j.now = func() time.Time { return now }
 	for i := range 8 {
-		require.NoError(t, j.append([]*stepflowv1.Blob{journalBlob(i)}))
-		require.NoError(t, j.sync())
+		ep, err := j.append([]*stepflowv1.Blob{journalBlob(i)})
+		require.NoError(t, err)
+		require.NoError(t, j.sync(ep, true))
 		now = now.Add(time.Minute)
 	}
 	// Eight segments were started a minute apart; when the last started
@@ -101,4 +106,37 @@ func TestBlobJournalRotatesAndForgetsOldSegments(t *testing.T) {
 	require.NoError(t, j.close())
 	_, err = os.Stat(filepath.Join(dir, journalCleanMarker))
 	require.NoError(t, err)
+}
+
+// A write error (a full disk) drops the segment: syncs of what it held
+// fail, so those blobs are journaled again by their senders, and the next
+// append starts a new segment: the journal recovers without a restart.
+func TestBlobJournalRecoversFromAWriteError(t *testing.T) {
+	dir := t.TempDir()
+	j, err := openBlobJournal(dir, time.Minute)
+	require.NoError(t, err)
+	ep, err := j.append([]*stepflowv1.Blob{journalBlob(1)})
+	require.NoError(t, err)
+	require.NoError(t, j.sync(ep, true))
+
+	// The disk refuses the next write (here: a read-only descriptor).
+	ro, err := os.Open(j.f.Name())
+	require.NoError(t, err)
+	j.mu.Lock()
+	good := j.f
+	j.f = ro
+	j.w.Reset(ro)
+	j.mu.Unlock()
+	ep, err = j.append([]*stepflowv1.Blob{journalBlob(2)})
+	require.NoError(t, err, "buffered")
+	require.Error(t, j.sync(ep, true))
+	require.ErrorIs(t, j.sync(ep, true), errJournalLost, "the dropped segment's blobs stay lost")
+	require.NoError(t, good.Close())
+
+	ep2, err := j.append([]*stepflowv1.Blob{journalBlob(3)})
+	require.NoError(t, err)
+	require.NotEqual(t, ep, ep2)
+	require.NoError(t, j.sync(ep2, true))
+	require.Equal(t, []string{`{"i":1}`, `{"i":3}`}, replayed(t, j))
+	require.NoError(t, j.close())
 }
