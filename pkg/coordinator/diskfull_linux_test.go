@@ -6,50 +6,15 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
-	"golang.org/x/sys/unix"
 
 	"github.com/stepflow-go/stepflow/pkg/coordinator"
 	"github.com/stepflow-go/stepflow/pkg/queue"
+	"github.com/stepflow-go/stepflow/test/diskfull"
 )
-
-// mountTmpfs mounts a tmpfs of size bytes on a new directory and unmounts
-// it at cleanup. It needs root (CI runs as root); elsewhere the test
-// fails, naming what it needs.
-func mountTmpfs(t *testing.T, size int) string {
-	t.Helper()
-	dir := filepath.Join(t.TempDir(), "small")
-	require.NoError(t, os.Mkdir(dir, 0o755))
-	err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size="+strconv.Itoa(size))
-	require.NoError(t, err, "mounting a %d-byte tmpfs for a full-disk test needs root (CI runs as root)", size)
-	t.Cleanup(func() { _ = unix.Unmount(dir, unix.MNT_DETACH) })
-	return dir
-}
-
-// fillDisk writes a file that leaves about keep bytes free on dir's
-// filesystem and returns its path.
-func fillDisk(t *testing.T, dir string, keep int64) string {
-	t.Helper()
-	var st syscall.Statfs_t
-	require.NoError(t, syscall.Statfs(dir, &st))
-	free := int64(st.Bavail) * st.Bsize
-	path := filepath.Join(dir, "filler")
-	f, err := os.Create(path)
-	require.NoError(t, err)
-	defer f.Close()
-	chunk := make([]byte, 64<<10)
-	for left := free - keep; left > 0; {
-		n := min(left, int64(len(chunk)))
-		if _, err := f.Write(chunk[:n]); err != nil {
-			break // full already: fine
-		}
-		left -= n
-	}
-	return path
-}
 
 // An upload that does not fit the coordinator's disk gets 507 with a clear
 // message, leaves nothing behind (no run, no run directory), and a run
@@ -60,7 +25,7 @@ func TestUploadOnAFullDisk(t *testing.T) {
 	srv := queue.NewEmbedded(queue.EmbeddedConfig{StoreDir: t.TempDir(), Logger: testLogger(t)})
 	require.NoError(t, srv.Start(testCtx(t)))
 	t.Cleanup(srv.Shutdown)
-	dataDir := mountTmpfs(t, 8<<20)
+	dataDir := diskfull.Mount(t, 8<<20)
 	c := coordinatorOn(t, srv, dataDir, coordinator.Config{})
 	cl := newClient(t, c)
 	flowID := cl.storeFlow()
@@ -69,7 +34,7 @@ func TestUploadOnAFullDisk(t *testing.T) {
 	require.Equal(t, http.StatusOK, earlier.Status, "%s", earlier.Body)
 	earlierID := earlier.JSON(t)["runId"].(string)
 
-	filler := fillDisk(t, dataDir, 64<<10)
+	filler := diskfull.Fill(t, dataDir, 64<<10)
 	big := make([]string, 2000)
 	for i := range big {
 		big[i] = `{"pad":"` + strings.Repeat("x", 1000) + `"}`
@@ -95,4 +60,62 @@ func TestUploadOnAFullDisk(t *testing.T) {
 	startWorker(t, c.NATSURL(), nil)
 	cl.waitStatus(earlierID, "completed")
 	cl.waitStatus(againID, "completed")
+}
+
+// A disk that fills during a run (the coordinator's data dir, with the
+// embedded NATS store on it) pauses the run: readiness and health say
+// why; once space is back the run resumes on its own, with no restart,
+// and ends with every result exactly once.
+func TestRunPausesOnAFullDiskAndResumes(t *testing.T) {
+	t.Parallel()
+	dataDir := diskfull.Mount(t, 48<<20)
+	c := startCoordinator(t, func(cfg *coordinator.Config) { cfg.DataDir = dataDir })
+	cl := newClient(t, c)
+	flowID := cl.storeFlow()
+	lines := make([]string, 3000)
+	for i := range lines {
+		lines[i] = `{"i":` + strconv.Itoa(i) + `,"pad":"` + strings.Repeat("x", 2000) + `"}`
+	}
+	r := cl.uploadJSONL(flowID, "&wait=false&maxConcurrency=16", lines, nil)
+	require.Equal(t, http.StatusOK, r.Status, "%s", r.Body)
+	runID := r.JSON(t)["runId"].(string)
+	startWorker(t, c.NATSURL(), nil)
+	done := func() float64 {
+		return cl.get("/runs/" + runID).JSON(t)["items"].(map[string]any)["completed"].(float64)
+	}
+	waitFor(t, 30*time.Second, func() bool { return done() >= 200 }, "the run started")
+	filler := diskfull.Fill(t, dataDir, 0)
+	waitFor(t, 30*time.Second, func() bool { return c.Ready() != nil }, "not ready while the disk is full")
+	require.Regexp(t, `data dir is full|store .* ran out of space`, c.Ready().Error())
+	health := cl.get("/health")
+	require.Equal(t, http.StatusServiceUnavailable, health.Status, "%s", health.Body)
+	require.Equal(t, "unhealthy", health.JSON(t)["status"])
+	require.Regexp(t, `runs are paused|resumes on its own|restarts on its own`, health.JSON(t)["reason"])
+	// A write to the embedded NATS store fails too (storing a flow): the
+	// server fails every later write to that stream until JetStream is
+	// restarted, which the coordinator's embedded server does by itself
+	// once there is space.
+	otherFlow := strings.Replace(echoFlow, `"name":"echo"`, `"name":"echo-`+strings.Repeat("d", 64<<10)+`"`, 1)
+	require.NotEqual(t, echoFlow, otherFlow)
+	// 64 KiB: more than the page left in the stream's block. Answered 507
+	// (the store failed) or 200 (written before the server noticed).
+	pr := cl.post("/flows", `{"flow":`+otherFlow+`}`)
+	require.Contains(t, []int{http.StatusOK, http.StatusInsufficientStorage}, pr.Status, "%s", pr.Body)
+	waitFor(t, 30*time.Second, func() bool { return c.EmbeddedNATS().Health() != nil }, "the embedded server reports its store full")
+	paused := done()
+	require.Less(t, paused, float64(len(lines)), "the run paused")
+	t.Logf("not ready: %v; %v items done", c.Ready(), paused)
+
+	require.NoError(t, os.Remove(filler))
+	// (Reads that need JetStream fail while it restarts.)
+	waitFor(t, 30*time.Second, func() bool { return c.Ready() == nil }, "ready again")
+	cl.waitStatus(runID, "completed")
+	require.Equal(t, http.StatusOK, cl.get("/health").Status)
+	stored := cl.post("/flows", `{"flow":`+otherFlow+`}`)
+	require.Equal(t, http.StatusOK, stored.Status, "%s", stored.Body)
+	got := cl.itemsJSONL(runID)
+	require.Len(t, got, len(lines))
+	for i, line := range got {
+		require.JSONEq(t, echoResult(lines[i]), line, "item %d", i)
+	}
 }

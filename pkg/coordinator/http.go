@@ -231,6 +231,12 @@ func writeEnvelope(w http.ResponseWriter, status int, msg string) {
 // writeError maps err onto a status and writes the envelope.
 func (c *Coordinator) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	status := httpStatus(err)
+	if status == http.StatusInternalServerError {
+		if serr := c.storageHealth(); serr != nil {
+			// Most likely the cause: say so, with 507.
+			status, err = http.StatusInsufficientStorage, fmt.Errorf("%w (%w)", err, serr)
+		}
+	}
 	msg := err.Error()
 	var mbe *http.MaxBytesError
 	if errors.As(err, &mbe) {
@@ -346,7 +352,15 @@ func overridesField(v value.Value) value.Value {
 	return v
 }
 
+// handleHealth answers upstream's HealthResponse: "healthy", or 503
+// "unhealthy" with the reason while the coordinator cannot store (a full
+// disk under its data dir or its embedded NATS store).
 func (c *Coordinator) handleHealth(w http.ResponseWriter, _ *http.Request) {
+	if err := c.storageHealth(); err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, value.ObjectOf("status", "unhealthy", "reason", err.Error(),
+			"timestamp", runs.Timestamp(time.Now()), "version", APIVersion))
+		return
+	}
 	writeJSON(w, http.StatusOK, value.ObjectOf("status", "healthy", "timestamp", runs.Timestamp(time.Now()), "version", APIVersion))
 }
 
