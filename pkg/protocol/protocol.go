@@ -60,6 +60,9 @@ const (
 	CodeServerError        = -32000
 	CodeComponentNotFound  = -32001
 	CodeComponentExecution = -32003
+	// CodeComponentExecutionFailed is what stepflow-py 0.10+ answers for
+	// an exception in a component (-32003 became INVALID_INPUT_SCHEMA).
+	CodeComponentExecutionFailed = -32100
 	CodeNotFound           = -32011
 	CodeInvalidValue       = -32012
 )
