@@ -63,8 +63,8 @@ const (
 	// CodeComponentExecutionFailed is what stepflow-py 0.10+ answers for
 	// an exception in a component (-32003 became INVALID_INPUT_SCHEMA).
 	CodeComponentExecutionFailed = -32100
-	CodeNotFound           = -32011
-	CodeInvalidValue       = -32012
+	CodeNotFound                 = -32011
+	CodeInvalidValue             = -32012
 )
 
 // RPCError is a JSON-RPC error object. Errors compare equal (errors.Is)
