@@ -1,6 +1,7 @@
 // Package protocol is the Stepflow component protocol: JSON-RPC 2.0
 // between the runtime and component servers, over the HTTP transport of
-// stepflow-py 0.9.x (POST / with JSON or SSE responses) and the stdio
+// stepflow-py 0.9.x to 0.11.x (POST / with JSON or SSE responses; 0.10+
+// spell initialize in camelCase and take RuntimeCapabilities) and the stdio
 // transport of stepflow-py <= 0.8 (newline-delimited JSON on the child's
 // stdin and stdout).
 //
