@@ -83,6 +83,7 @@ example: build ## the example batch in-process with `stepflow run` (no coordinat
 PYTHON       ?= python3
 VENV_HTTP    := .venv-sdk-http
 VENV_STDIO   := .venv-sdk-stdio
+VENV_HTTP11  := .venv-sdk-http11
 
 # The stepflow-py SDKs the component-server tests drive. Over stdio, 0.7.0
 # is the newest release on PyPI with StepflowStdioServer (0.8.0 was never
@@ -90,9 +91,12 @@ VENV_STDIO   := .venv-sdk-stdio
 # shown; a failed install fails the target.
 SDK_HTTP_VERSION  := 0.9.2
 SDK_STDIO_VERSION := 0.7.0
+# 0.10 and 0.11 speak the protocol of upstream 0.11 (camelCase initialize,
+# blobs through the runtime's blob HTTP API instead of callbacks).
+SDK_HTTP11_VERSION := 0.11.2
 PIP_INSTALL        = bin/pip install --quiet --disable-pip-version-check
 
-venv: ## the stepflow-py SDKs the component-server tests drive (0.9.2 over HTTP, 0.7.0 over stdio)
+venv: ## the stepflow-py SDKs the component-server tests drive (0.9.2 and 0.11.2 over HTTP, 0.7.0 over stdio)
 	@if $(VENV_HTTP)/bin/python -c 'import stepflow_py.worker' 2>/dev/null; then \
 		echo "$(VENV_HTTP): stepflow-py[http] present"; \
 	else \
@@ -110,6 +114,15 @@ venv: ## the stepflow-py SDKs the component-server tests drive (0.9.2 over HTTP,
 		  $(VENV_STDIO)/$(PIP_INSTALL) "stepflow-py==$(SDK_STDIO_VERSION)" && \
 		  $(VENV_STDIO)/bin/python -c 'from stepflow_py import StepflowStdioServer'; } || \
 		{ echo "make venv: stepflow-py==$(SDK_STDIO_VERSION) into $(VENV_STDIO) failed (see the error above)" >&2; exit 1; }; \
+	fi
+	@if $(VENV_HTTP11)/bin/python -c 'import stepflow_py.worker.blob_store, fastapi' 2>/dev/null; then \
+		echo "$(VENV_HTTP11): stepflow-py[http] $(SDK_HTTP11_VERSION) present"; \
+	else \
+		echo "$(VENV_HTTP11): installing stepflow-py[http]==$(SDK_HTTP11_VERSION)"; \
+		{ $(PYTHON) -m venv $(VENV_HTTP11) && \
+		  $(VENV_HTTP11)/$(PIP_INSTALL) "stepflow-py[http]==$(SDK_HTTP11_VERSION)" && \
+		  $(VENV_HTTP11)/bin/python -c 'import stepflow_py.worker.blob_store, fastapi'; } || \
+		{ echo "make venv: stepflow-py[http]==$(SDK_HTTP11_VERSION) into $(VENV_HTTP11) failed (see the error above)" >&2; exit 1; }; \
 	fi
 
 # Upstream Stepflow's own server (stepflow-server, a Rust binary that the
