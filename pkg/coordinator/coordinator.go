@@ -76,6 +76,9 @@ type Coordinator struct {
 	lease     *queue.Lease // the leadership lease
 	leader    leaderState
 	lostLease atomic.Bool
+	// renewFailing: the last renewal got no answer (logged once it
+	// succeeds again).
+	renewFailing atomic.Bool
 
 	reg        *prometheus.Registry
 	metrics    *coordMetrics
