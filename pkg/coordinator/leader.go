@@ -189,6 +189,10 @@ func (c *Coordinator) forward(next http.Handler) http.Handler {
 		}
 		if proxy == nil {
 			w.Header().Set("Retry-After", "1")
+			if waiting := c.waitingFor(); waiting != "" {
+				writeEnvelope(w, http.StatusServiceUnavailable, "the coordinator is starting ("+waiting+"); retry")
+				return
+			}
 			writeEnvelope(w, http.StatusServiceUnavailable, "no coordinator leads at the moment (a standby takes over within the lease TTL); retry")
 			return
 		}

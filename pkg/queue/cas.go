@@ -200,7 +200,7 @@ func Transient(err error) bool {
 		return true
 	}
 	switch apiCode(err) {
-	case errCodeClusterNotLeader, errCodeStreamOffline:
+	case errCodeClusterNotLeader, errCodeStreamOffline, errCodeClusterNoPeers:
 		return true
 	}
 	var apiErr *jetstream.APIError
