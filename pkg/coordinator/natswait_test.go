@@ -33,9 +33,12 @@ func freePort(t *testing.T) int {
 func TestCoordinatorWaitsForNATS(t *testing.T) {
 	t.Parallel()
 	natsPort, httpPort := freePort(t), freePort(t)
+	// Stopped after the coordinator (cleanups run last first).
+	srv := queue.NewEmbedded(queue.EmbeddedConfig{StoreDir: t.TempDir(), Host: "127.0.0.1", Port: natsPort, Logger: testLogger(t)})
+	t.Cleanup(srv.Shutdown)
 	c, err := coordinator.New(coordinator.Config{
 		DataDir: t.TempDir(), Host: "127.0.0.1", Port: httpPort, Logger: testLogger(t),
-		NATSURL: fmt.Sprintf("nats://127.0.0.1:%d", natsPort),
+		NATSURL: fmt.Sprintf("nats://127.0.0.1:%d", natsPort), NATSConnect: queue.ConnectOptions{ReconnectWait: 50 * time.Millisecond},
 	})
 	require.NoError(t, err)
 	started := make(chan error, 1)
@@ -67,9 +70,7 @@ func TestCoordinatorWaitsForNATS(t *testing.T) {
 	default:
 	}
 
-	srv := queue.NewEmbedded(queue.EmbeddedConfig{StoreDir: t.TempDir(), Host: "127.0.0.1", Port: natsPort, Logger: testLogger(t)})
 	require.NoError(t, srv.Start(testCtx(t)))
-	t.Cleanup(srv.Shutdown)
 	select {
 	case err := <-started:
 		require.NoError(t, err)
