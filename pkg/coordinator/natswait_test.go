@@ -83,3 +83,26 @@ func TestCoordinatorWaitsForNATS(t *testing.T) {
 	require.Equal(t, http.StatusOK, code, body)
 	require.True(t, strings.HasPrefix(c.URL(), "http://127.0.0.1:"))
 }
+
+// Stop ends a Start that waits for NATS.
+func TestStopWhileWaitingForNATS(t *testing.T) {
+	t.Parallel()
+	c, err := coordinator.New(coordinator.Config{
+		DataDir: t.TempDir(), Host: "127.0.0.1", Logger: testLogger(t),
+		NATSURL: fmt.Sprintf("nats://127.0.0.1:%d", freePort(t)), NATSConnect: queue.ConnectOptions{ReconnectWait: 50 * time.Millisecond},
+	})
+	require.NoError(t, err)
+	started := make(chan error, 1)
+	go func() { started <- c.Start(testCtx(t)) }()
+	require.Eventually(t, func() bool {
+		err := c.Ready()
+		return err != nil && err.Error() == "connecting to NATS"
+	}, 30*time.Second, 10*time.Millisecond)
+	require.NoError(t, c.Stop(testCtx(t)))
+	select {
+	case err := <-started:
+		require.Error(t, err)
+	case <-testCtx(t).Done():
+		t.Fatal("Start did not return")
+	}
+}
