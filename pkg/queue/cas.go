@@ -2,6 +2,7 @@ package queue
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -96,7 +97,9 @@ func (b *casBucket) latestRetrying(ctx context.Context, key string) (entry, erro
 // there first, wrapping jetstream.ErrKeyNotFound when the key is gone.
 func (b *casBucket) update(ctx context.Context, key string, value []byte, rev uint64, ambiguous bool, ours func(stored []byte) bool) (uint64, error) {
 	for attempt := 0; ; attempt++ {
-		n, err := b.w.Update(ctx, key, value, rev)
+		actx, cancel := b.attemptCtx(ctx)
+		n, err := b.w.Update(actx, key, value, rev)
+		cancel()
 		if err == nil {
 			return n, nil
 		}
@@ -135,7 +138,9 @@ func (b *casBucket) update(ctx context.Context, key string, value []byte, rev ui
 func (b *casBucket) create(ctx context.Context, key string, value []byte, ours func(stored []byte) bool) (uint64, error) {
 	ambiguous := false
 	for attempt := 0; ; attempt++ {
-		n, err := b.w.Create(ctx, key, value)
+		actx, cancel := b.attemptCtx(ctx)
+		n, err := b.w.Create(actx, key, value)
+		cancel()
 		if err == nil {
 			return n, nil
 		}
@@ -162,6 +167,13 @@ func (b *casBucket) create(ctx context.Context, key string, value []byte, ours f
 			return 0, fmt.Errorf("queue: create %s/%s: %w", b.name, key, err)
 		}
 	}
+}
+
+// attemptCtx bounds one attempt of a write by the JetStream API timeout,
+// so that a write whose answer was lost is read back after that long
+// rather than when ctx ends (a caller that gives it 30 s).
+func (b *casBucket) attemptCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, cmp.Or(b.js.Options().DefaultTimeout, 5*time.Second))
 }
 
 // pause waits before attempt+1: 50 ms, doubling up to casRetryMax.
