@@ -118,11 +118,7 @@ func (c *coordinatorCmd) run(ctx context.Context, stdout io.Writer) error {
 	if _, err := fmt.Fprintf(stdout, "%s\n", line); err != nil {
 		log.Error("cannot write the ready line", zap.Error(err))
 	}
-	select {
-	case <-ctx.Done():
-	case <-co.Stopped():
-		return failure(fmt.Errorf("stopped: another coordinator took the leadership lease; restart to stand by"))
-	}
+	co = keepCoordinator(ctx, co, cfg, log)
 	log.Info("shutting down", zap.NamedError("cause", context.Cause(ctx)))
 	sctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
 	defer cancel()
@@ -130,4 +126,39 @@ func (c *coordinatorCmd) run(ctx context.Context, stdout io.Writer) error {
 		return failure(fmt.Errorf("shutdown incomplete: %w", err))
 	}
 	return nil
+}
+
+// keepCoordinator returns once ctx ends, with the coordinator running
+// then. A coordinator that stepped down (another took its leadership
+// lease) is replaced at once by a new one on the same port, which stands
+// by and competes for the lease again: the command never exits for it.
+func keepCoordinator(ctx context.Context, co *coordinator.Coordinator, cfg coordinator.Config, log *zap.Logger) *coordinator.Coordinator {
+	cfg.Port = co.Port()
+	for {
+		select {
+		case <-ctx.Done():
+			return co
+		case <-co.Stopped():
+		}
+		log.Warn("the coordinator stepped down; starting again as a standby", zap.Bool("lost_leadership", co.LostLeadership()), zap.Int("port", cfg.Port))
+		for attempt := 0; ; attempt++ {
+			next, err := coordinator.New(cfg) // cfg was valid before
+			if err == nil {
+				if err = next.Start(ctx); err == nil {
+					co = next
+					break
+				}
+				_ = next.Stop(context.Background())
+			}
+			if ctx.Err() != nil {
+				return co // stopped; Stop is idempotent
+			}
+			log.Error("cannot start the coordinator again; retrying", zap.Error(err))
+			select {
+			case <-ctx.Done():
+				return co
+			case <-time.After(time.Second):
+			}
+		}
+	}
 }

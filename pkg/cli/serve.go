@@ -192,7 +192,7 @@ func (s *serveCmd) run(ctx context.Context) error {
 		log.Error("cannot write the ready line", zap.Error(err))
 	}
 	log.Info("serving", zap.String("url", c.URL()), zap.String("nats", c.NATSURL()), zap.Int("workers", len(workers)))
-	<-ctx.Done()
+	c = keepCoordinator(ctx, c, cfg, log)
 	log.Info("shutting down", zap.NamedError("cause", context.Cause(ctx)))
 	if err := s.shutdown(workers, c); err != nil {
 		return failure(err)

@@ -77,6 +77,10 @@ type Coordinator struct {
 	leader    leaderState
 	lostLease atomic.Bool
 	storage   storageFault // result logs that cannot be written (a full disk)
+	// renewFailing: the last renewal got no answer (logged once it
+	// succeeds again).
+	renewFailing atomic.Bool
+	waiting      atomic.Pointer[string] // what Start waits for
 
 	reg        *prometheus.Registry
 	metrics    *coordMetrics
@@ -241,6 +245,30 @@ func (c *Coordinator) start(ctx context.Context) error {
 		tlsCfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
 
+	// The REST API listens first: while NATS is awaited, the probes
+	// answer (/readyz: not ready, and why) and the rest is 503.
+	ln, err := net.Listen("tcp", net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port)))
+	if err != nil {
+		return fmt.Errorf("coordinator: listen: %w", err)
+	}
+	c.listener = ln
+	if tlsCfg != nil {
+		ln = tls.NewListener(ln, tlsCfg)
+	}
+	c.id = cmp.Or(cfg.ID, defaultID(cfg.Port))
+	c.setWaiting("connecting to NATS")
+	c.httpSrv = &http.Server{
+		Handler:           c.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		BaseContext:       func(net.Listener) context.Context { return c.ctx },
+		ErrorLog:          zap.NewStdLog(c.log.Named("http")),
+	}
+	c.wg.Go(func() {
+		if err := c.httpSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			c.log.Error("HTTP server stopped", zap.Error(err))
+		}
+	})
+
 	url, copts := cfg.NATSURL, cfg.NATSConnect
 	connectCtx := ctx
 	if url == "" {
@@ -277,57 +305,91 @@ func (c *Coordinator) start(ctx context.Context) error {
 		c.natsURL = nc.ConnectedUrlRedacted()
 	}
 
-	qcfg := cfg.Queue
-	if qcfg.Logger == nil {
-		qcfg.Logger = cfg.Logger
+	if err := c.provision(ctx); err != nil {
+		return err
 	}
-	if err := queue.Provision(ctx, js, qcfg); err != nil {
-		return fmt.Errorf("coordinator: %w", err)
-	}
-	if c.runStore, err = queue.OpenRunStore(ctx, js); err != nil {
-		return fmt.Errorf("coordinator: %w", err)
-	}
-	if c.flows, err = queue.OpenFlowStore(ctx, js); err != nil {
-		return fmt.Errorf("coordinator: %w", err)
-	}
-	if c.blobs, err = queue.OpenBlobStore(ctx, js); err != nil {
-		return fmt.Errorf("coordinator: %w", err)
-	}
-
-	if c.lease, err = queue.OpenLease(ctx, js); err != nil {
-		return fmt.Errorf("coordinator: %w", err)
-	}
+	c.setWaiting("")
 	if err := c.registerMetrics(); err != nil {
 		return err
 	}
 
-	ln, err := net.Listen("tcp", net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port)))
-	if err != nil {
-		return fmt.Errorf("coordinator: listen: %w", err)
-	}
-	c.listener = ln
-	if tlsCfg != nil {
-		ln = tls.NewListener(ln, tlsCfg)
-	}
-	c.id = cmp.Or(cfg.ID, defaultID(cfg.Port))
 	if _, err := c.campaign(ctx); err != nil {
-		return err
+		if !queue.Transient(err) {
+			return err
+		}
+		// NATS stopped answering in the middle: stand by for now; the
+		// lease loop campaigns again.
+		c.log.Warn("cannot take the lead yet (NATS does not answer); retrying", zap.Error(err))
 	}
 	c.wg.Go(func() { c.keepLease(c.ctx) })
-	c.httpSrv = &http.Server{
-		Handler:           c.Handler(),
-		ReadHeaderTimeout: 10 * time.Second,
-		BaseContext:       func(net.Listener) context.Context { return c.ctx },
-		ErrorLog:          zap.NewStdLog(c.log.Named("http")),
-	}
-	c.wg.Go(func() {
-		if err := c.httpSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			c.log.Error("HTTP server stopped", zap.Error(err))
-		}
-	})
 	c.log.Info("coordinator started", zap.String("id", c.id), zap.Bool("leader", c.leading()), zap.String("url", c.URL()),
 		zap.String("nats", c.natsURL), zap.String("data_dir", cfg.DataDir))
 	return nil
+}
+
+// provision provisions the JetStream layout and opens its stores. While
+// JetStream cannot answer (a cluster still forming, a quorum lost), it
+// tries again, logging why, until ctx ends.
+func (c *Coordinator) provision(ctx context.Context) error {
+	qcfg := c.cfg.Queue
+	if qcfg.Logger == nil {
+		qcfg.Logger = c.cfg.Logger
+	}
+	start := time.Now()
+	for attempt := 0; ; attempt++ {
+		err := c.provisionOnce(ctx, qcfg)
+		if err == nil {
+			if attempt > 0 {
+				c.log.Info("NATS JetStream is available; streams and buckets provisioned", zap.Duration("waited", time.Since(start).Round(time.Millisecond)))
+			}
+			return nil
+		}
+		if ctx.Err() != nil || !queue.Transient(err) {
+			return fmt.Errorf("coordinator: %w", err)
+		}
+		wait := min(250*time.Millisecond<<min(attempt, 4), 4*time.Second)
+		c.setWaiting(fmt.Sprintf("waiting for NATS JetStream: %v", err))
+		c.log.Warn("waiting for NATS JetStream (a cluster forming or without quorum); retrying",
+			zap.Int("attempt", attempt+1), zap.Duration("in", wait), zap.Error(err))
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("coordinator: gave up waiting for NATS JetStream: %w (last: %w)", context.Cause(ctx), err)
+		case <-t.C:
+		}
+	}
+}
+
+func (c *Coordinator) provisionOnce(ctx context.Context, qcfg queue.Config) (err error) {
+	if err := queue.Provision(ctx, c.js, qcfg); err != nil {
+		return err
+	}
+	if c.runStore, err = queue.OpenRunStore(ctx, c.js); err != nil {
+		return err
+	}
+	if c.flows, err = queue.OpenFlowStore(ctx, c.js); err != nil {
+		return err
+	}
+	if c.blobs, err = queue.OpenBlobStore(ctx, c.js); err != nil {
+		return err
+	}
+	c.lease, err = queue.OpenLease(ctx, c.js)
+	return err
+}
+
+// setWaiting records what the start waits for ("" once it waits no
+// more), for /readyz and the 503s of the API meanwhile.
+func (c *Coordinator) setWaiting(what string) {
+	c.waiting.Store(&what)
+}
+
+// waitingFor returns what the start waits for, or "".
+func (c *Coordinator) waitingFor() string {
+	if p := c.waiting.Load(); p != nil {
+		return *p
+	}
+	return ""
 }
 
 // Stop shuts the coordinator down: it stops taking requests, ends long

@@ -134,9 +134,12 @@
 // (below). A run's result log is flock'ed while attached, so a leader that
 // stalled past its lease cannot write a run its successor took. A
 // coordinator with an embedded NATS server takes the lease by force; one
-// that finds another holder of its lease stops (Stopped is closed,
-// LostLeadership is true, the coordinator command exits 1) for its
-// supervisor to restart it as a standby.
+// that finds another holder of its lease steps down: it stops (Stopped is
+// closed, LostLeadership is true) and the coordinator command starts a
+// new one on the same port at once, which stands by and competes for the
+// lease again (the process never exits for it). A renewal that NATS does
+// not answer is no loss of the lease, and one whose answer was lost but
+// which was written is recognised as the holder's own (queue.Lease).
 //
 // # Restart
 //

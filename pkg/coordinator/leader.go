@@ -31,8 +31,13 @@ import (
 // write a run a new leader has taken: the new leader waits for the lock.
 //
 // A leader that finds the lease held by another coordinator (it stalled
-// for longer than the TTL) stops: Stopped is closed and the process
-// exits with a failure, for its supervisor to restart it as a standby.
+// for longer than the TTL) steps down: it stops (Stopped is closed,
+// LostLeadership is true), and its command (`stepflow coordinator`,
+// `stepflow serve`) starts a new one on the same port at once, which
+// stands by and competes for the lease again; the process never exits
+// for it. A renewal that NATS does not answer is no loss of the lease:
+// the leader keeps leading and renews again until NATS answers, however
+// long that takes (a quorum lost).
 
 // leaderState is the coordinator's view of the lease.
 type leaderState struct {
@@ -184,6 +189,10 @@ func (c *Coordinator) forward(next http.Handler) http.Handler {
 		}
 		if proxy == nil {
 			w.Header().Set("Retry-After", "1")
+			if waiting := c.waitingFor(); waiting != "" {
+				writeEnvelope(w, http.StatusServiceUnavailable, "the coordinator is starting ("+waiting+"); retry")
+				return
+			}
 			writeEnvelope(w, http.StatusServiceUnavailable, "no coordinator leads at the moment (a standby takes over within the lease TTL); retry")
 			return
 		}
@@ -240,29 +249,50 @@ func (c *Coordinator) keepLease(ctx context.Context) {
 }
 
 // renew extends the lease; it returns false after stopping the
-// coordinator because another one took the lease.
+// coordinator because another one took the lease. A renewal that NATS
+// does not answer (a quorum lost, a server restarting) is no loss: the
+// lease is renewed again at the next tick, and a renewal whose answer
+// was lost but which was written is recognised as ours (queue.Lease).
 func (c *Coordinator) renew(ctx context.Context) bool {
 	h := c.holder()
 	c.leader.mu.Lock()
 	h.Since = c.leader.holder.Since
 	c.leader.mu.Unlock()
-	err := c.lease.Renew(ctx, h)
+	// Bounded, so that an outage of any length is logged at every tick.
+	rctx, cancel := context.WithTimeout(ctx, max(c.lease.TTL()/2, time.Second))
+	defer cancel()
+	err := c.lease.Renew(rctx, h)
 	if err == nil || ctx.Err() != nil {
+		if err == nil && c.renewFailing.Swap(false) {
+			c.log.Info("renewed the leadership lease again")
+		}
 		return true
 	}
 	if !errors.Is(err, queue.ErrLeaseLost) {
-		c.log.Warn("cannot renew the leadership lease; retrying", zap.Error(err))
+		c.renewFailing.Store(true)
+		c.log.Warn("cannot renew the leadership lease (NATS does not answer); retrying", zap.Error(err))
 		return true
 	}
 	// Expired (NATS was away longer than the TTL, say): nobody else led
 	// meanwhile if nobody holds it now, and the run locks keep anybody who
 	// did from our runs' stores, so take it again.
-	won, cur, aerr := c.lease.Acquire(ctx, h, c.embedded != nil)
-	if aerr == nil && won {
+	actx, acancel := context.WithTimeout(ctx, max(c.lease.TTL()/2, time.Second))
+	defer acancel()
+	won, cur, aerr := c.lease.Acquire(actx, h, c.embedded != nil)
+	switch {
+	case aerr == nil && won:
+		c.renewFailing.Store(false)
 		c.log.Warn("the leadership lease had expired; took it again", zap.Error(err))
 		return true
+	case aerr != nil:
+		// Who holds it is unknown: the next tick tries again (the lease
+		// is no longer held as far as Renew knows, so it acquires).
+		c.renewFailing.Store(true)
+		c.log.Warn("cannot renew the leadership lease, nor read who holds it (NATS does not answer); retrying",
+			zap.Error(err), zap.NamedError("acquire", aerr))
+		return true
 	}
-	c.log.Error("another coordinator took the leadership lease; stopping", zap.String("leader", cur.ID), zap.Error(err))
+	c.log.Error("another coordinator took the leadership lease; stepping down to stand by", zap.String("leader", cur.ID), zap.Error(err))
 	c.leader.mu.Lock()
 	c.leader.leading = false
 	c.leader.mu.Unlock()

@@ -262,6 +262,9 @@ func (c *Coordinator) Ready() error {
 	select {
 	case <-c.started:
 	default:
+		if w := c.waitingFor(); w != "" {
+			return errors.New(w)
+		}
 		return errNotStarted
 	}
 	if c.ctx.Err() != nil {

@@ -497,6 +497,9 @@ func outcomeStatus(st *runState) stepflowv1.RunStatus {
 	return statusCompleted
 }
 
+// flushCountsTimeout bounds a write of a run's counters.
+const flushCountsTimeout = 10 * time.Second
+
 // flushCounts writes the run's counters to its record when they changed
 // since the last write (one compare-and-set per run per aggregated batch,
 // not per item). The counters are absolute, so a repeated or lost write
@@ -509,7 +512,10 @@ func (c *Coordinator) flushCounts(ctx context.Context, st *runState) {
 	if status != statusRunning || unchanged {
 		return
 	}
-	_, _, err := c.runStore.Modify(ctx, st.id, func(r *stepflowv1.RunRecord) error {
+	// Bounded: while NATS does not answer, the next flush tries again.
+	fctx, cancel := context.WithTimeout(ctx, flushCountsTimeout)
+	defer cancel()
+	_, _, err := c.runStore.Modify(fctx, st.id, func(r *stepflowv1.RunRecord) error {
 		if queue.Terminal(r.GetStatus()) {
 			return errAlreadyTerminal
 		}
@@ -578,8 +584,47 @@ func (c *Coordinator) terminate(ctx context.Context, st *runState, status stepfl
 		c.mu.Unlock()
 		wake()
 	}()
+	rec, err := c.recordEnd(ctx, st, status, reason, s, f)
+	if err != nil {
+		c.log.Error("cannot record the end of a run; a restart repairs it", zap.String("run", st.id), zap.Error(err))
+	} else if queue.Terminal(rec.GetStatus()) {
+		st.mu.Lock()
+		st.final = rec
+		st.mu.Unlock()
+		wake()
+	}
 	cctx, cancel := cleanupCtx(ctx)
 	defer cancel()
+	if err := queue.DeleteRunConsumer(cctx, c.js, st.id); err != nil {
+		c.log.Warn("cannot delete run consumer", zap.String("run", st.id), zap.Error(err))
+	}
+	if n, err := queue.PurgeRunItems(cctx, c.js, st.id); err != nil {
+		c.log.Warn("cannot purge run items", zap.String("run", st.id), zap.Error(err))
+	} else if n > 0 {
+		c.log.Info("removed items left on the queue", zap.String("run", st.id), zap.Uint64("items", n))
+	}
+	_ = os.Remove(filepath.Join(st.dir, spoolFileName))
+	c.log.Info("run finished", zap.String("run", st.id), zap.String("status", queue.StatusName(status)),
+		zap.Int("succeeded", s), zap.Int("failed", f), zap.Int("items", st.total))
+	return rec, err
+}
+
+// recordEnd writes a run's final status and counters to its record. While
+// NATS does not answer (a quorum lost), it keeps trying until the
+// coordinator stops.
+func (c *Coordinator) recordEnd(ctx context.Context, st *runState, status stepflowv1.RunStatus, reason string, s, f int) (*stepflowv1.RunRecord, error) {
+	for {
+		cctx, cancel := cleanupCtx(ctx)
+		rec, err := c.recordEndOnce(cctx, st, status, reason, s, f)
+		cancel()
+		if err == nil || !queue.Transient(err) || c.ctx.Err() != nil {
+			return rec, err
+		}
+		c.log.Warn("cannot record the end of a run yet (NATS does not answer); retrying", zap.String("run", st.id), zap.Error(err))
+	}
+}
+
+func (c *Coordinator) recordEndOnce(cctx context.Context, st *runState, status stepflowv1.RunStatus, reason string, s, f int) (*stepflowv1.RunRecord, error) {
 	rec, _, err := c.runStore.Modify(cctx, st.id, func(r *stepflowv1.RunRecord) error {
 		if queue.Terminal(r.GetStatus()) {
 			return errAlreadyTerminal
@@ -601,25 +646,6 @@ func (c *Coordinator) terminate(ctx context.Context, st *runState, status stepfl
 	if errors.Is(err, errAlreadyTerminal) {
 		rec, _, err = c.runStore.Get(cctx, st.id)
 	}
-	if err != nil {
-		c.log.Error("cannot record the end of a run; a restart repairs it", zap.String("run", st.id), zap.Error(err))
-	} else if queue.Terminal(rec.GetStatus()) {
-		st.mu.Lock()
-		st.final = rec
-		st.mu.Unlock()
-		wake()
-	}
-	if err := queue.DeleteRunConsumer(cctx, c.js, st.id); err != nil {
-		c.log.Warn("cannot delete run consumer", zap.String("run", st.id), zap.Error(err))
-	}
-	if n, err := queue.PurgeRunItems(cctx, c.js, st.id); err != nil {
-		c.log.Warn("cannot purge run items", zap.String("run", st.id), zap.Error(err))
-	} else if n > 0 {
-		c.log.Info("removed items left on the queue", zap.String("run", st.id), zap.Uint64("items", n))
-	}
-	_ = os.Remove(filepath.Join(st.dir, spoolFileName))
-	c.log.Info("run finished", zap.String("run", st.id), zap.String("status", queue.StatusName(status)),
-		zap.Int("succeeded", s), zap.Int("failed", f), zap.Int("items", st.total))
 	return rec, err
 }
 

@@ -65,6 +65,11 @@ func (f *storageFault) state() error {
 // storageHealth is nil when the coordinator can store: its result logs
 // and, when embedded, its NATS server's JetStream.
 func (c *Coordinator) storageHealth() error {
+	select {
+	case <-c.started: // c.embedded is set
+	default:
+		return nil
+	}
 	if err := c.storage.state(); err != nil {
 		return err
 	}

@@ -289,16 +289,22 @@ type msgGetRequest struct {
 // answers. jetstream.Stream uses direct gets whenever the stream allows
 // them.
 func (s *ObjectBlobStore) leaderGet(ctx context.Context, req msgGetRequest) (*jetstream.RawStreamMsg, error) {
+	return leaderGet(ctx, s.js, s.msgGet, req)
+}
+
+// leaderGet sends req to the message API subject msgGet of a stream's
+// leader (see ObjectBlobStore.leaderGet).
+func leaderGet(ctx context.Context, js jetstream.JetStream, msgGet string, req msgGetRequest) (*jetstream.RawStreamMsg, error) {
 	body, err := json.Marshal(req)
 	if err != nil {
 		return nil, err
 	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, cmp.Or(s.js.Options().DefaultTimeout, 5*time.Second))
+		ctx, cancel = context.WithTimeout(ctx, cmp.Or(js.Options().DefaultTimeout, 5*time.Second))
 		defer cancel()
 	}
-	resp, err := s.js.Conn().RequestWithContext(ctx, s.msgGet, body)
+	resp, err := js.Conn().RequestWithContext(ctx, msgGet, body)
 	if err != nil {
 		return nil, err
 	}
@@ -307,6 +313,7 @@ func (s *ObjectBlobStore) leaderGet(ctx context.Context, req msgGetRequest) (*je
 		Message *struct {
 			Subject  string    `json:"subject"`
 			Sequence uint64    `json:"seq"`
+			Header   []byte    `json:"hdrs,omitempty"`
 			Data     []byte    `json:"data,omitempty"`
 			Time     time.Time `json:"time"`
 		} `json:"message,omitempty"`
@@ -322,7 +329,11 @@ func (s *ObjectBlobStore) leaderGet(ctx context.Context, req msgGetRequest) (*je
 	case r.Message == nil:
 		return nil, jetstream.ErrInvalidJetStreamResponse
 	}
-	return &jetstream.RawStreamMsg{Subject: r.Message.Subject, Sequence: r.Message.Sequence, Data: r.Message.Data, Time: r.Message.Time}, nil
+	m := &jetstream.RawStreamMsg{Subject: r.Message.Subject, Sequence: r.Message.Sequence, Data: r.Message.Data, Time: r.Message.Time}
+	if len(r.Message.Header) > 0 {
+		m.Header = decodeHeaders(r.Message.Header)
+	}
+	return m, nil
 }
 
 // metaMsg returns the message storing info: it rolls up its subject and

@@ -67,6 +67,9 @@ func (e *PublishError) Unwrap() error { return e.Err }
 const (
 	errCodeWQConsumerNotUnique  jetstream.ErrorCode = 10100 // filtered consumer not unique on workqueue stream
 	errCodeWQMultipleUnfiltered jetstream.ErrorCode = 10099 // multiple non-filtered consumers not allowed on workqueue stream
+	errCodeClusterNotLeader     jetstream.ErrorCode = 10009 // JetStream cluster can not handle request (no leader)
+	errCodeStreamOffline        jetstream.ErrorCode = 10118 // stream is offline
+	errCodeClusterNoPeers       jetstream.ErrorCode = 10005 // no suitable peers for placement (a cluster still forming)
 )
 
 // apiCode returns the JetStream API error code in err, or 0.

@@ -19,3 +19,12 @@ func SetPutTrackerClock(s *ObjectBlobStore, now func() time.Time) {
 	defer s.tracker.mu.Unlock()
 	s.tracker.now = now
 }
+
+// KVWriter is the write side of a KV bucket that compare-and-sets use.
+type KVWriter = kvWriter
+
+// WrapLeaseWriter replaces the writer of l's bucket with wrap's.
+func WrapLeaseWriter(l *Lease, wrap func(KVWriter) KVWriter) { l.b.w = wrap(l.b.w) }
+
+// WrapRunStoreWriter replaces the writer of s's bucket with wrap's.
+func WrapRunStoreWriter(s *RunStore, wrap func(KVWriter) KVWriter) { s.b.w = wrap(s.b.w) }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
 )
 
 // DefaultLeaseTTL is how long a coordinator's leadership outlives its last
@@ -28,6 +29,10 @@ type Holder struct {
 	URL string `json:"url"`
 	// Since is when it took the lease.
 	Since time.Time `json:"since"`
+	// Token is new each time a coordinator takes the lease: a renewal
+	// whose answer was lost is recognised by it (and a coordinator
+	// restarted under the same ID is told from its earlier self).
+	Token string `json:"token,omitempty"`
 }
 
 // Lease is the leadership lease of the coordinators sharing a NATS
@@ -36,10 +41,18 @@ type Holder struct {
 // the TTL; a holder that dies stops renewing, the key expires, and a
 // standby creates it. Creating and renewing are compare-and-sets, so at
 // most one coordinator holds a given revision.
+//
+// A renewal whose answer was lost may have been written: the next one
+// then fails its compare-and-set, reads the lease back and, finding its
+// own holder ID and token there, carries on from that revision (see
+// casBucket.update).
 type Lease struct {
-	kv  jetstream.KeyValue
-	ttl time.Duration
-	rev uint64 // the revision this process holds; 0 if none
+	kv    jetstream.KeyValue
+	b     *casBucket
+	ttl   time.Duration
+	rev   uint64 // the revision this process holds; 0 if none
+	id    string // the holder this process wrote
+	token string // and its token
 }
 
 // OpenLease binds the lease bucket; ErrNotProvisioned when it does not
@@ -56,7 +69,7 @@ func OpenLease(ctx context.Context, js jetstream.JetStream) (*Lease, error) {
 	if err != nil {
 		return nil, fmt.Errorf("queue: bucket %s: %w", BucketCoordinators, err)
 	}
-	return &Lease{kv: kv, ttl: st.TTL()}, nil
+	return &Lease{kv: kv, b: newCASBucket(js, kv, BucketCoordinators), ttl: st.TTL()}, nil
 }
 
 // TTL is the lease's time to live.
@@ -66,53 +79,73 @@ func (l *Lease) TTL() time.Duration { return l.ttl }
 // h's ID (this coordinator, restarted), or if force is set (a coordinator
 // with an embedded NATS server, which nobody else can share). It returns
 // whether it did, and the holder it found otherwise.
+// A write whose answer does not come is tried again until ctx ends.
 func (l *Lease) Acquire(ctx context.Context, h Holder, force bool) (bool, Holder, error) {
+	h.Token = nuid.Next()
 	data, err := json.Marshal(h)
 	if err != nil {
 		return false, Holder{}, err
 	}
-	rev, err := l.kv.Create(ctx, leaderKey, data)
+	ours := holds(h.ID, h.Token)
+	rev, err := l.b.create(ctx, leaderKey, data, ours)
 	if err == nil {
-		l.rev = rev
+		l.rev, l.id, l.token = rev, h.ID, h.Token
 		return true, h, nil
 	}
-	if !isWrongRevision(err) {
+	if !errors.Is(err, ErrRevisionMismatch) {
 		return false, Holder{}, fmt.Errorf("queue: acquire lease: %w", err)
 	}
-	cur, entry, err := l.current(ctx)
+	e, err := l.b.latestRetrying(ctx, leaderKey)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return false, Holder{}, nil // expired meanwhile: try again
 	}
 	if err != nil {
-		return false, Holder{}, err
+		return false, Holder{}, fmt.Errorf("queue: acquire lease: %w", err)
+	}
+	var cur Holder
+	if err := json.Unmarshal(e.value, &cur); err != nil {
+		return false, Holder{}, fmt.Errorf("queue: lease value: %w", err)
 	}
 	if cur.ID != h.ID && !force {
 		return false, cur, nil
 	}
-	rev, err = l.kv.Update(ctx, leaderKey, data, entry.Revision())
+	rev, err = l.b.update(ctx, leaderKey, data, e.rev, false, ours)
 	if err != nil {
-		if isWrongRevision(err) {
+		if errors.Is(err, ErrRevisionMismatch) {
 			return false, cur, nil
 		}
 		return false, Holder{}, fmt.Errorf("queue: acquire lease: %w", err)
 	}
-	l.rev = rev
+	l.rev, l.id, l.token = rev, h.ID, h.Token
 	return true, h, nil
 }
 
+// holds returns whether a lease value names the holder id with token.
+func holds(id, token string) func([]byte) bool {
+	return func(stored []byte) bool {
+		var h Holder
+		return json.Unmarshal(stored, &h) == nil && h.ID == id && h.Token == token
+	}
+}
+
 // Renew extends the lease held by this process; ErrLeaseLost when
-// another coordinator holds it now (or nobody: it expired).
+// another coordinator holds it now (or nobody: it expired). A renewal
+// whose answer is lost is tried again until ctx ends, and one that was
+// written although its answer was lost (in this call or an earlier one)
+// counts as done. Other errors (ctx ended while NATS did not answer)
+// leave the lease held as far as this process knows: call Renew again.
 func (l *Lease) Renew(ctx context.Context, h Holder) error {
 	if l.rev == 0 {
 		return ErrLeaseLost
 	}
+	h.Token = l.token
 	data, err := json.Marshal(h)
 	if err != nil {
 		return err
 	}
-	rev, err := l.kv.Update(ctx, leaderKey, data, l.rev)
+	rev, err := l.b.update(ctx, leaderKey, data, l.rev, true, holds(h.ID, h.Token))
 	if err != nil {
-		if isWrongRevision(err) || errors.Is(err, jetstream.ErrKeyNotFound) {
+		if errors.Is(err, ErrRevisionMismatch) {
 			l.rev = 0
 			return fmt.Errorf("%w: %w", ErrLeaseLost, err)
 		}
@@ -128,8 +161,17 @@ func (l *Lease) Release(ctx context.Context) error {
 	if l.rev == 0 {
 		return nil
 	}
-	err := l.kv.Delete(ctx, leaderKey, jetstream.LastRevision(l.rev))
+	rev := l.rev
 	l.rev = 0
+	err := l.kv.Delete(ctx, leaderKey, jetstream.LastRevision(rev))
+	if err != nil && isWrongRevision(err) {
+		// A renewal whose answer was lost may have moved it on.
+		e, rerr := l.b.latest(ctx, leaderKey)
+		if rerr != nil || e.rev <= rev || !holds(l.id, l.token)(e.value) {
+			return nil // somebody else's, or gone
+		}
+		err = l.kv.Delete(ctx, leaderKey, jetstream.LastRevision(e.rev))
+	}
 	if err != nil && !isWrongRevision(err) {
 		return fmt.Errorf("queue: release lease: %w", err)
 	}

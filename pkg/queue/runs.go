@@ -57,9 +57,14 @@ func Terminal(s stepflowv1.RunStatus) bool {
 // write returns the record's new revision; Update and Modify are
 // compare-and-set on it, so two writers never lose each other's changes.
 // It is safe for concurrent use.
+//
+// A compare-and-set whose answer was lost (a timeout, a stream leader
+// that lost its quorum) is recognised when it was written all the same:
+// the record read back is the one it wrote (see casBucket.update).
 type RunStore struct {
 	js jetstream.JetStream
 	kv jetstream.KeyValue
+	b  *casBucket
 }
 
 // OpenRunStore binds the run-record bucket; ErrNotProvisioned when it does
@@ -69,7 +74,7 @@ func OpenRunStore(ctx context.Context, js jetstream.JetStream) (*RunStore, error
 	if err != nil {
 		return nil, notProvisioned("bucket "+BucketRuns, err)
 	}
-	return &RunStore{js: js, kv: kv}, nil
+	return &RunStore{js: js, kv: kv, b: newCASBucket(js, kv, BucketRuns)}, nil
 }
 
 // List returns the current record of every run, and the errors of those
@@ -133,14 +138,16 @@ func (s *RunStore) List(ctx context.Context) (recs []*stepflowv1.RunRecord, unre
 	return recs, unreadable, nil
 }
 
-// Create stores a new run record; ErrRunExists if the run already has one.
+// Create stores a new run record; ErrRunExists if the run already has
+// another one. A write whose answer does not come is tried again until
+// ctx ends, and counts as made when the record read back is rec.
 func (s *RunStore) Create(ctx context.Context, rec *stepflowv1.RunRecord) (revision uint64, err error) {
 	data, err := encodeRun(rec)
 	if err != nil {
 		return 0, err
 	}
-	rev, err := s.kv.Create(ctx, rec.GetRunId(), data)
-	if errors.Is(err, jetstream.ErrKeyExists) {
+	rev, err := s.b.create(ctx, rec.GetRunId(), data, sameBytes(data))
+	if errors.Is(err, ErrRevisionMismatch) {
 		return 0, fmt.Errorf("%w: %s", ErrRunExists, rec.GetRunId())
 	}
 	if err != nil {
@@ -184,17 +191,17 @@ func (s *RunStore) Put(ctx context.Context, rec *stepflowv1.RunRecord) (uint64, 
 }
 
 // Update stores rec if the record's latest revision is still revision;
-// otherwise it fails with ErrRevisionMismatch (re-read and retry).
+// otherwise it fails with ErrRevisionMismatch (re-read and retry). A
+// write whose answer does not come is tried again until ctx ends; one
+// that was made although its answer was lost counts as made (the record
+// read back is rec). A call that gave up waiting may have written rec:
+// the next compare-and-set against revision then fails (re-read).
 func (s *RunStore) Update(ctx context.Context, rec *stepflowv1.RunRecord, revision uint64) (uint64, error) {
 	data, err := encodeRun(rec)
 	if err != nil {
 		return 0, err
 	}
-	rev, err := s.kv.Update(ctx, rec.GetRunId(), data, revision)
-	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) ||
-		apiCode(err) == jetstream.JSErrCodeStreamWrongLastSequence || apiCode(err) == jetstream.JSErrCodeStreamWrongLastSequenceConstant {
-		return 0, fmt.Errorf("%w: run %s at revision %d: %w", ErrRevisionMismatch, rec.GetRunId(), revision, err)
-	}
+	rev, err := s.b.update(ctx, rec.GetRunId(), data, revision, false, sameBytes(data))
 	if err != nil {
 		return 0, fmt.Errorf("queue: update run %s: %w", rec.GetRunId(), err)
 	}
@@ -208,13 +215,26 @@ const maxModifyAttempts = 100
 // compare-and-set, re-reading and re-applying fn when another writer got
 // there first. fn must not keep the record, and may run several times; an
 // error from fn aborts and is returned as is. It returns the stored record
-// and its revision.
+// and its revision. It reads the record through the stream leader, which
+// has every acknowledged write (a replica answering a direct get may
+// lag), and waits for NATS while it does not answer, until ctx ends.
 func (s *RunStore) Modify(ctx context.Context, runID string, fn func(*stepflowv1.RunRecord) error) (*stepflowv1.RunRecord, uint64, error) {
+	if err := ValidateRunID(runID); err != nil {
+		return nil, 0, err
+	}
 	for range maxModifyAttempts {
-		rec, rev, err := s.Get(ctx, runID)
-		if err != nil {
-			return nil, 0, err
+		e, err := s.b.latestRetrying(ctx, runID)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			return nil, 0, fmt.Errorf("%w: %s", ErrRunNotFound, runID)
 		}
+		if err != nil {
+			return nil, 0, fmt.Errorf("queue: get run %s: %w", runID, err)
+		}
+		rec, err := decodeRun(e.value)
+		if err != nil {
+			return nil, 0, fmt.Errorf("run %s: %w", runID, err)
+		}
+		rev := e.rev
 		if err := fn(rec); err != nil {
 			return nil, 0, err
 		}

@@ -181,6 +181,12 @@ type chaosOptions struct {
 	timeoutMs int
 	// coordArgs are more flags of every coordinator.
 	coordArgs []string
+	// natsURL is a NATS deployment the test started (a cluster: its
+	// URLs, comma-separated) for the coordinator and the workers.
+	natsURL string
+	// launched, when set, is called once the first coordinator process
+	// has started, before its ready line is awaited.
+	launched func()
 }
 
 // chaosEnv is one chaos scenario's processes and files.
@@ -246,6 +252,11 @@ func newChaosEnv(t *testing.T, opts chaosOptions) *chaosEnv {
 	}
 	e.coordArgs = []string{"--data-dir", filepath.Join(e.dir, "coordinator"), "--log-level", "warn",
 		"--run-ack-wait", opts.ackWait.String()}
+	if opts.natsURL != "" {
+		e.natsURL = opts.natsURL
+		opts.externalNATS = true
+		e.opts.externalNATS = true
+	}
 	if opts.externalNATS {
 		e.coordArgs = append(e.coordArgs, "--nats-url", e.natsURL)
 	}
@@ -305,6 +316,9 @@ func (e *chaosEnv) startCoordinator(port, natsPort int) {
 	ready := newFirstLine()
 	e.coord = launch(t, "coordinator", nil, ready, coordinatorBin, args...)
 	e.coords = append(e.coords, e.coord)
+	if e.opts.launched != nil && len(e.coords) == 1 {
+		e.opts.launched()
+	}
 	select {
 	case line := <-ready.ch:
 		var r struct {

@@ -1,0 +1,278 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
+)
+
+// The cluster scenarios: a coordinator and two workers on a three-node
+// NATS JetStream cluster (nats-server processes on loopback), every stream
+// and bucket at three replicas (--nats-replicas 3), every process given
+// all three URLs. Nodes are killed and restarted while a batch runs; each
+// scenario checks that every item ends with exactly one result and that
+// the coordinator never exits. Each logs a "CLUSTER scenario=..." line
+// with the recovery times it measured (docs/reliability.md).
+
+// clusterItems is the batch size of the cluster scenarios.
+const clusterItems = 3000
+
+// natsCluster is three nats-server processes forming one JetStream
+// cluster.
+type natsCluster struct {
+	t     *testing.T
+	dir   string
+	ports [3]int
+	procs [3]*proc
+}
+
+// newNATSCluster writes the nodes' configurations; start them with start.
+func newNATSCluster(t *testing.T) *natsCluster {
+	t.Helper()
+	c := &natsCluster{t: t, dir: t.TempDir()}
+	var routes [3]int
+	for i := range 3 {
+		c.ports[i], routes[i] = freePort(t), freePort(t)
+	}
+	var rs []string
+	for _, p := range routes {
+		rs = append(rs, fmt.Sprintf("nats-route://127.0.0.1:%d", p))
+	}
+	for i := range 3 {
+		conf := fmt.Sprintf(`server_name: n%d
+listen: 127.0.0.1:%d
+log_file: %q
+jetstream {
+  store_dir: %q
+  sync_interval: always
+}
+cluster {
+  name: stepflow
+  listen: 127.0.0.1:%d
+  routes: [%s]
+}
+`, i, c.ports[i], filepath.Join(c.dir, fmt.Sprintf("n%d.log", i)), filepath.Join(c.dir, fmt.Sprintf("n%d", i)), routes[i], strings.Join(rs, ", "))
+		require.NoError(t, os.WriteFile(c.conf(i), []byte(conf), 0o644))
+	}
+	t.Cleanup(func() {
+		for _, p := range c.procs {
+			if p != nil {
+				p.stop(t)
+			}
+		}
+		if t.Failed() {
+			for i := range 3 {
+				if log, err := os.ReadFile(filepath.Join(c.dir, fmt.Sprintf("n%d.log", i))); err == nil {
+					t.Logf("n%d log (last 4 KiB):\n%s", i, log[max(0, len(log)-4096):])
+				}
+			}
+		}
+	})
+	return c
+}
+
+func (c *natsCluster) conf(i int) string { return filepath.Join(c.dir, fmt.Sprintf("n%d.conf", i)) }
+
+// urls is every node's client URL, comma-separated.
+func (c *natsCluster) urls() string {
+	var us []string
+	for _, p := range c.ports {
+		us = append(us, fmt.Sprintf("nats://127.0.0.1:%d", p))
+	}
+	return strings.Join(us, ",")
+}
+
+// start starts (or restarts, on its store) node i and waits until it
+// accepts connections.
+func (c *natsCluster) start(i int) {
+	t := c.t
+	t.Helper()
+	require.True(t, c.procs[i] == nil || c.procs[i].exited(), "n%d is running", i)
+	c.procs[i] = launch(t, fmt.Sprintf("n%d", i), nil, nil, natsServerBin, "-c", c.conf(i))
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		conn, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", c.ports[i]), time.Second)
+		if err == nil {
+			_ = conn.Close()
+			return
+		}
+		require.False(t, c.procs[i].exited(), "n%d exited: %v", i, c.procs[i].err)
+		require.True(t, time.Now().Before(deadline), "n%d does not accept connections: %v", i, err)
+		time.Sleep(20 * time.Millisecond) // an external process: poll
+	}
+}
+
+// kill9 kills node i.
+func (c *natsCluster) kill9(i int) { c.procs[i].kill9(c.t) }
+
+// streamLeader returns the index of the node leading stream.
+func (c *natsCluster) streamLeader(stream string) int {
+	t := c.t
+	t.Helper()
+	nc, err := nats.Connect(c.urls(), nats.Name("cluster-test"))
+	require.NoError(t, err)
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	var leader string
+	deadline := time.Now().Add(chaosWait)
+	for leader == "" {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		s, err := js.Stream(ctx, stream)
+		if err == nil && s.CachedInfo().Cluster != nil {
+			leader = s.CachedInfo().Cluster.Leader
+		}
+		cancel()
+		require.True(t, time.Now().Before(deadline), "stream %s has no leader", stream)
+		if leader == "" {
+			time.Sleep(100 * time.Millisecond) // an election under way: poll
+		}
+	}
+	i, err := strconv.Atoi(strings.TrimPrefix(leader, "n"))
+	require.NoError(t, err, leader)
+	return i
+}
+
+// newClusterEnv starts the cluster (unless late) and the chaos harness on
+// it: a coordinator with --nats-replicas 3 and two workers of 4 slots.
+func newClusterEnv(t *testing.T, c *natsCluster, launched func(), coordArgs ...string) *chaosEnv {
+	t.Helper()
+	e := newChaosEnv(t, chaosOptions{natsURL: c.urls(), launched: launched,
+		coordArgs: append([]string{"--nats-replicas", "3"}, coordArgs...)})
+	e.addWorker("w1", 4)
+	e.addWorker("w2", 4)
+	return e
+}
+
+// progressAfter waits until the run has more results than it had when
+// called, and returns how long that took.
+func (e *chaosEnv) progressAfter(runID string, since time.Time) time.Duration {
+	e.t.Helper()
+	var base int
+	e.waitUntil("the coordinator answers", func() bool {
+		st, ok := e.status(runID)
+		base = st.Items.Completed + st.Items.Failed
+		return ok
+	})
+	e.waitCompleted(runID, base+1)
+	return time.Since(since)
+}
+
+// reportCluster logs the line the figures in docs/reliability.md come
+// from: go test -v -run TestCluster ./test/integration/ | grep CLUSTER
+func reportCluster(t *testing.T, scenario string, rep chaosReport, extra ...string) {
+	t.Helper()
+	t.Log(strings.Join(append([]string{fmt.Sprintf("CLUSTER scenario=%s items=%d lost=%d duplicates=%d reexecuted=%d",
+		scenario, clusterItems, rep.lost, rep.duplicates, rep.reexecuted)}, extra...), " "))
+}
+
+// kill -9 of the items stream's leader mid-batch, then its restart: the
+// other two elect a new leader and the batch goes on.
+func TestClusterStreamLeaderKill(t *testing.T) {
+	skipShort(t)
+	c := newNATSCluster(t)
+	for i := range 3 {
+		c.start(i)
+	}
+	e := newClusterEnv(t, c, nil)
+	run := e.submitNoWait(e.writeFlow("cluster", ""), e.writeInputs("c1", clusterItems, nil), 8)
+	e.waitCompleted(run, clusterItems*3/10)
+
+	leader := c.streamLeader("STEPFLOW_ITEMS")
+	killed := time.Now()
+	c.kill9(leader)
+	resumed := e.progressAfter(run, killed)
+	c.start(leader)
+	rep := e.verify(run, "c1", clusterItems)
+	finished := time.Since(killed)
+	require.False(t, e.coord.exited(), "the coordinator exited: %v", e.coord.err)
+	e.requireAlive("w1", "w2")
+	reportCluster(t, "leader-kill", rep, fmt.Sprintf("killed=n%d results_again_after=%s finished_after=%s",
+		leader, resumed.Round(100*time.Millisecond), finished.Round(100*time.Millisecond)))
+}
+
+// Two of the three nodes down together for 15 s (quorum lost), then back:
+// the run pauses and completes; the coordinator stays up throughout.
+func TestClusterQuorumLoss(t *testing.T) {
+	skipShort(t)
+	c := newNATSCluster(t)
+	for i := range 3 {
+		c.start(i)
+	}
+	e := newClusterEnv(t, c, nil)
+	run := e.submitNoWait(e.writeFlow("cluster", ""), e.writeInputs("c2", clusterItems, nil), 8)
+	e.waitCompleted(run, clusterItems*3/10)
+
+	leader := c.streamLeader("STEPFLOW_ITEMS")
+	other := (leader + 1) % 3
+	c.kill9(leader)
+	c.kill9(other)
+	// The outage's length is the scenario: nothing to wait for.
+	outage := time.NewTimer(15 * time.Second)
+	select {
+	case <-outage.C:
+	case <-e.coord.done:
+		t.Fatalf("the coordinator exited while the quorum was lost: %v", e.coord.err)
+	}
+	back := time.Now()
+	c.start(leader)
+	c.start(other)
+	resumed := e.progressAfter(run, back)
+	rep := e.verify(run, "c2", clusterItems)
+	finished := time.Since(back)
+	require.False(t, e.coord.exited(), "the coordinator exited: %v", e.coord.err)
+	e.requireAlive("w1", "w2")
+	reportCluster(t, "quorum-loss", rep, fmt.Sprintf("outage=15s results_again_after=%s finished_after=%s",
+		resumed.Round(100*time.Millisecond), finished.Round(100*time.Millisecond)))
+}
+
+// A coordinator started before the NATS cluster (as on Kubernetes, where
+// they start together) waits for it, not ready meanwhile, then runs a
+// batch.
+func TestClusterCoordinatorBeforeNATS(t *testing.T) {
+	skipShort(t)
+	c := newNATSCluster(t)
+	port := freePort(t)
+	var formed time.Time
+	// The cluster starts once the coordinator says it waits for NATS.
+	launched := func() {
+		readyz := fmt.Sprintf("http://127.0.0.1:%d/readyz", port)
+		deadline := time.Now().Add(chaosWait)
+		for {
+			resp, err := http.Get(readyz)
+			if err == nil {
+				body, _ := io.ReadAll(resp.Body)
+				_ = resp.Body.Close()
+				require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode, "%s", body)
+				require.Contains(t, string(body), "NATS")
+				break
+			}
+			require.True(t, time.Now().Before(deadline), "the coordinator never listened on port %d: %v", port, err)
+			time.Sleep(20 * time.Millisecond) // a process starting: poll
+		}
+		formed = time.Now()
+		for i := range 3 {
+			c.start(i)
+		}
+	}
+	e := newClusterEnv(t, c, launched, "--port", strconv.Itoa(port))
+	ready := time.Since(formed)
+	begin := time.Now()
+	run := e.submitNoWait(e.writeFlow("cluster", ""), e.writeInputs("c3", clusterItems, nil), 8)
+	rep := e.verify(run, "c3", clusterItems)
+	require.False(t, e.coord.exited(), "the coordinator exited: %v", e.coord.err)
+	reportCluster(t, "coordinator-first", rep, fmt.Sprintf("ready_after_nats_start=%s batch=%s",
+		ready.Round(100*time.Millisecond), time.Since(begin).Round(100*time.Millisecond)))
+}
