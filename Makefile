@@ -141,6 +141,14 @@ PROTO_FILES    := proto/stepflow/v1/queue.proto
 PROTO_GEN_DIR  := proto/stepflowv1
 PROTO_TOOLS    := $(CURDIR)/$(BIN)/tools
 PROTOC_GEN_GO_VERSION = $(shell $(GO) list -m -f '{{.Version}}' google.golang.org/protobuf)
+# Upstream Stepflow 0.13's worker protocol (gRPC services, package
+# stepflow.v1) that pkg/plugin/grpcqueue serves; protoc-gen-go-grpc is
+# pinned here (its module is versioned apart from google.golang.org/grpc).
+GRPC_PROTO_FILES   := proto/stepflow/v1/common.proto proto/stepflow/v1/tasks.proto proto/stepflow/v1/orchestrator.proto proto/stepflow/v1/blobs.proto
+GRPC_PROTO_GEN_DIR := proto/tasksv1
+PROTOC_GEN_GO_GRPC_VERSION := v1.6.0
+PROTOC_GRPC = protoc -I proto --plugin=protoc-gen-go=$(PROTO_TOOLS)/protoc-gen-go \
+	  --plugin=protoc-gen-go-grpc=$(PROTO_TOOLS)/protoc-gen-go-grpc
 
 .PHONY: proto proto-check proto-tools
 
@@ -151,10 +159,16 @@ proto-tools:
 	    echo "installing protoc-gen-go $$v into $(PROTO_TOOLS)"; \
 	    GOBIN=$(PROTO_TOOLS) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$$v || exit 1; \
 	  fi
+	@if [ "$$($(PROTO_TOOLS)/protoc-gen-go-grpc --version 2>/dev/null)" != "protoc-gen-go-grpc $(PROTOC_GEN_GO_GRPC_VERSION:v%=%)" ]; then \
+	    echo "installing protoc-gen-go-grpc $(PROTOC_GEN_GO_GRPC_VERSION) into $(PROTO_TOOLS)"; \
+	    GOBIN=$(PROTO_TOOLS) $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION) || exit 1; \
+	  fi
 
 proto: proto-tools ## regenerate the Go code of the protobuf wire messages
 	protoc -I proto --plugin=protoc-gen-go=$(PROTO_TOOLS)/protoc-gen-go \
 	  --go_out=. --go_opt=module=github.com/stepflow-go/stepflow $(PROTO_FILES)
+	$(PROTOC_GRPC) --go_out=. --go_opt=module=github.com/stepflow-go/stepflow \
+	  --go-grpc_out=. --go-grpc_opt=module=github.com/stepflow-go/stepflow $(GRPC_PROTO_FILES)
 
 proto-check: proto-tools ## fail if the committed generated protobuf code is stale
 	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
@@ -163,6 +177,12 @@ proto-check: proto-tools ## fail if the committed generated protobuf code is sta
 	  if ! diff -r -u -I '^//[[:space:]]*protoc[[:space:]]' $$tmp/$(PROTO_GEN_DIR) $(PROTO_GEN_DIR); then \
 	    echo "generated protobuf code in $(PROTO_GEN_DIR) is stale: run 'make proto' and commit the result" >&2; exit 1; \
 	  fi; echo "proto: $(PROTO_GEN_DIR) is up to date"
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	  $(PROTOC_GRPC) --go_out=$$tmp --go_opt=module=github.com/stepflow-go/stepflow \
+	    --go-grpc_out=$$tmp --go-grpc_opt=module=github.com/stepflow-go/stepflow $(GRPC_PROTO_FILES) && \
+	  if ! diff -r -u -I '^//[[:space:]]*-\{0,1\}[[:space:]]*protoc[[:space:]]' $$tmp/$(GRPC_PROTO_GEN_DIR) $(GRPC_PROTO_GEN_DIR); then \
+	    echo "generated protobuf code in $(GRPC_PROTO_GEN_DIR) is stale: run 'make proto' and commit the result" >&2; exit 1; \
+	  fi; echo "proto: $(GRPC_PROTO_GEN_DIR) is up to date"
 
 # --- MCP test server (test/mcp) ---------------------------------------------
 # pkg/plugin/mcp tests run @modelcontextprotocol/server-everything, pinned in
