@@ -27,6 +27,7 @@ import (
 	"github.com/stepflow-go/stepflow/pkg/executor"
 	"github.com/stepflow-go/stepflow/pkg/outcome"
 	"github.com/stepflow-go/stepflow/pkg/plugin/builtin"
+	"github.com/stepflow-go/stepflow/pkg/plugin/grpcqueue"
 	"github.com/stepflow-go/stepflow/pkg/plugin/mcp"
 	"github.com/stepflow-go/stepflow/pkg/plugin/pluginapi"
 	"github.com/stepflow-go/stepflow/pkg/plugin/stepflow"
@@ -106,8 +107,21 @@ func defaultFactory(t config.PluginType) (Factory, bool) {
 		return mcp.Factory, true
 	case config.TypeStepflow:
 		return stepflow.Factory, true
+	case config.TypeGRPC:
+		return grpcqueue.Factory, true
+	case config.TypeNATS:
+		return natsFactory, true
 	}
 	return nil, false
+}
+
+// ErrNATSNotSupported is returned when a `type: nats` plugin is started:
+// its config is parsed and checked (`stepflow validate` accepts it), but
+// this runtime does not dispatch tasks over NATS JetStream yet.
+var ErrNATSNotSupported = errors.New("type nats (upstream 0.13's NATS JetStream task transport) is not supported yet; use type grpc")
+
+func natsFactory(context.Context, *config.Plugin, Host) (Plugin, error) {
+	return nil, ErrNATSNotSupported
 }
 
 // New builds the router, then creates and starts every plugin of cfg in
@@ -251,7 +265,12 @@ func (ps *Plugins) Route(path string, input value.Value) (executor.Component, er
 	if !ok {
 		return nil, &RouteError{Path: path, Reason: fmt.Sprintf("cannot route component %s: plugin %q is not running", path, t.Plugin)}
 	}
-	c, err := p.Component(t.Component)
+	var c executor.Component
+	if pc, ok := p.(pluginapi.ParamsComponenter); ok && t.Rule != nil && t.Rule.Params != nil {
+		c, err = pc.ComponentWithParams(t.Component, t.Rule.Params)
+	} else {
+		c, err = p.Component(t.Component)
+	}
 	if errors.Is(err, ErrUnknownComponent) {
 		// Name the step's path: the plugin-local name alone (/get_blb)
 		// hides which route and plugin the step reached.
