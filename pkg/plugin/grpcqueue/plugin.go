@@ -96,13 +96,12 @@ type Plugin struct {
 	starts   int
 	startsMu sync.Mutex
 
-	mu        sync.Mutex
-	proc      *workerProcess // the current worker process; nil between runs
-	lastExit  error          // why the last worker process ended
-	compsByID map[string]*tasksv1.ComponentInfo
-	matchers  []pathMatcher // the worker's component paths, from ListComponents
-	listMu    sync.Mutex    // one ListComponents at a time for resolve
-	listGen   atomic.Int64  // counts completed listings
+	mu       sync.Mutex
+	proc     *workerProcess           // the current worker process; nil between runs
+	lastExit error                    // why the last worker process ended
+	lists    map[string][]pathMatcher // queue -> its workers' component paths, from ListComponents
+	listMu   sync.Mutex               // one ListComponents at a time for resolve
+	listGen  atomic.Int64             // counts completed listings
 
 	closeOnce sync.Once
 	closeErr  error
@@ -316,7 +315,7 @@ func (p *Plugin) Close() error {
 // Components asks a worker of the queue for its components (a
 // ListComponentsRequest task).
 func (p *Plugin) Components(ctx context.Context) ([]pluginapi.ComponentInfo, error) {
-	list, err := p.listComponents(ctx)
+	list, err := p.listComponents(ctx, p.cfg.QueueName)
 	if err != nil {
 		return nil, err
 	}
@@ -351,8 +350,8 @@ func componentPath(c *tasksv1.ComponentInfo) string {
 	return path
 }
 
-func (p *Plugin) listComponents(ctx context.Context) ([]*tasksv1.ComponentInfo, error) {
-	t := p.d.newTask(p.cfg.QueueName, "list_components", &tasksv1.TaskAssignment{
+func (p *Plugin) listComponents(ctx context.Context, queue string) ([]*tasksv1.ComponentInfo, error) {
+	t := p.d.newTask(queue, "list_components", &tasksv1.TaskAssignment{
 		Task:    &tasksv1.TaskAssignment_ListComponents{ListComponents: &tasksv1.ListComponentsRequest{}},
 		Context: &tasksv1.TaskContext{OrchestratorServiceUrl: p.addr},
 	})
@@ -365,15 +364,16 @@ func (p *Plugin) listComponents(ctx context.Context) ([]*tasksv1.ComponentInfo, 
 	}
 	list := res.GetListComponents().GetComponents()
 	matchers := make([]pathMatcher, 0, len(list))
-	byID := make(map[string]*tasksv1.ComponentInfo, len(list))
 	for _, c := range list {
-		byID[c.GetComponentId()] = c
 		if m, ok := newPathMatcher(componentPath(c), c.GetComponentId()); ok {
 			matchers = append(matchers, m)
 		}
 	}
 	p.mu.Lock()
-	p.matchers, p.compsByID = matchers, byID
+	if p.lists == nil {
+		p.lists = map[string][]pathMatcher{}
+	}
+	p.lists[queue] = matchers
 	p.mu.Unlock()
 	p.listGen.Add(1)
 	return list, nil
@@ -401,12 +401,13 @@ func (p *Plugin) ComponentWithParams(name string, params map[string]string) (exe
 // resolve maps a plugin-local path to the worker's component id and path
 // parameters, through the worker's component list (fetched once, and
 // again when a path matches nothing). id is "" when no component matches.
-func (p *Plugin) resolve(ctx context.Context, name string) (string, map[string]string, error) {
+func (p *Plugin) resolve(ctx context.Context, queue, name string) (string, map[string]string, error) {
 	lookup := func() (string, map[string]string, bool, bool) {
 		p.mu.Lock()
 		defer p.mu.Unlock()
-		id, params, ok := matchPath(p.matchers, name)
-		return id, params, ok, p.compsByID != nil
+		ms, known := p.lists[queue]
+		id, params, ok := matchPath(ms, name)
+		return id, params, ok, known
 	}
 	if id, params, ok, _ := lookup(); ok {
 		return id, params, nil
@@ -420,7 +421,7 @@ func (p *Plugin) resolve(ctx context.Context, name string) (string, map[string]s
 	} else if known && p.listGen.Load() != gen {
 		return "", nil, nil // listed meanwhile, and still no match
 	}
-	if _, err := p.listComponents(ctx); err != nil {
+	if _, err := p.listComponents(ctx, queue); err != nil {
 		return "", nil, err
 	}
 	id, params, _, _ := lookup()
@@ -450,7 +451,7 @@ func (c *component) Execute(ctx context.Context, req *executor.Request) (outcome
 		ctx, cancel = context.WithTimeoutCause(ctx, p.cfg.Timeout, fmt.Errorf("%w (%v)", ErrCallTimeout, p.cfg.Timeout))
 		defer cancel()
 	}
-	id, params, err := p.resolve(ctx, c.name)
+	id, params, err := p.resolve(ctx, c.queue, c.name)
 	if err != nil {
 		return outcome.Result{}, fmt.Errorf("component %s: list the worker's components: %w", c.name, err)
 	}
