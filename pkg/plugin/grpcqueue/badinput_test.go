@@ -324,3 +324,40 @@ func TestQueueNameParam(t *testing.T) {
 		t.Fatal("no answer")
 	}
 }
+
+// timeoutMs bounds the whole call; the abandoned task's heartbeats and
+// completion are refused afterwards.
+func TestCallTimeout(t *testing.T) {
+	t.Parallel()
+	p := newPlugin(t, "    timeoutMs: 300\n", grpcqueue.Options{})
+	w := connect(t, p, "py", "w1")
+	ch := call(t, p, `{}`)
+	a := w.next()
+	_, err := w.beat(a.GetTaskId(), "w1")
+	require.NoError(t, err)
+	r := wait(t, ch)
+	require.ErrorIs(t, r.err, grpcqueue.ErrCallTimeout)
+	require.NotErrorIs(t, r.err, executor.ErrUnavailable)
+	require.Contains(t, r.err.Error(), `plugin "py": task `+a.GetTaskId()+` (component /echo, queue "py"): the component call exceeded timeoutMs (300ms)`)
+	_, err = w.beat(a.GetTaskId(), "w1")
+	require.Equal(t, codes.NotFound, status.Code(err))
+}
+
+// A path the workers did not register fails its step (not found), after
+// one fresh listing.
+func TestUnknownComponent(t *testing.T) {
+	t.Parallel()
+	p := newPlugin(t, "", grpcqueue.Options{})
+	connect(t, p, "py", "w1")
+	c, err := p.Component("/nope")
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	res, err := c.Execute(ctx, &executor.Request{StepID: "s", Input: value.MustParse(`1`)})
+	require.NoError(t, err)
+	require.EqualError(t, res.Err, `component /nope not found on the workers of plugin "py" (code 500)`)
+	infos, err := p.Components(ctx)
+	require.NoError(t, err)
+	require.Len(t, infos, 1)
+	require.Equal(t, "/echo", infos[0].Component)
+}
