@@ -2,6 +2,9 @@ package grpcqueue_test
 
 import (
 	"context"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -360,4 +363,56 @@ func TestUnknownComponent(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, infos, 1)
 	require.Equal(t, "/echo", infos[0].Component)
+}
+
+// The services listen on a Unix socket in a directory only this user can
+// enter, removed by Close.
+func TestPrivateSocket(t *testing.T) {
+	t.Parallel()
+	cfg, err := config.Parse([]byte("plugins:\n  py:\n    type: grpc\nroutes: {}\n"), "cfg.yml")
+	require.NoError(t, err)
+	p, err := grpcqueue.New(cfg.Plugin("py"), pluginapi.Host{Blobs: blob.NewMemory(), Logger: zaptest.NewLogger(t), WorkingDir: t.TempDir()}, grpcqueue.Options{})
+	require.NoError(t, err)
+	require.NoError(t, p.Start(context.Background()))
+	sock, ok := strings.CutPrefix(p.Addr(), "unix:")
+	require.True(t, ok, p.Addr())
+	fi, err := os.Stat(filepath.Dir(sock))
+	require.NoError(t, err)
+	require.Equal(t, os.FileMode(0o700), fi.Mode().Perm())
+	require.NoError(t, p.Close())
+	_, err = os.Stat(filepath.Dir(sock))
+	require.ErrorIs(t, err, os.ErrNotExist)
+}
+
+// executionTimeoutSecs bounds a claimed task, heartbeats or not.
+func TestExecutionTimeout(t *testing.T) {
+	t.Parallel()
+	p := newPlugin(t, "    executionTimeoutSecs: 1\n", grpcqueue.Options{})
+	w := connect(t, p, "py", "w1")
+	ch := call(t, p, `{}`)
+	a := w.next()
+	_, err := w.beat(a.GetTaskId(), "w1")
+	require.NoError(t, err)
+	stop := make(chan struct{})
+	beats := make(chan struct{})
+	go func() { // a worker that heartbeats forever
+		defer close(beats)
+		tk := time.NewTicker(100 * time.Millisecond)
+		defer tk.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tk.C:
+				if _, err := w.beat(a.GetTaskId(), "w1"); err != nil {
+					return
+				}
+			}
+		}
+	}()
+	r := wait(t, ch)
+	close(stop)
+	<-beats
+	require.ErrorIs(t, r.err, grpcqueue.ErrExecutionTimeout)
+	require.Contains(t, r.err.Error(), `plugin "py": task `+a.GetTaskId()+` (component /echo, queue "py"): the task exceeded executionTimeoutSecs (1s)`)
 }

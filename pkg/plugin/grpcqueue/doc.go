@@ -5,8 +5,10 @@
 //
 // # Transport
 //
-// Start serves TasksService, OrchestratorService and BlobService on a
-// loopback port of its own and launches `command args` (when set) with the
+// Start serves TasksService, OrchestratorService and BlobService on a Unix
+// socket of its own, in a fresh directory only the runtime's user can enter
+// (tasks carry item inputs and SubmitRun starts runs: no other local user
+// may connect; the SDK dials `unix:<path>` as any gRPC target), and launches `command args` (when set) with the
 // base environment, the plugin's `env`, then STEPFLOW_TRANSPORT=grpc,
 // STEPFLOW_TASKS_URL, STEPFLOW_QUEUE_NAME and STEPFLOW_BLOB_URL. Workers
 // call PullTasks for a queue; a component call becomes a TaskAssignment on

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -89,6 +91,8 @@ type Plugin struct {
 	srv  *grpc.Server
 	lis  net.Listener
 	addr string
+	// sockDir holds the Unix socket; removed by Close.
+	sockDir string
 
 	closing  chan struct{}
 	supDone  chan struct{} // closed when the supervisor returned; nil without one
@@ -147,18 +151,27 @@ func heartbeatInterval(timeout time.Duration) uint32 {
 }
 
 // Addr returns the address of the plugin's gRPC services ("" before
-// Start): what STEPFLOW_TASKS_URL and STEPFLOW_BLOB_URL tell workers.
+// Start), `unix:<path>`: what STEPFLOW_TASKS_URL and STEPFLOW_BLOB_URL
+// tell workers.
 func (p *Plugin) Addr() string { return p.addr }
 
 // Start serves TasksService, OrchestratorService and BlobService on a
-// loopback port and launches the worker (when `command` is set), waiting
+// Unix socket in a private directory and launches the worker (when `command` is set), waiting
 // until it pulls tasks (see Options.ConnectTimeout).
 func (p *Plugin) Start(ctx context.Context) error {
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	// A Unix socket in a directory only this user can enter: no other
+	// local user can pull tasks (and read their inputs) or submit runs.
+	dir, err := os.MkdirTemp("", "stepflow-grpc-")
 	if err != nil {
-		return fmt.Errorf("listen: %w", err)
+		return fmt.Errorf("socket directory: %w", err)
 	}
-	p.lis, p.addr = lis, lis.Addr().String()
+	p.sockDir = dir
+	sock := filepath.Join(dir, "tasks.sock")
+	lis, err := net.Listen("unix", sock)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", sock, err)
+	}
+	p.lis, p.addr = lis, "unix:"+sock
 	p.srv = grpc.NewServer(grpc.MaxRecvMsgSize(maxMessage), grpc.MaxSendMsgSize(maxMessage))
 	(&service{d: p.d, addr: p.addr, blobs: p.host.Blobs, runs: p.host.Runs, log: p.log}).register(p.srv)
 	p.srvDone = make(chan struct{})
@@ -307,6 +320,11 @@ func (p *Plugin) Close() error {
 			}
 			t.Stop()
 			<-p.srvDone
+		}
+		if p.sockDir != "" {
+			if err := os.RemoveAll(p.sockDir); err != nil {
+				p.closeErr = fmt.Errorf("remove the socket directory: %w", err)
+			}
 		}
 	})
 	return p.closeErr
