@@ -4,9 +4,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -226,6 +230,59 @@ output: { i: { $step: c, path: i } }
 	require.LessOrEqual(t, defaults, 3)
 	require.FileExists(t, marker)
 	require.Len(t, starts(t, dir), 2, "the worker was restarted once")
+}
+
+// kill -9 of the SDK process mid-batch: the items it held follow their
+// onError, the plugin restarts it, the rest of the batch runs there.
+func TestGRPC13KilledMidBatch(t *testing.T) {
+	skipShort(t)
+	t.Parallel()
+	hold := t.TempDir()
+	dir := grpc13Dir(t, "", map[string]string{"GRPC13_HOLD_DIR": hold})
+	flow := writeFile(t, dir, "flow.yaml", `schema: https://stepflow.org/schemas/v1/flow.json
+steps:
+  - id: h
+    component: /python/hold
+    input: { i: { $input: i }, hold: { $input: hold } }
+    onError: { action: useDefault, defaultValue: { i: -1 } }
+output: { i: { $step: h, path: i } }
+`)
+	var items strings.Builder
+	for i := range 10 {
+		fmt.Fprintf(&items, "{\"i\": %d, \"hold\": %v}\n", i, i < 2)
+	}
+	inputs := writeFile(t, dir, "items.jsonl", items.String())
+	cmd := exec.Command(stepflowBin, "run", "--quiet", "--config", filepath.Join(dir, "stepflow-config.yml"),
+		"--flow", flow, "--inputs", inputs, "--max-concurrent", "2")
+	var stdout strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, testWriter{t}
+	require.NoError(t, cmd.Start())
+	// Items 0 and 1 are held by the worker (max-concurrent 2).
+	waitFile(t, filepath.Join(hold, "started-0"))
+	waitFile(t, filepath.Join(hold, "started-1"))
+	pid, err := strconv.Atoi(starts(t, dir)[0])
+	require.NoError(t, err)
+	require.NoError(t, syscall.Kill(pid, syscall.SIGKILL))
+	require.NoError(t, cmd.Wait(), stdout.String())
+	want := []string{`{"outcome":"success","result":{"i":-1}}`, `{"outcome":"success","result":{"i":-1}}`}
+	for i := 2; i < 10; i++ {
+		want = append(want, fmt.Sprintf(`{"outcome":"success","result":{"i":%d}}`, i))
+	}
+	require.Equal(t, want, lines(stdout.String()))
+	require.Len(t, starts(t, dir), 2, "the worker was restarted once")
+}
+
+// waitFile waits for a file the worker creates.
+func waitFile(t *testing.T, path string) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		if _, err := os.Stat(path); err == nil {
+			return
+		}
+		require.True(t, time.Now().Before(deadline), "%s never appeared", path)
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // Upstream 0.13's example configs run once `command: uv` is swapped for

@@ -38,6 +38,19 @@ def crash(input: dict) -> dict:
 
 
 @server.component
+async def hold(input: dict) -> dict:
+    # Announces the item, then waits for the test's release file: the
+    # test kills the process while items are held.
+    import asyncio
+
+    d = os.environ["GRPC13_HOLD_DIR"]
+    open(os.path.join(d, f"started-{input['i']}"), "w").close()
+    while input.get("hold") and not os.path.exists(os.path.join(d, "release")):
+        await asyncio.sleep(0.02)
+    return {"i": input["i"], "pid": os.getpid()}
+
+
+@server.component
 async def blobs(input: dict, context: StepflowContext) -> dict:
     blob_id = await context.put_blob(input["data"])
     back = await context.get_blob(blob_id)
