@@ -92,19 +92,20 @@ VENV_GRPC13  := .venv-sdk-grpc13
 SDK_HTTP_VERSION  := 0.9.2
 SDK_STDIO_VERSION := 0.7.0
 # stepflow-py 0.13 has no HTTP server: its worker pulls tasks over gRPC
-# (type: grpc, pkg/plugin/grpcqueue). grpcio comes with the package itself.
+# (type: grpc, pkg/plugin/grpcqueue; grpcio comes with the package) or
+# fetches them from NATS JetStream (type: nats; the [nats] extra, nats-py).
 SDK_GRPC13_VERSION := 0.13.0
 PIP_INSTALL        = bin/pip install --quiet --disable-pip-version-check
 
 venv: ## the stepflow-py SDKs the component-server tests drive (0.9.2 over HTTP, 0.7.0 over stdio, 0.13.0 over gRPC pull)
-	@if $(VENV_GRPC13)/bin/python -c 'import stepflow_py.worker.grpc_worker' 2>/dev/null; then \
-		echo "$(VENV_GRPC13): stepflow-py $(SDK_GRPC13_VERSION) present"; \
+	@if $(VENV_GRPC13)/bin/python -c 'import stepflow_py.worker.grpc_worker, nats' 2>/dev/null; then \
+		echo "$(VENV_GRPC13): stepflow-py[nats] $(SDK_GRPC13_VERSION) present"; \
 	else \
-		echo "$(VENV_GRPC13): installing stepflow-py==$(SDK_GRPC13_VERSION)"; \
+		echo "$(VENV_GRPC13): installing stepflow-py[nats]==$(SDK_GRPC13_VERSION)"; \
 		{ $(PYTHON) -m venv $(VENV_GRPC13) && \
-		  $(VENV_GRPC13)/$(PIP_INSTALL) "stepflow-py==$(SDK_GRPC13_VERSION)" && \
-		  $(VENV_GRPC13)/bin/python -c 'import stepflow_py.worker.grpc_worker'; } || \
-		{ echo "make venv: stepflow-py==$(SDK_GRPC13_VERSION) into $(VENV_GRPC13) failed (see the error above)" >&2; exit 1; }; \
+		  $(VENV_GRPC13)/$(PIP_INSTALL) "stepflow-py[nats]==$(SDK_GRPC13_VERSION)" && \
+		  $(VENV_GRPC13)/bin/python -c 'import stepflow_py.worker.grpc_worker, nats'; } || \
+		{ echo "make venv: stepflow-py[nats]==$(SDK_GRPC13_VERSION) into $(VENV_GRPC13) failed (see the error above)" >&2; exit 1; }; \
 	fi
 	@if $(VENV_HTTP)/bin/python -c 'import stepflow_py.worker' 2>/dev/null; then \
 		echo "$(VENV_HTTP): stepflow-py[http] present"; \

@@ -109,8 +109,8 @@ const (
 	// TypeGRPC is upstream 0.13's pull transport: workers (stepflow-py
 	// 0.13) pull tasks of a named queue over gRPC from the runtime.
 	TypeGRPC PluginType = "grpc"
-	// TypeNATS is upstream 0.13's NATS JetStream transport (parsed; not
-	// run yet).
+	// TypeNATS is upstream 0.13's NATS JetStream transport: the runtime
+	// publishes tasks to a stream that workers consume.
 	TypeNATS PluginType = "nats"
 )
 
@@ -168,8 +168,8 @@ type GRPCPlugin struct {
 }
 
 // NATSPlugin is a `type: nats` plugin (upstream 0.13): tasks travel on a
-// JetStream stream that workers consume. Parsed and checked; this
-// runtime does not run it yet.
+// JetStream stream that workers consume; they report back over the
+// plugin's gRPC services.
 type NATSPlugin struct {
 	// URL of the NATS server (`url`; `natsUrl` is accepted too).
 	URL string

@@ -110,18 +110,9 @@ func defaultFactory(t config.PluginType) (Factory, bool) {
 	case config.TypeGRPC:
 		return grpcqueue.Factory, true
 	case config.TypeNATS:
-		return natsFactory, true
+		return grpcqueue.Factory, true
 	}
 	return nil, false
-}
-
-// ErrNATSNotSupported is returned when a `type: nats` plugin is started:
-// its config is parsed and checked (`stepflow validate` accepts it), but
-// this runtime does not dispatch tasks over NATS JetStream yet.
-var ErrNATSNotSupported = errors.New("type nats (upstream 0.13's NATS JetStream task transport) is not supported yet; use type grpc")
-
-func natsFactory(context.Context, *config.Plugin, Host) (Plugin, error) {
-	return nil, ErrNATSNotSupported
 }
 
 // New builds the router, then creates and starts every plugin of cfg in

@@ -8,6 +8,7 @@ import (
 
 	"github.com/google/uuid"
 	"go.uber.org/zap"
+	"google.golang.org/protobuf/proto"
 
 	tasksv1 "github.com/stepflow-go/stepflow/proto/tasksv1"
 )
@@ -48,11 +49,15 @@ type task struct {
 	err  error
 }
 
-// queue is one named task queue.
+// queue is one named task queue (for a nats plugin: one JetStream
+// stream).
 type queue struct {
 	name    string
 	pending []*task
 	streams map[*workerStream]struct{}
+	// jet holds the tasks published to JetStream (nats plugins): they are
+	// "sent" as soon as published; workers fetch them by themselves.
+	jet *workerStream
 	// changed is closed and replaced whenever a stream of this queue may
 	// be able to take a task (a task queued, a task claimed or done).
 	changed chan struct{}
@@ -63,9 +68,11 @@ func (q *queue) signal() {
 	q.changed = make(chan struct{})
 }
 
-// workerStream is one open PullTasks call.
+// workerStream is one open PullTasks call, or a queue's JetStream
+// stream (jet).
 type workerStream struct {
 	workerID string
+	jet      bool
 	queue    *queue
 	inflight map[string]*task // sent on this stream, not done
 }
@@ -114,6 +121,9 @@ type dispatcher struct {
 	order    []string          // finished ids, oldest first
 	// connected is closed and replaced when a stream connects.
 	connected chan struct{}
+	// publish, when set (nats plugins), sends a task to its queue's
+	// JetStream stream instead of handing it to PullTasks streams.
+	publish func(queue string, data []byte) error
 }
 
 // timing are the dispatcher's deadlines.
@@ -168,19 +178,37 @@ func (d *dispatcher) newTask(queueName, component string, assign *tasksv1.TaskAs
 	return &task{id: id, queueName: queueName, assign: assign, component: component, list: list, done: make(chan struct{})}
 }
 
-// enqueue adds t to its queue and arms its queue timeout.
+// enqueue adds t to its queue (or publishes it) and arms its queue
+// timeout. A failed publication fails t (wait returns the error).
 func (d *dispatcher) enqueue(t *task) error {
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	if d.closed {
+		d.mu.Unlock()
 		return ErrClosed
 	}
 	q := d.queueLocked(t.queueName)
 	t.queue = q
 	d.tasks[t.id] = t
-	q.pending = append(q.pending, t)
 	d.armQueueTimeoutLocked(t, d.timing.queue)
-	q.signal()
+	if d.publish == nil {
+		q.pending = append(q.pending, t)
+		q.signal()
+		d.mu.Unlock()
+		return nil
+	}
+	if q.jet == nil {
+		q.jet = &workerStream{workerID: "jetstream " + q.name, jet: true, queue: q, inflight: map[string]*task{}}
+	}
+	t.state, t.stream = stateSent, q.jet
+	q.jet.inflight[t.id] = t
+	d.mu.Unlock()
+	data, err := proto.Marshal(t.assign)
+	if err == nil {
+		err = d.publish(t.queueName, data)
+	}
+	if err != nil {
+		d.abandon(t, fmt.Errorf("publish to stream %q: %w", t.queueName, err))
+	}
 	return nil
 }
 
@@ -216,6 +244,11 @@ func (d *dispatcher) queueTimeout(t *task) {
 		}
 		if others {
 			d.armQueueTimeoutLocked(t, d.timing.queue)
+			return
+		}
+		if t.stream.jet {
+			d.finishLocked(t, nil, fmt.Errorf("%w (queueTimeoutSecs %v: no worker took the task from JetStream stream %q)",
+				ErrQueueTimeout, d.timing.queue, t.queueName))
 			return
 		}
 		d.finishLocked(t, nil, fmt.Errorf("%w (queueTimeoutSecs %v: worker %q received the task but never sent TaskHeartbeat)",

@@ -1,5 +1,6 @@
-// Package grpcqueue is the plugin for `type: grpc`: components served by
-// unmodified stepflow-py 0.13 workers, which pull tasks over gRPC (upstream
+// Package grpcqueue is the plugin for `type: grpc` and `type: nats`:
+// components served by unmodified stepflow-py 0.13 workers, which pull
+// tasks over gRPC, or fetch them from a NATS JetStream stream (upstream
 // Stepflow 0.13's worker protocol, proto/stepflow/v1/{tasks,orchestrator,
 // blobs,common}.proto, Go code in proto/tasksv1).
 //
@@ -17,6 +18,14 @@
 // reports it with CompleteTask. A stream gets a task only once its worker
 // claimed every task sent to it before, so tasks wait here rather than in
 // a busy worker's buffer.
+//
+// A nats plugin publishes each TaskAssignment (protobuf bytes) to subject
+// `<stream>.tasks` of its stream (created with WorkQueue retention when
+// missing; a route rule's `stream` names another) and launches the worker
+// with STEPFLOW_TRANSPORT=nats, STEPFLOW_NATS_URL, STEPFLOW_NATS_STREAM and
+// STEPFLOW_NATS_CONSUMER; heartbeats, completions, nested runs and blobs
+// still reach the plugin's gRPC services on the socket. Without streams to
+// watch, a dead NATS worker is noticed by its silence (HeartbeatTimeout).
 //
 // Plugin-local paths (/echo, /core/x) map to the workers' component ids and
 // path parameters through their ListComponents answer (fetched on first

@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 
@@ -80,10 +82,25 @@ func NewFactory(opts Options) pluginapi.Factory {
 	}
 }
 
-// Plugin is a `type: grpc` plugin. It is safe for concurrent use.
+// settings are what the plugin takes from its config entry (grpc or nats).
+type settings struct {
+	command string
+	args    []string
+	env     []config.EnvVar
+	// queue is the default queue (grpc) or JetStream stream (nats).
+	queue string
+	// param is the route parameter that names another queue or stream.
+	param                                  string
+	queueTimeout, execTimeout, callTimeout time.Duration
+	// nats is set for nats plugins.
+	nats *config.NATSPlugin
+}
+
+// Plugin is a `type: grpc` or `type: nats` plugin. It is safe for
+// concurrent use.
 type Plugin struct {
 	name string
-	cfg  *config.GRPCPlugin
+	cfg  settings
 	host pluginapi.Host
 	log  *zap.Logger
 	opts Options
@@ -93,6 +110,10 @@ type Plugin struct {
 	addr string
 	// sockDir holds the Unix socket; removed by Close.
 	sockDir string
+	// nc and js are the NATS connection of a nats plugin.
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	streams sync.Map // JetStream streams made sure of (name -> struct{})
 
 	closing  chan struct{}
 	supDone  chan struct{} // closed when the supervisor returned; nil without one
@@ -118,8 +139,18 @@ var (
 
 // New builds the plugin; Start launches it.
 func New(cfg *config.Plugin, host pluginapi.Host, opts Options) (*Plugin, error) {
-	if cfg == nil || cfg.GRPC == nil {
-		return nil, fmt.Errorf("%w: not a grpc plugin", ErrConfig)
+	var st settings
+	switch {
+	case cfg != nil && cfg.GRPC != nil:
+		g := cfg.GRPC
+		st = settings{command: g.Command, args: g.Args, env: g.Env, queue: g.QueueName, param: "queueName",
+			queueTimeout: g.QueueTimeout, execTimeout: g.ExecutionTimeout, callTimeout: g.Timeout}
+	case cfg != nil && cfg.NATS != nil:
+		n := cfg.NATS
+		st = settings{command: n.Command, args: n.Args, env: n.Env, queue: n.Stream, param: "stream",
+			queueTimeout: n.QueueTimeout, execTimeout: n.ExecutionTimeout, nats: n}
+	default:
+		return nil, fmt.Errorf("%w: not a grpc or nats plugin", ErrConfig)
 	}
 	if host.Logger == nil {
 		host.Logger = zap.NewNop()
@@ -129,15 +160,15 @@ func New(cfg *config.Plugin, host pluginapi.Host, opts Options) (*Plugin, error)
 	}
 	opts = opts.withDefaults()
 	d := newDispatcher(cfg.Name, timing{
-		queue:     cfg.GRPC.QueueTimeout,
+		queue:     st.queueTimeout,
 		heartbeat: opts.HeartbeatTimeout,
-		execution: cfg.GRPC.ExecutionTimeout,
+		execution: st.execTimeout,
 		interval:  heartbeatInterval(opts.HeartbeatTimeout),
 	}, host.Logger)
 	if d.timing.queue <= 0 {
 		d.timing.queue = config.DefaultQueueTimeout
 	}
-	return &Plugin{name: cfg.Name, cfg: cfg.GRPC, host: host, log: host.Logger, opts: opts, d: d, closing: make(chan struct{})}, nil
+	return &Plugin{name: cfg.Name, cfg: st, host: host, log: host.Logger, opts: opts, d: d, closing: make(chan struct{})}, nil
 }
 
 // heartbeatInterval is the interval asked of workers: a fifth of the
@@ -181,11 +212,24 @@ func (p *Plugin) Start(ctx context.Context) error {
 			p.log.Error("gRPC server stopped", zap.Error(err))
 		}
 	}()
-	p.log.Info("serving the worker protocol", zap.String("addr", p.addr), zap.String("queue", p.cfg.QueueName))
-	if p.cfg.Command == "" {
+	p.log.Info("serving the worker protocol", zap.String("addr", p.addr), zap.String("queue", p.cfg.queue))
+	if p.cfg.nats != nil {
+		if err := p.startNATS(ctx); err != nil {
+			return err
+		}
+	}
+	if p.cfg.command == "" {
 		return nil
 	}
 	connected := p.d.connectedChan()
+	if p.cfg.nats != nil {
+		connected = p.consumerReady()
+		if p.cfg.queue == "" { // streams come from the routes: nothing to watch
+			ready := make(chan struct{})
+			close(ready)
+			connected = ready
+		}
+	}
 	wp, err := p.launch()
 	if err != nil {
 		return err
@@ -210,17 +254,28 @@ func (p *Plugin) Start(ctx context.Context) error {
 // env is the worker's environment: the base variables, the plugin's
 // `env`, then what the SDK's transport reads.
 func (p *Plugin) env() []string {
-	env := config.ProcessEnv(p.cfg.Env, p.host.LookupEnv)
+	env := config.ProcessEnv(p.cfg.env, p.host.LookupEnv)
+	if n := p.cfg.nats; n != nil {
+		env = append(env,
+			"STEPFLOW_TRANSPORT=nats",
+			"STEPFLOW_NATS_URL="+n.URL,
+			"STEPFLOW_NATS_STREAM="+p.cfg.queue,
+			"STEPFLOW_NATS_CONSUMER="+p.consumer(),
+			"STEPFLOW_TASKS_URL="+p.addr,
+			"STEPFLOW_BLOB_URL="+p.addr,
+		)
+		return env
+	}
 	return append(env,
 		"STEPFLOW_TRANSPORT=grpc",
 		"STEPFLOW_TASKS_URL="+p.addr,
-		"STEPFLOW_QUEUE_NAME="+p.cfg.QueueName,
+		"STEPFLOW_QUEUE_NAME="+p.cfg.queue,
 		"STEPFLOW_BLOB_URL="+p.addr,
 	)
 }
 
 func (p *Plugin) launch() (*workerProcess, error) {
-	wp, err := startWorker(p.cfg.Command, p.cfg.Args, p.env(), p.host.WorkingDir, p.log)
+	wp, err := startWorker(p.cfg.command, p.cfg.args, p.env(), p.host.WorkingDir, p.log)
 	if err != nil {
 		return nil, err
 	}
@@ -284,17 +339,21 @@ func (p *Plugin) supervise(wp *workerProcess) {
 	}
 }
 
-// Health is nil while a worker pulls the plugin's queue.
+// Health is nil while a worker pulls the plugin's queue (grpc), or while
+// the NATS connection is up and the launched worker runs (nats).
 func (p *Plugin) Health() error {
-	if p.d.workers(p.cfg.QueueName) > 0 {
+	if p.cfg.nats != nil {
+		return p.natsHealth()
+	}
+	if p.d.workers(p.cfg.queue) > 0 {
 		return nil
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.lastExit != nil {
-		return fmt.Errorf("no worker pulls queue %q: %w", p.cfg.QueueName, p.lastExit)
+		return fmt.Errorf("no worker pulls queue %q: %w", p.cfg.queue, p.lastExit)
 	}
-	return fmt.Errorf("no worker pulls queue %q", p.cfg.QueueName)
+	return fmt.Errorf("no worker pulls queue %q", p.cfg.queue)
 }
 
 // Close stops the worker, fails every waiting task and stops the server.
@@ -321,6 +380,9 @@ func (p *Plugin) Close() error {
 			t.Stop()
 			<-p.srvDone
 		}
+		if p.nc != nil {
+			p.nc.Close()
+		}
 		if p.sockDir != "" {
 			if err := os.RemoveAll(p.sockDir); err != nil {
 				p.closeErr = fmt.Errorf("remove the socket directory: %w", err)
@@ -333,7 +395,7 @@ func (p *Plugin) Close() error {
 // Components asks a worker of the queue for its components (a
 // ListComponentsRequest task).
 func (p *Plugin) Components(ctx context.Context) ([]pluginapi.ComponentInfo, error) {
-	list, err := p.listComponents(ctx, p.cfg.QueueName)
+	list, err := p.listComponents(ctx, p.cfg.queue)
 	if err != nil {
 		return nil, err
 	}
@@ -403,14 +465,14 @@ func (p *Plugin) taskError(t *task, err error) error {
 
 // Component returns the component at the plugin-local path (/echo).
 func (p *Plugin) Component(name string) (executor.Component, error) {
-	return &component{p: p, name: name, queue: p.cfg.QueueName}, nil
+	return &component{p: p, name: name, queue: p.cfg.queue}, nil
 }
 
 // ComponentWithParams returns the component on the queue a route rule's
 // `params.queueName` names (pluginapi.ParamsComponenter).
 func (p *Plugin) ComponentWithParams(name string, params map[string]string) (executor.Component, error) {
-	q := p.cfg.QueueName
-	if v := params["queueName"]; v != "" {
+	q := p.cfg.queue
+	if v := params[p.cfg.param]; v != "" {
 		q = v
 	}
 	return &component{p: p, name: name, queue: q}, nil
@@ -464,9 +526,9 @@ func (c *component) ComponentName() string { return c.name }
 // *TaskError.
 func (c *component) Execute(ctx context.Context, req *executor.Request) (outcome.Result, error) {
 	p := c.p
-	if p.cfg.Timeout > 0 {
+	if p.cfg.callTimeout > 0 {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeoutCause(ctx, p.cfg.Timeout, fmt.Errorf("%w (%v)", ErrCallTimeout, p.cfg.Timeout))
+		ctx, cancel = context.WithTimeoutCause(ctx, p.cfg.callTimeout, fmt.Errorf("%w (%v)", ErrCallTimeout, p.cfg.callTimeout))
 		defer cancel()
 	}
 	id, params, err := p.resolve(ctx, c.queue, c.name)
