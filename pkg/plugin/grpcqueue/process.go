@@ -19,6 +19,9 @@ import (
 // tailLines is how many output lines are kept for exit reports.
 const tailLines = 20
 
+// drainWait bounds the wait for the output drains once the worker ended.
+const drainWait = 2 * time.Second
+
 // workerProcess is one launched SDK worker, in its own process group,
 // with its stdout and stderr drained into the log.
 type workerProcess struct {
@@ -28,9 +31,11 @@ type workerProcess struct {
 	exited chan struct{} // closed once Wait returned
 	err    error         // Wait's error; valid after exited
 
-	drains sync.WaitGroup
-	mu     sync.Mutex
-	tail   []string
+	drains    sync.WaitGroup
+	readEnds  []*os.File // the parent's ends of stdout and stderr
+	closeOnce sync.Once
+	mu        sync.Mutex
+	tail      []string
 }
 
 // resolveCommand finds command like `which` (a name without '/' on PATH,
@@ -58,29 +63,58 @@ func startWorker(command string, args, env []string, dir string, log *zap.Logger
 	if err != nil {
 		return nil, err
 	}
-	cmd := &exec.Cmd{Path: path, Args: append([]string{command}, args...), Env: env, Dir: dir, SysProcAttr: childAttr()}
-	stdout, err := cmd.StdoutPipe()
+	// Our own pipes, not StdoutPipe: Wait must not wait for (or close
+	// under) the drains, since a grandchild may hold the write ends after
+	// the worker died, and the death must be seen at once.
+	outR, outW, err := os.Pipe()
 	if err != nil {
-		return nil, fmt.Errorf("stdout pipe: %w", err)
+		return nil, fmt.Errorf("pipe: %w", err)
 	}
-	stderr, err := cmd.StderrPipe()
+	errR, errW, err := os.Pipe()
 	if err != nil {
-		return nil, fmt.Errorf("stderr pipe: %w", err)
+		_ = outR.Close()
+		_ = outW.Close()
+		return nil, fmt.Errorf("pipe: %w", err)
 	}
-	if err := cmd.Start(); err != nil {
+	cmd := &exec.Cmd{Path: path, Args: append([]string{command}, args...), Env: env, Dir: dir,
+		Stdout: outW, Stderr: errW, SysProcAttr: childAttr()}
+	err = cmd.Start()
+	_ = outW.Close()
+	_ = errW.Close()
+	if err != nil {
+		_ = outR.Close()
+		_ = errR.Close()
 		return nil, fmt.Errorf("start %s: %w", path, err)
 	}
-	wp := &workerProcess{cmd: cmd, pid: cmd.Process.Pid, log: log.With(zap.Int("pid", cmd.Process.Pid)), exited: make(chan struct{})}
+	wp := &workerProcess{cmd: cmd, pid: cmd.Process.Pid, log: log.With(zap.Int("pid", cmd.Process.Pid)), exited: make(chan struct{}),
+		readEnds: []*os.File{outR, errR}}
 	wp.drains.Add(2)
-	go wp.drain(stdout, "worker stdout")
-	go wp.drain(stderr, "worker stderr")
+	go wp.drain(outR, "worker stdout")
+	go wp.drain(errR, "worker stderr")
 	go func() {
-		// Wait closes the pipes, so the drains must have seen EOF first.
-		wp.drains.Wait()
 		wp.err = cmd.Wait()
 		close(wp.exited)
 	}()
 	return wp, nil
+}
+
+// closeReadEnds waits up to drainWait for the drains to reach EOF (the
+// last lines of a crash), then closes the read ends, which ends them.
+func (wp *workerProcess) closeReadEnds() {
+	wp.closeOnce.Do(func() {
+		done := make(chan struct{})
+		go func() { wp.drains.Wait(); close(done) }()
+		t := time.NewTimer(drainWait)
+		select {
+		case <-done:
+		case <-t.C:
+		}
+		t.Stop()
+		for _, f := range wp.readEnds {
+			_ = f.Close()
+		}
+		<-done
+	})
 }
 
 func (wp *workerProcess) drain(r io.Reader, what string) {
@@ -109,6 +143,7 @@ func (wp *workerProcess) outputTail() []string {
 
 // exitError describes how the process ended.
 func (wp *workerProcess) exitError() error {
+	wp.closeReadEnds()
 	status := "exit status 0"
 	if wp.err != nil {
 		status = wp.err.Error()
@@ -143,4 +178,5 @@ func (wp *workerProcess) stop(grace time.Duration) {
 	}
 	wp.signal(syscall.SIGKILL)
 	<-wp.exited
+	wp.closeReadEnds()
 }
