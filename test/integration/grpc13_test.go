@@ -3,6 +3,7 @@ package integration
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -350,6 +351,63 @@ output: { c: { $step: c }, n: { $step: n, path: inner } }
 	c := newCluster(t)
 	c.addWorker(1, filepath.Join(dir, "stepflow-config.yml"))
 	out := c.submit(t, 0, "--flow", flow, "--inputs", inputs)
+	require.Equal(t, []string{
+		`{"outcome":"success","result":{"c":{"ok":1},"n":[1,10]}}`,
+		`{"outcome":"success","result":{"c":{"ok":"default"},"n":[2,20]}}`,
+	}, lines(out))
+}
+
+// `type: nats` under `stepflow run`: tasks travel through a nats-server's
+// JetStream stream to an unmodified stepflow-py 0.13 NATS worker; a raise
+// fails its item only; nested runs complete at one slot.
+func TestGRPC13NATSStepflowRun(t *testing.T) {
+	skipShort(t)
+	t.Parallel()
+	py := requireGRPC13(t)
+	port := freePort(t)
+	nats := startProc(t, "nats-server", nil, nil, natsServerBin, "-js", "-a", "127.0.0.1", "-p", fmt.Sprint(port), "-sd", t.TempDir())
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second)
+		if err == nil {
+			_ = c.Close()
+			break
+		}
+		require.False(t, nats.exited(), "nats-server exited: %v", nats.err)
+		require.True(t, time.Now().Before(deadline), "nats-server does not accept connections: %v", err)
+		time.Sleep(20 * time.Millisecond)
+	}
+	dir := t.TempDir()
+	writeFile(t, dir, "stepflow-config.yml", fmt.Sprintf(`plugins:
+  python:
+    type: nats
+    url: "nats://127.0.0.1:%d"
+    stream: PYTHON_TASKS
+    consumer: python-workers
+    command: %s
+    args: [%s]
+  builtin:
+    type: builtin
+routes:
+  "/python":
+    - plugin: python
+  "/":
+    - plugin: builtin
+`, port, py, filepath.Join(repoRoot, "test/integration/testdata/grpc13/worker.py")))
+	flow := writeFile(t, dir, "flow.yaml", `schema: https://stepflow.org/schemas/v1/flow.json
+steps:
+  - id: c
+    component: /python/check
+    input: { i: { $input: i }, fail: { $input: fail } }
+    onError: { action: useDefault, defaultValue: { ok: "default" } }
+  - id: n
+    component: /python/nested
+    input: { n: { $input: i } }
+output: { c: { $step: c }, n: { $step: n, path: inner } }
+`)
+	inputs := writeFile(t, dir, "items.jsonl", "{\"i\":1,\"fail\":false}\n{\"i\":2,\"fail\":true}\n")
+	out := runExample(t, 0, stepflowBin, "run", "--quiet", "--config", filepath.Join(dir, "stepflow-config.yml"),
+		"--flow", flow, "--inputs", inputs, "--max-concurrent", "1")
 	require.Equal(t, []string{
 		`{"outcome":"success","result":{"c":{"ok":1},"n":[1,10]}}`,
 		`{"outcome":"success","result":{"c":{"ok":"default"},"n":[2,20]}}`,
