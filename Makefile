@@ -83,6 +83,7 @@ example: build ## the example batch in-process with `stepflow run` (no coordinat
 PYTHON       ?= python3
 VENV_HTTP    := .venv-sdk-http
 VENV_STDIO   := .venv-sdk-stdio
+VENV_HTTP11  := .venv-sdk-http11
 VENV_GRPC13  := .venv-sdk-grpc13
 
 # The stepflow-py SDKs the component-server tests drive. Over stdio, 0.7.0
@@ -91,13 +92,16 @@ VENV_GRPC13  := .venv-sdk-grpc13
 # shown; a failed install fails the target.
 SDK_HTTP_VERSION  := 0.9.2
 SDK_STDIO_VERSION := 0.7.0
+# 0.10 and 0.11 speak the protocol of upstream 0.11 (camelCase initialize,
+# blobs through the runtime's blob HTTP API instead of callbacks).
+SDK_HTTP11_VERSION := 0.11.2
 # stepflow-py 0.13 has no HTTP server: its worker pulls tasks over gRPC
 # (type: grpc, pkg/plugin/grpcqueue; grpcio comes with the package) or
 # fetches them from NATS JetStream (type: nats; the [nats] extra, nats-py).
 SDK_GRPC13_VERSION := 0.13.0
 PIP_INSTALL        = bin/pip install --quiet --disable-pip-version-check
 
-venv: ## the stepflow-py SDKs the component-server tests drive (0.9.2 over HTTP, 0.7.0 over stdio, 0.13.0 over gRPC pull)
+venv: ## the stepflow-py SDKs the component-server tests drive (0.9.2 and 0.11.2 over HTTP, 0.7.0 over stdio, 0.13.0 over gRPC pull and NATS)
 	@if $(VENV_GRPC13)/bin/python -c 'import stepflow_py.worker.grpc_worker, nats' 2>/dev/null; then \
 		echo "$(VENV_GRPC13): stepflow-py[nats] $(SDK_GRPC13_VERSION) present"; \
 	else \
@@ -124,6 +128,15 @@ venv: ## the stepflow-py SDKs the component-server tests drive (0.9.2 over HTTP,
 		  $(VENV_STDIO)/$(PIP_INSTALL) "stepflow-py==$(SDK_STDIO_VERSION)" && \
 		  $(VENV_STDIO)/bin/python -c 'from stepflow_py import StepflowStdioServer'; } || \
 		{ echo "make venv: stepflow-py==$(SDK_STDIO_VERSION) into $(VENV_STDIO) failed (see the error above)" >&2; exit 1; }; \
+	fi
+	@if $(VENV_HTTP11)/bin/python -c 'import stepflow_py.worker.blob_store, fastapi' 2>/dev/null; then \
+		echo "$(VENV_HTTP11): stepflow-py[http] $(SDK_HTTP11_VERSION) present"; \
+	else \
+		echo "$(VENV_HTTP11): installing stepflow-py[http]==$(SDK_HTTP11_VERSION)"; \
+		{ $(PYTHON) -m venv $(VENV_HTTP11) && \
+		  $(VENV_HTTP11)/$(PIP_INSTALL) "stepflow-py[http]==$(SDK_HTTP11_VERSION)" && \
+		  $(VENV_HTTP11)/bin/python -c 'import stepflow_py.worker.blob_store, fastapi'; } || \
+		{ echo "make venv: stepflow-py[http]==$(SDK_HTTP11_VERSION) into $(VENV_HTTP11) failed (see the error above)" >&2; exit 1; }; \
 	fi
 
 # Upstream Stepflow's own server (stepflow-server, a Rust binary that the

@@ -433,6 +433,9 @@ func (a *aggregator) commit() {
 		a.handle(r)
 	}
 	failed, journalErr := a.syncAll()
+	if len(failed) == 0 && len(a.touched) > 0 {
+		a.c.noteStored()
+	}
 	now := time.Now()
 	for _, r := range a.batch {
 		if r.err == nil && r.st != nil {
@@ -509,7 +512,7 @@ func (a *aggregator) syncAll() (failed map[*runState]error, journalErr error) {
 			a.c.log.Warn("cannot write result index slots; the index is repaired from the log at the next open", zap.String("run", st.id), zap.Error(slotErr))
 		}
 		if logErr != nil {
-			a.c.log.Error("cannot write results; their workers send them again", zap.String("run", st.id), zap.Error(logErr))
+			a.c.noteStoreError("cannot write results; their workers send them again", st.id, logErr)
 			failed[st] = fmt.Errorf("cannot store the results of run %s: %w", st.id, logErr)
 		}
 	}
@@ -545,7 +548,7 @@ func (a *aggregator) syncAll() (failed map[*runState]error, journalErr error) {
 		}
 		async(func() {
 			if err := st.sync(); err != nil {
-				a.c.log.Error("cannot sync results; their workers send them again", zap.String("run", st.id), zap.Error(err))
+				a.c.noteStoreError("cannot sync results; their workers send them again", st.id, err)
 				mu.Lock()
 				failed[st] = fmt.Errorf("cannot make the results of run %s durable: %w", st.id, err)
 				mu.Unlock()

@@ -76,6 +76,7 @@ type Coordinator struct {
 	lease     *queue.Lease // the leadership lease
 	leader    leaderState
 	lostLease atomic.Bool
+	storage   storageFault // result logs that cannot be written (a full disk)
 
 	reg        *prometheus.Registry
 	metrics    *coordMetrics

@@ -120,7 +120,20 @@ func TestJSONLUploadAndItemsInOrder(t *testing.T) {
 
 	details := cl.waitStatus(runID, "completed")
 	require.EqualValues(t, 7, details["maxConcurrency"])
-	require.Len(t, details["inputs"], 300)
+	// The inputs come a page at a time.
+	require.Len(t, details["inputs"], coordinator.DefaultInputsPage)
+	require.EqualValues(t, coordinator.DefaultInputsPage, details["inputsNextOffset"])
+	inputPage := cl.get("/runs/" + runID + "?inputsOffset=250&inputsLimit=100").JSON(t)
+	require.Len(t, inputPage["inputs"], 50)
+	require.NotContains(t, inputPage, "inputsNextOffset")
+	for i, in := range inputPage["inputs"].([]any) {
+		b, err := json.Marshal(in)
+		require.NoError(t, err)
+		require.JSONEq(t, lines[250+i], string(b), "input %d", 250+i)
+	}
+	require.Len(t, cl.get("/runs/" + runID + "?inputsLimit=5000").JSON(t)["inputs"], 300, "a limit past the end answers the rest")
+	require.Empty(t, cl.get("/runs/" + runID + "?inputsOffset=300").JSON(t)["inputs"])
+	requireError(t, cl.get("/runs/"+runID+"?inputsLimit=-1"), http.StatusBadRequest, `inputsLimit: expected a non-negative integer, not "-1"`)
 	items := details["items"].(map[string]any)
 	require.EqualValues(t, 300, items["completed"])
 	require.EqualValues(t, 300, items["total"])

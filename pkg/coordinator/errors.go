@@ -4,6 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
+	"syscall"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/stepflow-go/stepflow/pkg/jsonl"
 	"github.com/stepflow-go/stepflow/pkg/queue"
@@ -40,7 +44,39 @@ var (
 	// ErrIdempotencyConflict is an Idempotency-Key whose first request is
 	// still being accepted, or that was used for a different flow (409).
 	ErrIdempotencyConflict = errors.New("idempotency key conflict")
+	// ErrNoSpace is a submission that did not fit the coordinator's disk
+	// (its data dir or its NATS store): 507, and nothing of it is kept.
+	ErrNoSpace = errors.New("not enough disk space")
 )
+
+// noSpaceError is a submission rejected because a disk is full.
+type noSpaceError struct{ err error }
+
+func (e *noSpaceError) Error() string {
+	return fmt.Sprintf("the coordinator ran out of disk space (%v); the upload was rejected and no run was created: free space on its data dir (or its NATS store) and retry", e.err)
+}
+
+func (e *noSpaceError) Unwrap() []error { return []error{ErrNoSpace, e.err} }
+
+// JetStream's error codes for a full store (nats-server's
+// JSInsufficientResourcesErr and JSStorageResourcesExceededErr).
+const (
+	jsInsufficientResources    jetstream.ErrorCode = 10023
+	jsStorageResourcesExceeded jetstream.ErrorCode = 10047
+)
+
+// isNoSpace reports whether err is a full disk: ENOSPC or EDQUOT from a
+// local file, or JetStream's insufficient-resources / no-space answers.
+func isNoSpace(err error) bool {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return true
+	}
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && (apiErr.ErrorCode == jsInsufficientResources || apiErr.ErrorCode == jsStorageResourcesExceeded) {
+		return true
+	}
+	return strings.Contains(err.Error(), "no space left on device")
+}
 
 // InputError is a batch input line that is not valid JSON (or is blank or
 // too long): the upload is rejected and no run is created.
@@ -79,6 +115,8 @@ func httpStatus(err error) int {
 		return http.StatusNotFound
 	case errors.Is(err, ErrRunFinished), errors.Is(err, ErrRunActive), errors.Is(err, ErrIdempotencyConflict):
 		return http.StatusConflict
+	case errors.Is(err, ErrNoSpace):
+		return http.StatusInsufficientStorage
 	case errors.Is(err, ErrTooManyRuns):
 		return http.StatusTooManyRequests
 	case errors.Is(err, ErrStopped), errors.Is(err, ErrNotStarted):

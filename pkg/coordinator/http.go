@@ -231,6 +231,12 @@ func writeEnvelope(w http.ResponseWriter, status int, msg string) {
 // writeError maps err onto a status and writes the envelope.
 func (c *Coordinator) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	status := httpStatus(err)
+	if status == http.StatusInternalServerError {
+		if serr := c.storageHealth(); serr != nil {
+			// Most likely the cause: say so, with 507.
+			status, err = http.StatusInsufficientStorage, fmt.Errorf("%w (%w)", err, serr)
+		}
+	}
 	msg := err.Error()
 	var mbe *http.MaxBytesError
 	if errors.As(err, &mbe) {
@@ -346,7 +352,15 @@ func overridesField(v value.Value) value.Value {
 	return v
 }
 
+// handleHealth answers upstream's HealthResponse: "healthy", or 503
+// "unhealthy" with the reason while the coordinator cannot store (a full
+// disk under its data dir or its embedded NATS store).
 func (c *Coordinator) handleHealth(w http.ResponseWriter, _ *http.Request) {
+	if err := c.storageHealth(); err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, value.ObjectOf("status", "unhealthy", "reason", err.Error(),
+			"timestamp", runs.Timestamp(time.Now()), "version", APIVersion))
+		return
+	}
 	writeJSON(w, http.StatusOK, value.ObjectOf("status", "healthy", "timestamp", runs.Timestamp(time.Now()), "version", APIVersion))
 }
 
@@ -833,12 +847,27 @@ func intParam(s string, def int) (int, error) {
 	return n, nil
 }
 
-// handleGetRun returns RunDetails. inputs holds the run's inputs when
+// handleGetRun returns RunDetails. inputs holds one page of the run's
+// inputs (?inputsOffset, ?inputsLimit: default DefaultInputsPage, at most
+// MaxInputsPage), read line by line from the kept inputs, never the whole
+// file; inputsNextOffset is set when more follow. The inputs are kept when
 // their total size was at most MaxDetailInputsBytes; larger runs (and runs
-// created before the inputs were kept) omit it and set
+// created before the inputs were kept) omit inputs and set
 // "inputsOmitted": true instead: the inputs live on the work queue until
 // executed, not in the coordinator.
 func (c *Coordinator) handleGetRun(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	offset, err := intParam(q.Get("inputsOffset"), 0)
+	if err != nil {
+		c.writeError(w, r, fmt.Errorf("inputsOffset: %w", err))
+		return
+	}
+	limit, err := intParam(q.Get("inputsLimit"), DefaultInputsPage)
+	if err != nil {
+		c.writeError(w, r, fmt.Errorf("inputsLimit: %w", err))
+		return
+	}
+	limit = min(limit, MaxInputsPage)
 	rec, err := c.getRecord(r.Context(), r.PathValue("runId"))
 	if err != nil {
 		c.writeError(w, r, err)
@@ -851,13 +880,14 @@ func (c *Coordinator) handleGetRun(w http.ResponseWriter, r *http.Request) {
 	if ferr != nil {
 		c.log.Debug("run details without the flow: secrets cannot be told apart, redacting", zap.String("run", rec.GetRunId()), zap.Error(ferr))
 	}
-	if inputs, ok := c.detailInputs(rec); ok && f != nil {
-		if list, isList := inputs.([]value.Value); isList {
-			for i, in := range list {
-				list[i] = f.RedactInput(in)
-			}
+	if inputs, ok := c.detailInputs(rec, offset, limit); ok && f != nil {
+		for i, in := range inputs {
+			inputs[i] = f.RedactInput(in)
 		}
 		o.Set("inputs", inputs)
+		if next := offset + len(inputs); uint64(next) < rec.GetItemTotal() {
+			o.Set("inputsNextOffset", int64(next))
+		}
 	} else {
 		o.Set("inputsOmitted", true)
 	}
@@ -901,25 +931,54 @@ func redactVariables(f *flow.Flow, v value.Value) value.Value {
 	return out
 }
 
-// detailInputs returns the kept inputs of a run.
-func (c *Coordinator) detailInputs(rec *stepflowv1.RunRecord) (value.Value, bool) {
-	if rec.GetItemTotal() == 0 {
+// Pages of RunDetails' inputs.
+const (
+	// DefaultInputsPage is the number of inputs GET /runs/{id} answers
+	// without ?inputsLimit.
+	DefaultInputsPage = 100
+	// MaxInputsPage is the most it answers.
+	MaxInputsPage = 1000
+)
+
+// detailInputs returns inputs [offset, offset+limit) of the kept inputs
+// of a run, reading the file a line at a time.
+func (c *Coordinator) detailInputs(rec *stepflowv1.RunRecord, offset, limit int) ([]value.Value, bool) {
+	total := rec.GetItemTotal()
+	if total == 0 || uint64(offset) >= total || limit == 0 {
 		return []value.Value{}, true
 	}
-	data, err := os.ReadFile(filepath.Join(c.runDir(rec.GetRunId()), inputsFileName))
+	f, err := os.Open(filepath.Join(c.runDir(rec.GetRunId()), inputsFileName))
 	if err != nil {
 		return nil, false
 	}
-	out := make([]value.Value, 0, rec.GetItemTotal())
-	for line := range strings.Lines(string(data)) {
-		v, err := value.ParseString(line)
-		if err != nil {
+	defer f.Close()
+	br := bufio.NewReaderSize(f, 64<<10)
+	out := make([]value.Value, 0, min(uint64(limit), total-uint64(offset)))
+	for i := 0; len(out) < limit; i++ {
+		line, err := br.ReadSlice('\n')
+		if err == bufio.ErrBufferFull {
+			// A long input: read the rest of its line.
+			long := append([]byte(nil), line...)
+			for err == bufio.ErrBufferFull {
+				line, err = br.ReadSlice('\n')
+				long = append(long, line...)
+			}
+			line = long
+		}
+		if err != nil && (err != io.EOF || len(line) == 0) {
+			break
+		}
+		if i < offset {
+			continue
+		}
+		v, perr := value.Parse(line)
+		if perr != nil {
 			return nil, false
 		}
 		out = append(out, v)
 	}
-	if len(out) != int(rec.GetItemTotal()) {
-		return nil, false
+	if want := min(uint64(limit), total-uint64(offset)); uint64(len(out)) != want {
+		return nil, false // a file that does not match the record
 	}
 	return out, true
 }

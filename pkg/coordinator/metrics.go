@@ -270,6 +270,9 @@ func (c *Coordinator) Ready() error {
 	if st := c.nc.Status(); st != nats.CONNECTED {
 		return fmt.Errorf("not connected to NATS (%s)", strings.ToLower(st.String()))
 	}
+	if err := c.storageHealth(); err != nil {
+		return err
+	}
 	if c.cfg.ReadyCheck != nil {
 		return c.cfg.ReadyCheck()
 	}

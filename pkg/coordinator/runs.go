@@ -901,6 +901,11 @@ type inputSource func(fn func(data []byte) error) error
 // A submission with an Idempotency-Key that was used before returns the
 // existing run (created is false) without reading the inputs.
 func (c *Coordinator) submit(ctx context.Context, sub submission) (rec *stepflowv1.RunRecord, created bool, err error) {
+	defer func() {
+		if err != nil && !errors.Is(err, ErrNoSpace) && isNoSpace(err) {
+			err = &noSpaceError{err}
+		}
+	}()
 	if sub.MaxConcurrency < 0 {
 		return nil, false, errorf(ErrInvalidRequest, "maxConcurrency must be an integer of at least 1, not %d", sub.MaxConcurrency)
 	}

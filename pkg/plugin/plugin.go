@@ -26,6 +26,7 @@ import (
 	"github.com/stepflow-go/stepflow/pkg/config"
 	"github.com/stepflow-go/stepflow/pkg/executor"
 	"github.com/stepflow-go/stepflow/pkg/outcome"
+	"github.com/stepflow-go/stepflow/pkg/plugin/blobapi"
 	"github.com/stepflow-go/stepflow/pkg/plugin/builtin"
 	"github.com/stepflow-go/stepflow/pkg/plugin/grpcqueue"
 	"github.com/stepflow-go/stepflow/pkg/plugin/mcp"
@@ -89,6 +90,7 @@ type Plugins struct {
 	router  *Router
 	names   []string // config order
 	plugins map[string]Plugin
+	blobAPI *blobapi.Server // listens once a plugin asks for its URL
 
 	closeOnce sync.Once
 	closeErr  error
@@ -128,7 +130,11 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Plugins, error
 	if err != nil {
 		return nil, err
 	}
-	ps := &Plugins{router: router, plugins: make(map[string]Plugin, len(cfg.Plugins))}
+	// Component servers of stepflow-py 0.10+ read and write blobs over
+	// HTTP; the API starts when the first of them asks for its URL.
+	ps := &Plugins{router: router, plugins: make(map[string]Plugin, len(cfg.Plugins)),
+		blobAPI: blobapi.New(host.Blobs, blobapi.Options{Logger: host.Logger.Named("blobapi")})}
+	host.BlobAPI = ps.blobAPI
 	for _, pc := range cfg.Plugins {
 		factory, ok := opts.Factories[pc.Type]
 		if !ok {
@@ -360,8 +366,8 @@ func (ps *Plugins) Health() []PluginHealth {
 	return out
 }
 
-// Close closes every plugin, in reverse order, and returns their errors
-// joined. It is idempotent.
+// Close closes every plugin, in reverse order, then the blob API, and
+// returns their errors joined. It is idempotent.
 func (ps *Plugins) Close() error {
 	ps.closeOnce.Do(func() {
 		var errs []error
@@ -371,7 +377,17 @@ func (ps *Plugins) Close() error {
 				errs = append(errs, fmt.Errorf("plugin %q: close: %w", name, err))
 			}
 		}
+		if err := ps.closeBlobAPI(); err != nil {
+			errs = append(errs, err)
+		}
 		ps.closeErr = errors.Join(errs...)
 	})
 	return ps.closeErr
+}
+
+func (ps *Plugins) closeBlobAPI() error {
+	if ps.blobAPI == nil {
+		return nil
+	}
+	return ps.blobAPI.Close()
 }

@@ -24,7 +24,7 @@ func TestHTTPRealHandshakeListEcho(t *testing.T) {
 	ctx := testCtx(t)
 
 	require.NoError(t, h.Health(ctx, "/health"))
-	res, err := h.Call(ctx, MethodInitialize, InitializeParams(), nil)
+	res, err := h.Call(ctx, MethodInitialize, InitializeParams(Capabilities{}), nil)
 	require.NoError(t, err)
 	require.Equal(t, `{"server_protocol_version":1}`, value.String(res))
 	require.NoError(t, h.Notify(ctx, MethodInitialized, nil))

@@ -1,6 +1,7 @@
 // Package protocol is the Stepflow component protocol: JSON-RPC 2.0
 // between the runtime and component servers, over the HTTP transport of
-// stepflow-py 0.9.x (POST / with JSON or SSE responses) and the stdio
+// stepflow-py 0.9.x to 0.11.x (POST / with JSON or SSE responses; 0.10+
+// spell initialize in camelCase and take RuntimeCapabilities) and the stdio
 // transport of stepflow-py <= 0.8 (newline-delimited JSON on the child's
 // stdin and stdout).
 //
@@ -60,8 +61,11 @@ const (
 	CodeServerError        = -32000
 	CodeComponentNotFound  = -32001
 	CodeComponentExecution = -32003
-	CodeNotFound           = -32011
-	CodeInvalidValue       = -32012
+	// CodeComponentExecutionFailed is what stepflow-py 0.10+ answers for
+	// an exception in a component (-32003 became INVALID_INPUT_SCHEMA).
+	CodeComponentExecutionFailed = -32100
+	CodeNotFound                 = -32011
+	CodeInvalidValue             = -32012
 )
 
 // RPCError is a JSON-RPC error object. Errors compare equal (errors.Is)

@@ -20,7 +20,7 @@ func TestStdioRealHandshakeListEcho(t *testing.T) {
 	_, s := startStdioServer(t, StdioOptions{})
 	ctx := testCtx(t)
 
-	res, err := s.Call(ctx, MethodInitialize, InitializeParams(), nil)
+	res, err := s.Call(ctx, MethodInitialize, InitializeParams(Capabilities{}), nil)
 	require.NoError(t, err)
 	require.Equal(t, `{"server_protocol_version":1}`, value.String(res))
 	require.NoError(t, s.Notify(ctx, MethodInitialized, nil))

@@ -6,8 +6,8 @@ import (
 	"github.com/stepflow-go/stepflow/pkg/value"
 )
 
-// RuntimeProtocolVersion is the runtime_protocol_version sent in
-// initialize. Nobody negotiates it (spec §4.1).
+// RuntimeProtocolVersion is the protocol version sent in initialize.
+// Nobody negotiates it (spec §4.1).
 const RuntimeProtocolVersion = 1
 
 // Blob types of blobs/put and blobs/get (spec §6).
@@ -16,10 +16,83 @@ const (
 	BlobTypeFlow = "flow"
 )
 
-// InitializeParams returns the params of initialize:
-// {"runtime_protocol_version":1}.
-func InitializeParams() *value.Object {
-	return value.ObjectOf("runtime_protocol_version", value.Int(RuntimeProtocolVersion))
+// Capabilities are the RuntimeCapabilities of initialize in the protocol
+// of stepflow-py 0.10 and later (upstream 0.11 protocol.json). Zero
+// fields are not sent.
+type Capabilities struct {
+	// BlobAPIURL is the base URL of the blob HTTP API (blobApiUrl):
+	// POST {url} stores a blob, GET {url}/{id} reads one. Servers of
+	// 0.10+ have no blobs/put and blobs/get callbacks and need it.
+	BlobAPIURL string
+	// BlobThreshold (blobThreshold) asks servers that support blob refs
+	// to replace top-level output fields whose JSON is larger with
+	// {"$blob": id} references; 0 disables it.
+	BlobThreshold int64
+}
+
+// InitializeParams returns the params of initialize. The version goes in
+// both spellings, which every SDK accepts because unknown fields are
+// ignored: runtime_protocol_version (stepflow-py <= 0.9) and
+// runtimeProtocolVersion (0.10+, which rejects initialize without it).
+// capabilities is sent when caps has a field set; SDKs <= 0.9 ignore it.
+func InitializeParams(caps Capabilities) *value.Object {
+	p := value.ObjectOf(
+		"runtime_protocol_version", value.Int(RuntimeProtocolVersion),
+		"runtimeProtocolVersion", value.Int(RuntimeProtocolVersion),
+	)
+	if caps != (Capabilities{}) {
+		c := value.NewObject(2)
+		if caps.BlobAPIURL != "" {
+			c.Set("blobApiUrl", caps.BlobAPIURL)
+		}
+		if caps.BlobThreshold > 0 {
+			c.Set("blobThreshold", value.Int(caps.BlobThreshold))
+		}
+		p.Set("capabilities", c)
+	}
+	return p
+}
+
+// InitializeResult is the answer to initialize.
+type InitializeResult struct {
+	// ServerProtocolVersion is server_protocol_version (<= 0.9) or
+	// serverProtocolVersion (0.10+); 0 when absent.
+	ServerProtocolVersion int64
+	// SupportsBlobRefs (0.10+) tells that the server may return
+	// {"$blob": id} references in outputs, which the runtime resolves.
+	SupportsBlobRefs bool
+}
+
+// ParseInitializeResult decodes the result of initialize in either
+// spelling. Absent fields are zero; fields of the wrong type are errors
+// wrapping ErrMalformed.
+func ParseInitializeResult(v value.Value) (InitializeResult, error) {
+	o, ok := v.(*value.Object)
+	if !ok {
+		return InitializeResult{}, fmt.Errorf("%w: initialize result is a %s, not an object", ErrMalformed, value.TypeName(v))
+	}
+	var r InitializeResult
+	for _, key := range [...]string{"serverProtocolVersion", "server_protocol_version"} {
+		fv, ok := o.Get(key)
+		if !ok || fv == nil {
+			continue
+		}
+		n, isNum := fv.(value.Number)
+		i, err := n.Int64()
+		if !isNum || err != nil || i < 0 {
+			return InitializeResult{}, fmt.Errorf("%w: initialize result: %s is %s, not a non-negative integer", ErrMalformed, key, value.String(fv))
+		}
+		r.ServerProtocolVersion = i
+		break
+	}
+	switch b, _ := o.Get("supportsBlobRefs"); t := b.(type) {
+	case nil:
+	case bool:
+		r.SupportsBlobRefs = t
+	default:
+		return InitializeResult{}, fmt.Errorf("%w: initialize result: supportsBlobRefs is a %s, not a boolean", ErrMalformed, value.TypeName(b))
+	}
+	return r, nil
 }
 
 // Observability is the ObservabilityContext of spec §6. Empty fields are

@@ -13,8 +13,41 @@ func TestExecuteParams(t *testing.T) {
 	require.Equal(t, `{"component":"/x","input":{"b":1,"a":2},"attempt":2,"observability":{"run_id":"r","step_id":"s"}}`, value.String(p))
 	p = ExecuteParams("/x", nil, 1, Observability{})
 	require.Equal(t, `{"component":"/x","input":null,"attempt":1,"observability":{}}`, value.String(p))
-	require.Equal(t, `{"runtime_protocol_version":1}`, value.String(InitializeParams()))
 	require.Equal(t, `{"component":"/x"}`, value.String(InfoParams("/x")))
+}
+
+func TestInitialize(t *testing.T) {
+	require.Equal(t, `{"runtime_protocol_version":1,"runtimeProtocolVersion":1}`, value.String(InitializeParams(Capabilities{})))
+	require.Equal(t, `{"runtime_protocol_version":1,"runtimeProtocolVersion":1,"capabilities":{"blobApiUrl":"http://127.0.0.1:9/t/blobs"}}`,
+		value.String(InitializeParams(Capabilities{BlobAPIURL: "http://127.0.0.1:9/t/blobs"})))
+	require.Equal(t, `{"runtime_protocol_version":1,"runtimeProtocolVersion":1,"capabilities":{"blobApiUrl":"http://h/b","blobThreshold":1024}}`,
+		value.String(InitializeParams(Capabilities{BlobAPIURL: "http://h/b", BlobThreshold: 1024})))
+
+	for _, tc := range []struct {
+		in   string
+		want InitializeResult
+	}{
+		{`{"server_protocol_version":1}`, InitializeResult{ServerProtocolVersion: 1}},
+		{`{"serverProtocolVersion":1,"supportsBlobRefs":true}`, InitializeResult{ServerProtocolVersion: 1, SupportsBlobRefs: true}},
+		{`{"serverProtocolVersion":2,"supportsBlobRefs":false}`, InitializeResult{ServerProtocolVersion: 2}},
+		{`{"serverProtocolVersion":null,"supportsBlobRefs":null}`, InitializeResult{}},
+		{`{}`, InitializeResult{}},
+	} {
+		got, err := ParseInitializeResult(value.MustParse(tc.in))
+		require.NoError(t, err, tc.in)
+		require.Equal(t, tc.want, got, tc.in)
+	}
+	for in, msg := range map[string]string{
+		`[]`:                             "initialize result is a array, not an object",
+		`{"serverProtocolVersion":"1"}`:  `serverProtocolVersion is "1", not a non-negative integer`,
+		`{"server_protocol_version":-1}`: "server_protocol_version is -1, not a non-negative integer",
+		`{"serverProtocolVersion":1.5}`:  "serverProtocolVersion is 1.5, not a non-negative integer",
+		`{"supportsBlobRefs":"yes"}`:     "supportsBlobRefs is a string, not a boolean",
+	} {
+		_, err := ParseInitializeResult(value.MustParse(in))
+		require.ErrorIs(t, err, ErrMalformed, in)
+		require.ErrorContains(t, err, msg, in)
+	}
 }
 
 func TestParseResults(t *testing.T) {

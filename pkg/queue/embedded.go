@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -90,6 +91,15 @@ type EmbeddedConfig struct {
 	// offloaded to the blob store (see PublishItemsOptions.Blobs).
 	MaxPayload int32
 
+	// ResumeFreeBytes is the free space StoreDir's filesystem must have
+	// before JetStream, which stops storing when its store runs out of
+	// space, is restarted (see Health). Default DefaultResumeFreeBytes,
+	// or a tenth of the filesystem if that is less.
+	ResumeFreeBytes int64
+	// ResumeCheckEvery is how often a server whose JetStream is off
+	// checks for space. Default 1 s.
+	ResumeCheckEvery time.Duration
+
 	// ReadyTimeout bounds how long Start waits for the server to accept
 	// connections (it may first recover streams from StoreDir). Default 30s.
 	ReadyTimeout time.Duration
@@ -105,9 +115,21 @@ type Embedded struct {
 	cfg EmbeddedConfig
 	log *zap.Logger
 
-	mu  sync.Mutex
-	srv *server.Server
+	mu   sync.Mutex
+	srv  *server.Server
+	stop chan struct{} // closed by Shutdown: ends resumeJetStream
+	done chan struct{} // closed when resumeJetStream returned
+
+	health   atomic.Pointer[error]  // nil: healthy
+	storeErr atomic.Pointer[string] // a critical store write error the server logged; nil: none
 }
+
+// DefaultResumeFreeBytes is EmbeddedConfig.ResumeFreeBytes' default.
+const DefaultResumeFreeBytes = 64 << 20
+
+// ErrJetStreamOff is wrapped by Health while the embedded server's
+// JetStream cannot store because its store ran out of space.
+var ErrJetStreamOff = errors.New("the embedded NATS server cannot store")
 
 // NewEmbedded returns a server for cfg; it does not start it.
 func NewEmbedded(cfg EmbeddedConfig) *Embedded {
@@ -226,13 +248,28 @@ func (e *Embedded) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	s, err := e.launch(ctx, opts)
+	if err != nil {
+		return err
+	}
+	e.srv = s
+	e.stop, e.done = make(chan struct{}), make(chan struct{})
+	go e.resumeJetStream(e.stop, e.done)
+	e.log.Info("embedded NATS server ready", zap.String("url", e.clientURL(s)), zap.String("store", opts.StoreDir),
+		zap.Stringer("sync", e.cfg.Sync))
+	return nil
+}
+
+// launch starts a server with opts and waits until it accepts
+// connections with JetStream on.
+func (e *Embedded) launch(ctx context.Context, opts *server.Options) (*server.Server, error) {
 	s, err := server.NewServer(opts)
 	if err != nil {
-		return fmt.Errorf("queue: embedded NATS server: %w", err)
+		return nil, fmt.Errorf("queue: embedded NATS server: %w", err)
 	}
 	debug := e.log.Core().Enabled(zapcore.DebugLevel)
 	fatal := &fatalSignal{ch: make(chan struct{})}
-	s.SetLoggerV2(serverLogger{l: e.log.Sugar(), fatal: fatal}, debug, false, false)
+	s.SetLoggerV2(serverLogger{l: e.log.Sugar(), fatal: fatal, storeErr: func(msg string) { e.storeErr.CompareAndSwap(nil, &msg) }}, debug, false, false)
 	// Start is not blocking: it recovers JetStream state from StoreDir,
 	// starts the accept loops on their own goroutines and returns.
 	s.Start()
@@ -244,44 +281,159 @@ func (e *Embedded) Start(ctx context.Context) error {
 			// directory): fail now rather than at ReadyTimeout.
 			s.Shutdown()
 			s.WaitForShutdown()
-			return fmt.Errorf("queue: embedded NATS server: %s", fatal.msg)
+			return nil, fmt.Errorf("queue: embedded NATS server: %s", fatal.msg)
 		default:
 		}
 		if err := ctx.Err(); err != nil {
 			s.Shutdown()
 			s.WaitForShutdown()
-			return fmt.Errorf("queue: embedded NATS server not ready: %w", context.Cause(ctx))
+			return nil, fmt.Errorf("queue: embedded NATS server not ready: %w", context.Cause(ctx))
 		}
 		if time.Now().After(deadline) {
 			s.Shutdown()
 			s.WaitForShutdown()
-			return fmt.Errorf("queue: embedded NATS server not ready after %s", cmp.Or(e.cfg.ReadyTimeout, 30*time.Second))
+			return nil, fmt.Errorf("queue: embedded NATS server not ready after %s", cmp.Or(e.cfg.ReadyTimeout, 30*time.Second))
 		}
 	}
 	if !s.JetStreamEnabled() {
 		s.Shutdown()
 		s.WaitForShutdown()
-		return errors.New("queue: embedded NATS server started without JetStream (see its log)")
+		return nil, errors.New("queue: embedded NATS server started without JetStream (see its log)")
 	}
-	e.srv = s
-	e.log.Info("embedded NATS server ready", zap.String("url", e.clientURL(s)), zap.String("store", opts.StoreDir),
-		zap.Stringer("sync", e.cfg.Sync))
-	return nil
+	return s, nil
 }
 
 // Shutdown stops the server and waits until it has stopped (JetStream
 // state is flushed to StoreDir). It is idempotent and safe before Start.
 func (e *Embedded) Shutdown() {
 	e.mu.Lock()
-	s := e.srv
-	e.srv = nil
+	s, stop, done := e.srv, e.stop, e.done
+	e.srv, e.stop, e.done = nil, nil, nil
+	if stop != nil {
+		close(stop) // under mu: a restart under way sees it (restart)
+	}
 	e.mu.Unlock()
 	if s == nil {
 		return
 	}
+	<-done
 	s.Shutdown()
 	s.WaitForShutdown()
 }
+
+// Health returns nil while the server's JetStream can store, and an
+// error wrapping ErrJetStreamOff, saying why and what brings it back,
+// while it cannot. When a write to its store fails for want of space,
+// nats-server fails every later write to that stream (or turns JetStream
+// off) until it is restarted; the embedded server restarts JetStream in
+// place (recovering every stream from StoreDir) once the filesystem has
+// ResumeFreeBytes free: the process needs no restart. Clients see
+// JetStream errors meanwhile and retry.
+func (e *Embedded) Health() error {
+	if p := e.health.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// resumeJetStream watches the server for JetStream that cannot store and
+// restarts the server once there is space, until stop is closed.
+func (e *Embedded) resumeJetStream(stop <-chan struct{}, done chan<- struct{}) {
+	defer close(done)
+	t := time.NewTicker(cmp.Or(e.cfg.ResumeCheckEvery, time.Second))
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		e.mu.Lock()
+		s := e.srv
+		e.mu.Unlock()
+		failed := e.storeErr.Load()
+		if s == nil || (failed == nil && s.JetStreamEnabled()) {
+			continue
+		}
+		why := "JetStream is off"
+		if failed != nil {
+			why = *failed
+		}
+		free, total, ferr := diskSpace(e.cfg.StoreDir)
+		want := e.cfg.ResumeFreeBytes
+		if want == 0 {
+			want = min(DefaultResumeFreeBytes, total/10)
+		}
+		if errors.Is(ferr, errors.ErrUnsupported) {
+			free, ferr = want, nil
+		}
+		if ferr != nil || free < want {
+			err := fmt.Errorf("%w: its store %s ran out of space (%s free; it restarts on its own once %s are free): %s",
+				ErrJetStreamOff, e.cfg.StoreDir, friendlyBytes(free), friendlyBytes(want), why)
+			if ferr != nil {
+				err = fmt.Errorf("%w (its store %s: %w): %s", ErrJetStreamOff, e.cfg.StoreDir, ferr, why)
+			}
+			if prev := e.health.Swap(&err); prev == nil {
+				e.log.Error("JetStream cannot store: its store ran out of space; waiting for space", zap.Error(err))
+			}
+			continue
+		}
+		if err := e.restart(stop, s); err != nil {
+			err = fmt.Errorf("%w: restarting the server failed: %w", ErrJetStreamOff, err)
+			e.health.Store(&err)
+			e.log.Error("cannot restart the NATS server; retrying", zap.Error(err))
+			continue
+		}
+		e.health.Store(nil)
+		e.log.Warn("NATS server restarted: its store has space again", zap.String("free", friendlyBytes(free)))
+	}
+}
+
+// restart replaces s, whose JetStream cannot store, by a new server on
+// the same port and store: a stream that failed a write keeps failing
+// until it is loaded again, and turning JetStream off and on in a running
+// server races with its API. Every stream is recovered from the store
+// (memory streams come back empty); clients reconnect.
+func (e *Embedded) restart(stop <-chan struct{}, s *server.Server) error {
+	opts, err := e.options()
+	if err != nil {
+		return err
+	}
+	if addr, ok := s.Addr().(*net.TCPAddr); ok {
+		opts.Port = addr.Port
+	}
+	s.Shutdown()
+	s.WaitForShutdown()
+	e.storeErr.Store(nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	ns, err := e.launch(ctx, opts)
+	if err != nil {
+		return err
+	}
+	e.mu.Lock()
+	select {
+	case <-stop: // Shutdown took the old server: this one is ours to stop
+		e.mu.Unlock()
+		ns.Shutdown()
+		ns.WaitForShutdown()
+		return errors.New("queue: embedded NATS server shut down")
+	default:
+		e.srv = ns
+	}
+	e.mu.Unlock()
+	return nil
+}
+
+// friendlyBytes formats n as MiB with one decimal.
+func friendlyBytes(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
 
 // ClientURL returns the URL clients connect to (nats://host:port, or
 // tls://… with TLS), with the actual port when Port was 0. It is "" before
@@ -352,6 +504,10 @@ func (e *Embedded) Server() *server.Server {
 type serverLogger struct {
 	l     *zap.SugaredLogger
 	fatal *fatalSignal
+	// storeErr receives the message of a critical store write error
+	// (a full disk): nats-server keeps failing every later write to that
+	// stream until JetStream is restarted.
+	storeErr func(string)
 }
 
 // fatalSignal records the server's first fatal message.
@@ -370,6 +526,12 @@ func (s serverLogger) Fatalf(format string, v ...any) {
 		close(s.fatal.ch)
 	})
 }
-func (s serverLogger) Errorf(format string, v ...any) { s.l.Errorf(format, v...) }
+func (s serverLogger) Errorf(format string, v ...any) {
+	s.l.Errorf(format, v...)
+	if s.storeErr != nil && (strings.Contains(format, "critical write error") || strings.Contains(format, "Critical write error") ||
+		strings.Contains(format, "out of space") || strings.Contains(format, "out of resources")) {
+		s.storeErr(fmt.Sprintf(format, v...))
+	}
+}
 func (s serverLogger) Debugf(format string, v ...any) { s.l.Debugf(format, v...) }
 func (s serverLogger) Tracef(format string, v ...any) { s.l.Debugf(format, v...) }

@@ -79,7 +79,7 @@ func skipShort(t *testing.T) {
 // missing.
 func requireVenvs(t *testing.T) {
 	t.Helper()
-	for _, v := range []string{".venv-sdk-http", ".venv-sdk-stdio"} {
+	for _, v := range []string{".venv-sdk-http", ".venv-sdk-http11", ".venv-sdk-stdio"} {
 		if _, err := os.Stat(filepath.Join(repoRoot, v, "bin", "python")); err != nil {
 			t.Fatalf("%s is missing: run `make venv` first", v)
 		}

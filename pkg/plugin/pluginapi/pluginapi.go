@@ -90,6 +90,16 @@ type Host struct {
 	// runs/get and the legacy flows/* callbacks); nil when the host
 	// offers none, and then those callbacks fail.
 	Runs Runs
+	// BlobAPI is the blob HTTP API over Blobs that component servers of
+	// stepflow-py 0.10+ use (capabilities.blobApiUrl); nil when the host
+	// offers none.
+	BlobAPI BlobAPI
+}
+
+// BlobAPI serves the host's blob store over HTTP on loopback.
+type BlobAPI interface {
+	// URL returns the API's base URL, starting it on the first call.
+	URL() (string, error)
 }
 
 // Runs is the run machinery component callbacks reach.

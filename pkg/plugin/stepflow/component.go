@@ -73,6 +73,11 @@ func (p *Plugin) execute(ctx context.Context, name string, req *executor.Request
 		if err != nil {
 			return outcome.Result{}, fmt.Errorf("component %s: %w", name, err)
 		}
+		if in.blobRefs {
+			if out, err = resolveBlobRefs(ctx, p.host.Blobs, out); err != nil {
+				return outcome.Result{}, fmt.Errorf("component %s: output: %w", name, err)
+			}
+		}
 		return outcome.Success(out), nil
 	}
 	var rpcErr *protocol.RPCError

@@ -6,7 +6,7 @@
 // # Modes
 //
 //   - Subprocess HTTP (`command`, transport http or absent; stepflow-py
-//     0.9.x): the plugin spawns `command args` — resolved like `which` on
+//     0.9.x to 0.11.x): the plugin spawns `command args` — resolved like `which` on
 //     the runtime's PATH, a name containing '/' relative to the working
 //     directory — in the working directory, with ONLY the configured `env`
 //     (upstream semantics: no PATH or HOME unless listed), stdin
@@ -81,4 +81,17 @@
 // goroutines and may block (runs/submit with wait) while the same server
 // keeps executing the nested run's items, so a parent whose every slot
 // waits on a nested run still completes.
+//
+// # stepflow-py 0.10 and later
+//
+// These releases (the protocol of upstream 0.11) need initialize's
+// runtimeProtocolVersion, which is sent next to the older
+// runtime_protocol_version (every SDK ignores the spelling it does not
+// know), and have no blobs/* callbacks: over HTTP, initialize offers
+// capabilities.blobApiUrl, the host's blob API (package blobapi, over
+// Host.Blobs; a remote server gets it only at a loopback address), and
+// Options.BlobThreshold as blobThreshold. A server that answers
+// supportsBlobRefs may return {"$blob": id} references anywhere in an
+// output; they are resolved from the blob store before the flow sees the
+// output (a reference to a missing blob is an error of the call).
 package stepflow

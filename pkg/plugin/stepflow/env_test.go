@@ -15,7 +15,7 @@ import (
 // variables of the runtime's environment (config.BaseEnv) and its
 // config's env, nothing else: the worker's secrets never reach it.
 func TestServerEnvironment(t *testing.T) {
-	for _, s := range bothSDKs {
+	for _, s := range allSDKs {
 		t.Run(s.name, func(t *testing.T) {
 			t.Parallel()
 			runtimeEnv := map[string]string{

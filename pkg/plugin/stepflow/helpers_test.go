@@ -26,6 +26,7 @@ import (
 	"github.com/stepflow-go/stepflow/pkg/outcome"
 	"github.com/stepflow-go/stepflow/pkg/plugin"
 	"github.com/stepflow-go/stepflow/pkg/plugin/stepflow"
+	"github.com/stepflow-go/stepflow/pkg/protocol"
 	"github.com/stepflow-go/stepflow/pkg/runs"
 	"github.com/stepflow-go/stepflow/pkg/value"
 )
@@ -35,24 +36,35 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // testTimeout bounds every single operation of a test.
 const testTimeout = 90 * time.Second
 
-// sdk is one of the two stepflow-py installations the tests run against.
+// sdk is one of the stepflow-py installations the tests run against.
 type sdk struct {
-	name    string // "http" or "stdio"
+	name    string // "http", "http11" or "stdio"
 	envVar  string
 	venvDir string // default, relative to the repository root
 	check   string // python statement that must succeed
 	script  string // fixture in testdata
 	plugin  string // plugin name used in the config and routes
+	// execCode is the code of an exception in a component.
+	execCode int64
 }
 
 var (
 	sdkHTTP = sdk{
 		name: "http", envVar: "STEPFLOW_TEST_VENV_HTTP", venvDir: ".venv-sdk-http",
 		check: "import stepflow_py.worker", script: "http_server.py", plugin: "python",
+		execCode: protocol.CodeComponentExecution,
+	}
+	// stepflow-py 0.11.2 (the protocol of 0.10 and 0.11): the same
+	// fixture, blobs through the blob API.
+	sdkHTTP11 = sdk{
+		name: "http11", envVar: "STEPFLOW_TEST_VENV_HTTP11", venvDir: ".venv-sdk-http11",
+		check: "import stepflow_py.worker.blob_store, fastapi", script: "http_server.py", plugin: "python",
+		execCode: protocol.CodeComponentExecutionFailed,
 	}
 	sdkStdio = sdk{
 		name: "stdio", envVar: "STEPFLOW_TEST_VENV_STDIO", venvDir: ".venv-sdk-stdio",
 		check: "from stepflow_py import StepflowStdioServer", script: "stdio_server.py", plugin: "legacy",
+		execCode: protocol.CodeComponentExecution,
 	}
 	pythonChecked sync.Map // venv python path -> error
 )
@@ -158,7 +170,10 @@ func newEnv(t *testing.T, s sdk, eo envOptions) *env {
 	if eo.pluginYAML != "" {
 		fmt.Fprintf(&b, "    %s\n", eo.pluginYAML)
 	}
+	// The builtins share the blob store with the server's blobs.
+	b.WriteString("  builtin:\n    type: builtin\n")
 	fmt.Fprintf(&b, "routes:\n  \"/%s/{*component}\":\n    - plugin: %s\n", s.plugin, s.plugin)
+	b.WriteString("  \"/builtin/{*component}\":\n    - plugin: builtin\n")
 	cfg, err := config.Parse([]byte(b.String()), filepath.Join(testdataDir(t), "stepflow-config.yml"))
 	require.NoError(t, err, b.String())
 
@@ -274,12 +289,12 @@ func pidOf(t testing.TB, v value.Value) int64 {
 	return n
 }
 
-// startRemoteServer runs the HTTP fixture as an independent server and
-// returns its base URL; it is killed at cleanup.
-func startRemoteServer(t *testing.T) string {
+// startRemoteServer runs the HTTP fixture of s as an independent server
+// and returns its base URL; it is killed at cleanup.
+func startRemoteServer(t *testing.T, s sdk) string {
 	t.Helper()
-	py := sdkHTTP.python(t)
-	cmd := exec.Command(py, sdkHTTP.script)
+	py := s.python(t)
+	cmd := exec.Command(py, s.script)
 	cmd.Dir = testdataDir(t)
 	cmd.Env = []string{}
 	out, err := cmd.StdoutPipe()

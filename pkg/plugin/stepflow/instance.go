@@ -67,6 +67,10 @@ type instance struct {
 
 	runs *runTracker // run ids of executions in flight (stdio); nil for HTTP
 
+	// blobRefs: the server answered initialize with supportsBlobRefs
+	// (stepflow-py 0.10+), so its outputs may hold {"$blob": id}.
+	blobRefs bool
+
 	dead     chan struct{} // closed by kill
 	deadOnce sync.Once
 	cause    error // why it died; valid once dead is closed
@@ -336,13 +340,48 @@ func (p *Plugin) handshake(ctx context.Context, in *instance) error {
 			}
 		}()
 	}
-	if _, err := in.tr.Call(hctx, protocol.MethodInitialize, protocol.InitializeParams(), nil); err != nil {
+	caps, err := p.capabilities(in)
+	if err != nil {
+		return err
+	}
+	res, err := in.tr.Call(hctx, protocol.MethodInitialize, protocol.InitializeParams(caps), nil)
+	if err != nil {
 		return p.handshakeError(ctx, hctx, in, "initialize", err)
 	}
+	ir, err := protocol.ParseInitializeResult(res)
+	if err != nil {
+		return fmt.Errorf("handshake: %w", err)
+	}
+	in.blobRefs = ir.SupportsBlobRefs
+	p.log.Debug("component server initialized", zap.Int64("server_protocol_version", ir.ServerProtocolVersion),
+		zap.Bool("supports_blob_refs", ir.SupportsBlobRefs), zap.Bool("blob_api", caps.BlobAPIURL != ""))
 	if err := in.tr.Notify(hctx, protocol.MethodInitialized, value.NewObject(0)); err != nil {
 		return p.handshakeError(ctx, hctx, in, "initialized", err)
 	}
 	return nil
+}
+
+// capabilities returns the capabilities initialize offers the server:
+// over HTTP the blob API's URL (stepflow-py 0.10+ reads and writes blobs
+// through it; older SDKs ignore it) and the blob threshold. A remote
+// server gets them only at a loopback address, since the API listens on
+// loopback. Over stdio (stepflow-py <= 0.8, blobs/put callbacks) none.
+func (p *Plugin) capabilities(in *instance) (protocol.Capabilities, error) {
+	if p.host.BlobAPI == nil || p.cfg.Transport == config.TransportStdio {
+		return protocol.Capabilities{}, nil
+	}
+	if p.cfg.Remote() && !loopbackURL(p.cfg.URL) {
+		if in.gen == 1 {
+			p.log.Info("remote component server is not on loopback: not offering the blob API (stepflow-py 0.10+ components that use blobs fail)",
+				zap.String("url", p.cfg.URL))
+		}
+		return protocol.Capabilities{}, nil
+	}
+	u, err := p.host.BlobAPI.URL()
+	if err != nil {
+		return protocol.Capabilities{}, fmt.Errorf("handshake: %w", err)
+	}
+	return protocol.Capabilities{BlobAPIURL: u, BlobThreshold: p.opts.BlobThreshold}, nil
 }
 
 func (p *Plugin) handshakeError(ctx, hctx context.Context, in *instance, method string, err error) error {

@@ -41,6 +41,11 @@ type Options struct {
 	// HealthyPeriod is how long a server must have run for the back-off
 	// to start again from RestartMinDelay.
 	HealthyPeriod time.Duration
+	// BlobThreshold is the capabilities.blobThreshold offered to
+	// stepflow-py 0.10+ servers: output fields whose JSON is larger come
+	// back as blob references, which the plugin resolves. 0 (the
+	// default) disables it: outputs come back inline.
+	BlobThreshold int64
 }
 
 func (o Options) withDefaults() Options {

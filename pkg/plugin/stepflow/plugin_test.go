@@ -27,15 +27,19 @@ import (
 	"github.com/stepflow-go/stepflow/pkg/value"
 )
 
-// Tests shared by both transports run once per SDK.
-var bothSDKs = []sdk{sdkHTTP, sdkStdio}
+// Tests shared by every SDK generation run once per SDK: 0.9.2 and
+// 0.11.2 over HTTP, 0.7.0 over stdio.
+var allSDKs = []sdk{sdkHTTP, sdkHTTP11, sdkStdio}
+
+// httpSDKs are the SDKs of the HTTP transport.
+var httpSDKs = []sdk{sdkHTTP, sdkHTTP11}
 
 // TestStartOnceConcurrent: one server process serves every call — 64
 // items at once (the fixture only answers once all 64 are in flight, so
 // the calls cannot have been serialised) and later calls of other runs —
 // and its stderr is logged under the plugin's name.
 func TestStartOnceConcurrent(t *testing.T) {
-	for _, s := range bothSDKs {
+	for _, s := range allSDKs {
 		t.Run(s.name, func(t *testing.T) {
 			t.Parallel()
 			e := newEnv(t, s, envOptions{})
@@ -103,9 +107,10 @@ func TestStartOnceConcurrent(t *testing.T) {
 }
 
 // TestComponentFailure: a component that raises is a failed result with
-// the SDK's code (-32003) and message; the server is not restarted.
+// the SDK's code (-32003, or -32100 from 0.10 on) and message; the server
+// is not restarted.
 func TestComponentFailure(t *testing.T) {
-	for _, s := range bothSDKs {
+	for _, s := range allSDKs {
 		t.Run(s.name, func(t *testing.T) {
 			t.Parallel()
 			e := newEnv(t, s, envOptions{})
@@ -114,7 +119,7 @@ func TestComponentFailure(t *testing.T) {
 			res, err := e.callReq("/boom", &executor.Request{RunID: executor.NewRunID(), StepID: "b", Input: value.NewObject(0), Attempt: 1})
 			require.NoError(t, err)
 			require.True(t, res.Failed())
-			require.EqualValues(t, protocol.CodeComponentExecution, res.Err.Code)
+			require.EqualValues(t, s.execCode, res.Err.Code)
 			require.Equal(t, "Component execution failed: kaputt", res.Err.Message)
 			require.Equal(t, "b", field(t, res.Err.Data, "step_id"))
 			require.Equal(t, "/boom", field(t, res.Err.Data, "component"))
@@ -136,7 +141,7 @@ func TestComponentFailure(t *testing.T) {
 // transport failure (a Go error saying so), the server is restarted, and
 // the next item succeeds on the new process.
 func TestProcessExitRestarts(t *testing.T) {
-	for _, s := range bothSDKs {
+	for _, s := range allSDKs {
 		t.Run(s.name, func(t *testing.T) {
 			t.Parallel()
 			e := newEnv(t, s, envOptions{})
@@ -179,7 +184,7 @@ output: {$step: d}
 // server on attempt 1; with onError retry the step succeeds on attempt 2
 // against the restarted server.
 func TestRetryAfterRestart(t *testing.T) {
-	for _, s := range bothSDKs {
+	for _, s := range allSDKs {
 		t.Run(s.name, func(t *testing.T) {
 			t.Parallel()
 			e := newEnv(t, s, envOptions{})
@@ -201,7 +206,7 @@ output: {attempt_count: {$step: flaky, path: attempt}}
 // TestTimeout: a call exceeding timeoutMs fails with a clear error, the
 // server is restarted, and the next call succeeds.
 func TestTimeout(t *testing.T) {
-	for _, s := range bothSDKs {
+	for _, s := range allSDKs {
 		t.Run(s.name, func(t *testing.T) {
 			t.Parallel()
 			e := newEnv(t, s, envOptions{pluginYAML: "timeoutMs: 1500"})
@@ -250,9 +255,11 @@ func TestLargePayloadsStdio(t *testing.T) {
 	require.Equal(t, 1, e.startCount())
 }
 
-// TestBlobCallbacks: blobs/put and blobs/get from inside a component.
+// TestBlobCallbacks: a component puts and gets a blob through its
+// context: blobs/put and blobs/get callbacks up to 0.9, the host's blob
+// HTTP API from 0.10 on.
 func TestBlobCallbacks(t *testing.T) {
-	for _, s := range bothSDKs {
+	for _, s := range allSDKs {
 		t.Run(s.name, func(t *testing.T) {
 			t.Parallel()
 			e := newEnv(t, s, envOptions{})
@@ -266,6 +273,82 @@ func TestBlobCallbacks(t *testing.T) {
 			require.Equal(t, blob.KindData, b.Kind)
 		})
 	}
+}
+
+// TestBlobsSharedWithBuiltins: the blob a Python component puts is the
+// one /builtin/get_blob reads in the next step, and a blob
+// /builtin/put_blob stored is the one the component gets; a missing blob
+// fails only that component, with the SDK's message.
+func TestBlobsSharedWithBuiltins(t *testing.T) {
+	for _, s := range httpSDKs {
+		t.Run(s.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, s, envOptions{})
+			res := e.runFlow(`
+steps:
+  - id: py_put
+    component: /python/blobs
+    input: {data: {$input: a}}
+  - id: read
+    component: /builtin/get_blob
+    input: {blob_id: {$step: py_put, path: blob_id}}
+  - id: put
+    component: /builtin/put_blob
+    input: {data: {$input: b}, blob_type: data}
+  - id: py_get
+    component: /python/get_blob
+    input: {blob_id: {$step: put, path: blob_id}}
+output:
+  builtin_read: {$step: read, path: data}
+  python_read: {$step: py_get, path: data}
+`, `{"a":{"from":"python","n":[1,2]},"b":["from","builtin"]}`)
+			require.False(t, res.Failed(), "%s", value.String(res.JSON()))
+			require.Equal(t, `{"builtin_read":{"from":"python","n":[1,2]},"python_read":["from","builtin"]}`, value.String(res.Value))
+
+			missing := strings.Repeat("0", 64)
+			res2, err := e.call("/get_blob", `{"blob_id":"`+missing+`"}`)
+			require.NoError(t, err)
+			require.True(t, res2.Failed())
+			require.Contains(t, res2.Err.Message, missing)
+			if s == sdkHTTP11 {
+				require.Contains(t, res2.Err.Message, "404 Not Found")
+			}
+			e.mustCall("/echo", `{}`)
+			require.Equal(t, 1, e.startCount())
+		})
+	}
+}
+
+// TestBlobRefs: with a blob threshold, stepflow-py 0.11 stores output
+// fields larger than it as blobs and returns {"$blob": id} references;
+// the flow sees the values.
+func TestBlobRefs(t *testing.T) {
+	t.Parallel()
+	opts := fastOptions
+	opts.BlobThreshold = 64
+	e := newEnv(t, sdkHTTP11, envOptions{opts: &opts})
+	small := e.mustCall("/echo", `{"a":"short"}`)
+	require.Equal(t, `{"a":"short"}`, value.String(small))
+	require.Equal(t, 0, e.blobs.Len(), "nothing under the threshold is a blob")
+
+	out := e.mustCall("/big", `{"n":1000}`)
+	require.Equal(t, strings.Repeat("x", 1000), field(t, out, "data"), "the reference is resolved")
+	require.Equal(t, 1, e.blobs.Len(), "the SDK stored the large field through the blob API")
+	_, err := e.blobs.Get(context.Background(), blob.ID(strings.Repeat("x", 1000)))
+	require.NoError(t, err)
+
+	res := e.runFlow(`
+steps:
+  - id: big
+    component: /python/big
+    input: {n: 500}
+  - id: size
+    component: /python/size
+    input: {data: {$step: big, path: data}}
+output: {$step: size}
+`, `{}`)
+	require.False(t, res.Failed(), "%s", value.String(res.JSON()))
+	require.Equal(t, `{"len":500}`, value.String(res.Value))
 }
 
 const childFlowHTTP = `
@@ -284,8 +367,16 @@ output: {$step: fan}
 // nested run of 10 items that call the same server; it completes, and
 // the nested run names the parent run.
 func TestNestedRunsHTTP(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t, sdkHTTP, envOptions{})
+	for _, s := range httpSDKs {
+		t.Run(s.name, func(t *testing.T) {
+			t.Parallel()
+			testNestedRuns(t, s)
+		})
+	}
+}
+
+func testNestedRuns(t *testing.T, s sdk) {
+	e := newEnv(t, s, envOptions{})
 	parentID := e.storeFlow(childFlowHTTP)
 	texts := make([]value.Value, 10)
 	for i := range texts {
@@ -320,10 +411,19 @@ func TestNestedRunsHTTP(t *testing.T) {
 }
 
 // TestRemote: a server started elsewhere is reached by url; no process is
-// started and a transport failure is not followed by a restart.
+// started and a transport failure is not followed by a restart. A server
+// at a loopback address gets the blob API.
 func TestRemote(t *testing.T) {
-	t.Parallel()
-	url := startRemoteServer(t)
+	for _, s := range httpSDKs {
+		t.Run(s.name, func(t *testing.T) {
+			t.Parallel()
+			testRemote(t, s)
+		})
+	}
+}
+
+func testRemote(t *testing.T, s sdk) {
+	url := startRemoteServer(t, s)
 	cfg, err := config.Parse([]byte(fmt.Sprintf(`
 plugins:
   remote: {type: stepflow, url: %q}
@@ -356,7 +456,10 @@ output: {$step: s}
 	res := run("echo", `{"x":1}`)
 	require.Equal(t, `{"x":1}`, value.String(res.Value))
 	res = run("boom", `{}`)
-	require.EqualValues(t, protocol.CodeComponentExecution, res.Err.Code)
+	require.EqualValues(t, s.execCode, res.Err.Code)
+	res = run("blobs", `{"data":[1,2]}`)
+	require.False(t, res.Failed(), "%s", value.String(res.JSON()))
+	require.Equal(t, `[1,2]`, value.String(field(t, res.Value, "back")))
 
 	comp, err := ps.Route("/remote/die", nil)
 	require.NoError(t, err)

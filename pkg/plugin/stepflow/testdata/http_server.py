@@ -1,4 +1,5 @@
-"""Component server for the stepflow plugin tests (stepflow-py[http]==0.9.2).
+"""Component server for the stepflow plugin tests: stepflow-py[http]==0.9.2
+and 0.11.2 (make venv: .venv-sdk-http and .venv-sdk-http11).
 
 Started by the tests as `<venv>/bin/python http_server.py`; it announces
 its port on stdout. When STARTS_FILE is set, every start appends the
@@ -11,7 +12,13 @@ import subprocess
 import sys
 
 from stepflow_py.worker import StepflowContext, StepflowServer
-from stepflow_py.worker.generated_protocol import BlobType
+
+try:  # 0.9: blob types are an enum; 0.10+ takes plain strings
+    from stepflow_py.worker.generated_protocol import BlobType
+
+    FLOW_BLOB = BlobType.flow
+except ImportError:
+    FLOW_BLOB = "flow"
 
 server = StepflowServer()
 
@@ -110,6 +117,20 @@ async def blobs(input: dict, context: StepflowContext) -> dict:
 
 
 @server.component
+async def get_blob(input: dict, context: StepflowContext) -> dict:
+    """Reads a blob stored elsewhere (by /builtin/put_blob)."""
+    return {"data": await context.get_blob(input["blob_id"])}
+
+
+@server.component
+async def sdk(input: dict) -> dict:
+    """The SDK release serving this process."""
+    from importlib.metadata import version
+
+    return {"version": version("stepflow-py")}
+
+
+@server.component
 async def ignore_sigterm(input: dict) -> dict:
     """From now on the server ignores SIGTERM (Close must SIGKILL it)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -149,7 +170,7 @@ async def fan_out(input: dict, context: StepflowContext) -> dict:
         ],
         "output": {"$step": "count"},
     }
-    flow_id = await context.put_blob(flow, BlobType.flow)
+    flow_id = await context.put_blob(flow, FLOW_BLOB)
     status = await context.submit_run_by_id(
         flow_id,
         [{"text": t} for t in input["texts"]],
