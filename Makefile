@@ -84,6 +84,7 @@ PYTHON       ?= python3
 VENV_HTTP    := .venv-sdk-http
 VENV_STDIO   := .venv-sdk-stdio
 VENV_HTTP11  := .venv-sdk-http11
+VENV_GRPC13  := .venv-sdk-grpc13
 
 # The stepflow-py SDKs the component-server tests drive. Over stdio, 0.7.0
 # is the newest release on PyPI with StepflowStdioServer (0.8.0 was never
@@ -94,9 +95,22 @@ SDK_STDIO_VERSION := 0.7.0
 # 0.10 and 0.11 speak the protocol of upstream 0.11 (camelCase initialize,
 # blobs through the runtime's blob HTTP API instead of callbacks).
 SDK_HTTP11_VERSION := 0.11.2
+# stepflow-py 0.13 has no HTTP server: its worker pulls tasks over gRPC
+# (type: grpc, pkg/plugin/grpcqueue; grpcio comes with the package) or
+# fetches them from NATS JetStream (type: nats; the [nats] extra, nats-py).
+SDK_GRPC13_VERSION := 0.13.0
 PIP_INSTALL        = bin/pip install --quiet --disable-pip-version-check
 
-venv: ## the stepflow-py SDKs the component-server tests drive (0.9.2 and 0.11.2 over HTTP, 0.7.0 over stdio)
+venv: ## the stepflow-py SDKs the component-server tests drive (0.9.2 and 0.11.2 over HTTP, 0.7.0 over stdio, 0.13.0 over gRPC pull and NATS)
+	@if $(VENV_GRPC13)/bin/python -c 'import stepflow_py.worker.grpc_worker, nats' 2>/dev/null; then \
+		echo "$(VENV_GRPC13): stepflow-py[nats] $(SDK_GRPC13_VERSION) present"; \
+	else \
+		echo "$(VENV_GRPC13): installing stepflow-py[nats]==$(SDK_GRPC13_VERSION)"; \
+		{ $(PYTHON) -m venv $(VENV_GRPC13) && \
+		  $(VENV_GRPC13)/$(PIP_INSTALL) "stepflow-py[nats]==$(SDK_GRPC13_VERSION)" && \
+		  $(VENV_GRPC13)/bin/python -c 'import stepflow_py.worker.grpc_worker, nats'; } || \
+		{ echo "make venv: stepflow-py[nats]==$(SDK_GRPC13_VERSION) into $(VENV_GRPC13) failed (see the error above)" >&2; exit 1; }; \
+	fi
 	@if $(VENV_HTTP)/bin/python -c 'import stepflow_py.worker' 2>/dev/null; then \
 		echo "$(VENV_HTTP): stepflow-py[http] present"; \
 	else \
@@ -154,6 +168,14 @@ PROTO_FILES    := proto/stepflow/v1/queue.proto
 PROTO_GEN_DIR  := proto/stepflowv1
 PROTO_TOOLS    := $(CURDIR)/$(BIN)/tools
 PROTOC_GEN_GO_VERSION = $(shell $(GO) list -m -f '{{.Version}}' google.golang.org/protobuf)
+# Upstream Stepflow 0.13's worker protocol (gRPC services, package
+# stepflow.v1) that pkg/plugin/grpcqueue serves; protoc-gen-go-grpc is
+# pinned here (its module is versioned apart from google.golang.org/grpc).
+GRPC_PROTO_FILES   := proto/stepflow/v1/common.proto proto/stepflow/v1/tasks.proto proto/stepflow/v1/orchestrator.proto proto/stepflow/v1/blobs.proto
+GRPC_PROTO_GEN_DIR := proto/tasksv1
+PROTOC_GEN_GO_GRPC_VERSION := v1.6.0
+PROTOC_GRPC = protoc -I proto --plugin=protoc-gen-go=$(PROTO_TOOLS)/protoc-gen-go \
+	  --plugin=protoc-gen-go-grpc=$(PROTO_TOOLS)/protoc-gen-go-grpc
 
 .PHONY: proto proto-check proto-tools
 
@@ -164,10 +186,16 @@ proto-tools:
 	    echo "installing protoc-gen-go $$v into $(PROTO_TOOLS)"; \
 	    GOBIN=$(PROTO_TOOLS) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$$v || exit 1; \
 	  fi
+	@if [ "$$($(PROTO_TOOLS)/protoc-gen-go-grpc --version 2>/dev/null)" != "protoc-gen-go-grpc $(PROTOC_GEN_GO_GRPC_VERSION:v%=%)" ]; then \
+	    echo "installing protoc-gen-go-grpc $(PROTOC_GEN_GO_GRPC_VERSION) into $(PROTO_TOOLS)"; \
+	    GOBIN=$(PROTO_TOOLS) $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION) || exit 1; \
+	  fi
 
 proto: proto-tools ## regenerate the Go code of the protobuf wire messages
 	protoc -I proto --plugin=protoc-gen-go=$(PROTO_TOOLS)/protoc-gen-go \
 	  --go_out=. --go_opt=module=github.com/stepflow-go/stepflow $(PROTO_FILES)
+	$(PROTOC_GRPC) --go_out=. --go_opt=module=github.com/stepflow-go/stepflow \
+	  --go-grpc_out=. --go-grpc_opt=module=github.com/stepflow-go/stepflow $(GRPC_PROTO_FILES)
 
 proto-check: proto-tools ## fail if the committed generated protobuf code is stale
 	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
@@ -176,6 +204,12 @@ proto-check: proto-tools ## fail if the committed generated protobuf code is sta
 	  if ! diff -r -u -I '^//[[:space:]]*protoc[[:space:]]' $$tmp/$(PROTO_GEN_DIR) $(PROTO_GEN_DIR); then \
 	    echo "generated protobuf code in $(PROTO_GEN_DIR) is stale: run 'make proto' and commit the result" >&2; exit 1; \
 	  fi; echo "proto: $(PROTO_GEN_DIR) is up to date"
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	  $(PROTOC_GRPC) --go_out=$$tmp --go_opt=module=github.com/stepflow-go/stepflow \
+	    --go-grpc_out=$$tmp --go-grpc_opt=module=github.com/stepflow-go/stepflow $(GRPC_PROTO_FILES) && \
+	  if ! diff -r -u -I '^//[[:space:]]*-\{0,1\}[[:space:]]*protoc[[:space:]]' $$tmp/$(GRPC_PROTO_GEN_DIR) $(GRPC_PROTO_GEN_DIR); then \
+	    echo "generated protobuf code in $(GRPC_PROTO_GEN_DIR) is stale: run 'make proto' and commit the result" >&2; exit 1; \
+	  fi; echo "proto: $(GRPC_PROTO_GEN_DIR) is up to date"
 
 # --- MCP test server (test/mcp) ---------------------------------------------
 # pkg/plugin/mcp tests run @modelcontextprotocol/server-everything, pinned in

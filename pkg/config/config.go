@@ -10,7 +10,12 @@
 //	  legacy:  { type: stepflow, transport: stdio, command: python3, args: [server.py] }
 //	  fs:      { type: mcp, command: npx, args: [-y, "@modelcontextprotocol/server-filesystem", /tmp] }
 //	  mock:    { type: mock, components: { /c: {input_schema: {}, output_schema: {}, behaviors: {…}} } }
+//	  py13:    { type: grpc, command: python3, args: [-m, stepflow_py.worker.main], queueName: python }
+//	  jet:     { type: nats, url: "nats://127.0.0.1:4222", stream: TASKS, consumer: workers }
 //	routes:                        # required (may be {}): pattern -> ordered rules
+//	  "/py13":                                               # a prefix route (0.13): /py13/<anything>
+//	    - plugin: py13
+//	      params: { queueName: gpu }                         # optional transport params
 //	  "/python/{*component}":
 //	    - plugin: python
 //	      conditions: [{path: "$.model", value: "gpt-4"}]   # optional
@@ -101,6 +106,12 @@ const (
 	TypeMCP PluginType = "mcp"
 	// TypeMock is scripted components for tests.
 	TypeMock PluginType = "mock"
+	// TypeGRPC is upstream 0.13's pull transport: workers (stepflow-py
+	// 0.13) pull tasks of a named queue over gRPC from the runtime.
+	TypeGRPC PluginType = "grpc"
+	// TypeNATS is upstream 0.13's NATS JetStream transport: the runtime
+	// publishes tasks to a stream that workers consume.
+	TypeNATS PluginType = "nats"
 )
 
 // Plugin is one entry of `plugins`. Exactly one of Stepflow, MCP and Mock
@@ -121,6 +132,59 @@ type Plugin struct {
 	Stepflow *StepflowPlugin
 	MCP      *MCPPlugin
 	Mock     *MockPlugin
+	GRPC     *GRPCPlugin
+	NATS     *NATSPlugin
+}
+
+// DefaultQueueTimeout is how long a task of a grpc or nats plugin may
+// wait for a worker to claim it (`queueTimeoutSecs`, upstream's default).
+const DefaultQueueTimeout = 30 * time.Second
+
+// GRPCPlugin is a `type: grpc` plugin (upstream 0.13): the runtime serves
+// TasksService, OrchestratorService and BlobService on loopback and
+// workers pull the tasks of QueueName. Command, Args and Env values are
+// already substituted.
+type GRPCPlugin struct {
+	// Command launches the worker; "" when workers are started apart and
+	// connect by themselves.
+	Command string
+	// Args are the command's arguments; never nil.
+	Args []string
+	// Env is added to the worker's environment, after the BaseEnv
+	// variables and before the STEPFLOW_* variables of the transport.
+	Env []EnvVar
+	// QueueName is the queue the worker pulls (`queueName`); the plugin's
+	// name when absent. A route rule's `params.queueName` overrides it.
+	QueueName string
+	// QueueTimeout bounds the wait of a task for a worker's claim
+	// (`queueTimeoutSecs`, default 30 s).
+	QueueTimeout time.Duration
+	// ExecutionTimeout bounds a task from its claim to its completion
+	// (`executionTimeoutSecs`); 0 means none.
+	ExecutionTimeout time.Duration
+	// Timeout bounds each component call as a whole (`timeoutMs`, as for
+	// stepflow plugins); 0 means none.
+	Timeout time.Duration
+}
+
+// NATSPlugin is a `type: nats` plugin (upstream 0.13): tasks travel on a
+// JetStream stream that workers consume; they report back over the
+// plugin's gRPC services.
+type NATSPlugin struct {
+	// URL of the NATS server (`url`; `natsUrl` is accepted too).
+	URL string
+	// Stream is the default JetStream stream; a route rule's `stream`
+	// (or `params.stream`) overrides it.
+	Stream string
+	// Consumer is the durable consumer name.
+	Consumer string
+	// Command, Args and Env launch a worker, as for grpc plugins.
+	Command string
+	Args    []string
+	Env     []EnvVar
+	// QueueTimeout and ExecutionTimeout as for grpc plugins.
+	QueueTimeout     time.Duration
+	ExecutionTimeout time.Duration
 }
 
 // Transport selects how a stepflow plugin talks to its server.
@@ -258,6 +322,11 @@ type RouteRule struct {
 	ComponentAllow []string
 	// ComponentDeny, when not nil, lists names the rule refuses.
 	ComponentDeny []string
+	// Params are the rule's transport parameters (upstream 0.13): the
+	// entries of `params` (`queueName` of a grpc plugin, `stream` of a
+	// nats plugin), and `queueName`/`stream` written on the rule itself;
+	// nil when none.
+	Params map[string]string
 	// Path and Pos locate the rule.
 	Path string
 	Pos  value.Pos

@@ -286,8 +286,8 @@ func TestParseErrors(t *testing.T) {
 		name, src, want string
 		is              error
 	}{
-		{"unknown plugin type", "plugins:\n  x:\n    type: grpc\nroutes: {}\n",
-			`c.yml:3:11: unknown type "grpc" for plugin "x" (expected builtin, stepflow, mcp or mock)`, config.ErrInvalidConfig},
+		{"unknown plugin type", "plugins:\n  x:\n    type: kafka\nroutes: {}\n",
+			`c.yml:3:11: unknown type "kafka" for plugin "x" (expected builtin, stepflow, mcp, mock, grpc or nats)`, config.ErrInvalidConfig},
 		{"missing plugins", "routes: {}\n", "c.yml:1:1: missing field `plugins` in config", config.ErrInvalidConfig},
 		{"missing routes", "plugins: {}\n", "c.yml:1:1: missing field `routes` in config (write `routes: {}` for none)", config.ErrInvalidConfig},
 		{"empty", "", "c.yml: $: empty document: a config must be an object with `plugins` and `routes`", config.ErrInvalidConfig},
@@ -373,7 +373,7 @@ func TestFromValue(t *testing.T) {
 	require.Equal(t, "x", c.Plugins[1].Mock.Components[0].Behaviors[0].Input)
 
 	_, err = config.FromValue(value.MustParse(`{"plugins":{"x":{"type":"nope"}},"routes":{}}`), "")
-	require.EqualError(t, err, `$.plugins.x.type: unknown type "nope" for plugin "x" (expected builtin, stepflow, mcp or mock)`)
+	require.EqualError(t, err, `$.plugins.x.type: unknown type "nope" for plugin "x" (expected builtin, stepflow, mcp, mock, grpc or nats)`)
 }
 
 func TestDefault(t *testing.T) {

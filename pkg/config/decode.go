@@ -327,9 +327,13 @@ func (d *decoder) plugin(name string, v value.Value, path string) (*Plugin, *Err
 		p.MCP, err = d.mcpPlugin(name, o, path)
 	case TypeMock:
 		p.Mock, err = d.mockPlugin(name, o, path)
+	case TypeGRPC:
+		p.GRPC, err = d.grpcPlugin(name, o, path)
+	case TypeNATS:
+		p.NATS, err = d.natsPlugin(name, o, path)
 	default:
 		return nil, d.Errorf(value.PathField(path, "type"), nil,
-			"unknown type %q for plugin %q (expected builtin, stepflow, mcp or mock)", typ, name)
+			"unknown type %q for plugin %q (expected builtin, stepflow, mcp, mock, grpc or nats)", typ, name)
 	}
 	if err != nil {
 		return nil, err
@@ -461,6 +465,101 @@ func (d *decoder) stepflowPlugin(name string, o *value.Object, path string) (*St
 	return sp, nil
 }
 
+// optSeconds reads an optional non-negative integer of seconds; min is
+// the smallest value allowed.
+func (d *decoder) optSeconds(o *value.Object, key, path string, def time.Duration, min int64) (time.Duration, *Error) {
+	v, ok := o.Get(key)
+	if !ok || v == nil {
+		return def, nil
+	}
+	p := value.PathField(path, key)
+	n, ok := v.(value.Number)
+	if !ok || !value.IsInteger(n) {
+		return 0, d.TypeError(p, "`"+key+"`", "a non-negative integer (seconds)", v)
+	}
+	secs, err := n.Int64()
+	if err != nil || secs < min || secs > int64(time.Duration(1<<63-1)/time.Second) {
+		return 0, d.Errorf(p, nil, "invalid value for `%s`: %s is not a valid number of seconds (at least %d)", key, n, min)
+	}
+	return time.Duration(secs) * time.Second, nil
+}
+
+// optProcess reads command, args and env of a plugin whose command is
+// optional (grpc, nats): without `command` there is nothing to launch.
+func (d *decoder) optProcess(name string, o *value.Object, path string) (string, []string, []EnvVar, *Error) {
+	if cv, ok := o.Get("command"); ok && cv != nil {
+		return d.process(name, o, path)
+	}
+	if _, ok := o.Get("args"); ok {
+		if args, _, err := d.optStrings(o, "args", path); err != nil {
+			return "", nil, nil, err
+		} else if len(args) > 0 {
+			return "", nil, nil, d.Errorf(value.PathField(path, "args"), nil, "plugin %q: `args` without `command`", name)
+		}
+	}
+	return "", []string{}, nil, nil
+}
+
+func (d *decoder) grpcPlugin(name string, o *value.Object, path string) (*GRPCPlugin, *Error) {
+	gp := &GRPCPlugin{}
+	var err *Error
+	if gp.Command, gp.Args, gp.Env, err = d.optProcess(name, o, path); err != nil {
+		return nil, err
+	}
+	if gp.QueueName, err = d.OptString(o, "queueName", path); err != nil {
+		return nil, err
+	}
+	if gp.QueueName == "" {
+		gp.QueueName = name
+	}
+	if gp.QueueTimeout, err = d.optSeconds(o, "queueTimeoutSecs", path, DefaultQueueTimeout, 1); err != nil {
+		return nil, err
+	}
+	if gp.ExecutionTimeout, err = d.optSeconds(o, "executionTimeoutSecs", path, 0, 0); err != nil {
+		return nil, err
+	}
+	if gp.Timeout, err = d.optMillis(o, "timeoutMs", path, 0); err != nil {
+		return nil, err
+	}
+	return gp, nil
+}
+
+func (d *decoder) natsPlugin(name string, o *value.Object, path string) (*NATSPlugin, *Error) {
+	np := &NATSPlugin{}
+	var err *Error
+	key := "url"
+	if _, ok := o.Get("url"); !ok {
+		if _, ok := o.Get("natsUrl"); ok {
+			key = "natsUrl"
+		}
+	}
+	if np.URL, err = d.ReqString(o, key, path, fmt.Sprintf("nats plugin %q", name)); err != nil {
+		return nil, err
+	}
+	if np.URL, err = d.subst(name, np.URL, value.PathField(path, key)); err != nil {
+		return nil, err
+	}
+	if np.URL == "" {
+		return nil, d.Errorf(value.PathField(path, key), nil, "plugin %q: `%s` is empty", name, key)
+	}
+	if np.Stream, err = d.OptString(o, "stream", path); err != nil {
+		return nil, err
+	}
+	if np.Consumer, err = d.OptString(o, "consumer", path); err != nil {
+		return nil, err
+	}
+	if np.Command, np.Args, np.Env, err = d.optProcess(name, o, path); err != nil {
+		return nil, err
+	}
+	if np.QueueTimeout, err = d.optSeconds(o, "queueTimeoutSecs", path, DefaultQueueTimeout, 1); err != nil {
+		return nil, err
+	}
+	if np.ExecutionTimeout, err = d.optSeconds(o, "executionTimeoutSecs", path, 0, 0); err != nil {
+		return nil, err
+	}
+	return np, nil
+}
+
 func (d *decoder) mcpPlugin(name string, o *value.Object, path string) (*MCPPlugin, *Error) {
 	mp := &MCPPlugin{}
 	var err *Error
@@ -577,6 +676,9 @@ func (d *decoder) route(pattern string, v value.Value, path string) (*Route, *Er
 		if rule.ComponentDeny, _, err = d.optStrings(o, "componentDeny", p); err != nil {
 			return nil, err
 		}
+		if rule.Params, err = d.ruleParams(o, p); err != nil {
+			return nil, err
+		}
 		if cv, ok := o.Get("conditions"); ok && cv != nil {
 			cp := value.PathField(p, "conditions")
 			carr, ok := cv.([]value.Value)
@@ -609,6 +711,44 @@ func (d *decoder) route(pattern string, v value.Value, path string) (*Route, *Er
 		r.Rules = append(r.Rules, rule)
 	}
 	return r, nil
+}
+
+// ruleParams reads the transport parameters of a route rule: the string
+// entries of `params`, then `queueName` and `stream` written on the rule.
+func (d *decoder) ruleParams(o *value.Object, path string) (map[string]string, *Error) {
+	var out map[string]string
+	set := func(k string, v value.Value, p string) *Error {
+		s, ok := v.(string)
+		if !ok {
+			return d.TypeError(p, fmt.Sprintf("route parameter %q", k), "a string", v)
+		}
+		if out == nil {
+			out = map[string]string{}
+		}
+		out[k] = s
+		return nil
+	}
+	if pv, ok := o.Get("params"); ok && pv != nil {
+		pp := value.PathField(path, "params")
+		po, err := d.Object(pv, pp, "`params`")
+		if err != nil {
+			return nil, err
+		}
+		for i := range po.Len() {
+			k, v := po.At(i)
+			if err := set(k, v, value.PathField(pp, k)); err != nil {
+				return nil, err
+			}
+		}
+	}
+	for _, k := range []string{"queueName", "stream"} {
+		if v, ok := o.Get(k); ok && v != nil {
+			if err := set(k, v, value.PathField(path, k)); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return out, nil
 }
 
 func (d *decoder) stateStore(v value.Value, path string) (StateStore, *Error) {

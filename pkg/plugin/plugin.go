@@ -28,6 +28,7 @@ import (
 	"github.com/stepflow-go/stepflow/pkg/outcome"
 	"github.com/stepflow-go/stepflow/pkg/plugin/blobapi"
 	"github.com/stepflow-go/stepflow/pkg/plugin/builtin"
+	"github.com/stepflow-go/stepflow/pkg/plugin/grpcqueue"
 	"github.com/stepflow-go/stepflow/pkg/plugin/mcp"
 	"github.com/stepflow-go/stepflow/pkg/plugin/pluginapi"
 	"github.com/stepflow-go/stepflow/pkg/plugin/stepflow"
@@ -108,6 +109,10 @@ func defaultFactory(t config.PluginType) (Factory, bool) {
 		return mcp.Factory, true
 	case config.TypeStepflow:
 		return stepflow.Factory, true
+	case config.TypeGRPC:
+		return grpcqueue.Factory, true
+	case config.TypeNATS:
+		return grpcqueue.Factory, true
 	}
 	return nil, false
 }
@@ -257,7 +262,12 @@ func (ps *Plugins) Route(path string, input value.Value) (executor.Component, er
 	if !ok {
 		return nil, &RouteError{Path: path, Reason: fmt.Sprintf("cannot route component %s: plugin %q is not running", path, t.Plugin)}
 	}
-	c, err := p.Component(t.Component)
+	var c executor.Component
+	if pc, ok := p.(pluginapi.ParamsComponenter); ok && t.Rule != nil && t.Rule.Params != nil {
+		c, err = pc.ComponentWithParams(t.Component, t.Rule.Params)
+	} else {
+		c, err = p.Component(t.Component)
+	}
 	if errors.Is(err, ErrUnknownComponent) {
 		// Name the step's path: the plugin-local name alone (/get_blb)
 		// hides which route and plugin the step reached.

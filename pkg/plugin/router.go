@@ -46,6 +46,10 @@ type segment struct {
 type route struct {
 	cfg  *config.Route
 	segs []segment
+	// prefix marks a route written without placeholders and without a
+	// rule `component` (upstream 0.13's prefix routes, "/python" or "/"):
+	// it matches every path below it, as if `/{*component}` ended it.
+	prefix bool
 }
 
 // Target is where a component path routes to.
@@ -65,6 +69,10 @@ type Target struct {
 //
 //   - patterns have literal segments, `{name}` (one non-empty segment)
 //     and `{*name}` (the non-empty rest of the path, last only);
+//   - a pattern without placeholders whose rules give no `component`
+//     is a prefix route, as in upstream 0.13 ("/python", "/"): it
+//     matches every path below it, as if it ended with `/{*component}`
+//     (so "/python" and "/python/{*component}" conflict);
 //   - when several patterns match, the most specific wins, comparing
 //     segments left to right: static over `{name}` over `{*name}`; two
 //     patterns of the same shape are a construction error;
@@ -96,6 +104,13 @@ func NewRouter(cfg *config.Config) (*Router, error) {
 		if err != nil {
 			return nil, routeConfigError(cfg, cr.Path, cr.Pos, fmt.Sprintf("invalid route pattern %q: %v", cr.Pattern, err))
 		}
+		prefix := isPrefixRoute(cr, segs)
+		if prefix {
+			if cr.Pattern == "/" {
+				segs = nil
+			}
+			segs = append(segs, segment{kind: segCatchAll, text: "component"})
+		}
 		for _, prev := range r.routes {
 			if sameShape(prev.segs, segs) {
 				return nil, routeConfigError(cfg, cr.Path, cr.Pos,
@@ -112,9 +127,25 @@ func NewRouter(cfg *config.Config) (*Router, error) {
 				r.builtins[rule.Plugin] = true
 			}
 		}
-		r.routes = append(r.routes, &route{cfg: cr, segs: segs})
+		r.routes = append(r.routes, &route{cfg: cr, segs: segs, prefix: prefix})
 	}
 	return r, nil
+}
+
+// isPrefixRoute reports whether a route is an upstream 0.13 prefix route:
+// no placeholder in its pattern and no rule naming a `component`.
+func isPrefixRoute(cr *config.Route, segs []segment) bool {
+	for _, s := range segs {
+		if s.kind != segStatic {
+			return false
+		}
+	}
+	for _, rule := range cr.Rules {
+		if rule.Component != "" {
+			return false
+		}
+	}
+	return true
 }
 
 func routeConfigError(cfg *config.Config, path string, pos value.Pos, msg string) error {
@@ -180,7 +211,9 @@ func (rt *route) match(parts []string) (map[string]string, bool) {
 	var params map[string]string
 	for i, s := range rt.segs {
 		if i >= len(parts) {
-			return nil, false
+			// A prefix route matches its own path too, without a
+			// component (resolveComponent then says why it fails).
+			return nil, rt.prefix && i == len(rt.segs)-1
 		}
 		switch s.kind {
 		case segStatic:
@@ -198,7 +231,7 @@ func (rt *route) match(parts []string) (map[string]string, bool) {
 		case segCatchAll:
 			rest := strings.Join(parts[i:], "/")
 			if rest == "" {
-				return nil, false
+				return nil, rt.prefix
 			}
 			if params == nil {
 				params = map[string]string{}
@@ -336,6 +369,11 @@ func resolveComponent(rt *route, rule *config.RouteRule, params map[string]strin
 		return out, nil
 	}
 	c, ok := params["component"]
+	if !ok && rt.prefix {
+		return "", &RouteError{Path: path, Reason: fmt.Sprintf(
+			"cannot route component %s: route %s is a prefix route and the path names no component below it (%s/<component>)",
+			path, rt.cfg.Pattern, strings.TrimSuffix(rt.cfg.Pattern, "/"))}
+	}
 	if !ok {
 		return "", &RouteError{Path: path, Reason: fmt.Sprintf(
 			"cannot route component %s: route %s has no {component} placeholder and its rule for plugin %q gives no `component`",
@@ -376,6 +414,8 @@ func (r *Router) RoutesFor(plugin, component string) []RouteInfo {
 			}
 			var resolved string
 			switch {
+			case rt.prefix:
+				resolved = strings.TrimSuffix(pat, "/") + component
 			case strings.Contains(pat, "{component}"):
 				resolved = strings.ReplaceAll(strings.ReplaceAll(pat, "{component}", component), "//", "/")
 			case strings.Contains(pat, "{*component}"):

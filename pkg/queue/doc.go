@@ -23,7 +23,7 @@
 //	STEPFLOW_WORKERS  KV bucket, key WorkerKey(worker id), value WorkerStatus
 //	                  (a worker's heartbeat), MaxAge WorkerTTL
 //
-// Wire messages are the protobuf messages of proto/stepflow/v1/queue.proto
+// Wire messages are the protobuf messages of proto/stepflow/v1/queue.proto (package stepflowgo.v1)
 // (package stepflowv1); JSON values inside them are JSON bytes.
 //
 // Never a stream per run: streams are Raft groups in a cluster, so their

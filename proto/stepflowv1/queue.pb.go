@@ -16,6 +16,11 @@
 // 	protoc        v3.21.12
 // source: stepflow/v1/queue.proto
 
+// The package is stepflowgo.v1, not stepflow.v1: upstream Stepflow's worker
+// protocol (tasks.proto and its neighbours, served to stepflow-py 0.13) owns
+// stepflow.v1 and has messages of the same names (ItemResult). Binary
+// encoding carries no names, so the package is not part of the wire format.
+
 package stepflowv1
 
 import (
@@ -349,7 +354,7 @@ type ItemResult struct {
 	// the JSON.
 	Failed bool `protobuf:"varint,5,opt,name=failed,proto3" json:"failed,omitempty"`
 	// Who produced the result.
-	Source ResultSource `protobuf:"varint,6,opt,name=source,proto3,enum=stepflow.v1.ResultSource" json:"source,omitempty"`
+	Source ResultSource `protobuf:"varint,6,opt,name=source,proto3,enum=stepflowgo.v1.ResultSource" json:"source,omitempty"`
 	// The worker that executed the item (empty when source is not WORKER).
 	WorkerId string `protobuf:"bytes,7,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
 	// The JetStream delivery count of the item message when it produced this
@@ -876,7 +881,7 @@ type RunRecord struct {
 	// The flow's name, if it has one.
 	FlowName string `protobuf:"bytes,3,opt,name=flow_name,json=flowName,proto3" json:"flow_name,omitempty"`
 	// The run's state.
-	Status RunStatus `protobuf:"varint,4,opt,name=status,proto3,enum=stepflow.v1.RunStatus" json:"status,omitempty"`
+	Status RunStatus `protobuf:"varint,4,opt,name=status,proto3,enum=stepflowgo.v1.RunStatus" json:"status,omitempty"`
 	// The items in flight at once across all workers: the run consumer's
 	// MaxAckPending.
 	MaxConcurrency uint32 `protobuf:"varint,5,opt,name=max_concurrency,json=maxConcurrency,proto3" json:"max_concurrency,omitempty"`
@@ -1429,7 +1434,7 @@ var File_stepflow_v1_queue_proto protoreflect.FileDescriptor
 
 const file_stepflow_v1_queue_proto_rawDesc = "" +
 	"\n" +
-	"\x17stepflow/v1/queue.proto\x12\vstepflow.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xda\x04\n" +
+	"\x17stepflow/v1/queue.proto\x12\rstepflowgo.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdc\x04\n" +
 	"\x04Item\x12\x15\n" +
 	"\x06run_id\x18\x01 \x01(\tR\x05runId\x12\x14\n" +
 	"\x05index\x18\x02 \x01(\x04R\x05index\x12\x14\n" +
@@ -1445,19 +1450,19 @@ const file_stepflow_v1_queue_proto_rawDesc = "" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\bdeadline\x12H\n" +
 	"\x12heartbeat_interval\x18\v \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\x12\x1f\n" +
 	"\vmax_deliver\x18\f \x01(\rR\n" +
-	"maxDeliver\x12H\n" +
-	"\rtrace_context\x18\r \x03(\v2#.stepflow.v1.Item.TraceContextEntryR\ftraceContext\x1a?\n" +
+	"maxDeliver\x12J\n" +
+	"\rtrace_context\x18\r \x03(\v2%.stepflowgo.v1.Item.TraceContextEntryR\ftraceContext\x1a?\n" +
 	"\x11TraceContextEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa4\x04\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa8\x04\n" +
 	"\n" +
 	"ItemResult\x12\x15\n" +
 	"\x06run_id\x18\x01 \x01(\tR\x05runId\x12\x14\n" +
 	"\x05index\x18\x02 \x01(\x04R\x05index\x12\x16\n" +
 	"\x06result\x18\x03 \x01(\fR\x06result\x12$\n" +
 	"\x0eresult_blob_id\x18\x04 \x01(\tR\fresultBlobId\x12\x16\n" +
-	"\x06failed\x18\x05 \x01(\bR\x06failed\x121\n" +
-	"\x06source\x18\x06 \x01(\x0e2\x19.stepflow.v1.ResultSourceR\x06source\x12\x1b\n" +
+	"\x06failed\x18\x05 \x01(\bR\x06failed\x123\n" +
+	"\x06source\x18\x06 \x01(\x0e2\x1b.stepflowgo.v1.ResultSourceR\x06source\x12\x1b\n" +
 	"\tworker_id\x18\a \x01(\tR\bworkerId\x12\x1e\n" +
 	"\n" +
 	"deliveries\x18\b \x01(\rR\n" +
@@ -1469,13 +1474,13 @@ const file_stepflow_v1_queue_proto_rawDesc = "" +
 	"\vfinished_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"finishedAt\x12&\n" +
 	"\x0fitem_stream_seq\x18\f \x01(\x04R\ritemStreamSeq\x12(\n" +
-	"\x10item_ack_subject\x18\r \x01(\tR\x0eitemAckSubject\x12'\n" +
-	"\x05blobs\x18\x0e \x03(\v2\x11.stepflow.v1.BlobR\x05blobs\x12\x14\n" +
+	"\x10item_ack_subject\x18\r \x01(\tR\x0eitemAckSubject\x12)\n" +
+	"\x05blobs\x18\x0e \x03(\v2\x13.stepflowgo.v1.BlobR\x05blobs\x12\x14\n" +
 	"\x05steps\x18\x0f \x01(\fR\x05steps\"'\n" +
 	"\vResultBatch\x12\x18\n" +
-	"\aresults\x18\x01 \x03(\fR\aresults\"L\n" +
-	"\x11ResultBatchAnswer\x127\n" +
-	"\aanswers\x18\x01 \x03(\v2\x1d.stepflow.v1.ResultBatchEntryR\aanswers\"_\n" +
+	"\aresults\x18\x01 \x03(\fR\aresults\"N\n" +
+	"\x11ResultBatchAnswer\x129\n" +
+	"\aanswers\x18\x01 \x03(\v2\x1f.stepflowgo.v1.ResultBatchEntryR\aanswers\"_\n" +
 	"\x10ResultBatchEntry\x12\x16\n" +
 	"\x06status\x18\x01 \x01(\tR\x06status\x12\x1d\n" +
 	"\n" +
@@ -1484,25 +1489,25 @@ const file_stepflow_v1_queue_proto_rawDesc = "" +
 	"\x04Blob\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x12\n" +
-	"\x04data\x18\x03 \x01(\fR\x04data\"6\n" +
-	"\vBlobJournal\x12'\n" +
-	"\x05blobs\x18\x01 \x03(\v2\x11.stepflow.v1.BlobR\x05blobs\"z\n" +
+	"\x04data\x18\x03 \x01(\fR\x04data\"8\n" +
+	"\vBlobJournal\x12)\n" +
+	"\x05blobs\x18\x01 \x03(\v2\x13.stepflowgo.v1.BlobR\x05blobs\"z\n" +
 	"\n" +
 	"ItemCounts\x12\x1c\n" +
 	"\tcompleted\x18\x01 \x01(\x04R\tcompleted\x12\x18\n" +
 	"\arunning\x18\x02 \x01(\x04R\arunning\x12\x16\n" +
 	"\x06failed\x18\x03 \x01(\x04R\x06failed\x12\x1c\n" +
-	"\tcancelled\x18\x04 \x01(\x04R\tcancelled\"\xba\x05\n" +
+	"\tcancelled\x18\x04 \x01(\x04R\tcancelled\"\xbe\x05\n" +
 	"\tRunRecord\x12\x15\n" +
 	"\x06run_id\x18\x01 \x01(\tR\x05runId\x12\x17\n" +
 	"\aflow_id\x18\x02 \x01(\tR\x06flowId\x12\x1b\n" +
-	"\tflow_name\x18\x03 \x01(\tR\bflowName\x12.\n" +
-	"\x06status\x18\x04 \x01(\x0e2\x16.stepflow.v1.RunStatusR\x06status\x12'\n" +
+	"\tflow_name\x18\x03 \x01(\tR\bflowName\x120\n" +
+	"\x06status\x18\x04 \x01(\x0e2\x18.stepflowgo.v1.RunStatusR\x06status\x12'\n" +
 	"\x0fmax_concurrency\x18\x05 \x01(\rR\x0emaxConcurrency\x12\x1d\n" +
 	"\n" +
 	"item_total\x18\x06 \x01(\x04R\titemTotal\x12'\n" +
-	"\x0fitems_published\x18\a \x01(\x04R\x0eitemsPublished\x12-\n" +
-	"\x05items\x18\b \x01(\v2\x17.stepflow.v1.ItemCountsR\x05items\x12\"\n" +
+	"\x0fitems_published\x18\a \x01(\x04R\x0eitemsPublished\x12/\n" +
+	"\x05items\x18\b \x01(\v2\x19.stepflowgo.v1.ItemCountsR\x05items\x12\"\n" +
 	"\rparent_run_id\x18\t \x01(\tR\vparentRunId\x12\x1e\n" +
 	"\vroot_run_id\x18\n" +
 	" \x01(\tR\trootRunId\x129\n" +
@@ -1515,7 +1520,7 @@ const file_stepflow_v1_queue_proto_rawDesc = "" +
 	"\back_wait\x18\x10 \x01(\v2\x19.google.protobuf.DurationR\aackWait\x12\x1f\n" +
 	"\vmax_deliver\x18\x11 \x01(\rR\n" +
 	"maxDeliver\x12\x14\n" +
-	"\x05error\x18\x12 \x01(\tR\x05error\"\xf7\b\n" +
+	"\x05error\x18\x12 \x01(\tR\x05error\"\xfb\b\n" +
 	"\fWorkerStatus\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x12\n" +
 	"\x04host\x18\x02 \x01(\tR\x04host\x12\x10\n" +
@@ -1531,8 +1536,8 @@ const file_stepflow_v1_queue_proto_rawDesc = "" +
 	"slots_busy\x18\t \x01(\rR\tslotsBusy\x12\x1d\n" +
 	"\n" +
 	"slots_lent\x18\n" +
-	" \x01(\rR\tslotsLent\x12A\n" +
-	"\brun_busy\x18\v \x03(\v2&.stepflow.v1.WorkerStatus.RunBusyEntryR\arunBusy\x12'\n" +
+	" \x01(\rR\tslotsLent\x12C\n" +
+	"\brun_busy\x18\v \x03(\v2(.stepflowgo.v1.WorkerStatus.RunBusyEntryR\arunBusy\x12'\n" +
 	"\x0fitems_completed\x18\f \x01(\x04R\x0eitemsCompleted\x12!\n" +
 	"\fitems_failed\x18\r \x01(\x04R\vitemsFailed\x12%\n" +
 	"\x0eitems_returned\x18\x0e \x01(\x04R\ritemsReturned\x12!\n" +
@@ -1540,9 +1545,9 @@ const file_stepflow_v1_queue_proto_rawDesc = "" +
 	"\x06window\x18\x10 \x01(\v2\x19.google.protobuf.DurationR\x06window\x12>\n" +
 	"\rmean_duration\x18\x11 \x01(\v2\x19.google.protobuf.DurationR\fmeanDuration\x12<\n" +
 	"\fp95_duration\x18\x12 \x01(\v2\x19.google.protobuf.DurationR\vp95Duration\x12\x1a\n" +
-	"\bdraining\x18\x13 \x01(\bR\bdraining\x12<\n" +
+	"\bdraining\x18\x13 \x01(\bR\bdraining\x12>\n" +
 	"\n" +
-	"components\x18\x14 \x03(\v2\x1c.stepflow.v1.WorkerComponentR\n" +
+	"components\x18\x14 \x03(\v2\x1e.stepflowgo.v1.WorkerComponentR\n" +
 	"components\x12+\n" +
 	"\x11components_listed\x18\x15 \x01(\bR\x10componentsListed\x12<\n" +
 	"\x1acomponents_schemas_omitted\x18\x16 \x01(\bR\x18componentsSchemasOmitted\x121\n" +
@@ -1585,48 +1590,48 @@ func file_stepflow_v1_queue_proto_rawDescGZIP() []byte {
 var file_stepflow_v1_queue_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
 var file_stepflow_v1_queue_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_stepflow_v1_queue_proto_goTypes = []any{
-	(ResultSource)(0),             // 0: stepflow.v1.ResultSource
-	(RunStatus)(0),                // 1: stepflow.v1.RunStatus
-	(*Item)(nil),                  // 2: stepflow.v1.Item
-	(*ItemResult)(nil),            // 3: stepflow.v1.ItemResult
-	(*ResultBatch)(nil),           // 4: stepflow.v1.ResultBatch
-	(*ResultBatchAnswer)(nil),     // 5: stepflow.v1.ResultBatchAnswer
-	(*ResultBatchEntry)(nil),      // 6: stepflow.v1.ResultBatchEntry
-	(*Blob)(nil),                  // 7: stepflow.v1.Blob
-	(*BlobJournal)(nil),           // 8: stepflow.v1.BlobJournal
-	(*ItemCounts)(nil),            // 9: stepflow.v1.ItemCounts
-	(*RunRecord)(nil),             // 10: stepflow.v1.RunRecord
-	(*WorkerStatus)(nil),          // 11: stepflow.v1.WorkerStatus
-	(*WorkerComponent)(nil),       // 12: stepflow.v1.WorkerComponent
-	nil,                           // 13: stepflow.v1.Item.TraceContextEntry
-	nil,                           // 14: stepflow.v1.WorkerStatus.RunBusyEntry
+	(ResultSource)(0),             // 0: stepflowgo.v1.ResultSource
+	(RunStatus)(0),                // 1: stepflowgo.v1.RunStatus
+	(*Item)(nil),                  // 2: stepflowgo.v1.Item
+	(*ItemResult)(nil),            // 3: stepflowgo.v1.ItemResult
+	(*ResultBatch)(nil),           // 4: stepflowgo.v1.ResultBatch
+	(*ResultBatchAnswer)(nil),     // 5: stepflowgo.v1.ResultBatchAnswer
+	(*ResultBatchEntry)(nil),      // 6: stepflowgo.v1.ResultBatchEntry
+	(*Blob)(nil),                  // 7: stepflowgo.v1.Blob
+	(*BlobJournal)(nil),           // 8: stepflowgo.v1.BlobJournal
+	(*ItemCounts)(nil),            // 9: stepflowgo.v1.ItemCounts
+	(*RunRecord)(nil),             // 10: stepflowgo.v1.RunRecord
+	(*WorkerStatus)(nil),          // 11: stepflowgo.v1.WorkerStatus
+	(*WorkerComponent)(nil),       // 12: stepflowgo.v1.WorkerComponent
+	nil,                           // 13: stepflowgo.v1.Item.TraceContextEntry
+	nil,                           // 14: stepflowgo.v1.WorkerStatus.RunBusyEntry
 	(*timestamppb.Timestamp)(nil), // 15: google.protobuf.Timestamp
 	(*durationpb.Duration)(nil),   // 16: google.protobuf.Duration
 }
 var file_stepflow_v1_queue_proto_depIdxs = []int32{
-	15, // 0: stepflow.v1.Item.enqueued_at:type_name -> google.protobuf.Timestamp
-	15, // 1: stepflow.v1.Item.deadline:type_name -> google.protobuf.Timestamp
-	16, // 2: stepflow.v1.Item.heartbeat_interval:type_name -> google.protobuf.Duration
-	13, // 3: stepflow.v1.Item.trace_context:type_name -> stepflow.v1.Item.TraceContextEntry
-	0,  // 4: stepflow.v1.ItemResult.source:type_name -> stepflow.v1.ResultSource
-	15, // 5: stepflow.v1.ItemResult.started_at:type_name -> google.protobuf.Timestamp
-	15, // 6: stepflow.v1.ItemResult.finished_at:type_name -> google.protobuf.Timestamp
-	7,  // 7: stepflow.v1.ItemResult.blobs:type_name -> stepflow.v1.Blob
-	6,  // 8: stepflow.v1.ResultBatchAnswer.answers:type_name -> stepflow.v1.ResultBatchEntry
-	7,  // 9: stepflow.v1.BlobJournal.blobs:type_name -> stepflow.v1.Blob
-	1,  // 10: stepflow.v1.RunRecord.status:type_name -> stepflow.v1.RunStatus
-	9,  // 11: stepflow.v1.RunRecord.items:type_name -> stepflow.v1.ItemCounts
-	15, // 12: stepflow.v1.RunRecord.created_at:type_name -> google.protobuf.Timestamp
-	15, // 13: stepflow.v1.RunRecord.completed_at:type_name -> google.protobuf.Timestamp
-	16, // 14: stepflow.v1.RunRecord.ack_wait:type_name -> google.protobuf.Duration
-	15, // 15: stepflow.v1.WorkerStatus.started_at:type_name -> google.protobuf.Timestamp
-	15, // 16: stepflow.v1.WorkerStatus.heartbeat_at:type_name -> google.protobuf.Timestamp
-	16, // 17: stepflow.v1.WorkerStatus.heartbeat_interval:type_name -> google.protobuf.Duration
-	14, // 18: stepflow.v1.WorkerStatus.run_busy:type_name -> stepflow.v1.WorkerStatus.RunBusyEntry
-	16, // 19: stepflow.v1.WorkerStatus.window:type_name -> google.protobuf.Duration
-	16, // 20: stepflow.v1.WorkerStatus.mean_duration:type_name -> google.protobuf.Duration
-	16, // 21: stepflow.v1.WorkerStatus.p95_duration:type_name -> google.protobuf.Duration
-	12, // 22: stepflow.v1.WorkerStatus.components:type_name -> stepflow.v1.WorkerComponent
+	15, // 0: stepflowgo.v1.Item.enqueued_at:type_name -> google.protobuf.Timestamp
+	15, // 1: stepflowgo.v1.Item.deadline:type_name -> google.protobuf.Timestamp
+	16, // 2: stepflowgo.v1.Item.heartbeat_interval:type_name -> google.protobuf.Duration
+	13, // 3: stepflowgo.v1.Item.trace_context:type_name -> stepflowgo.v1.Item.TraceContextEntry
+	0,  // 4: stepflowgo.v1.ItemResult.source:type_name -> stepflowgo.v1.ResultSource
+	15, // 5: stepflowgo.v1.ItemResult.started_at:type_name -> google.protobuf.Timestamp
+	15, // 6: stepflowgo.v1.ItemResult.finished_at:type_name -> google.protobuf.Timestamp
+	7,  // 7: stepflowgo.v1.ItemResult.blobs:type_name -> stepflowgo.v1.Blob
+	6,  // 8: stepflowgo.v1.ResultBatchAnswer.answers:type_name -> stepflowgo.v1.ResultBatchEntry
+	7,  // 9: stepflowgo.v1.BlobJournal.blobs:type_name -> stepflowgo.v1.Blob
+	1,  // 10: stepflowgo.v1.RunRecord.status:type_name -> stepflowgo.v1.RunStatus
+	9,  // 11: stepflowgo.v1.RunRecord.items:type_name -> stepflowgo.v1.ItemCounts
+	15, // 12: stepflowgo.v1.RunRecord.created_at:type_name -> google.protobuf.Timestamp
+	15, // 13: stepflowgo.v1.RunRecord.completed_at:type_name -> google.protobuf.Timestamp
+	16, // 14: stepflowgo.v1.RunRecord.ack_wait:type_name -> google.protobuf.Duration
+	15, // 15: stepflowgo.v1.WorkerStatus.started_at:type_name -> google.protobuf.Timestamp
+	15, // 16: stepflowgo.v1.WorkerStatus.heartbeat_at:type_name -> google.protobuf.Timestamp
+	16, // 17: stepflowgo.v1.WorkerStatus.heartbeat_interval:type_name -> google.protobuf.Duration
+	14, // 18: stepflowgo.v1.WorkerStatus.run_busy:type_name -> stepflowgo.v1.WorkerStatus.RunBusyEntry
+	16, // 19: stepflowgo.v1.WorkerStatus.window:type_name -> google.protobuf.Duration
+	16, // 20: stepflowgo.v1.WorkerStatus.mean_duration:type_name -> google.protobuf.Duration
+	16, // 21: stepflowgo.v1.WorkerStatus.p95_duration:type_name -> google.protobuf.Duration
+	12, // 22: stepflowgo.v1.WorkerStatus.components:type_name -> stepflowgo.v1.WorkerComponent
 	23, // [23:23] is the sub-list for method output_type
 	23, // [23:23] is the sub-list for method input_type
 	23, // [23:23] is the sub-list for extension type_name

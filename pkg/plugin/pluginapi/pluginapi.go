@@ -40,6 +40,15 @@ type Plugin interface {
 	Close() error
 }
 
+// ParamsComponenter is implemented by plugins whose components depend on
+// the transport parameters of the route rule that reached them
+// (config.RouteRule.Params: a grpc plugin's `queueName`). The router
+// calls ComponentWithParams instead of Component when the rule has
+// params.
+type ParamsComponenter interface {
+	ComponentWithParams(name string, params map[string]string) (executor.Component, error)
+}
+
 // HealthReporter is implemented by plugins that depend on something that
 // can be down: a component server process or a remote server. Health
 // returns nil while it is up, otherwise why not (restarting, the last
