@@ -49,12 +49,12 @@ func TestEmbeddedJetStreamResumesWhenSpaceReturns(t *testing.T) {
 		stored++
 		require.Less(t, stored, 10000, "the store never filled")
 	}
-	require.Eventually(t, func() bool { return srv.Health() != nil }, 10*time.Second, 10*time.Millisecond)
+	require.Eventually(t, func() bool { return srv.Health() != nil }, 30*time.Second, 10*time.Millisecond)
 	require.ErrorIs(t, srv.Health(), queue.ErrJetStreamOff)
 	require.Contains(t, srv.Health().Error(), "ran out of space")
 
 	require.NoError(t, os.Remove(filler))
-	require.Eventually(t, func() bool { return srv.Health() == nil }, 10*time.Second, 10*time.Millisecond)
+	require.Eventually(t, func() bool { return srv.Health() == nil }, 30*time.Second, 10*time.Millisecond)
 	var info *jetstream.StreamInfo
 	require.Eventually(t, func() bool {
 		s, err := js.Stream(ctx, "FILL")
@@ -63,7 +63,7 @@ func TestEmbeddedJetStreamResumesWhenSpaceReturns(t *testing.T) {
 		}
 		info, err = s.Info(ctx)
 		return err == nil
-	}, 10*time.Second, 20*time.Millisecond)
+	}, 30*time.Second, 20*time.Millisecond)
 	require.GreaterOrEqual(t, info.State.Msgs, uint64(stored), "every acknowledged message is still there")
 	_, err = js.Publish(ctx, "fill.a", payload)
 	require.NoError(t, err, "JetStream takes writes again")
