@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -36,21 +37,41 @@ type natsCluster struct {
 	dir   string
 	ports [3]int
 	procs [3]*proc
+	// links[i][j] carries node i's route to node j when the cluster was
+	// made with newPartitionableCluster; nil otherwise.
+	links [3][3]*tcpLink
 }
 
 // newNATSCluster writes the nodes' configurations; start them with start.
-func newNATSCluster(t *testing.T) *natsCluster {
+func newNATSCluster(t *testing.T) *natsCluster { return newNATSClusterOf(t, false) }
+
+// newPartitionableCluster is newNATSCluster with every route through a
+// TCP link of its own, so that a node can be cut off (partition).
+func newPartitionableCluster(t *testing.T) *natsCluster { return newNATSClusterOf(t, true) }
+
+func newNATSClusterOf(t *testing.T, linked bool) *natsCluster {
 	t.Helper()
 	c := &natsCluster{t: t, dir: t.TempDir()}
 	var routes [3]int
 	for i := range 3 {
 		c.ports[i], routes[i] = freePort(t), freePort(t)
 	}
-	var rs []string
-	for _, p := range routes {
-		rs = append(rs, fmt.Sprintf("nats-route://127.0.0.1:%d", p))
+	routesOf := func(i int) string {
+		var rs []string
+		for j, p := range routes {
+			if linked {
+				if j == i {
+					continue
+				}
+				c.links[i][j] = newTCPLink(t, fmt.Sprintf("127.0.0.1:%d", p))
+				p = c.links[i][j].port
+			}
+			rs = append(rs, fmt.Sprintf("nats-route://127.0.0.1:%d", p))
+		}
+		return strings.Join(rs, ", ")
 	}
 	for i := range 3 {
+		rs := routesOf(i)
 		conf := fmt.Sprintf(`server_name: n%d
 listen: 127.0.0.1:%d
 log_file: %q
@@ -63,7 +84,7 @@ cluster {
   listen: 127.0.0.1:%d
   routes: [%s]
 }
-`, i, c.ports[i], filepath.Join(c.dir, fmt.Sprintf("n%d.log", i)), filepath.Join(c.dir, fmt.Sprintf("n%d", i)), routes[i], strings.Join(rs, ", "))
+`, i, c.ports[i], filepath.Join(c.dir, fmt.Sprintf("n%d.log", i)), filepath.Join(c.dir, fmt.Sprintf("n%d", i)), routes[i], rs)
 		require.NoError(t, os.WriteFile(c.conf(i), []byte(conf), 0o644))
 	}
 	t.Cleanup(func() {
@@ -116,6 +137,106 @@ func (c *natsCluster) start(i int) {
 
 // kill9 kills node i.
 func (c *natsCluster) kill9(i int) { c.procs[i].kill9(c.t) }
+
+// isolate cuts node i off from the other two (both directions of every
+// route; clients keep their connections), or joins it again.
+func (c *natsCluster) isolate(i int, cut bool) {
+	for a := range 3 {
+		for b := range 3 {
+			if l := c.links[a][b]; l != nil && (a == i || b == i) {
+				l.setCut(cut)
+			}
+		}
+	}
+}
+
+// tcpLink forwards connections from a port of its own to target until it
+// is cut: then it closes the connections it carries and refuses new ones
+// (accepts and closes them) until joined again.
+type tcpLink struct {
+	target string
+	port   int
+	ln     net.Listener
+
+	mu    sync.Mutex
+	cut   bool
+	conns map[net.Conn]struct{}
+}
+
+func newTCPLink(t *testing.T, target string) *tcpLink {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	l := &tcpLink{target: target, port: ln.Addr().(*net.TCPAddr).Port, ln: ln, conns: map[net.Conn]struct{}{}}
+	var wg sync.WaitGroup
+	wg.Go(func() { l.serve(&wg) })
+	t.Cleanup(func() {
+		_ = ln.Close()
+		l.setCut(true)
+		wg.Wait()
+	})
+	return l
+}
+
+func (l *tcpLink) serve(wg *sync.WaitGroup) {
+	for {
+		in, err := l.ln.Accept()
+		if err != nil {
+			return
+		}
+		if !l.track(in) {
+			_ = in.Close()
+			continue
+		}
+		wg.Go(func() {
+			defer l.untrack(in)
+			out, err := net.DialTimeout("tcp", l.target, 2*time.Second)
+			if err != nil || !l.track(out) {
+				if out != nil {
+					_ = out.Close()
+				}
+				return
+			}
+			defer l.untrack(out)
+			done := make(chan struct{}, 2)
+			go func() { _, _ = io.Copy(out, in); done <- struct{}{} }()
+			go func() { _, _ = io.Copy(in, out); done <- struct{}{} }()
+			<-done
+			_ = in.Close()
+			_ = out.Close()
+			<-done
+		})
+	}
+}
+
+// track registers a connection; false while cut.
+func (l *tcpLink) track(c net.Conn) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.cut {
+		return false
+	}
+	l.conns[c] = struct{}{}
+	return true
+}
+
+func (l *tcpLink) untrack(c net.Conn) {
+	l.mu.Lock()
+	delete(l.conns, c)
+	l.mu.Unlock()
+	_ = c.Close()
+}
+
+func (l *tcpLink) setCut(cut bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.cut = cut
+	if cut {
+		for c := range l.conns {
+			_ = c.Close()
+		}
+	}
+}
 
 // streamLeader returns the index of the node leading stream.
 func (c *natsCluster) streamLeader(stream string) int {
@@ -275,4 +396,65 @@ func TestClusterCoordinatorBeforeNATS(t *testing.T) {
 	require.False(t, e.coord.exited(), "the coordinator exited: %v", e.coord.err)
 	reportCluster(t, "coordinator-first", rep, fmt.Sprintf("ready_after_nats_start=%s batch=%s",
 		ready.Round(100*time.Millisecond), time.Since(begin).Round(100*time.Millisecond)))
+}
+
+// A rolling restart of the three nodes, one at a time, each stopped with
+// SIGTERM (what a Kubernetes upgrade of the NATS StatefulSet does) and
+// started again once results flow: the batch completes exactly once.
+func TestClusterRollingRestart(t *testing.T) {
+	skipShort(t)
+	c := newNATSCluster(t)
+	for i := range 3 {
+		c.start(i)
+	}
+	e := newClusterEnv(t, c, nil)
+	run := e.submitNoWait(e.writeFlow("cluster", ""), e.writeInputs("c4", clusterItems, nil), 8)
+	e.waitCompleted(run, clusterItems/5)
+
+	began := time.Now()
+	var gaps []string
+	for i := range 3 {
+		c.procs[i].stop(t)
+		stopped := time.Now()
+		c.start(i)
+		gaps = append(gaps, fmt.Sprintf("n%d=%s", i, e.progressAfter(run, stopped).Round(100*time.Millisecond)))
+	}
+	rep := e.verify(run, "c4", clusterItems)
+	require.False(t, e.coord.exited(), "the coordinator exited: %v", e.coord.err)
+	e.requireAlive("w1", "w2")
+	reportCluster(t, "rolling-restart", rep, fmt.Sprintf("results_again_after_each=%s finished_after=%s",
+		strings.Join(gaps, ","), time.Since(began).Round(100*time.Millisecond)))
+}
+
+// The node leading the items stream cut off from the other two (its
+// routes dropped, clients still connected) for longer than the election
+// timeout, then joined again: the majority elects a new leader and goes
+// on; the batch completes exactly once.
+func TestClusterPartition(t *testing.T) {
+	skipShort(t)
+	c := newPartitionableCluster(t)
+	for i := range 3 {
+		c.start(i)
+	}
+	e := newClusterEnv(t, c, nil)
+	run := e.submitNoWait(e.writeFlow("cluster", ""), e.writeInputs("c5", clusterItems, nil), 8)
+	e.waitCompleted(run, clusterItems*3/10)
+
+	leader := c.streamLeader("STEPFLOW_ITEMS")
+	cut := time.Now()
+	c.isolate(leader, true)
+	resumed := e.progressAfter(run, cut)
+	// Cut off well past the election timeout (about 4 to 9 s).
+	heal := time.NewTimer(10 * time.Second)
+	select {
+	case <-heal.C:
+	case <-e.coord.done:
+		t.Fatalf("the coordinator exited during the partition: %v", e.coord.err)
+	}
+	c.isolate(leader, false)
+	rep := e.verify(run, "c5", clusterItems)
+	require.False(t, e.coord.exited(), "the coordinator exited: %v", e.coord.err)
+	e.requireAlive("w1", "w2")
+	reportCluster(t, "partition", rep, fmt.Sprintf("isolated=n%d results_again_after=%s finished_after=%s",
+		leader, resumed.Round(100*time.Millisecond), time.Since(cut).Round(100*time.Millisecond)))
 }
