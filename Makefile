@@ -17,7 +17,7 @@ SKIPCHECK  = $(GO) run ./test/skipcheck -allow test/allowed-skips.txt
 NORACE_TESTS := ./pkg/blob/
 NORACE_RUN   := ^(TestSpillHeapPerBlob|TestMemSize)$$
 
-.PHONY: help build check test test-integration bench fuzz lint verify demo example clean venv venv-upstream k8s-check
+.PHONY: help build check test test-integration bench soak fuzz lint verify demo example clean venv venv-upstream k8s-check
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -40,6 +40,12 @@ test-integration: venv ## only the multi-process tests in test/integration (part
 bench: build venv venv-upstream ## benchmarks: Go micro-benchmarks and the end-to-end batch figures (against upstream's server too)
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./pkg/value/ ./pkg/expr/ ./pkg/executor/ ./pkg/jsonl/ ./pkg/reorder/ ./pkg/blob/ ./pkg/protocol/ ./pkg/queue/ ./pkg/worker/
 	STEPFLOW_BIN=$(CURDIR)/$(BIN)/stepflow STEPFLOW_BIN_DIR=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./test/bench/
+
+SOAK ?= 10m
+soak: build venv ## a soak (not in CI): batches back to back for $(SOAK) on a 3-node NATS cluster, random kill -9 of workers and NATS nodes, every batch checked
+	@mkdir -p test/artifacts
+	set -o pipefail; $(GO) test -tags soak -run '^TestSoak$$' -count=1 -timeout 0 -v ./test/integration/ -soak $(SOAK) 2>&1 | tee test/artifacts/soak.log | grep -E 'SOAK|Error|^(---|FAIL|ok|PASS)'
+	@echo "full log: test/artifacts/soak.log"
 
 fuzz: ## short fuzz runs of every fuzz target (their corpora: pkg/*/testdata/fuzz/<target>/)
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./pkg/value/

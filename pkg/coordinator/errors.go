@@ -121,6 +121,10 @@ func httpStatus(err error) int {
 		return http.StatusTooManyRequests
 	case errors.Is(err, ErrStopped), errors.Is(err, ErrNotStarted):
 		return http.StatusServiceUnavailable
+	case queue.Transient(err):
+		// NATS did not answer (a node restarting, an election, a cluster
+		// without quorum): worth retrying, as clients do on 503.
+		return http.StatusServiceUnavailable
 	}
 	return http.StatusInternalServerError
 }

@@ -231,7 +231,7 @@ func writeEnvelope(w http.ResponseWriter, status int, msg string) {
 // writeError maps err onto a status and writes the envelope.
 func (c *Coordinator) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	status := httpStatus(err)
-	if status == http.StatusInternalServerError {
+	if status == http.StatusInternalServerError || status == http.StatusServiceUnavailable {
 		if serr := c.storageHealth(); serr != nil {
 			// Most likely the cause: say so, with 507.
 			status, err = http.StatusInsufficientStorage, fmt.Errorf("%w (%w)", err, serr)
@@ -245,7 +245,12 @@ func (c *Coordinator) writeError(w http.ResponseWriter, r *http.Request, err err
 	switch status {
 	case http.StatusTooManyRequests:
 		w.Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds))
-	case http.StatusInternalServerError, http.StatusServiceUnavailable:
+	case http.StatusServiceUnavailable:
+		w.Header().Set("Retry-After", "1")
+		if r.Context().Err() == nil {
+			c.log.Warn("request failed; the client may retry", zap.String("method", r.Method), zap.String("path", r.URL.Path), zap.Error(err))
+		}
+	case http.StatusInternalServerError:
 		if r.Context().Err() == nil { // not a client that went away, or a stop
 			c.log.Error("request failed", zap.String("method", r.Method), zap.String("path", r.URL.Path), zap.Error(err))
 		}

@@ -302,7 +302,10 @@ func (w *Worker) loadConfig() (*config.Config, error) {
 const provisionRetry = 500 * time.Millisecond
 
 // openStores binds the run, flow and blob stores, waiting (until ctx
-// ends) while they are not provisioned: workers never create them.
+// ends) while they are not provisioned (workers never create them) and
+// while JetStream does not answer (a NATS node restarting, a cluster
+// forming or without quorum): a worker started then waits rather than
+// exits.
 func (w *Worker) openStores(ctx context.Context) error {
 	logged := false
 	for {
@@ -310,11 +313,15 @@ func (w *Worker) openStores(ctx context.Context) error {
 		if err == nil {
 			return nil
 		}
-		if !errors.Is(err, queue.ErrNotProvisioned) {
+		if ctx.Err() != nil || (!errors.Is(err, queue.ErrNotProvisioned) && !queue.Transient(err)) {
 			return fmt.Errorf("worker: %w", err)
 		}
 		if !logged {
-			w.log.Info("waiting for the coordinator to provision the JetStream layout", zap.Error(err))
+			what := "waiting for the coordinator to provision the JetStream layout"
+			if !errors.Is(err, queue.ErrNotProvisioned) {
+				what = "waiting for NATS JetStream to answer; retrying"
+			}
+			w.log.Info(what, zap.Error(err))
 			logged = true
 		}
 		t := time.NewTimer(provisionRetry)

@@ -293,10 +293,10 @@ func (e *chaosEnv) progressAfter(runID string, since time.Time) time.Duration {
 
 // reportCluster logs the line the figures in docs/reliability.md come
 // from: go test -v -run TestCluster ./test/integration/ | grep CLUSTER
-func reportCluster(t *testing.T, scenario string, rep chaosReport, extra ...string) {
+func reportCluster(t *testing.T, scenario string, n int, rep chaosReport, extra ...string) {
 	t.Helper()
 	t.Log(strings.Join(append([]string{fmt.Sprintf("CLUSTER scenario=%s items=%d lost=%d duplicates=%d reexecuted=%d",
-		scenario, clusterItems, rep.lost, rep.duplicates, rep.reexecuted)}, extra...), " "))
+		scenario, n, rep.lost, rep.duplicates, rep.reexecuted)}, extra...), " "))
 }
 
 // kill -9 of the items stream's leader mid-batch, then its restart: the
@@ -320,7 +320,7 @@ func TestClusterStreamLeaderKill(t *testing.T) {
 	finished := time.Since(killed)
 	require.False(t, e.coord.exited(), "the coordinator exited: %v", e.coord.err)
 	e.requireAlive("w1", "w2")
-	reportCluster(t, "leader-kill", rep, fmt.Sprintf("killed=n%d results_again_after=%s finished_after=%s",
+	reportCluster(t, "leader-kill", clusterItems, rep, fmt.Sprintf("killed=n%d results_again_after=%s finished_after=%s",
 		leader, resumed.Round(100*time.Millisecond), finished.Round(100*time.Millisecond)))
 }
 
@@ -355,7 +355,7 @@ func TestClusterQuorumLoss(t *testing.T) {
 	finished := time.Since(back)
 	require.False(t, e.coord.exited(), "the coordinator exited: %v", e.coord.err)
 	e.requireAlive("w1", "w2")
-	reportCluster(t, "quorum-loss", rep, fmt.Sprintf("outage=15s results_again_after=%s finished_after=%s",
+	reportCluster(t, "quorum-loss", clusterItems, rep, fmt.Sprintf("outage=15s results_again_after=%s finished_after=%s",
 		resumed.Round(100*time.Millisecond), finished.Round(100*time.Millisecond)))
 }
 
@@ -394,7 +394,7 @@ func TestClusterCoordinatorBeforeNATS(t *testing.T) {
 	run := e.submitNoWait(e.writeFlow("cluster", ""), e.writeInputs("c3", clusterItems, nil), 8)
 	rep := e.verify(run, "c3", clusterItems)
 	require.False(t, e.coord.exited(), "the coordinator exited: %v", e.coord.err)
-	reportCluster(t, "coordinator-first", rep, fmt.Sprintf("ready_after_nats_start=%s batch=%s",
+	reportCluster(t, "coordinator-first", clusterItems, rep, fmt.Sprintf("ready_after_nats_start=%s batch=%s",
 		ready.Round(100*time.Millisecond), time.Since(begin).Round(100*time.Millisecond)))
 }
 
@@ -422,7 +422,7 @@ func TestClusterRollingRestart(t *testing.T) {
 	rep := e.verify(run, "c4", clusterItems)
 	require.False(t, e.coord.exited(), "the coordinator exited: %v", e.coord.err)
 	e.requireAlive("w1", "w2")
-	reportCluster(t, "rolling-restart", rep, fmt.Sprintf("results_again_after_each=%s finished_after=%s",
+	reportCluster(t, "rolling-restart", clusterItems, rep, fmt.Sprintf("results_again_after_each=%s finished_after=%s",
 		strings.Join(gaps, ","), time.Since(began).Round(100*time.Millisecond)))
 }
 
@@ -455,6 +455,37 @@ func TestClusterPartition(t *testing.T) {
 	rep := e.verify(run, "c5", clusterItems)
 	require.False(t, e.coord.exited(), "the coordinator exited: %v", e.coord.err)
 	e.requireAlive("w1", "w2")
-	reportCluster(t, "partition", rep, fmt.Sprintf("isolated=n%d results_again_after=%s finished_after=%s",
+	reportCluster(t, "partition", clusterItems, rep, fmt.Sprintf("isolated=n%d results_again_after=%s finished_after=%s",
 		leader, resumed.Round(100*time.Millisecond), time.Since(cut).Round(100*time.Millisecond)))
+}
+
+// A worker started while the cluster has no quorum (two of three nodes
+// down) waits for JetStream instead of exiting, and serves a batch once
+// the nodes are back. Found by the soak: a worker restarted while a node
+// was down exited with "object store STEPFLOW_BLOBS: context deadline
+// exceeded".
+func TestClusterWorkerStartsWithoutQuorum(t *testing.T) {
+	skipShort(t)
+	c := newNATSCluster(t)
+	for i := range 3 {
+		c.start(i)
+	}
+	e := newChaosEnv(t, chaosOptions{natsURL: c.urls(), coordArgs: []string{"--nats-replicas", "3"}})
+	c.kill9(1)
+	c.kill9(2)
+	w := e.addWorker("w1", 4)
+	// Longer than a JetStream request's timeout (5 s): the outage is the
+	// scenario, nothing to wait for.
+	outage := time.NewTimer(8 * time.Second)
+	select {
+	case <-outage.C:
+	case <-w.done:
+		t.Fatalf("the worker exited while the cluster had no quorum: %v", w.err)
+	}
+	c.start(1)
+	c.start(2)
+	run := e.submitNoWait(e.writeFlow("cluster", ""), e.writeInputs("c6", 500, nil), 4)
+	rep := e.verify(run, "c6", 500)
+	e.requireAlive("w1")
+	reportCluster(t, "worker-without-quorum", 500, rep)
 }
