@@ -326,14 +326,20 @@ func TestClusterStreamLeaderKill(t *testing.T) {
 
 // Two of the three nodes down together for 15 s (quorum lost), then back:
 // the run pauses and completes; the coordinator stays up throughout.
-func TestClusterQuorumLoss(t *testing.T) {
+func TestClusterQuorumLoss(t *testing.T) { clusterQuorumLoss(t, 15*time.Second, "c2") }
+
+// The same for 2 minutes: far past the lease TTL, the items' AckWait and
+// every client's request timeouts.
+func TestClusterQuorumLossLong(t *testing.T) { clusterQuorumLoss(t, 2*time.Minute, "c2long") }
+
+func clusterQuorumLoss(t *testing.T, down time.Duration, tag string) {
 	skipShort(t)
 	c := newNATSCluster(t)
 	for i := range 3 {
 		c.start(i)
 	}
 	e := newClusterEnv(t, c, nil)
-	run := e.submitNoWait(e.writeFlow("cluster", ""), e.writeInputs("c2", clusterItems, nil), 8)
+	run := e.submitNoWait(e.writeFlow("cluster", ""), e.writeInputs(tag, clusterItems, nil), 8)
 	e.waitCompleted(run, clusterItems*3/10)
 
 	leader := c.streamLeader("STEPFLOW_ITEMS")
@@ -341,7 +347,7 @@ func TestClusterQuorumLoss(t *testing.T) {
 	c.kill9(leader)
 	c.kill9(other)
 	// The outage's length is the scenario: nothing to wait for.
-	outage := time.NewTimer(15 * time.Second)
+	outage := time.NewTimer(down)
 	select {
 	case <-outage.C:
 	case <-e.coord.done:
@@ -351,12 +357,12 @@ func TestClusterQuorumLoss(t *testing.T) {
 	c.start(leader)
 	c.start(other)
 	resumed := e.progressAfter(run, back)
-	rep := e.verify(run, "c2", clusterItems)
+	rep := e.verify(run, tag, clusterItems)
 	finished := time.Since(back)
 	require.False(t, e.coord.exited(), "the coordinator exited: %v", e.coord.err)
 	e.requireAlive("w1", "w2")
-	reportCluster(t, "quorum-loss", clusterItems, rep, fmt.Sprintf("outage=15s results_again_after=%s finished_after=%s",
-		resumed.Round(100*time.Millisecond), finished.Round(100*time.Millisecond)))
+	reportCluster(t, "quorum-loss", clusterItems, rep, fmt.Sprintf("outage=%s results_again_after=%s finished_after=%s",
+		down, resumed.Round(100*time.Millisecond), finished.Round(100*time.Millisecond)))
 }
 
 // A coordinator started before the NATS cluster (as on Kubernetes, where
