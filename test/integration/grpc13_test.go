@@ -311,7 +311,15 @@ steps:
   - id: e
     component: %s/echo
     input: { $input: "$" }
-output: { $step: e }
+  # Builtins as upstream 0.13's examples write them, whether the config
+  # routes "/builtin" or "/" to the builtin plugin.
+  - id: p
+    component: /builtin/put_blob
+    input: { data: { $step: e }, blob_type: data }
+  - id: g
+    component: /builtin/get_blob
+    input: { blob_id: { $step: p, path: blob_id } }
+output: { $step: g, path: data }
 `, prefix))
 		out := runExample(t, 0, stepflowBin, "run", "--quiet", "--config", filepath.Join(dir, "stepflow-config.yml"),
 			"--flow", flow, "--input-json", `{"a": 1}`)

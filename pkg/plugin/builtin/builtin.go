@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"strings"
 
 	"go.uber.org/zap"
 
@@ -176,6 +177,9 @@ func Names() []string {
 
 // Known reports whether name (plugin-local, /eval) is a builtin.
 func Known(name string) bool {
+	if rest, cut := strings.CutPrefix(name, "/builtin/"); cut {
+		name = "/" + rest // under upstream 0.13's root prefix route (Component)
+	}
 	for _, r := range registry {
 		if r.name == name {
 			return true
@@ -204,9 +208,15 @@ func (p *Plugin) Components(context.Context) ([]pluginapi.ComponentInfo, error) 
 	return out, nil
 }
 
-// Component returns the builtin with the plugin-local name (/eval).
+// Component returns the builtin with the plugin-local name (/eval). Under
+// a prefix route "/" (upstream 0.13's `"/": [{plugin: builtin}]`) flows
+// still write /builtin/eval, as upstream 0.13's examples do: the name is
+// then /builtin/eval, which means /eval.
 func (p *Plugin) Component(name string) (executor.Component, error) {
 	c, ok := p.comps[name]
+	if rest, cut := strings.CutPrefix(name, "/builtin/"); !ok && cut {
+		c, ok = p.comps["/"+rest]
+	}
 	if !ok {
 		return nil, fmt.Errorf("%w: %s", pluginapi.ErrUnknownComponent, name)
 	}

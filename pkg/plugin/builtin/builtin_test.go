@@ -120,6 +120,15 @@ func TestComponentsAndUnknown(t *testing.T) {
 	title, _ := openai.Get("title")
 	require.Equal(t, "OpenAIInput", title)
 
+	// Under upstream 0.13's root prefix route the name keeps /builtin.
+	viaRoot, err := b.plugin.Component("/builtin/eval")
+	require.NoError(t, err)
+	direct, err := b.plugin.Component("/eval")
+	require.NoError(t, err)
+	require.Equal(t, direct, viaRoot)
+	_, err = b.plugin.Component("/builtin/nope")
+	require.ErrorIs(t, err, pluginapi.ErrUnknownComponent)
+
 	_, err = b.plugin.Component("/nope")
 	require.ErrorIs(t, err, pluginapi.ErrUnknownComponent)
 	require.EqualError(t, err, "unknown component: /nope")
