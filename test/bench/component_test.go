@@ -210,18 +210,47 @@ func directStdio(b *testing.B, python string, n int) time.Duration {
 }
 
 // BenchmarkComponentEcho reports stepflow's items/s through a Python echo
-// component and the ratio to a direct client of the same server.
+// component and the ratio to a direct client of the same server, for each
+// SDK release and transport: 0.9.2 and 0.11.2 over HTTP, 0.13.0 over gRPC
+// pull and over NATS JetStream (sdk13_test.go), 0.7.0 over stdio. The
+// 0.13 paths also report x_http092, their rate over the 0.9.2 HTTP path's
+// in the same run.
 func BenchmarkComponentEcho(b *testing.B) {
 	n := envInt("STEPFLOW_BENCH_ECHO_ITEMS", 20_000)
 	bin := stepflowBin(b)
 	dir := b.TempDir()
 	inputs := writeEchoInputs(b, dir, n)
-	b.Run("http", func(b *testing.B) {
-		python := venvPython(b, ".venv-sdk-http")
+	var http092 float64 // items/s of the 0.9.2 HTTP path
+	for _, sdk := range []struct{ name, venv string }{{"http", ".venv-sdk-http"}, {"http11", ".venv-sdk-http11"}} {
+		b.Run(sdk.name, func(b *testing.B) {
+			python := venvPython(b, sdk.venv)
+			for b.Loop() {
+				direct := directHTTP(b, python, n)
+				ours := runStepflowEcho(b, bin, dir, inputs, fmt.Sprintf("    type: stepflow\n    command: %s\n    args: [%q]\n", python, repoPath(b, "test/bench/testdata/echo_http.py")), n)
+				reportRatio(b, n, ours, direct)
+				if sdk.name == "http" {
+					http092 = float64(n) / ours.Seconds()
+				}
+			}
+		})
+	}
+	b.Run("grpc13", func(b *testing.B) {
+		python := venvPython(b, ".venv-sdk-grpc13")
 		for b.Loop() {
-			direct := directHTTP(b, python, n)
-			ours := runStepflowEcho(b, bin, dir, inputs, fmt.Sprintf("    type: stepflow\n    command: %s\n    args: [%q]\n", python, repoPath(b, "test/bench/testdata/echo_http.py")), n)
+			direct := directGRPC13(b, python, n)
+			ours := runStepflowEcho(b, bin, dir, inputs, fmt.Sprintf("    type: grpc\n    command: %s\n    args: [\"-m\", \"stepflow_py.worker.main\"]\n%s", python, sdk13PluginEnv()), n)
 			reportRatio(b, n, ours, direct)
+			reportVsHTTP092(b, n, ours, http092)
+		}
+	})
+	b.Run("nats13", func(b *testing.B) {
+		python := venvPython(b, ".venv-sdk-grpc13")
+		natsURL := startNATS(b)
+		for b.Loop() {
+			direct := directNATS13(b, python, natsURL, n)
+			ours := runStepflowEcho(b, bin, dir, inputs, fmt.Sprintf("    type: nats\n    url: %q\n    stream: ECHO_TASKS\n    consumer: echo-workers\n    command: %s\n    args: [\"-m\", \"stepflow_py.worker.main\"]\n%s", natsURL, python, sdk13PluginEnv()), n)
+			reportRatio(b, n, ours, direct)
+			reportVsHTTP092(b, n, ours, http092)
 		}
 	})
 	b.Run("stdio", func(b *testing.B) {
@@ -232,6 +261,14 @@ func BenchmarkComponentEcho(b *testing.B) {
 			reportRatio(b, n, ours, direct)
 		}
 	})
+}
+
+// reportVsHTTP092 reports a path's rate over the 0.9.2 HTTP path's (when
+// that ran first, in the same benchmark).
+func reportVsHTTP092(b *testing.B, n int, ours time.Duration, http092 float64) {
+	if http092 > 0 {
+		b.ReportMetric(float64(n)/ours.Seconds()/http092, "x_http092")
+	}
 }
 
 func reportRatio(b *testing.B, n int, ours, direct time.Duration) {
