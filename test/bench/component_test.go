@@ -11,10 +11,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // The component benchmark: items through a trivial Python echo component,
@@ -67,10 +70,22 @@ func runStepflowEcho(b *testing.B, bin, dir, inputs, pluginYAML string, n int) t
 		"--inputs", inputs, "--max-concurrent", strconv.Itoa(echoConcurrency), "--output", out, "--quiet")
 	cmd.Stderr = os.Stderr
 	start := time.Now()
-	if err := cmd.Run(); err != nil {
+	if err := cmd.Start(); err != nil {
 		b.Fatalf("stepflow run: %v", err)
 	}
+	// Wait for the exit without reaping, to read stepflow's own CPU and
+	// its reaped children's (the component servers) apart.
+	var info unix.Siginfo
+	if err := unix.Waitid(unix.P_PID, cmd.Process.Pid, &info, unix.WEXITED|unix.WNOWAIT, nil); err != nil {
+		b.Fatalf("waitid: %v", err)
+	}
 	elapsed := time.Since(start)
+	own, children := procCPU(b, cmd.Process.Pid)
+	if err := cmd.Wait(); err != nil {
+		b.Fatalf("stepflow run: %v", err)
+	}
+	b.ReportMetric(own.Seconds()*1000/float64(n), "cpu-ms/item")
+	b.ReportMetric(children.Seconds()*1000/float64(n), "server-cpu-ms/item")
 	if got := countLines(b, out); got != n {
 		b.Fatalf("got %d results, want %d", got, n)
 	}
@@ -92,6 +107,7 @@ func execParams(i int) map[string]any {
 func directHTTP(b *testing.B, python string, n int) time.Duration {
 	b.Helper()
 	start := time.Now()
+	defer reportClientCPU(b, selfCPU(b), n)
 	cmd := exec.Command(python, repoPath(b, "test/bench/testdata/echo_http.py"))
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -101,7 +117,11 @@ func directHTTP(b *testing.B, python string, n int) time.Duration {
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
 	}
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	defer func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		reportCPU(b, "direct-server-cpu-ms/item", cmd.ProcessState, n)
+	}()
 	line, err := bufio.NewReader(stdout).ReadString('\n')
 	if err != nil {
 		b.Fatal(err)
@@ -169,6 +189,7 @@ func directHTTP(b *testing.B, python string, n int) time.Duration {
 func directStdio(b *testing.B, python string, n int) time.Duration {
 	b.Helper()
 	start := time.Now()
+	defer reportClientCPU(b, selfCPU(b), n)
 	cmd := exec.Command(python, repoPath(b, "test/bench/testdata/echo_stdio.py"))
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -182,7 +203,12 @@ func directStdio(b *testing.B, python string, n int) time.Duration {
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
 	}
-	defer func() { _ = stdin.Close(); _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	defer func() {
+		_ = stdin.Close()
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		reportCPU(b, "direct-server-cpu-ms/item", cmd.ProcessState, n)
+	}()
 	w := bufio.NewWriter(stdin)
 	r := bufio.NewReaderSize(stdout, 1<<20)
 	send := func(m []byte) {
@@ -269,6 +295,52 @@ func reportVsHTTP092(b *testing.B, n int, ours time.Duration, http092 float64) {
 	if http092 > 0 {
 		b.ReportMetric(float64(n)/ours.Seconds()/http092, "x_http092")
 	}
+}
+
+// procCPU reads a process's own CPU time (user+system) and that of the
+// children it reaped from /proc/<pid>/stat (clock ticks of 1/100 s, the
+// Linux USER_HZ).
+func procCPU(b *testing.B, pid int) (own, children time.Duration) {
+	b.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	// Fields after the command name, which is in parentheses: state is
+	// field 3, utime 14, stime 15, cutime 16, cstime 17.
+	f := strings.Fields(string(data[bytes.LastIndexByte(data, ')')+1:]))
+	tick := func(i int) time.Duration {
+		v, err := strconv.ParseInt(f[i-3], 10, 64)
+		if err != nil {
+			b.Fatalf("/proc/%d/stat field %d: %v", pid, i, err)
+		}
+		return time.Duration(v) * 10 * time.Millisecond
+	}
+	return tick(14) + tick(15), tick(16) + tick(17)
+}
+
+// selfCPU is this process's user+system CPU so far.
+func selfCPU(b *testing.B) time.Duration {
+	b.Helper()
+	var ru unix.Rusage
+	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// reportCPU reports the user+system CPU of an exited process (and of the
+// children it reaped) per item.
+func reportCPU(b *testing.B, unit string, ps *os.ProcessState, n int) {
+	if ps != nil {
+		b.ReportMetric(float64((ps.UserTime()+ps.SystemTime()).Microseconds())/1000/float64(n), unit)
+	}
+}
+
+// reportClientCPU reports this process's CPU since before (the direct
+// client's, and for nats13 the in-process NATS server's) per item.
+func reportClientCPU(b *testing.B, before time.Duration, n int) {
+	b.ReportMetric((selfCPU(b)-before).Seconds()*1000/float64(n), "direct-client-cpu-ms/item")
 }
 
 func reportRatio(b *testing.B, n int, ours, direct time.Duration) {

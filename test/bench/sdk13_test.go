@@ -160,8 +160,9 @@ func (m *miniOrch) drive(b *testing.B, n int, exited <-chan struct{}, submit fun
 }
 
 // startWorker13 launches the SDK's worker with env (after PATH and HOME);
-// the returned channel is closed when it exits.
-func startWorker13(b *testing.B, python string, env []string) <-chan struct{} {
+// the returned channel is closed when it exits. stop kills it and
+// reports its CPU per item.
+func startWorker13(b *testing.B, python string, env []string, n int) (exited <-chan struct{}, stop func()) {
 	b.Helper()
 	cmd := exec.Command(python, "-m", "stepflow_py.worker.main")
 	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}, append(sdk13Env(), env...)...)
@@ -169,10 +170,18 @@ func startWorker13(b *testing.B, python string, env []string) <-chan struct{} {
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
 	}
-	exited := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(exited) }()
-	b.Cleanup(func() { _ = cmd.Process.Kill(); <-exited })
-	return exited
+	ch := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(ch) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			_ = cmd.Process.Kill()
+			<-ch
+			reportCPU(b, "direct-server-cpu-ms/item", cmd.ProcessState, n)
+		})
+	}
+	b.Cleanup(stop)
+	return ch, stop
 }
 
 // directGRPC13: the worker pulls from miniOrch's PullTasks stream; the
@@ -180,8 +189,10 @@ func startWorker13(b *testing.B, python string, env []string) <-chan struct{} {
 func directGRPC13(b *testing.B, python string, n int) time.Duration {
 	b.Helper()
 	start := time.Now()
+	defer reportClientCPU(b, selfCPU(b), n)
 	m := startMiniOrch(b, b.TempDir())
-	exited := startWorker13(b, python, []string{"STEPFLOW_TRANSPORT=grpc", "STEPFLOW_TASKS_URL=" + m.addr, "STEPFLOW_QUEUE_NAME=python"})
+	exited, stop := startWorker13(b, python, []string{"STEPFLOW_TRANSPORT=grpc", "STEPFLOW_TASKS_URL=" + m.addr, "STEPFLOW_QUEUE_NAME=python"}, n)
+	defer stop()
 	m.drive(b, n, exited, func(t *tasksv1.TaskAssignment) error {
 		select {
 		case m.assign <- t:
@@ -215,6 +226,7 @@ func startNATS(b *testing.B) string {
 func directNATS13(b *testing.B, python, natsURL string, n int) time.Duration {
 	b.Helper()
 	start := time.Now()
+	defer reportClientCPU(b, selfCPU(b), n)
 	nc, err := nats.Connect(natsURL)
 	if err != nil {
 		b.Fatal(err)
@@ -230,8 +242,9 @@ func directNATS13(b *testing.B, python, natsURL string, n int) time.Duration {
 		b.Fatal(err)
 	}
 	m := startMiniOrch(b, b.TempDir())
-	exited := startWorker13(b, python, []string{"STEPFLOW_TRANSPORT=nats", "STEPFLOW_NATS_URL=" + natsURL,
-		"STEPFLOW_NATS_STREAM=" + stream, "STEPFLOW_NATS_CONSUMER=baseline", "STEPFLOW_TASKS_URL=" + m.addr})
+	exited, stop := startWorker13(b, python, []string{"STEPFLOW_TRANSPORT=nats", "STEPFLOW_NATS_URL=" + natsURL,
+		"STEPFLOW_NATS_STREAM=" + stream, "STEPFLOW_NATS_CONSUMER=baseline", "STEPFLOW_TASKS_URL=" + m.addr}, n)
+	defer stop()
 	m.drive(b, n, exited, func(t *tasksv1.TaskAssignment) error {
 		data, err := proto.Marshal(t)
 		if err != nil {
