@@ -5,7 +5,10 @@
 //	go test -run '^$' -bench . -benchtime 1x ./test/bench/
 //
 // STEPFLOW_BENCH_ITEMS and STEPFLOW_BENCH_RSS_ITEMS change the batch sizes
-// (defaults 100,000 and 1,000,000). The benchmarks against upstream
+// (defaults 100,000 and 1,000,000), STEPFLOW_BENCH_ECHO_ITEMS the Python
+// echo component's (BenchmarkComponentEcho, default 20,000; every SDK
+// release and transport against a minimal client of its own, see
+// docs/bench-upstream.md). The benchmarks against upstream
 // Stepflow's server (upstream_test.go, docs/bench-upstream.md) take
 // STEPFLOW_BENCH_UPSTREAM_ITEMS and need `make venv-upstream`.
 package bench

@@ -11,10 +11,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // The component benchmark: items through a trivial Python echo component,
@@ -67,10 +70,22 @@ func runStepflowEcho(b *testing.B, bin, dir, inputs, pluginYAML string, n int) t
 		"--inputs", inputs, "--max-concurrent", strconv.Itoa(echoConcurrency), "--output", out, "--quiet")
 	cmd.Stderr = os.Stderr
 	start := time.Now()
-	if err := cmd.Run(); err != nil {
+	if err := cmd.Start(); err != nil {
 		b.Fatalf("stepflow run: %v", err)
 	}
+	// Wait for the exit without reaping, to read stepflow's own CPU and
+	// its reaped children's (the component servers) apart.
+	var info unix.Siginfo
+	if err := unix.Waitid(unix.P_PID, cmd.Process.Pid, &info, unix.WEXITED|unix.WNOWAIT, nil); err != nil {
+		b.Fatalf("waitid: %v", err)
+	}
 	elapsed := time.Since(start)
+	own, children := procCPU(b, cmd.Process.Pid)
+	if err := cmd.Wait(); err != nil {
+		b.Fatalf("stepflow run: %v", err)
+	}
+	b.ReportMetric(own.Seconds()*1000/float64(n), "cpu-ms/item")
+	b.ReportMetric(children.Seconds()*1000/float64(n), "server-cpu-ms/item")
 	if got := countLines(b, out); got != n {
 		b.Fatalf("got %d results, want %d", got, n)
 	}
@@ -92,6 +107,7 @@ func execParams(i int) map[string]any {
 func directHTTP(b *testing.B, python string, n int) time.Duration {
 	b.Helper()
 	start := time.Now()
+	defer reportClientCPU(b, selfCPU(b), n)
 	cmd := exec.Command(python, repoPath(b, "test/bench/testdata/echo_http.py"))
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -101,7 +117,11 @@ func directHTTP(b *testing.B, python string, n int) time.Duration {
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
 	}
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	defer func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		reportCPU(b, "direct-server-cpu-ms/item", cmd.ProcessState, n)
+	}()
 	line, err := bufio.NewReader(stdout).ReadString('\n')
 	if err != nil {
 		b.Fatal(err)
@@ -169,6 +189,7 @@ func directHTTP(b *testing.B, python string, n int) time.Duration {
 func directStdio(b *testing.B, python string, n int) time.Duration {
 	b.Helper()
 	start := time.Now()
+	defer reportClientCPU(b, selfCPU(b), n)
 	cmd := exec.Command(python, repoPath(b, "test/bench/testdata/echo_stdio.py"))
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -182,7 +203,12 @@ func directStdio(b *testing.B, python string, n int) time.Duration {
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
 	}
-	defer func() { _ = stdin.Close(); _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	defer func() {
+		_ = stdin.Close()
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		reportCPU(b, "direct-server-cpu-ms/item", cmd.ProcessState, n)
+	}()
 	w := bufio.NewWriter(stdin)
 	r := bufio.NewReaderSize(stdout, 1<<20)
 	send := func(m []byte) {
@@ -210,18 +236,47 @@ func directStdio(b *testing.B, python string, n int) time.Duration {
 }
 
 // BenchmarkComponentEcho reports stepflow's items/s through a Python echo
-// component and the ratio to a direct client of the same server.
+// component and the ratio to a direct client of the same server, for each
+// SDK release and transport: 0.9.2 and 0.11.2 over HTTP, 0.13.0 over gRPC
+// pull and over NATS JetStream (sdk13_test.go), 0.7.0 over stdio. The
+// 0.13 paths also report x_http092, their rate over the 0.9.2 HTTP path's
+// in the same run.
 func BenchmarkComponentEcho(b *testing.B) {
 	n := envInt("STEPFLOW_BENCH_ECHO_ITEMS", 20_000)
 	bin := stepflowBin(b)
 	dir := b.TempDir()
 	inputs := writeEchoInputs(b, dir, n)
-	b.Run("http", func(b *testing.B) {
-		python := venvPython(b, ".venv-sdk-http")
+	var http092 float64 // items/s of the 0.9.2 HTTP path
+	for _, sdk := range []struct{ name, venv string }{{"http", ".venv-sdk-http"}, {"http11", ".venv-sdk-http11"}} {
+		b.Run(sdk.name, func(b *testing.B) {
+			python := venvPython(b, sdk.venv)
+			for b.Loop() {
+				direct := directHTTP(b, python, n)
+				ours := runStepflowEcho(b, bin, dir, inputs, fmt.Sprintf("    type: stepflow\n    command: %s\n    args: [%q]\n", python, repoPath(b, "test/bench/testdata/echo_http.py")), n)
+				reportRatio(b, n, ours, direct)
+				if sdk.name == "http" {
+					http092 = float64(n) / ours.Seconds()
+				}
+			}
+		})
+	}
+	b.Run("grpc13", func(b *testing.B) {
+		python := venvPython(b, ".venv-sdk-grpc13")
 		for b.Loop() {
-			direct := directHTTP(b, python, n)
-			ours := runStepflowEcho(b, bin, dir, inputs, fmt.Sprintf("    type: stepflow\n    command: %s\n    args: [%q]\n", python, repoPath(b, "test/bench/testdata/echo_http.py")), n)
+			direct := directGRPC13(b, python, n)
+			ours := runStepflowEcho(b, bin, dir, inputs, fmt.Sprintf("    type: grpc\n    command: %s\n    args: [\"-m\", \"stepflow_py.worker.main\"]\n%s", python, sdk13PluginEnv()), n)
 			reportRatio(b, n, ours, direct)
+			reportVsHTTP092(b, n, ours, http092)
+		}
+	})
+	b.Run("nats13", func(b *testing.B) {
+		python := venvPython(b, ".venv-sdk-grpc13")
+		natsURL := startNATS(b)
+		for b.Loop() {
+			direct := directNATS13(b, python, natsURL, n)
+			ours := runStepflowEcho(b, bin, dir, inputs, fmt.Sprintf("    type: nats\n    url: %q\n    stream: ECHO_TASKS\n    consumer: echo-workers\n    command: %s\n    args: [\"-m\", \"stepflow_py.worker.main\"]\n%s", natsURL, python, sdk13PluginEnv()), n)
+			reportRatio(b, n, ours, direct)
+			reportVsHTTP092(b, n, ours, http092)
 		}
 	})
 	b.Run("stdio", func(b *testing.B) {
@@ -232,6 +287,60 @@ func BenchmarkComponentEcho(b *testing.B) {
 			reportRatio(b, n, ours, direct)
 		}
 	})
+}
+
+// reportVsHTTP092 reports a path's rate over the 0.9.2 HTTP path's (when
+// that ran first, in the same benchmark).
+func reportVsHTTP092(b *testing.B, n int, ours time.Duration, http092 float64) {
+	if http092 > 0 {
+		b.ReportMetric(float64(n)/ours.Seconds()/http092, "x_http092")
+	}
+}
+
+// procCPU reads a process's own CPU time (user+system) and that of the
+// children it reaped from /proc/<pid>/stat (clock ticks of 1/100 s, the
+// Linux USER_HZ).
+func procCPU(b *testing.B, pid int) (own, children time.Duration) {
+	b.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	// Fields after the command name, which is in parentheses: state is
+	// field 3, utime 14, stime 15, cutime 16, cstime 17.
+	f := strings.Fields(string(data[bytes.LastIndexByte(data, ')')+1:]))
+	tick := func(i int) time.Duration {
+		v, err := strconv.ParseInt(f[i-3], 10, 64)
+		if err != nil {
+			b.Fatalf("/proc/%d/stat field %d: %v", pid, i, err)
+		}
+		return time.Duration(v) * 10 * time.Millisecond
+	}
+	return tick(14) + tick(15), tick(16) + tick(17)
+}
+
+// selfCPU is this process's user+system CPU so far.
+func selfCPU(b *testing.B) time.Duration {
+	b.Helper()
+	var ru unix.Rusage
+	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// reportCPU reports the user+system CPU of an exited process (and of the
+// children it reaped) per item.
+func reportCPU(b *testing.B, unit string, ps *os.ProcessState, n int) {
+	if ps != nil {
+		b.ReportMetric(float64((ps.UserTime()+ps.SystemTime()).Microseconds())/1000/float64(n), unit)
+	}
+}
+
+// reportClientCPU reports this process's CPU since before (the direct
+// client's, and for nats13 the in-process NATS server's) per item.
+func reportClientCPU(b *testing.B, before time.Duration, n int) {
+	b.ReportMetric((selfCPU(b)-before).Seconds()*1000/float64(n), "direct-client-cpu-ms/item")
 }
 
 func reportRatio(b *testing.B, n int, ours, direct time.Duration) {
