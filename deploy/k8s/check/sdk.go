@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/url"
 	"os"
 	"path"
@@ -214,8 +215,8 @@ func (c *Checker) checkSDKWorkers(o *overlay, sdks []*sdkContainer, cs []*ours) 
 		errs = append(errs, checkSDKNATSURL(o, s, n))
 		// STEPFLOW_BLOB_URL: a Service selecting the stepflow workers, on
 		// the port the plugin listens on.
-		host, port, _ := strings.Cut(s.Env["STEPFLOW_BLOB_URL"], ":")
-		_, lport, _ := strings.Cut(fmt.Sprint(plugin["listen"]), ":")
+		host, port, _ := net.SplitHostPort(s.Env["STEPFLOW_BLOB_URL"])
+		_, lport, _ := net.SplitHostPort(fmt.Sprint(plugin["listen"]))
 		svc := get[corev1.Service](o, "Service", host)
 		ok := false
 		if svc != nil && labelsMatch(svc.Spec.Selector, worker.W.Labels) {
@@ -306,7 +307,7 @@ func (c *Checker) checkSDKScaledObject(o *overlay, so *ScaledObject, s *sdkConta
 		if md["account"] != "$G" {
 			errs = append(errs, fmt.Errorf("%s: account %q; auth.conf's users are in the global account $G", where, md["account"]))
 		}
-		host, port, _ := strings.Cut(md["natsServerMonitoringEndpoint"], ":")
+		host, port, _ := net.SplitHostPort(md["natsServerMonitoringEndpoint"])
 		parts := strings.Split(host, ".")
 		if len(parts) < 3 || parts[2] != "svc" {
 			errs = append(errs, fmt.Errorf("%s: natsServerMonitoringEndpoint %q is not <service>.<namespace>.svc:<port> (KEDA runs in its own namespace)", where, md["natsServerMonitoringEndpoint"]))
