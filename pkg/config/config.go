@@ -12,6 +12,7 @@
 //	  mock:    { type: mock, components: { /c: {input_schema: {}, output_schema: {}, behaviors: {…}} } }
 //	  py13:    { type: grpc, command: python3, args: [-m, stepflow_py.worker.main], queueName: python }
 //	  jet:     { type: nats, url: "nats://127.0.0.1:4222", stream: TASKS, consumer: workers }
+//	  far:     { type: nats, url: "nats://nats:4222", stream: T, listen: "0.0.0.0:7837", advertise: "${POD_IP}" }
 //	routes:                        # required (may be {}): pattern -> ordered rules
 //	  "/py13":                                               # a prefix route (0.13): /py13/<anything>
 //	    - plugin: py13
@@ -61,6 +62,7 @@
 package config
 
 import (
+	"net/netip"
 	"path/filepath"
 	"time"
 
@@ -185,6 +187,34 @@ type NATSPlugin struct {
 	// QueueTimeout and ExecutionTimeout as for grpc plugins.
 	QueueTimeout     time.Duration
 	ExecutionTimeout time.Duration
+	// Listen, when set (`listen`, host:port), serves the plugin's gRPC
+	// services (completions, heartbeats, nested runs, blobs) on TCP there
+	// instead of on a private Unix socket, for NATS workers that run on
+	// other machines or pods. Writing it is the opt-in: the unmodified SDK
+	// dials without credentials, so peers are limited by AllowFrom.
+	Listen string
+	// Advertise is the address each task's orchestrator_service_url names
+	// (`advertise`, host or host:port; `${POD_IP}` substitution applies):
+	// the bound port is added when it has none. Required when Listen binds
+	// every interface (0.0.0.0, ::); Listen itself otherwise.
+	Advertise string
+	// AllowFrom are the networks whose peers may connect to Listen
+	// (`allowFrom`, CIDRs); DefaultAllowFrom when absent.
+	AllowFrom []netip.Prefix
+}
+
+// DefaultAllowFrom are the peers a nats plugin's TCP endpoint accepts
+// unless `allowFrom` says otherwise: loopback and the private ranges pod
+// and cluster networks use (RFC 1918, shared address space RFC 6598,
+// IPv6 unique local).
+var DefaultAllowFrom = []netip.Prefix{
+	netip.MustParsePrefix("127.0.0.0/8"),
+	netip.MustParsePrefix("::1/128"),
+	netip.MustParsePrefix("10.0.0.0/8"),
+	netip.MustParsePrefix("172.16.0.0/12"),
+	netip.MustParsePrefix("192.168.0.0/16"),
+	netip.MustParsePrefix("100.64.0.0/10"),
+	netip.MustParsePrefix("fc00::/7"),
 }
 
 // Transport selects how a stepflow plugin talks to its server.

@@ -3,8 +3,11 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -557,7 +560,72 @@ func (d *decoder) natsPlugin(name string, o *value.Object, path string) (*NATSPl
 	if np.ExecutionTimeout, err = d.optSeconds(o, "executionTimeoutSecs", path, 0, 0); err != nil {
 		return nil, err
 	}
+	if err = d.natsEndpoint(name, np, o, path); err != nil {
+		return nil, err
+	}
 	return np, nil
+}
+
+// natsEndpoint reads `listen`, `advertise` and `allowFrom`: the TCP
+// endpoint of a nats plugin whose workers run elsewhere.
+func (d *decoder) natsEndpoint(name string, np *NATSPlugin, o *value.Object, path string) *Error {
+	var err *Error
+	for _, f := range []struct {
+		key string
+		dst *string
+	}{{"listen", &np.Listen}, {"advertise", &np.Advertise}} {
+		if *f.dst, err = d.OptString(o, f.key, path); err != nil {
+			return err
+		}
+		if *f.dst, err = d.subst(name, *f.dst, value.PathField(path, f.key)); err != nil {
+			return err
+		}
+	}
+	cidrs, set, err := d.optStrings(o, "allowFrom", path)
+	if err != nil {
+		return err
+	}
+	if np.Listen == "" {
+		for _, k := range []string{"advertise", "allowFrom"} {
+			if _, ok := o.Get(k); ok {
+				return d.Errorf(value.PathField(path, k), nil, "plugin %q: `%s` without `listen`", name, k)
+			}
+		}
+		return nil
+	}
+	lp := value.PathField(path, "listen")
+	host, port, perr := net.SplitHostPort(np.Listen)
+	if perr != nil {
+		return d.Errorf(lp, nil, "plugin %q: `listen` %q is not host:port: %v", name, np.Listen, perr)
+	}
+	if _, perr := strconv.ParseUint(port, 10, 16); perr != nil {
+		return d.Errorf(lp, nil, "plugin %q: `listen` %q: invalid port", name, np.Listen)
+	}
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		if np.Advertise == "" {
+			return d.Errorf(lp, nil, "plugin %q: `listen` %q binds every interface: set `advertise` to the address workers dial (e.g. \"${POD_IP}\")", name, np.Listen)
+		}
+	}
+	if np.Advertise == "" {
+		np.Advertise = np.Listen
+	}
+	if set {
+		np.AllowFrom = make([]netip.Prefix, 0, len(cidrs))
+		for i, c := range cidrs {
+			pfx, perr := netip.ParsePrefix(c)
+			if perr != nil {
+				if a, aerr := netip.ParseAddr(c); aerr == nil {
+					pfx = netip.PrefixFrom(a, a.BitLen())
+				} else {
+					return d.Errorf(value.PathIndex(value.PathField(path, "allowFrom"), i), nil, "plugin %q: `allowFrom` entry %q is not a CIDR or an address", name, c)
+				}
+			}
+			np.AllowFrom = append(np.AllowFrom, pfx.Masked())
+		}
+	} else {
+		np.AllowFrom = DefaultAllowFrom
+	}
+	return nil
 }
 
 func (d *decoder) mcpPlugin(name string, o *value.Object, path string) (*MCPPlugin, *Error) {

@@ -1,6 +1,7 @@
 package config_test
 
 import (
+	"net/netip"
 	"path/filepath"
 	"testing"
 	"time"
@@ -84,9 +85,39 @@ routes:
 	require.Equal(t, "PYTHON_TASKS", jet.Stream)
 	require.Equal(t, "python-workers", jet.Consumer)
 	require.Equal(t, "nats://x:4222", c.Plugin("jet2").NATS.URL)
+	require.Empty(t, jet.Listen, "the Unix socket unless `listen` is written")
+	require.Nil(t, jet.AllowFrom)
 	require.Equal(t, map[string]string{"queueName": "gpu"}, c.Routes[0].Rules[0].Params)
 	require.Nil(t, c.Routes[1].Rules[0].Params)
 	require.Equal(t, map[string]string{"stream": "FOO_TASKS"}, c.Routes[2].Rules[0].Params)
+}
+
+// `listen` serves a nats plugin's gRPC services on TCP for workers
+// elsewhere; `advertise` (the pod IP by substitution) is what tasks name.
+func TestNATSPluginListen(t *testing.T) {
+	t.Parallel()
+	c, err := config.Parse([]byte(`
+plugins:
+  all:
+    type: nats
+    url: "nats://nats:4222"
+    listen: "0.0.0.0:7837"
+    advertise: "${POD_IP}"
+  one:
+    type: nats
+    url: "nats://nats:4222"
+    listen: "127.0.0.1:0"
+    allowFrom: [10.1.0.0/16, 192.168.1.7]
+routes: {}
+`), "cfg.yml", env("POD_IP", "10.1.2.3"))
+	require.NoError(t, err)
+	all := c.Plugin("all").NATS
+	require.Equal(t, "0.0.0.0:7837", all.Listen)
+	require.Equal(t, "10.1.2.3", all.Advertise)
+	require.Equal(t, config.DefaultAllowFrom, all.AllowFrom)
+	one := c.Plugin("one").NATS
+	require.Equal(t, "127.0.0.1:0", one.Advertise, "listen is advertised when it names one interface")
+	require.Equal(t, []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16"), netip.MustParsePrefix("192.168.1.7/32")}, one.AllowFrom)
 }
 
 func TestGRPCAndNATSPluginErrors(t *testing.T) {
@@ -97,6 +128,11 @@ func TestGRPCAndNATSPluginErrors(t *testing.T) {
 		{"plugins: {p: {type: grpc, queueName: 7}}\nroutes: {}", "cfg.yml:1:38: invalid type for `queueName`"},
 		{"plugins: {p: {type: nats}}\nroutes: {}", "cfg.yml:1:14: missing field `url` in nats plugin \"p\""},
 		{"plugins: {p: {type: grpc}}\nroutes: {/p: [{plugin: p, params: {queueName: 1}}]}", "cfg.yml:2:47: invalid type for route parameter \"queueName\""},
+		{"plugins: {p: {type: nats, url: u, advertise: h}}\nroutes: {}", "plugin \"p\": `advertise` without `listen`"},
+		{"plugins: {p: {type: nats, url: u, listen: \"0.0.0.0:7837\"}}\nroutes: {}", "binds every interface: set `advertise`"},
+		{"plugins: {p: {type: nats, url: u, listen: \"h\"}}\nroutes: {}", "`listen` \"h\" is not host:port"},
+		{"plugins: {p: {type: nats, url: u, listen: \"h:99999\"}}\nroutes: {}", "invalid port"},
+		{"plugins: {p: {type: nats, url: u, listen: \"h:1\", allowFrom: [x]}}\nroutes: {}", "`allowFrom` entry \"x\" is not a CIDR"},
 		{"plugins: {p: {type: kafka}}\nroutes: {}", "cfg.yml:1:21: unknown type \"kafka\" for plugin \"p\" (expected builtin, stepflow, mcp, mock, grpc or nats)"},
 	} {
 		_, err := config.Parse([]byte(tc.doc), "cfg.yml", env())

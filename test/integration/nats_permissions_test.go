@@ -39,7 +39,7 @@ func TestNATSWorkerPermissions(t *testing.T) {
 	// server shares with the parallel tests).
 	shipped, err := os.ReadFile(filepath.Join(repoRoot, "deploy", "k8s", "base", "nats", "auth.conf"))
 	require.NoError(t, err)
-	filled := strings.NewReplacer("$NATS_COORDINATOR_PASSWORD", `"coord-pw"`, "$NATS_WORKER_PASSWORD", `"worker-pw"`).Replace(string(shipped))
+	filled := strings.NewReplacer("$NATS_COORDINATOR_PASSWORD", `"coord-pw"`, "$NATS_WORKER_PASSWORD", `"worker-pw"`, "$NATS_SDK_PASSWORD", `"sdk-pw"`).Replace(string(shipped))
 	require.NotEqual(t, string(shipped), filled)
 	conf := filepath.Join(dir, "auth.conf")
 	require.NoError(t, os.WriteFile(conf, []byte(filled), 0o600))

@@ -61,6 +61,9 @@ func TestBrokenFixtures(t *testing.T) {
 		{"two-autoscalers", false, "apply one autoscaler (components/keda or components/hpa), not both"},
 		{"keda-target-value", false, `targetValue "10" differs from the worker's --concurrency 4`},
 		{"keda-unknown-field", false, `unknown field "maxReplicas"`},
+		{"sdk-lag-threshold", false, `lagThreshold "10" differs from Deployment/sdk-worker container sdk-worker STEPFLOW_MAX_CONCURRENT "4"`},
+		{"sdk-unknown-env", false, `environment variable STEPFLOW_NATS_STREAMS is not read by stepflow-py`},
+		{"sdk-advertise-service", false, `the nats plugin advertises "worker-tasks": each task must name this pod`},
 		{"missing-probe-path", true, "GET /ready: status 404"},
 		{"coordinator-scrape-annotation", false, `scraped by scrape job "stepflow-coordinator" (deploy/k8s/prometheus/scrape-configs.yml) and by the pod's prometheus.io/scrape annotation (GET /metrics): every series would be counted twice`},
 		{"ha-rwo-volume", false, "2 replicas run on the data dir /var/lib/stepflow/data, but PersistentVolumeClaim coordinator-data is [ReadWriteOnce], not ReadWriteMany"},
@@ -68,7 +71,7 @@ func TestBrokenFixtures(t *testing.T) {
 		{"ha-no-advertise-url", false, "--advertise-url is unset: the leader would advertise http://127.0.0.1:7840, and a standby would forward the API to itself"},
 		{"ha-fixed-id", false, `--id="coordinator" is the same in every pod`},
 		{"worker-coordinator-user", false, `Deployment/worker container worker: logs in to NATS as "coordinator" (STEPFLOW_NATS_USER), a user that may publish to every subject (publish: [">"])`},
-		{"nats-unknown-user", false, `STEPFLOW_NATS_USER="admin" is not a user of StatefulSet/nats /etc/nats/nats.conf (it has [coordinator worker])`},
+		{"nats-unknown-user", false, `STEPFLOW_NATS_USER="admin" is not a user of StatefulSet/nats /etc/nats/nats.conf (it has [coordinator sdk worker])`},
 		{"nats-password-mismatch", false, `the NATS password (STEPFLOW_NATS_PASSWORD) is not the one StatefulSet/nats /etc/nats/nats.conf gives user "worker" ($NATS_WORKER_PASSWORD of the NATS container, Secret stepflow-nats key worker-password)`},
 		{"nats-password-literal", false, "STEPFLOW_NATS_PASSWORD is not taken from a Secret"},
 		{"nats-no-auth", false, "/etc/nats/nats.conf defines no users"},
@@ -300,8 +303,9 @@ func TestNATSPermissionRules(t *testing.T) {
 	}
 	coordPW, _ := randomPassword()
 	workerPW, _ := randomPassword()
+	sdkPW, _ := randomPassword()
 	var opts *server.Options
-	withEnv(map[string]string{"NATS_COORDINATOR_PASSWORD": coordPW, "NATS_WORKER_PASSWORD": workerPW}, func() {
+	withEnv(map[string]string{"NATS_COORDINATOR_PASSWORD": coordPW, "NATS_WORKER_PASSWORD": workerPW, "NATS_SDK_PASSWORD": sdkPW}, func() {
 		opts, err = server.ProcessConfigFile(conf)
 	})
 	if err != nil {
@@ -316,6 +320,11 @@ func TestNATSPermissionRules(t *testing.T) {
 	}
 	if publishesEverything(perms["worker"]) || mayPublish(perms["worker"], deleteItemsSubj) || !mayPublish(perms["worker"], "stepflow.results.r1") {
 		t.Errorf("the worker user of %s: publish permissions %+v", authConfFile, perms["worker"].Publish)
+	}
+	// The SDK workers' user takes tasks of its consumer only.
+	if sdk := perms["sdk"]; publishesEverything(sdk) || mayPublish(sdk, deleteItemsSubj) || mayPublish(sdk, "$JS.API.CONSUMER.MSG.NEXT.STEPFLOW_ITEMS.r1") ||
+		mayPublish(sdk, "PYTHON_TASKS.tasks") || !mayPublish(sdk, "$JS.API.CONSUMER.MSG.NEXT.PYTHON_TASKS.python-workers") {
+		t.Errorf("the sdk user of %s: publish permissions %+v", authConfFile, sdk.Publish)
 	}
 
 	opts.Host, opts.Port, opts.StoreDir, opts.NoSigs = "127.0.0.1", server.RANDOM_PORT, filepath.Join(dir, "js"), true

@@ -41,6 +41,7 @@ type Checker struct {
 	natsVersion string
 	images      []image
 	dockerfiles map[string]*dockerfile // by image ref
+	sdkImages   map[string]*dockerfile // SDK worker images (sdk.go), by image ref
 	nats        map[string]*natsServer // by overlay dir
 	scrapeJobs  []scrapeJob            // scrapeConfigsFile
 }
@@ -50,7 +51,7 @@ type Checker struct {
 // the repository, not of one overlay.
 func NewChecker(root string, dynamic bool, log io.Writer) (*Checker, error) {
 	c := &Checker{Root: root, Dynamic: dynamic, Log: log, Bins: map[string]*binary{},
-		dockerfiles: map[string]*dockerfile{}, nats: map[string]*natsServer{}}
+		dockerfiles: map[string]*dockerfile{}, sdkImages: map[string]*dockerfile{}, nats: map[string]*natsServer{}}
 	for _, s := range binarySpecs {
 		b, err := loadBinary(root, s.name, s.source, s.consts)
 		if err != nil {

@@ -469,6 +469,13 @@ func (c *Checker) checkDynamic(o *overlay, cs []*ours) (err error) {
 	if err != nil {
 		return err
 	}
+	tport, err := freePort()
+	if err != nil {
+		return err
+	}
+	if err := localNATSPlugins(o, cfg, natsURL, tport); err != nil {
+		return err
+	}
 	wenv, errs := resolveEnv(o, worker.W, worker.C, pod{Name: worker.W.Name + "-0", IP: "127.0.0.1"})
 	if err := errors.Join(errs...); err != nil {
 		return err
@@ -501,6 +508,12 @@ func (c *Checker) checkDynamic(o *overlay, cs []*ours) (err error) {
 		via = entry.Pod.Name + " (standby, forwarding to " + leader.Pod.Name + ")"
 	}
 	if err := c.submit(entry.Base, via, token, tmp); err != nil {
+		if v := nlog.take(); len(v) > 0 {
+			err = fmt.Errorf("%w\nthe NATS server refused:\n%s", err, strings.Join(v, "\n"))
+		}
+		return err
+	}
+	if err := c.runSDKWorkers(o, natsURL, tport, entry.Base, token, tmp); err != nil {
 		if v := nlog.take(); len(v) > 0 {
 			err = fmt.Errorf("%w\nthe NATS server refused:\n%s", err, strings.Join(v, "\n"))
 		}
@@ -728,17 +741,23 @@ func (c *Checker) sameSDK(d *dockerfile) error {
 // submit runs smokeFlow through the coordinator at base (described by
 // via) with `stepflow submit`.
 func (c *Checker) submit(base, via, token, tmp string) error {
+	return c.submitFlow(base, via+" and a worker", token, tmp, filepath.Join(c.Root, smokeFlow), filepath.Join(c.Root, smokeInputs))
+}
+
+// submitFlow runs flow on inputs through the coordinator at base: every
+// item succeeds.
+func (c *Checker) submitFlow(base, via, token, tmp, flow, inputs string) error {
 	out := filepath.Join(tmp, "results.jsonl")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, filepath.Join(c.Root, "bin", "stepflow"), "submit", "--url", base+"/api/v1",
-		"--flow", filepath.Join(c.Root, smokeFlow), "--inputs", filepath.Join(c.Root, smokeInputs), "--output", out, "--quiet")
+		"--flow", flow, "--inputs", inputs, "--output", out, "--quiet")
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + tmp, "STEPFLOW_TOKEN=" + token}
 	msg, err := cmd.CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("stepflow submit %s: %w\n%s", smokeFlow, err, msg)
+		return fmt.Errorf("stepflow submit %s: %w\n%s", flow, err, msg)
 	}
-	in, err := os.ReadFile(filepath.Join(c.Root, smokeInputs))
+	in, err := os.ReadFile(inputs)
 	if err != nil {
 		return err
 	}
@@ -748,9 +767,13 @@ func (c *Checker) submit(base, via, token, tmp string) error {
 	}
 	want, got := bytes.Count(in, []byte("\n")), bytes.Count(res, []byte("\n"))
 	if want != got || !bytes.Contains(res, []byte(`"outcome":"success"`)) {
-		return fmt.Errorf("stepflow submit %s: %d results for %d items:\n%s", smokeFlow, got, want, res)
+		return fmt.Errorf("stepflow submit %s: %d results for %d items:\n%s", flow, got, want, res)
 	}
-	c.logf("     %s: %d items through %s and a worker, all succeeded", smokeFlow, got, via)
+	name, err := filepath.Rel(c.Root, flow)
+	if err != nil || strings.HasPrefix(name, "..") {
+		name = filepath.Base(flow)
+	}
+	c.logf("     %s: %d items through %s, all succeeded", name, got, via)
 	return nil
 }
 

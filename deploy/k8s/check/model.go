@@ -19,6 +19,8 @@ type overlay struct {
 	// wherever a container reads them: the passwords the dynamic check
 	// generates, as the Secret would hold them.
 	Secrets map[string]map[string]string
+	// SDKs are the SDK worker containers (sdk.go), found by checkStatic.
+	SDKs []*sdkContainer
 }
 
 func get[T any](o *overlay, kind, name string) *T {
@@ -251,7 +253,7 @@ func referenced(c *corev1.Container, name string) bool {
 // credential is in git. The check substitutes a generated value.
 var externalSecrets = map[string][]string{
 	"stepflow-auth": {"token"},
-	"stepflow-nats": {"coordinator-password", "worker-password"},
+	"stepflow-nats": {"coordinator-password", "worker-password", "sdk-password"},
 }
 
 // externalSecretValue stands in for the value of key of an external

@@ -99,6 +99,15 @@ func (c *Checker) imageSet() ([]image, error) {
 			errs = append(errs, err)
 			continue
 		}
+		if isSDKImage(ep) {
+			// An SDK component worker, not one of our commands (sdk.go).
+			delete(c.dockerfiles, im.ref())
+			c.sdkImages[im.ref()] = d
+			if err := c.checkSDKImage(d); err != nil {
+				errs = append(errs, err)
+			}
+			continue
+		}
 		bin := path.Base(ep[len(ep)-1])
 		if c.Bins[bin] == nil {
 			errs = append(errs, fmt.Errorf("%s: ENTRYPOINT runs %s, which is not one of our commands", rel, bin))
@@ -142,6 +151,7 @@ func (c *Checker) checkStatic(o *overlay) ([]*ours, []error) {
 		known[im.ref()] = true
 	}
 	var containers []*ours
+	var sdks []*sdkContainer
 	for _, w := range workloads(o) {
 		for i := range w.Pod.InitContainers {
 			if !known[w.Pod.InitContainers[i].Image] {
@@ -156,7 +166,11 @@ func (c *Checker) checkStatic(o *overlay) ([]*ours, []error) {
 			if ct.Resources.Requests.Cpu().IsZero() || ct.Resources.Requests.Memory().IsZero() || ct.Resources.Limits.Memory().IsZero() {
 				add(fmt.Errorf("%s container %s: set CPU and memory requests and a memory limit", w.Ref, ct.Name))
 			}
+			sdk := c.sdkImages[ct.Image]
 			for kind, p := range probes(ct) {
+				if sdk != nil {
+					break // the SDK's NATS worker serves no port to probe
+				}
 				if p == nil {
 					add(fmt.Errorf("%s container %s: no %s", w.Ref, ct.Name, kind))
 				} else if p.HTTPGet != nil {
@@ -167,6 +181,12 @@ func (c *Checker) checkStatic(o *overlay) ([]*ours, []error) {
 			}
 			env, envErrs := resolveEnv(o, w, ct, staticPod(w))
 			errs = append(errs, envErrs...)
+			if sdk != nil {
+				s, err := c.checkSDKContainer(w, ct, env, sdk)
+				add(err)
+				sdks = append(sdks, s)
+				continue
+			}
 			d := c.dockerfiles[ct.Image]
 			if d == nil {
 				continue
@@ -196,7 +216,7 @@ func (c *Checker) checkStatic(o *overlay) ([]*ours, []error) {
 				}
 			}
 			for name := range env {
-				if !bin.Env[name] && !referenced(ct, name) {
+				if !bin.Env[name] && !referenced(ct, name) && !configReferenced(o, oc, name) {
 					add(fmt.Errorf("%s: environment variable %s is not read by %s (it reads %v) nor used as $(%s) in the container's args or env", oc.where(), name, bin.Name, keys(bin.Env), name))
 				}
 			}
@@ -209,9 +229,11 @@ func (c *Checker) checkStatic(o *overlay) ([]*ours, []error) {
 		}
 	}
 	add(c.checkNATS(o, containers))
+	add(c.checkSDKWorkers(o, sdks, containers))
+	o.SDKs = sdks
 	add(c.checkNamespaces(o))
 	add(c.checkServices(o))
-	add(c.checkAutoscaling(o, containers))
+	add(c.checkAutoscaling(o, containers, sdks))
 	add(c.checkScrape(o, containers))
 	return containers, errs
 }
@@ -508,7 +530,7 @@ func (c *Checker) checkServices(o *overlay) error {
 // checkAutoscaling: at most one autoscaler per Deployment (KEDA makes its
 // own HPA), the target exists and leaves spec.replicas to it, and the
 // KEDA trigger polls the coordinator's backlog with its token.
-func (c *Checker) checkAutoscaling(o *overlay, cs []*ours) error {
+func (c *Checker) checkAutoscaling(o *overlay, cs []*ours, sdks []*sdkContainer) error {
 	var errs []error
 	scaled := map[string][]string{}
 	for _, h := range all[autoscalingv2.HorizontalPodAutoscaler](o) {
@@ -525,6 +547,16 @@ func (c *Checker) checkAutoscaling(o *overlay, cs []*ours) error {
 		}
 		ref := kind + "/" + so.Spec.ScaleTargetRef.Name
 		scaled[ref] = append(scaled[ref], "ScaledObject/"+so.Name)
+		var sdk *sdkContainer
+		for _, x := range sdks {
+			if x.W.Kind == kind && x.W.Name == so.Spec.ScaleTargetRef.Name {
+				sdk = x
+			}
+		}
+		if sdk != nil {
+			errs = append(errs, c.checkSDKScaledObject(o, so, sdk))
+			continue
+		}
 		errs = append(errs, c.checkScaledObject(o, so, cs))
 	}
 	for ref, by := range scaled {

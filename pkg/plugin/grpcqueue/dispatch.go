@@ -375,6 +375,22 @@ func (d *dispatcher) unknownLocked(id, what string) *statusError {
 	return &statusError{notFound: true, msg: fmt.Sprintf("plugin %q: %s for task %s, which this runtime never assigned; ignored", d.plugin, what, id)}
 }
 
+// runInFlight reports whether a claimed task of the run is in flight:
+// nested runs over TCP are accepted only from inside such a task.
+func (d *dispatcher) runInFlight(runID string) bool {
+	if runID == "" {
+		return false
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, t := range d.tasks {
+		if t.state == stateClaimed && t.assign.GetContext().GetRootRunId() == runID {
+			return true
+		}
+	}
+	return false
+}
+
 // heartbeat claims (first call) or keeps alive a task.
 func (d *dispatcher) heartbeat(id, workerID string) (*tasksv1.TaskHeartbeatResponse, error) {
 	d.mu.Lock()

@@ -27,6 +27,15 @@
 // still reach the plugin's gRPC services on the socket. Without streams to
 // watch, a dead NATS worker is noticed by its silence (HeartbeatTimeout).
 //
+// With `listen` (nats plugins only) the services are served on TCP instead
+// of the socket, for NATS workers started elsewhere (their own pods): each
+// task's orchestrator_service_url is `advertise` (with the bound port), so
+// it is completed to the process that published it. The unmodified SDK
+// dials without credentials, so the endpoint admits peers in `allowFrom`
+// only (listen.go), refuses PullTasks, and accepts SubmitRun and GetRun
+// only for a root run with a claimed task in flight here; completions and
+// heartbeats need the id of a task in flight, as everywhere.
+//
 // Plugin-local paths (/echo, /core/x) map to the workers' component ids and
 // path parameters through their ListComponents answer (fetched on first
 // use, per queue, and again on a miss), as upstream's per-plugin routing

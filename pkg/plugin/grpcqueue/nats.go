@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -25,6 +26,16 @@ func (p *Plugin) consumer() string {
 	return defaultConsumer
 }
 
+// redactURL hides the password of a NATS URL (nats://user:pass@host),
+// for errors and logs.
+func redactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil || u.User == nil {
+		return s
+	}
+	return u.Redacted()
+}
+
 // subject is where tasks of a stream are published (the SDK reads
 // `<stream>.tasks`).
 func subject(stream string) string { return stream + ".tasks" }
@@ -37,7 +48,7 @@ func (p *Plugin) startNATS(ctx context.Context) error {
 	n := p.cfg.nats
 	nc, err := nats.Connect(n.URL, nats.Name("stepflow plugin "+p.name), nats.MaxReconnects(-1))
 	if err != nil {
-		return fmt.Errorf("connect to NATS at %s: %w", n.URL, err)
+		return fmt.Errorf("connect to NATS at %s: %w", redactURL(n.URL), err)
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -117,7 +128,7 @@ func (p *Plugin) consumerReady() <-chan struct{} {
 
 func (p *Plugin) natsHealth() error {
 	if p.nc == nil || !p.nc.IsConnected() {
-		return fmt.Errorf("not connected to NATS at %s", p.cfg.nats.URL)
+		return fmt.Errorf("not connected to NATS at %s", redactURL(p.cfg.nats.URL))
 	}
 	if p.cfg.command == "" {
 		return nil

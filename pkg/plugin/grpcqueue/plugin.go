@@ -108,6 +108,8 @@ type Plugin struct {
 	srv  *grpc.Server
 	lis  net.Listener
 	addr string
+	// remote is set when the services listen on TCP (`listen`).
+	remote bool
 	// sockDir holds the Unix socket; removed by Close.
 	sockDir string
 	// nc and js are the NATS connection of a nats plugin.
@@ -182,29 +184,22 @@ func heartbeatInterval(timeout time.Duration) uint32 {
 }
 
 // Addr returns the address of the plugin's gRPC services ("" before
-// Start), `unix:<path>`: what STEPFLOW_TASKS_URL and STEPFLOW_BLOB_URL
-// tell workers.
+// Start): `unix:<path>`, or for a nats plugin with `listen` the advertised
+// host:port. It is what STEPFLOW_TASKS_URL and STEPFLOW_BLOB_URL tell
+// launched workers and what each task's orchestrator_service_url names.
 func (p *Plugin) Addr() string { return p.addr }
 
-// Start serves TasksService, OrchestratorService and BlobService on a
-// Unix socket in a private directory and launches the worker (when `command` is set), waiting
+// Start serves TasksService, OrchestratorService and BlobService (on a
+// Unix socket in a private directory, or on TCP at a nats plugin's
+// `listen`) and launches the worker (when `command` is set), waiting
 // until it pulls tasks (see Options.ConnectTimeout).
 func (p *Plugin) Start(ctx context.Context) error {
-	// A Unix socket in a directory only this user can enter: no other
-	// local user can pull tasks (and read their inputs) or submit runs.
-	dir, err := os.MkdirTemp("", "stepflow-grpc-")
-	if err != nil {
-		return fmt.Errorf("socket directory: %w", err)
+	if err := p.listen(); err != nil {
+		return err
 	}
-	p.sockDir = dir
-	sock := filepath.Join(dir, "tasks.sock")
-	lis, err := net.Listen("unix", sock)
-	if err != nil {
-		return fmt.Errorf("listen on %s: %w", sock, err)
-	}
-	p.lis, p.addr = lis, "unix:"+sock
+	lis := p.lis
 	p.srv = grpc.NewServer(grpc.MaxRecvMsgSize(maxMessage), grpc.MaxSendMsgSize(maxMessage))
-	(&service{d: p.d, addr: p.addr, blobs: p.host.Blobs, runs: p.host.Runs, log: p.log}).register(p.srv)
+	(&service{d: p.d, addr: p.addr, remote: p.remote, blobs: p.host.Blobs, runs: p.host.Runs, log: p.log}).register(p.srv)
 	p.srvDone = make(chan struct{})
 	go func() {
 		defer close(p.srvDone)
@@ -212,7 +207,7 @@ func (p *Plugin) Start(ctx context.Context) error {
 			p.log.Error("gRPC server stopped", zap.Error(err))
 		}
 	}()
-	p.log.Info("serving the worker protocol", zap.String("addr", p.addr), zap.String("queue", p.cfg.queue))
+	p.log.Info("serving the worker protocol", zap.String("addr", p.addr), zap.String("queue", p.cfg.queue), zap.Bool("tcp", p.remote))
 	if p.cfg.nats != nil {
 		if err := p.startNATS(ctx); err != nil {
 			return err
@@ -249,6 +244,43 @@ func (p *Plugin) Start(ctx context.Context) error {
 	case <-ctx.Done():
 		return context.Cause(ctx)
 	}
+}
+
+// listen opens the plugin's listener: TCP at a nats plugin's `listen`
+// (peers limited to `allowFrom`), else a Unix socket in a directory only
+// this user can enter, so no other local user can pull tasks (and read
+// their inputs) or submit runs.
+func (p *Plugin) listen() error {
+	if n := p.cfg.nats; n != nil && n.Listen != "" {
+		lis, err := net.Listen("tcp", n.Listen)
+		if err != nil {
+			return fmt.Errorf("plugin %q: listen on %s: %w", p.name, n.Listen, err)
+		}
+		adv, err := advertised(n.Advertise, lis.Addr())
+		if err != nil {
+			_ = lis.Close()
+			return fmt.Errorf("plugin %q: %w", p.name, err)
+		}
+		allow := n.AllowFrom
+		if allow == nil {
+			allow = config.DefaultAllowFrom
+		}
+		p.lis = &allowListener{Listener: lis, allow: allow, plugin: p.name, log: p.log}
+		p.addr, p.remote = adv, true
+		return nil
+	}
+	dir, err := os.MkdirTemp("", "stepflow-grpc-")
+	if err != nil {
+		return fmt.Errorf("socket directory: %w", err)
+	}
+	p.sockDir = dir
+	sock := filepath.Join(dir, "tasks.sock")
+	lis, err := net.Listen("unix", sock)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", sock, err)
+	}
+	p.lis, p.addr = lis, "unix:"+sock
+	return nil
 }
 
 // env is the worker's environment: the base variables, the plugin's

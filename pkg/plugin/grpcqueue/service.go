@@ -27,11 +27,15 @@ type service struct {
 	tasksv1.UnimplementedOrchestratorServiceServer
 	tasksv1.UnimplementedBlobServiceServer
 
-	d     *dispatcher
-	addr  string // our own address, for GetOrchestratorForRun
-	blobs blob.Store
-	runs  pluginapi.Runs
-	log   *zap.Logger
+	d    *dispatcher
+	addr string // our own address, for GetOrchestratorForRun
+	// remote: served on TCP (a nats plugin's `listen`), where peers carry
+	// no credentials: PullTasks is refused (tasks travel on the stream)
+	// and nested runs need a task of their root run in flight.
+	remote bool
+	blobs  blob.Store
+	runs   pluginapi.Runs
+	log    *zap.Logger
 }
 
 func (s *service) register(g *grpc.Server) {
@@ -57,6 +61,9 @@ func grpcError(err error) error {
 
 // PullTasks streams the tasks of a queue to one worker until it goes.
 func (s *service) PullTasks(req *tasksv1.PullTasksRequest, stream grpc.ServerStreamingServer[tasksv1.TaskAssignment]) error {
+	if s.remote {
+		return status.Error(codes.PermissionDenied, fmt.Sprintf("plugin %q: PullTasks is not served on the TCP endpoint: tasks travel on the NATS stream", s.d.plugin))
+	}
 	q := req.GetQueueName()
 	if q == "" {
 		return status.Error(codes.InvalidArgument, fmt.Sprintf("plugin %q: PullTasks without queue_name", s.d.plugin))
@@ -121,6 +128,9 @@ func (s *service) CompleteTask(_ context.Context, req *tasksv1.CompleteTaskReque
 // transport's runs/submit does. Its parent is the root run the worker
 // names (the run of the calling task, which the TaskContext carries).
 func (s *service) SubmitRun(ctx context.Context, req *tasksv1.OrchestratorSubmitRunRequest) (*tasksv1.OrchestratorRunStatus, error) {
+	if err := s.checkRun("SubmitRun", req.GetRootRunId()); err != nil {
+		return nil, err
+	}
 	if s.runs == nil {
 		return nil, status.Error(codes.Unimplemented, fmt.Sprintf("plugin %q: nested runs are not available here", s.d.plugin))
 	}
@@ -179,6 +189,9 @@ func (s *service) SubmitRun(ctx context.Context, req *tasksv1.OrchestratorSubmit
 
 // GetRun reads (or waits for) a run.
 func (s *service) GetRun(ctx context.Context, req *tasksv1.OrchestratorGetRunRequest) (*tasksv1.OrchestratorRunStatus, error) {
+	if err := s.checkRun("GetRun", req.GetRootRunId()); err != nil {
+		return nil, err
+	}
 	if s.runs == nil {
 		return nil, status.Error(codes.Unimplemented, fmt.Sprintf("plugin %q: nested runs are not available here", s.d.plugin))
 	}
@@ -204,6 +217,18 @@ func (s *service) GetRun(ctx context.Context, req *tasksv1.OrchestratorGetRunReq
 		return nil, status.Error(codes.Internal, fmt.Sprintf("plugin %q: GetRun: %v", s.d.plugin, err))
 	}
 	return out, nil
+}
+
+// checkRun refuses, on the TCP endpoint, nested run calls that do not
+// come from a task of their root run in flight here (the SDK sends the
+// root_run_id of the task it runs).
+func (s *service) checkRun(what, root string) error {
+	if !s.remote || s.d.runInFlight(root) {
+		return nil
+	}
+	msg := fmt.Sprintf("plugin %q: %s with root_run_id %q: no task of that run is in flight here; refused", s.d.plugin, what, root)
+	s.log.Warn("refused a nested run call", zap.String("call", what), zap.String("root_run_id", root))
+	return status.Error(codes.PermissionDenied, msg)
 }
 
 func runsStatus(plugin, what string, err error) error {
