@@ -189,6 +189,34 @@ output: { $step: c }
 	require.Equal(t, "success", rs[2].Outcome)
 }
 
+// More items with nested runs in flight than the SDK worker's own default
+// concurrency (STEPFLOW_MAX_CONCURRENT, 4): the parents hold their tasks
+// while their children's tasks need the same worker. The plugin launches
+// it with room for every call this process can make, so nothing waits for
+// a claim that cannot come.
+func TestGRPC13NestedRunsBeyondSDKConcurrency(t *testing.T) {
+	skipShort(t)
+	t.Parallel()
+	dir := grpc13Dir(t, "", nil)
+	flow := writeFile(t, dir, "flow.yaml", `schema: https://stepflow.org/schemas/v1/flow.json
+steps:
+  - id: n
+    component: /python/nested
+    input: { n: { $input: i } }
+output: { $step: n, path: inner }
+`)
+	var in strings.Builder
+	var want []string
+	for i := 1; i <= 12; i++ {
+		fmt.Fprintf(&in, "{\"i\":%d}\n", i)
+		want = append(want, fmt.Sprintf(`{"outcome":"success","result":[%d,%d]}`, i, 10*i))
+	}
+	inputs := writeFile(t, dir, "items.jsonl", in.String())
+	out := runExample(t, 0, stepflowBin, "run", "--quiet", "--config", filepath.Join(dir, "stepflow-config.yml"),
+		"--flow", flow, "--inputs", inputs, "--max-concurrent", "12")
+	require.Equal(t, want, lines(out))
+}
+
 func TestGRPC13CrashMidBatchRestarts(t *testing.T) {
 	skipShort(t)
 	t.Parallel()

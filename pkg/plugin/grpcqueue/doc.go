@@ -11,7 +11,9 @@
 // (tasks carry item inputs and SubmitRun starts runs: no other local user
 // may connect; the SDK dials `unix:<path>` as any gRPC target), and launches `command args` (when set) with the
 // base environment, the plugin's `env`, then STEPFLOW_TRANSPORT=grpc,
-// STEPFLOW_TASKS_URL, STEPFLOW_QUEUE_NAME and STEPFLOW_BLOB_URL. Workers
+// STEPFLOW_TASKS_URL, STEPFLOW_QUEUE_NAME and STEPFLOW_BLOB_URL (and
+// STEPFLOW_MAX_CONCURRENT=1024 unless `env` sets it: the SDK's default, 4,
+// deadlocks nested runs). Workers
 // call PullTasks for a queue; a component call becomes a TaskAssignment on
 // the queue of the plugin (or of the route rule's `params.queueName`),
 // the worker claims it with TaskHeartbeat, heartbeats it every second and

@@ -6,6 +6,8 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -283,10 +285,21 @@ func (p *Plugin) listen() error {
 	return nil
 }
 
+// launchedMaxConcurrent is the STEPFLOW_MAX_CONCURRENT a launched worker
+// gets unless the plugin's env sets one. The SDK's default, 4, can
+// deadlock nested runs: parents that wait on their child runs hold every
+// place, and the children's tasks are never claimed. How many calls run
+// at once is this process's business (its slots, --max-concurrent); the
+// worker only needs room for all of them.
+const launchedMaxConcurrent = 1024
+
 // env is the worker's environment: the base variables, the plugin's
 // `env`, then what the SDK's transport reads.
 func (p *Plugin) env() []string {
 	env := config.ProcessEnv(p.cfg.env, p.host.LookupEnv)
+	if !slices.ContainsFunc(env, func(kv string) bool { return strings.HasPrefix(kv, "STEPFLOW_MAX_CONCURRENT=") }) {
+		env = append(env, "STEPFLOW_MAX_CONCURRENT="+strconv.Itoa(launchedMaxConcurrent))
+	}
 	if n := p.cfg.nats; n != nil {
 		env = append(env,
 			"STEPFLOW_TRANSPORT=nats",
