@@ -21,6 +21,7 @@ import (
 	"github.com/stepflow-go/stepflow/pkg/config"
 	"github.com/stepflow-go/stepflow/pkg/executor"
 	"github.com/stepflow-go/stepflow/pkg/outcome"
+	"github.com/stepflow-go/stepflow/pkg/plugin/childproc"
 	"github.com/stepflow-go/stepflow/pkg/plugin/pluginapi"
 	"github.com/stepflow-go/stepflow/pkg/value"
 	tasksv1 "github.com/stepflow-go/stepflow/proto/tasksv1"
@@ -126,7 +127,7 @@ type Plugin struct {
 	startsMu sync.Mutex
 
 	mu       sync.Mutex
-	proc     *workerProcess           // the current worker process; nil between runs
+	proc     *childproc.Process       // the current worker process; nil between runs
 	lastExit error                    // why the last worker process ended
 	lists    map[string][]pathMatcher // queue -> its workers' component paths, from ListComponents
 	listMu   sync.Mutex               // one ListComponents at a time for resolve
@@ -238,8 +239,8 @@ func (p *Plugin) Start(ctx context.Context) error {
 	select {
 	case <-connected:
 		return nil
-	case <-wp.exited:
-		return fmt.Errorf("worker exited before pulling tasks: %w", wp.exitError())
+	case <-wp.Exited():
+		return fmt.Errorf("worker exited before pulling tasks: %w", exitError(wp))
 	case <-t.C:
 		p.log.Warn("the worker has not pulled tasks yet; tasks wait for it", zap.Duration("waited", p.opts.ConnectTimeout))
 		return nil
@@ -319,7 +320,7 @@ func (p *Plugin) env() []string {
 	)
 }
 
-func (p *Plugin) launch() (*workerProcess, error) {
+func (p *Plugin) launch() (*childproc.Process, error) {
 	wp, err := startWorker(p.cfg.command, p.cfg.args, p.env(), p.host.WorkingDir, p.log)
 	if err != nil {
 		return nil, err
@@ -330,7 +331,7 @@ func (p *Plugin) launch() (*workerProcess, error) {
 	p.mu.Lock()
 	p.proc = wp
 	p.mu.Unlock()
-	p.log.Info("worker started", zap.Int("pid", wp.pid))
+	p.log.Info("worker started", zap.Int("pid", wp.Pid()))
 	return wp, nil
 }
 
@@ -343,18 +344,18 @@ func (p *Plugin) Starts() int {
 
 // supervise restarts the worker when it exits, with a capped back-off.
 // Its in-flight tasks fail as its streams end (ErrWorkerGone).
-func (p *Plugin) supervise(wp *workerProcess) {
+func (p *Plugin) supervise(wp *childproc.Process) {
 	defer close(p.supDone)
 	delay := p.opts.RestartMinDelay
 	for {
 		started := time.Now()
 		select {
 		case <-p.closing:
-			wp.stop(p.opts.GracePeriod)
+			wp.Stop(p.opts.GracePeriod)
 			return
-		case <-wp.exited:
+		case <-wp.Exited():
 		}
-		exit := wp.exitError()
+		exit := exitError(wp)
 		p.mu.Lock()
 		p.proc, p.lastExit = nil, exit
 		p.mu.Unlock()

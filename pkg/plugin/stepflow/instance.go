@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/stepflow-go/stepflow/pkg/config"
+	"github.com/stepflow-go/stepflow/pkg/plugin/childproc"
 	"github.com/stepflow-go/stepflow/pkg/protocol"
 	"github.com/stepflow-go/stepflow/pkg/value"
 )
@@ -19,8 +20,6 @@ import (
 // protocol §2.2.6): stepflow-py <= 0.8 rewrites a whole answer that does
 // not fit into the free pipe space.
 const stdoutPipeSize = protocol.StdioPipeSize
-
-var setPipeSize = protocol.SetPipeSize
 
 // runTracker counts the executions in flight per run id.
 type runTracker struct {
@@ -61,8 +60,8 @@ func (t *runTracker) sole() string {
 type instance struct {
 	gen     int
 	tr      protocol.Transport
-	proc    *process        // nil in remote mode
-	done    <-chan struct{} // the stdio transport's Done; nil for HTTP
+	proc    *childproc.Process // nil in remote mode
+	done    <-chan struct{}    // the stdio transport's Done; nil for HTTP
 	started time.Time
 
 	runs *runTracker // run ids of executions in flight (stdio); nil for HTTP
@@ -78,7 +77,7 @@ type instance struct {
 	stopOnce sync.Once
 }
 
-func newInstance(gen int, tr protocol.Transport, proc *process) *instance {
+func newInstance(gen int, tr protocol.Transport, proc *childproc.Process) *instance {
 	return &instance{gen: gen, tr: tr, proc: proc, started: time.Now(), dead: make(chan struct{})}
 }
 
@@ -120,8 +119,8 @@ func (in *instance) preferExit(err error) error {
 	t := time.NewTimer(time.Second)
 	defer t.Stop()
 	select {
-	case <-in.proc.exited:
-		return in.proc.exitCause()
+	case <-in.proc.Exited():
+		return exitCause(in.proc)
 	case <-in.dead:
 		return in.cause
 	case <-t.C:
@@ -135,7 +134,7 @@ func (in *instance) exited() <-chan struct{} {
 	if in.proc == nil {
 		return nil
 	}
-	return in.proc.exited
+	return in.proc.Exited()
 }
 
 // stop closes the transport and stops the process (SIGTERM with grace,
@@ -144,12 +143,12 @@ func (in *instance) stop(grace time.Duration) {
 	in.stopOnce.Do(func() {
 		_ = in.tr.Close()
 		if in.proc != nil {
-			in.proc.stop(grace)
+			in.proc.Stop(grace)
 		}
 		if in.done != nil {
 			// The stdio read loop ends once stdout is closed; it also
 			// waits for its callback handlers, whose context it cancelled.
-			t := time.NewTimer(drainWait)
+			t := time.NewTimer(childproc.DrainWait)
 			select {
 			case <-in.done:
 			case <-t.C:
@@ -188,22 +187,21 @@ func (p *Plugin) connectRemote(ctx context.Context, gen int) (*instance, error) 
 }
 
 func (p *Plugin) launchHTTP(ctx context.Context, gen int) (*instance, error) {
-	pr, ps, err := startProcess(p.cfg, config.ProcessEnv(p.cfg.Env, p.host.LookupEnv), p.host.WorkingDir, false, 0, p.log)
-	if err != nil {
-		return nil, err
-	}
-	p.starts.Add(1)
 	ports := make(chan int, 1)
-	pr.drainStdout(ps.stdout, func(line string) bool {
+	pr, _, err := startProcess(p.cfg, config.ProcessEnv(p.cfg.Env, p.host.LookupEnv), p.host.WorkingDir, false, 0, func(line string) bool {
 		port, ok := parsePort(line)
 		if ok {
 			ports <- port
 		}
 		return ok
-	})
+	}, p.log)
+	if err != nil {
+		return nil, err
+	}
+	p.starts.Add(1)
 	fail := func(err error) (*instance, error) {
-		pr.stop(0)
-		if tail := pr.stderrTail(); len(tail) > 0 {
+		pr.Stop(0)
+		if tail := pr.Tail(); len(tail) > 0 {
 			p.log.Warn("component server failed to start", zap.Error(err), zap.Strings("stderr_tail", tail))
 		}
 		return nil, err
@@ -214,8 +212,8 @@ func (p *Plugin) launchHTTP(ctx context.Context, gen int) (*instance, error) {
 	var port int
 	select {
 	case port = <-ports:
-	case <-pr.exited:
-		return fail(fmt.Errorf("%w before announcing its port", pr.exitCause()))
+	case <-pr.Exited():
+		return fail(fmt.Errorf("%w before announcing its port", exitCause(pr)))
 	case <-t.C:
 		return fail(fmt.Errorf(`no {"port": N} line on stdout within %v`, p.opts.PortTimeout))
 	case <-ctx.Done():
@@ -232,7 +230,7 @@ func (p *Plugin) launchHTTP(ctx context.Context, gen int) (*instance, error) {
 		_ = tr.Close()
 		return fail(err)
 	}
-	p.log.Info("component server started", zap.Int("pid", pr.pid), zap.String("url", base), zap.Int("generation", gen))
+	p.log.Info("component server started", zap.Int("pid", pr.Pid()), zap.String("url", base), zap.Int("generation", gen))
 	return in, nil
 }
 
@@ -286,8 +284,8 @@ func (p *Plugin) waitHealthy(ctx context.Context, in *instance) error {
 		}
 		select {
 		case <-tick.C:
-		case <-in.proc.exited:
-			return fmt.Errorf("%w while waiting for %s", in.proc.exitCause(), path)
+		case <-in.proc.Exited():
+			return fmt.Errorf("%w while waiting for %s", exitCause(in.proc), path)
 		case <-hctx.Done():
 			if ctx.Err() != nil {
 				return context.Cause(ctx)
@@ -298,7 +296,7 @@ func (p *Plugin) waitHealthy(ctx context.Context, in *instance) error {
 }
 
 func (p *Plugin) launchStdio(ctx context.Context, gen int) (*instance, error) {
-	pr, ps, err := startProcess(p.cfg, config.ProcessEnv(p.cfg.Env, p.host.LookupEnv), p.host.WorkingDir, true, stdoutPipeSize, p.log)
+	pr, ps, err := startProcess(p.cfg, config.ProcessEnv(p.cfg.Env, p.host.LookupEnv), p.host.WorkingDir, true, stdoutPipeSize, nil, p.log)
 	if err != nil {
 		return nil, err
 	}
@@ -307,7 +305,7 @@ func (p *Plugin) launchStdio(ctx context.Context, gen int) (*instance, error) {
 	// run of nested runs is the callback's observability.run_id, else the
 	// run of the executions in flight when they all belong to one run.
 	tracker := &runTracker{counts: make(map[string]int)}
-	tr := protocol.NewStdio(ps.stdout, ps.stdin, protocol.StdioOptions{
+	tr := protocol.NewStdio(ps.Stdout, ps.Stdin, protocol.StdioOptions{
 		Logger:            p.log,
 		MaxWriteLineBytes: protocol.StdioServerMaxLine,
 		Handler:           p.callbacks.fallbackHandler(tracker.sole),
@@ -316,12 +314,12 @@ func (p *Plugin) launchStdio(ctx context.Context, gen int) (*instance, error) {
 	in.done, in.runs = tr.Done(), tracker
 	if err := p.handshake(ctx, in); err != nil {
 		in.stop(0)
-		if tail := pr.stderrTail(); len(tail) > 0 {
+		if tail := pr.Tail(); len(tail) > 0 {
 			p.log.Warn("component server failed to start", zap.Error(err), zap.Strings("stderr_tail", tail))
 		}
 		return nil, err
 	}
-	p.log.Info("component server started", zap.Int("pid", pr.pid), zap.String("transport", "stdio"), zap.Int("generation", gen))
+	p.log.Info("component server started", zap.Int("pid", pr.Pid()), zap.String("transport", "stdio"), zap.Int("generation", gen))
 	return in, nil
 }
 
@@ -334,7 +332,7 @@ func (p *Plugin) handshake(ctx context.Context, in *instance) error {
 	if in.proc != nil {
 		go func() {
 			select {
-			case <-in.proc.exited:
+			case <-in.proc.Exited():
 				cancel()
 			case <-hctx.Done():
 			}
@@ -389,8 +387,8 @@ func (p *Plugin) handshakeError(ctx, hctx context.Context, in *instance, method 
 		t := time.NewTimer(time.Second)
 		defer t.Stop()
 		select {
-		case <-in.proc.exited:
-			return fmt.Errorf("%s: %w", method, in.proc.exitCause())
+		case <-in.proc.Exited():
+			return fmt.Errorf("%s: %w", method, exitCause(in.proc))
 		case <-t.C:
 		}
 	}

@@ -1,55 +1,12 @@
 package stepflow
 
 import (
-	"io/fs"
-	"os"
-	"path/filepath"
-	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/stepflow-go/stepflow/pkg/value"
 )
-
-func TestResolveCommand(t *testing.T) {
-	dir := t.TempDir()
-	script := filepath.Join(dir, "bin", "server")
-	require.NoError(t, os.MkdirAll(filepath.Dir(script), 0o755))
-	require.NoError(t, os.WriteFile(script, []byte("#!/bin/sh\n"), 0o755))
-	require.NoError(t, os.WriteFile(filepath.Join(dir, "plain"), []byte(""), 0o644))
-
-	got, err := resolveCommand("bin/server", dir)
-	require.NoError(t, err)
-	require.Equal(t, script, got)
-	got, err = resolveCommand(script, "/elsewhere")
-	require.NoError(t, err)
-	require.Equal(t, script, got)
-
-	sh, err := resolveCommand("sh", dir) // on PATH
-	require.NoError(t, err)
-	require.True(t, filepath.IsAbs(sh), sh)
-
-	_, err = resolveCommand("./plain", dir)
-	require.ErrorIs(t, err, fs.ErrPermission)
-	_, err = resolveCommand("./bin", dir)
-	require.ErrorContains(t, err, "not a regular file")
-	_, err = resolveCommand("./missing", dir)
-	require.ErrorIs(t, err, fs.ErrNotExist)
-	_, err = resolveCommand("no-such-command-anywhere", dir)
-	require.Error(t, err)
-}
-
-func TestReadLines(t *testing.T) {
-	long := strings.Repeat("x", maxLogLine+10)
-	var got []string
-	readLines(strings.NewReader("a\r\n\nb\n"+long+"\nlast"), func(l string) { got = append(got, l) })
-	require.Len(t, got, 5)
-	require.Equal(t, []string{"a", "", "b"}, got[:3])
-	require.True(t, strings.HasSuffix(got[3], "… (10 more bytes)"))
-	require.Len(t, got[3], maxLogLine+len("… (10 more bytes)"))
-	require.Equal(t, "last", got[4])
-}
 
 func TestParsePort(t *testing.T) {
 	for line, want := range map[string]int{`{"port": 8123}`: 8123, `{"port":1}`: 1} {

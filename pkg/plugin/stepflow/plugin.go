@@ -279,7 +279,7 @@ func (p *Plugin) supervise(in *instance) {
 			case <-in.dead:
 				cause = in.cause
 			case <-in.exited():
-				cause = in.proc.exitCause()
+				cause = exitCause(in.proc)
 			case <-in.done:
 				cause = in.preferExit(fmt.Errorf("stdio stream failed: %w", stdioErr(in.tr)))
 			case <-p.closing:
@@ -287,7 +287,7 @@ func (p *Plugin) supervise(in *instance) {
 			}
 			in.kill(cause)
 			p.log.Warn("component server died; restarting", zap.Error(cause), zap.Int("generation", in.gen),
-				zap.Strings("stderr_tail", in.proc.stderrTail()))
+				zap.Strings("stderr_tail", in.proc.Tail()))
 			in.stop(0)
 			if time.Since(in.started) >= p.opts.HealthyPeriod {
 				failures = 0
@@ -373,7 +373,7 @@ func (p *Plugin) Health() error {
 	}
 	select {
 	case <-p.cur.exited(): // the supervisor is about to notice
-		return &ServerError{Plugin: p.name, Cause: p.cur.proc.exitCause(), Restarting: true}
+		return &ServerError{Plugin: p.name, Cause: exitCause(p.cur.proc), Restarting: true}
 	default:
 	}
 	return nil

@@ -1,11 +1,11 @@
 //go:build !linux
 
-package stepflow
+package childproc
 
 import "syscall"
 
-// childAttr puts a component server in its own process group, so that it
-// and whatever it spawns are signalled together. (Only Linux can also
+// childAttr puts a component process in its own process group, so that
+// it and whatever it spawns are signalled together. (Only Linux can also
 // tie the child's life to the worker's: see sysproc_linux.go.)
 func childAttr() *syscall.SysProcAttr {
 	return &syscall.SysProcAttr{Setpgid: true}
