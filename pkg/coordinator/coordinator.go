@@ -77,6 +77,9 @@ type Coordinator struct {
 	leader    leaderState
 	lostLease atomic.Bool
 	storage   storageFault // result logs that cannot be written (a full disk)
+	// unresponsive moves the connection to another NATS server when the
+	// lease cannot be renewed through this one (a node cut off).
+	unresponsive *queue.Unresponsive
 	// renewFailing: the last renewal got no answer (logged once it
 	// succeeds again).
 	renewFailing atomic.Bool
@@ -299,6 +302,7 @@ func (c *Coordinator) start(ctx context.Context) error {
 		return fmt.Errorf("coordinator: %w", err)
 	}
 	c.nc, c.js = nc, js
+	c.unresponsive = queue.NewUnresponsive(nc, 0, c.log)
 	if c.embedded != nil {
 		c.natsURL = c.embedded.ClientURL()
 	} else {

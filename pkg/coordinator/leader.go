@@ -262,6 +262,9 @@ func (c *Coordinator) renew(ctx context.Context) bool {
 	rctx, cancel := context.WithTimeout(ctx, max(c.lease.TTL()/2, time.Second))
 	defer cancel()
 	err := c.lease.Renew(rctx, h)
+	if err == nil {
+		c.unresponsive.OK()
+	}
 	if err == nil || ctx.Err() != nil {
 		if err == nil && c.renewFailing.Swap(false) {
 			c.log.Info("renewed the leadership lease again")
@@ -271,6 +274,7 @@ func (c *Coordinator) renew(ctx context.Context) bool {
 	if !errors.Is(err, queue.ErrLeaseLost) {
 		c.renewFailing.Store(true)
 		c.log.Warn("cannot renew the leadership lease (NATS does not answer); retrying", zap.Error(err))
+		c.unresponsive.Failed(err)
 		return true
 	}
 	// Expired (NATS was away longer than the TTL, say): nobody else led
@@ -288,6 +292,7 @@ func (c *Coordinator) renew(ctx context.Context) bool {
 		// Who holds it is unknown: the next tick tries again (the lease
 		// is no longer held as far as Renew knows, so it acquires).
 		c.renewFailing.Store(true)
+		c.unresponsive.Failed(aerr)
 		c.log.Warn("cannot renew the leadership lease, nor read who holds it (NATS does not answer); retrying",
 			zap.Error(err), zap.NamedError("acquire", aerr))
 		return true

@@ -28,3 +28,6 @@ func WrapLeaseWriter(l *Lease, wrap func(KVWriter) KVWriter) { l.b.w = wrap(l.b.
 
 // WrapRunStoreWriter replaces the writer of s's bucket with wrap's.
 func WrapRunStoreWriter(s *RunStore, wrap func(KVWriter) KVWriter) { s.b.w = wrap(s.b.w) }
+
+// SetUnresponsiveClock replaces the clock of u.
+func SetUnresponsiveClock(u *Unresponsive, now func() time.Time) { u.now = now }

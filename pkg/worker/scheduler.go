@@ -345,6 +345,7 @@ func (s *scheduler) onFetch(fe fetchEvent) {
 		// recreated, or never existed yet.
 		rs.cons = nil
 		rs.failures++
+		s.w.unresponsive.Failed(fe.err)
 		delay := min(minRetry<<min(rs.failures-1, 10), maxRetry)
 		rs.retryAt = time.Now().Add(delay)
 		lvl := zap.DebugLevel
@@ -356,6 +357,7 @@ func (s *scheduler) onFetch(fe fetchEvent) {
 	default:
 		rs.failures = 0
 		rs.cold = p.got == 0
+		s.w.unresponsive.OK()
 	}
 	s.forget(rs)
 }

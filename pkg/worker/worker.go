@@ -54,10 +54,13 @@ const (
 // Create it with New, run it with Start and end it with Stop; see the
 // package documentation for the design.
 type Worker struct {
-	cfg   Config
-	log   *zap.Logger
-	slots *slots
-	stats *stats
+	cfg Config
+	log *zap.Logger
+	// unresponsive moves the connection to another NATS server when pulls
+	// time out through this one (a node cut off from its cluster).
+	unresponsive *queue.Unresponsive
+	slots        *slots
+	stats        *stats
 	// epoch ends at each NATS reconnect (see sendResult).
 	epoch *connEpoch
 	// alone lets one item at a time run again after its component
@@ -243,6 +246,7 @@ func (w *Worker) start(ctx context.Context) error {
 	}
 	w.nc, w.js = nc, js
 	w.results = newResultSender(w.workCtx, nc, w.epoch)
+	w.unresponsive = queue.NewUnresponsive(nc, 0, w.log)
 	if err := w.openStores(ctx); err != nil {
 		return err
 	}
