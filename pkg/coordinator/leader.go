@@ -297,6 +297,14 @@ func (c *Coordinator) renew(ctx context.Context) bool {
 			zap.Error(err), zap.NamedError("acquire", aerr))
 		return true
 	}
+	if cur.ID == c.id {
+		// Our own id: a write of ours whose answer was lost moved the
+		// lease on while we took it again (seen in a partition). Nobody
+		// else leads; the next tick takes it again from its revision.
+		c.renewFailing.Store(true)
+		c.log.Warn("the leadership lease moved under a write of ours whose answer was lost; taking it again", zap.Error(err))
+		return true
+	}
 	c.log.Error("another coordinator took the leadership lease; stepping down to stand by", zap.String("leader", cur.ID), zap.Error(err))
 	c.leader.mu.Lock()
 	c.leader.leading = false
