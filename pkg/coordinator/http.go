@@ -246,10 +246,9 @@ func (c *Coordinator) writeError(w http.ResponseWriter, r *http.Request, err err
 	case http.StatusTooManyRequests:
 		w.Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds))
 	case http.StatusServiceUnavailable:
+		// Expected while NATS is away; the client retries.
 		w.Header().Set("Retry-After", "1")
-		if r.Context().Err() == nil {
-			c.log.Warn("request failed; the client may retry", zap.String("method", r.Method), zap.String("path", r.URL.Path), zap.Error(err))
-		}
+		c.log.Debug("request failed; the client may retry", zap.String("method", r.Method), zap.String("path", r.URL.Path), zap.Error(err))
 	case http.StatusInternalServerError:
 		if r.Context().Err() == nil { // not a client that went away, or a stop
 			c.log.Error("request failed", zap.String("method", r.Method), zap.String("path", r.URL.Path), zap.Error(err))

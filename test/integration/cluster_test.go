@@ -404,34 +404,6 @@ func TestClusterCoordinatorBeforeNATS(t *testing.T) {
 		ready.Round(100*time.Millisecond), time.Since(begin).Round(100*time.Millisecond)))
 }
 
-// A rolling restart of the three nodes, one at a time, each stopped with
-// SIGTERM (what a Kubernetes upgrade of the NATS StatefulSet does) and
-// started again once results flow: the batch completes exactly once.
-func TestClusterRollingRestart(t *testing.T) {
-	skipShort(t)
-	c := newNATSCluster(t)
-	for i := range 3 {
-		c.start(i)
-	}
-	e := newClusterEnv(t, c, nil)
-	run := e.submitNoWait(e.writeFlow("cluster", ""), e.writeInputs("c4", clusterItems, nil), 8)
-	e.waitCompleted(run, clusterItems/5)
-
-	began := time.Now()
-	var gaps []string
-	for i := range 3 {
-		c.procs[i].stop(t)
-		stopped := time.Now()
-		c.start(i)
-		gaps = append(gaps, fmt.Sprintf("n%d=%s", i, e.progressAfter(run, stopped).Round(100*time.Millisecond)))
-	}
-	rep := e.verify(run, "c4", clusterItems)
-	require.False(t, e.coord.exited(), "the coordinator exited: %v", e.coord.err)
-	e.requireAlive("w1", "w2")
-	reportCluster(t, "rolling-restart", clusterItems, rep, fmt.Sprintf("results_again_after_each=%s finished_after=%s",
-		strings.Join(gaps, ","), time.Since(began).Round(100*time.Millisecond)))
-}
-
 // The node leading the items stream cut off from the other two (its
 // routes dropped, clients still connected) for 15 s, longer than the
 // election timeout, then joined again: the majority elects a new leader,
