@@ -127,7 +127,7 @@ func readRecordAt(f io.ReaderAt, off, limit int64, buf []byte) (resultRecord, []
 	if _, err := f.ReadAt(buf[:recordHeader], off); err != nil {
 		return resultRecord{}, buf, fmt.Errorf("read result record at %d: %w", off, err)
 	}
-	rec, n := parseHeader(buf[:recordHeader])
+	_, n := parseHeader(buf[:recordHeader])
 	if n > maxResultBytes || off+int64(recordHeader+n+recordTrailer) > limit {
 		return resultRecord{}, buf, fmt.Errorf("%w: record at %d runs past the log", errCorrupt, off)
 	}
@@ -136,13 +136,33 @@ func readRecordAt(f io.ReaderAt, off, limit int64, buf []byte) (resultRecord, []
 	if _, err := f.ReadAt(buf[recordHeader:total], off+recordHeader); err != nil {
 		return resultRecord{}, buf, fmt.Errorf("read result record at %d: %w", off, err)
 	}
-	if crc32.Checksum(buf[:total-recordTrailer], crcTable) != binary.LittleEndian.Uint32(buf[total-recordTrailer:total]) {
-		return resultRecord{}, buf, fmt.Errorf("%w: checksum mismatch at %d", errCorrupt, off)
+	rec, _, err := decodeRecord(buf[:total], off)
+	return rec, buf, err
+}
+
+// decodeRecord decodes the record at the start of b, which was read from
+// log offset off. total is the record's size; when b holds less than the
+// whole record, rec is empty, err nil and total the size b must have.
+// The returned record's Result aliases b.
+func decodeRecord(b []byte, off int64) (rec resultRecord, total int, err error) {
+	if len(b) < recordHeader {
+		return resultRecord{}, recordHeader, nil
 	}
-	if err := rec.setPayload(buf[recordHeader : recordHeader+n]); err != nil {
-		return resultRecord{}, buf, fmt.Errorf("%w at %d", err, off)
+	rec, n := parseHeader(b[:recordHeader])
+	if n > maxResultBytes {
+		return resultRecord{}, 0, fmt.Errorf("%w: record at %d runs past the log", errCorrupt, off)
 	}
-	return rec, buf, nil
+	total = recordHeader + n + recordTrailer
+	if len(b) < total {
+		return resultRecord{}, total, nil
+	}
+	if crc32.Checksum(b[:total-recordTrailer], crcTable) != binary.LittleEndian.Uint32(b[total-recordTrailer:total]) {
+		return resultRecord{}, 0, fmt.Errorf("%w: checksum mismatch at %d", errCorrupt, off)
+	}
+	if err := rec.setPayload(b[recordHeader : recordHeader+n]); err != nil {
+		return resultRecord{}, 0, fmt.Errorf("%w at %d", err, off)
+	}
+	return rec, total, nil
 }
 
 // setPayload points Result (and Steps, for a record parseHeader found
@@ -489,6 +509,12 @@ type resultReader struct {
 	limit int64 // committed log size
 	buf   []byte
 	slot  [slotSize]byte
+	// scan's buffers: a chunk of the log, and a window of index slots
+	// from slot winStart (winLen of them valid).
+	chunk    []byte
+	win      []byte
+	winStart int64
+	winLen   int
 }
 
 // openResultReader opens the store in dir for reading, seeing records up
@@ -597,32 +623,98 @@ func (r *resultReader) at(index int) (*resultRecord, error) {
 	return out, err
 }
 
+// scanChunk is how much of the log scan reads at a time: a live run's
+// event stream scans what each commit added, and reading it in one call
+// rather than a pread or two per record is what keeps the stream cheap.
+const scanChunk = 256 << 10
+
+// slotWindow is how many index slots scan reads at a time to check that a
+// record is its index's: records come in completion order, which stays
+// close to index order, so one read serves many records.
+const slotWindow = 4096
+
 // scan calls fn for every record from byte offset from up to the
 // committed size, in log (completion) order, with the offset after the
 // record. Records that repeat an index already seen earlier in the log
 // (a crash between the record and its slot, then a redelivery) are
-// skipped: only a record its slot points to is reported.
+// skipped: only a record its slot points to is reported. The record is
+// valid only during the call.
 func (r *resultReader) scan(from int64, fn func(rec *resultRecord, next int64) error) (int64, error) {
 	if r.log == nil {
 		return from, nil
 	}
+	// The slots of every record below limit were written before limit
+	// was raised to cover them, so a window read during this call holds
+	// theirs; one read before this call may not, hence the reset.
+	r.winLen = 0
 	off := from
 	for off < r.limit {
-		rec, buf, err := readRecordAt(r.log, off, r.limit, r.buf)
-		r.buf = buf
-		if err != nil {
-			return off, err
+		chunk := int(min(r.limit-off, scanChunk))
+		r.chunk = grow(r.chunk, chunk)
+		if _, err := r.log.ReadAt(r.chunk, off); err != nil {
+			return off, fmt.Errorf("read result records at %d: %w", off, err)
 		}
-		next := off + rec.size()
-		n, err := r.idx.ReadAt(r.slot[:], int64(rec.Index)*slotSize)
-		if n == slotSize && int64(binary.LittleEndian.Uint64(r.slot[:])) == off+1 {
-			if err := fn(&rec, next); err != nil {
-				return off, err
+		pos := 0
+		for pos < chunk {
+			rec, total, err := decodeRecord(r.chunk[pos:chunk], off+int64(pos))
+			if err != nil {
+				return off + int64(pos), err
 			}
-		} else if n < slotSize && err != nil && !errors.Is(err, io.EOF) {
-			return off, fmt.Errorf("coordinator: read result index: %w", err)
+			if pos+total > chunk {
+				if pos > 0 {
+					break // read again from this record
+				}
+				// A record larger than the chunk: on its own.
+				rec, r.buf, err = readRecordAt(r.log, off, r.limit, r.buf)
+				if err != nil {
+					return off, err
+				}
+				total = int(rec.size())
+			}
+			at := off + int64(pos)
+			mine, err := r.slotIs(rec.Index, at)
+			if err != nil {
+				return at, err
+			}
+			if mine {
+				if err := fn(&rec, at+int64(total)); err != nil {
+					return at, err
+				}
+			}
+			pos += total
 		}
-		off = next
+		off += int64(pos)
 	}
 	return off, nil
+}
+
+// slotIs reports whether index's slot points at the record at off. It
+// reads slots through a window; a slot that does not match is read again
+// on its own before the record is taken for a repeat.
+func (r *resultReader) slotIs(index int, off int64) (bool, error) {
+	if index < 0 {
+		return false, nil
+	}
+	i := int64(index)
+	if i < r.winStart || i >= r.winStart+int64(r.winLen) {
+		r.winStart = i &^ (slotWindow - 1)
+		r.win = grow(r.win, slotWindow*slotSize)
+		n, err := r.idx.ReadAt(r.win, r.winStart*slotSize)
+		if n < len(r.win) && err != nil && !errors.Is(err, io.EOF) {
+			r.winLen = 0
+			return false, fmt.Errorf("coordinator: read result index: %w", err)
+		}
+		r.winLen = n / slotSize
+	}
+	if i < r.winStart+int64(r.winLen) {
+		k := (i - r.winStart) * slotSize
+		if int64(binary.LittleEndian.Uint64(r.win[k:k+slotSize])) == off+1 {
+			return true, nil
+		}
+	}
+	n, err := r.idx.ReadAt(r.slot[:], i*slotSize)
+	if n < slotSize && err != nil && !errors.Is(err, io.EOF) {
+		return false, fmt.Errorf("coordinator: read result index: %w", err)
+	}
+	return n == slotSize && int64(binary.LittleEndian.Uint64(r.slot[:])) == off+1, nil
 }

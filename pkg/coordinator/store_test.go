@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -354,4 +355,99 @@ func TestResultStoreFailedWriteForgetsTheBatch(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 3, counts.Succeeded+counts.Failed)
 	require.NoError(t, l2.close())
+}
+
+// scan reads the log in chunks and the index through a window: records
+// that straddle a chunk, records larger than a chunk, indices far apart
+// (outside one window), a repeated index, and a live reader whose limit
+// is raised between scans all come out as a pread per record would.
+func TestResultScanChunksAndWindows(t *testing.T) {
+	dir := t.TempDir()
+	l, _, err := openResultLog(context.Background(), dir)
+	require.NoError(t, err)
+	rd, err := openResultReader(dir, 0)
+	require.NoError(t, err)
+	defer rd.close()
+
+	var want, got []int
+	var from int64
+	scan := func() {
+		t.Helper()
+		next, err := rd.scan(from, func(rec *resultRecord, next int64) error {
+			require.Equal(t, payloadFor(rec.Index), rec.Result, "item %d", rec.Index)
+			got = append(got, rec.Index)
+			return nil
+		})
+		require.NoError(t, err)
+		from = next
+	}
+	add := func(i int) {
+		t.Helper()
+		added, err := l.add(&resultRecord{Index: i, Result: payloadFor(i), CompletedAt: time.Unix(1, 0)})
+		require.NoError(t, err)
+		require.True(t, added)
+		want = append(want, i)
+	}
+	// Three commits, each scanned by the live reader after it.
+	batches := [][]int{
+		{3, 2, 1, 0, 7 * slotWindow, 5, slotWindow - 1, slotWindow, 4},
+		{100, 6, 2 * slotWindow, 9, 8},
+		{scanChunk / 100, 10, 11}, // the first one is larger than a chunk
+	}
+	for b, batch := range batches {
+		for _, i := range batch {
+			add(i)
+		}
+		if b == 1 {
+			// Records straddle chunk boundaries: many mid-sized ones.
+			for i := 200; i < 260; i++ {
+				add(i)
+			}
+		}
+		require.NoError(t, l.sync())
+		rd.setLimit(l.size)
+		scan()
+	}
+	require.Equal(t, want, got)
+	require.Equal(t, l.size, from)
+
+	// A record that repeats an index (its slot points at the first one)
+	// is skipped, in the same window and in another.
+	size := l.size
+	require.NoError(t, l.close())
+	logf, err := os.OpenFile(filepath.Join(dir, resultsLogName), os.O_RDWR, 0)
+	require.NoError(t, err)
+	var extra []byte
+	for _, i := range []int{5, 7 * slotWindow, 2 * slotWindow} {
+		extra = appendRecord(extra, &resultRecord{Index: i, Result: payloadFor(i)})
+	}
+	_, err = logf.WriteAt(extra, size)
+	require.NoError(t, err)
+	require.NoError(t, logf.Close())
+	rd.setLimit(size + int64(len(extra)))
+	scan()
+	require.Equal(t, want, got, "repeats are not reported")
+	require.Equal(t, size+int64(len(extra)), from)
+
+	// From the start, in one call, with a fresh reader.
+	rd2, err := openResultReader(dir, -1)
+	require.NoError(t, err)
+	defer rd2.close()
+	got = nil
+	_, err = rd2.scan(0, func(rec *resultRecord, _ int64) error {
+		got = append(got, rec.Index)
+		return nil
+	})
+	require.NoError(t, err)
+	require.Equal(t, want, got)
+}
+
+// payloadFor is a JSON string result whose size varies with i: from a few
+// bytes to a few KiB, and for i = scanChunk/100 more than a scan chunk.
+func payloadFor(i int) []byte {
+	n := (i * 37) % 3000
+	if i == scanChunk/100 {
+		n = scanChunk + 1000
+	}
+	return []byte(`"` + strings.Repeat("x", n) + `"`)
 }
