@@ -126,8 +126,22 @@ func (c *Coordinator) publish(ctx context.Context, st *runState, path string, fr
 		}
 		if err == nil {
 			st.setPublished(st.total)
-			c.flushCounts(ctx, st)
 			log.Debug("every item is on the queue")
+			// The record learns it after a pause, or with the next
+			// counters the aggregator writes: a short run finishes
+			// first (its end stops this publisher) and needs no write
+			// that would compete with its result's fsync. A record that
+			// lags only makes a restart publish again what it already
+			// had, which the queue's duplicate window and "first result
+			// per index wins" absorb.
+			t := time.NewTimer(countsEvery)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			c.flushCounts(ctx, st)
 			return
 		}
 		var pe *queue.PublishError
