@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/stepflow-go/stepflow/pkg/coordinator"
+	"github.com/stepflow-go/stepflow/pkg/gcpace"
 	"github.com/stepflow-go/stepflow/pkg/queue"
 )
 
@@ -106,6 +107,7 @@ func (c *coordinatorCmd) run(ctx context.Context, stdout io.Writer) error {
 	}
 	log := c.a.log
 	cfg.Logger = log
+	defer gcpace.Start(gcpace.DefaultHeadroom, log)()
 	co, err := coordinator.New(cfg)
 	if err != nil {
 		return usageErr("%v", err) // "coordinator: invalid configuration: …"

@@ -18,6 +18,7 @@ import (
 
 	"github.com/stepflow-go/stepflow/pkg/config"
 	"github.com/stepflow-go/stepflow/pkg/coordinator"
+	"github.com/stepflow-go/stepflow/pkg/gcpace"
 	"github.com/stepflow-go/stepflow/pkg/metrics"
 	"github.com/stepflow-go/stepflow/pkg/queue"
 	"github.com/stepflow-go/stepflow/pkg/worker"
@@ -155,6 +156,7 @@ func (s *serveCmd) run(ctx context.Context) error {
 	}
 	log := s.a.log
 	raiseProcs(log)
+	defer gcpace.Start(gcpace.DefaultHeadroom, log)()
 	var stepCfg *config.Config
 	if s.workers > 0 {
 		if stepCfg, err = discoverConfig(s.configPath, ""); err != nil {

@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/stepflow-go/stepflow/pkg/blob"
+	"github.com/stepflow-go/stepflow/pkg/gcpace"
 	"github.com/stepflow-go/stepflow/pkg/queue"
 	"github.com/stepflow-go/stepflow/pkg/worker"
 )
@@ -68,6 +69,7 @@ func (w *workerCmd) run(ctx context.Context) error {
 	}
 	cfg.Version = Version
 	cfg.Logger = w.a.log
+	defer gcpace.Start(gcpace.DefaultHeadroom, w.a.log)()
 	wk, err := worker.New(cfg)
 	if err != nil {
 		return usageErr("%v", err)
