@@ -261,7 +261,7 @@ func (w *Worker) start(ctx context.Context) error {
 	}
 	nested := &natsRuns{nc: nc, blobs: w.blobs, slots: w.slots, timeout: w.cfg.RunsRequestTimeout, log: w.log.Named("runs")}
 	plugins, err := plugin.New(ctx, stepCfg, plugin.Options{
-		Blobs:      w.blobs,
+		Blobs:      waitingBlobs{store: w.blobs, log: w.log.Named("blobs")},
 		Logger:     w.cfg.Logger,
 		WorkingDir: wd,
 		// Flows come through the API: they read files of the working

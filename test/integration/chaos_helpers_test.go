@@ -3,6 +3,7 @@ package integration
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -187,6 +188,9 @@ type chaosOptions struct {
 	// launched, when set, is called once the first coordinator process
 	// has started, before its ready line is awaited.
 	launched func()
+	// natsStore is the external nats-server's store directory (default:
+	// one in the test's directory).
+	natsStore string
 }
 
 // chaosEnv is one chaos scenario's processes and files.
@@ -237,7 +241,8 @@ func newChaosEnv(t *testing.T, opts chaosOptions) *chaosEnv {
 	if opts.timeoutMs > 0 {
 		fmt.Fprintf(&cfg, "    timeoutMs: %d\n", opts.timeoutMs)
 	}
-	cfg.WriteString("routes:\n  \"/py/{*component}\":\n    - plugin: py\n")
+	cfg.WriteString("  builtin:\n    type: builtin\n")
+	cfg.WriteString("routes:\n  \"/py/{*component}\":\n    - plugin: py\n  \"/builtin/{*component}\":\n    - plugin: builtin\n")
 	e.config = filepath.Join(e.dir, "stepflow-config.yml")
 	require.NoError(t, os.WriteFile(e.config, []byte(cfg.String()), 0o644))
 
@@ -245,7 +250,7 @@ func newChaosEnv(t *testing.T, opts chaosOptions) *chaosEnv {
 		e.natsPort = freePort(t)
 		e.natsConf = filepath.Join(e.dir, "nats.conf")
 		conf := fmt.Sprintf("listen: 127.0.0.1:%d\nserver_name: chaos\nlog_file: %q\njetstream {\n  store_dir: %q\n  sync_interval: always\n}\n",
-			e.natsPort, filepath.Join(e.dir, "nats.log"), filepath.Join(e.dir, "nats"))
+			e.natsPort, filepath.Join(e.dir, "nats.log"), cmp.Or(opts.natsStore, filepath.Join(e.dir, "nats")))
 		require.NoError(t, os.WriteFile(e.natsConf, []byte(conf), 0o644))
 		e.startNATS()
 		e.natsURL = fmt.Sprintf("nats://127.0.0.1:%d", e.natsPort)
