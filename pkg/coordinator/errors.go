@@ -169,3 +169,9 @@ func errorf(kind error, format string, args ...any) error {
 	err := fmt.Errorf(format, args...)
 	return &kindError{kind: kind, msg: err.Error(), cause: errors.Unwrap(err)}
 }
+
+// errNATSWritesUnanswered is the health's reason while the leadership
+// lease cannot be renewed for want of an answer from NATS.
+var errNATSWritesUnanswered = errors.New("NATS does not answer the coordinator's writes (its lease renewals): " +
+	"an external server's store may be full, or the cluster may have lost its quorum; " +
+	"runs wait and go on once NATS answers")

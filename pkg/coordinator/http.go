@@ -358,9 +358,15 @@ func overridesField(v value.Value) value.Value {
 
 // handleHealth answers upstream's HealthResponse: "healthy", or 503
 // "unhealthy" with the reason while the coordinator cannot store (a full
-// disk under its data dir or its embedded NATS store).
+// disk under its data dir or its embedded NATS store) or NATS does not
+// answer its writes (an external server's full store, a lost quorum).
+// Readiness says only the former: the API still answers meanwhile.
 func (c *Coordinator) handleHealth(w http.ResponseWriter, _ *http.Request) {
-	if err := c.storageHealth(); err != nil {
+	err := c.storageHealth()
+	if err == nil && c.renewFailing.Load() {
+		err = errNATSWritesUnanswered
+	}
+	if err != nil {
 		writeJSON(w, http.StatusServiceUnavailable, value.ObjectOf("status", "unhealthy", "reason", err.Error(),
 			"timestamp", runs.Timestamp(time.Now()), "version", APIVersion))
 		return

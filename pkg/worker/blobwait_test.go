@@ -3,9 +3,11 @@ package worker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
 
@@ -43,7 +45,9 @@ func (f *flakyBlobs) Get(ctx context.Context, id string) (blob.Blob, error) {
 // store, no quorum) and fails at once on anything else.
 func TestWaitingBlobs(t *testing.T) {
 	ctx := context.Background()
-	flaky := &flakyBlobs{Store: blob.NewMemory(), fail: 2, err: nats.ErrTimeout}
+	// An object store put whose acks did not come (what a full store
+	// gives).
+	flaky := &flakyBlobs{Store: blob.NewMemory(), fail: 2, err: fmt.Errorf("queue: store blob: %w", jetstream.ErrAsyncPublishTimeout)}
 	b := waitingBlobs{store: flaky, log: zap.NewNop()}
 	id, err := b.Put(ctx, blob.KindData, value.String("x"))
 	require.NoError(t, err, "a put that timed out twice is tried again")

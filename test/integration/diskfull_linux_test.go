@@ -5,6 +5,7 @@ package integration
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -19,9 +20,10 @@ import (
 // An external nats-server whose store fills up during a run, with a flow
 // that stores a blob per item. We do not restart an operator's server:
 // the items wait (their blob puts get no answer, and no item fails for
-// it). Once the operator frees space and restarts the server, the run
-// ends with every result exactly once, no process exits, and the blob of
-// the last item can be read by a later run.
+// it), and the coordinator's health says NATS does not answer its
+// writes. Once the operator frees space and restarts the server, the run
+// ends with every result exactly once, no process exits, the health is
+// back, and the blob of the last item can be read by a later run.
 func TestChaosExternalNATSStoreFull(t *testing.T) {
 	skipShort(t)
 	store := diskfull.Mount(t, 64<<20)
@@ -64,12 +66,22 @@ output:
 	filledAt := st.Items.Completed + st.Items.Failed
 	require.Zero(t, st.Items.Failed, "no item fails for the full store")
 	t.Logf("the store filled at %d results", filledAt)
+	// The coordinator's health says NATS does not answer its writes (its
+	// lease renewals); readiness does not, as the API still answers.
+	e.waitUntil("the health reports NATS's unanswered writes", func() bool {
+		code, body := getHealth(e.apiURL)
+		return code == http.StatusServiceUnavailable && strings.Contains(body, "NATS does not answer")
+	})
 
 	require.NoError(t, os.Remove(filler))
 	e.nats.stop(t)
 	e.startNATS()
 
 	rep := e.verify(run, "full", n)
+	e.waitUntil("the health is back", func() bool {
+		code, _ := getHealth(e.apiURL)
+		return code == http.StatusOK
+	})
 	e.requireAlive("w1", "w2")
 	require.False(t, e.coord.exited(), "the coordinator survives a full NATS store")
 
@@ -107,4 +119,16 @@ output: { $step: get, path: data }
 	out := runExample(t, 0, stepflowBin, "submit", "--url", e.apiURL, "--flow", read, "--input-json", `{"blob":"`+last.Result.Blob+`"}`)
 	require.True(t, strings.Contains(out, fmt.Sprintf(`"double":%d`, 2*(n-1))), "%s", out)
 	reportChaos(t, "external NATS store full", n, rep, fmt.Sprintf("filled_at=%d", filledAt))
+}
+
+// getHealth returns the status code and body of GET /api/v1/health (0
+// while the coordinator does not answer).
+func getHealth(api string) (int, string) {
+	resp, err := http.Get(api + "/health")
+	if err != nil {
+		return 0, ""
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
 }
