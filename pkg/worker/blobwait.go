@@ -28,23 +28,24 @@ type waitingBlobs struct {
 var _ blob.Store = waitingBlobs{}
 
 func (b waitingBlobs) Put(ctx context.Context, kind blob.Kind, data value.Value) (string, error) {
-	return untilAnswered(ctx, b.log, "store a blob", func() (string, error) { return b.store.Put(ctx, kind, data) })
+	return untilAnswered(ctx, b.log, "store a blob", "", func() (string, error) { return b.store.Put(ctx, kind, data) })
 }
 
 func (b waitingBlobs) Get(ctx context.Context, id string) (blob.Blob, error) {
-	return untilAnswered(ctx, b.log.With(zap.String("blob", id)), "read a blob", func() (blob.Blob, error) { return b.store.Get(ctx, id) })
+	return untilAnswered(ctx, b.log, "read a blob", id, func() (blob.Blob, error) { return b.store.Get(ctx, id) })
 }
 
 // untilAnswered calls f until it returns something other than a transient
 // NATS error (queue.Transient) or ctx ends, pausing between attempts
-// (retryPause, doubling up to resultRetryMax).
-func untilAnswered[T any](ctx context.Context, log *zap.Logger, what string, f func() (T, error)) (T, error) {
+// (retryPause, doubling up to resultRetryMax). id names the blob in logs
+// ("" for a put).
+func untilAnswered[T any](ctx context.Context, log *zap.Logger, what, id string, f func() (T, error)) (T, error) {
 	pause := retryPause
 	for attempt := 1; ; attempt++ {
 		v, err := f()
 		if err == nil || !queue.Transient(err) || ctx.Err() != nil {
 			if err == nil && attempt > 1 {
-				log.Info("NATS answered again", zap.String("what", what), zap.Int("attempts", attempt))
+				log.Info("NATS answered again", zap.String("what", what), zap.String("blob", id), zap.Int("attempts", attempt))
 			}
 			return v, err
 		}
@@ -53,7 +54,7 @@ func untilAnswered[T any](ctx context.Context, log *zap.Logger, what string, f f
 			lvl = zap.WarnLevel
 		}
 		log.Log(lvl, "NATS cannot serve the blob store now (its store may be full, or it has no quorum); the item waits and tries again",
-			zap.String("what", what), zap.Int("attempt", attempt), zap.Error(err))
+			zap.String("what", what), zap.String("blob", id), zap.Int("attempt", attempt), zap.Error(err))
 		t := time.NewTimer(pause)
 		select {
 		case <-ctx.Done():
