@@ -158,9 +158,24 @@ func TestStdioRealLarge(t *testing.T) {
 		cancel()
 	}
 	lost.Wait()
-	out, err = execute(ctx, s, "/echo", "after", nil)
-	require.NoError(t, err)
-	require.Equal(t, "after", out)
+	// When the loop ended on its bound (a loaded machine), the fragment
+	// may not have met its next line yet: the next answer written is the
+	// one glued and lost, and that can be the first call made here (CI
+	// saw it hang). The transport keeps working: of two calls after the
+	// fragment, one is answered.
+	var answered bool
+	for attempt := range 2 {
+		actx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		out, err = execute(actx, s, "/echo", fmt.Sprintf("after %d", attempt), nil)
+		cancel()
+		if err == nil {
+			require.Equal(t, fmt.Sprintf("after %d", attempt), out)
+			answered = true
+			break
+		}
+		require.ErrorIs(t, err, context.DeadlineExceeded, "a lost answer ends by its context")
+	}
+	require.True(t, answered, "a call after the fragment is answered")
 	require.NoError(t, s.Err())
 }
 
