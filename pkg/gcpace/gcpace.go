@@ -28,8 +28,8 @@ import (
 
 // DefaultHeadroom is the headroom serve, the coordinator and the worker
 // run with: on this project's 2-core VM, a one-step batch through `stepflow
-// serve` spent 15-25% less CPU per item with it than with GOGC=100, and the
-// process peaked about 60 MB higher.
+// serve` spent 10-25% less CPU per item with it than with GOGC=100, and the
+// process peaked about 50 MB higher.
 const DefaultHeadroom = 64 << 20
 
 // How often the pacer looks for a finished collection, and the range of
