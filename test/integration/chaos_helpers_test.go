@@ -80,6 +80,18 @@ func (w prefixWriter) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
+// exitErr is Wait's error once the process has exited, nil while it
+// runs: safe to read at any time, unlike err, which the goroutine waiting
+// for the process writes.
+func (p *proc) exitErr() error {
+	select {
+	case <-p.done:
+		return p.err
+	default:
+		return nil
+	}
+}
+
 // exited reports whether the process has exited.
 func (p *proc) exited() bool {
 	select {
@@ -306,7 +318,7 @@ func (e *chaosEnv) startNATS() {
 			_ = c.Close()
 			return
 		}
-		require.False(t, e.nats.exited(), "nats-server exited: %v", e.nats.err)
+		require.False(t, e.nats.exited(), "nats-server exited: %v", e.nats.exitErr())
 		require.True(t, time.Now().Before(deadline), "nats-server does not accept connections: %v", err)
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -635,7 +647,7 @@ func reportChaos(t *testing.T, scenario string, n int, rep chaosReport, extra ..
 func (e *chaosEnv) requireAlive(names ...string) {
 	e.t.Helper()
 	for _, n := range names {
-		require.False(e.t, e.workers[n].exited(), "worker %s exited: %v", n, e.workers[n].err)
+		require.False(e.t, e.workers[n].exited(), "worker %s exited: %v", n, e.workers[n].exitErr())
 	}
 }
 

@@ -39,7 +39,7 @@ func TestClusterRollingRestart(t *testing.T) {
 		gaps = append(gaps, fmt.Sprintf("n%d=%s", i, e.progressAfter(run, stopped).Round(100*time.Millisecond)))
 	}
 	rep := e.verify(run, "c4", clusterItems)
-	require.False(t, e.coord.exited(), "the coordinator exited: %v", e.coord.err)
+	require.False(t, e.coord.exited(), "the coordinator exited: %v", e.coord.exitErr())
 	e.requireAlive("w1", "w2")
 	reportCluster(t, "rolling-restart", clusterItems, rep, fmt.Sprintf("results_again_after_each=%s finished_after=%s",
 		strings.Join(gaps, ","), time.Since(began).Round(100*time.Millisecond)))

@@ -129,7 +129,7 @@ func (c *natsCluster) start(i int) {
 			_ = conn.Close()
 			return
 		}
-		require.False(t, c.procs[i].exited(), "n%d exited: %v", i, c.procs[i].err)
+		require.False(t, c.procs[i].exited(), "n%d exited: %v", i, c.procs[i].exitErr())
 		require.True(t, time.Now().Before(deadline), "n%d does not accept connections: %v", i, err)
 		time.Sleep(20 * time.Millisecond) // an external process: poll
 	}
@@ -318,7 +318,7 @@ func TestClusterStreamLeaderKill(t *testing.T) {
 	c.start(leader)
 	rep := e.verify(run, "c1", clusterItems)
 	finished := time.Since(killed)
-	require.False(t, e.coord.exited(), "the coordinator exited: %v", e.coord.err)
+	require.False(t, e.coord.exited(), "the coordinator exited: %v", e.coord.exitErr())
 	e.requireAlive("w1", "w2")
 	reportCluster(t, "leader-kill", clusterItems, rep, fmt.Sprintf("killed=n%d results_again_after=%s finished_after=%s",
 		leader, resumed.Round(100*time.Millisecond), finished.Round(100*time.Millisecond)))
@@ -359,7 +359,7 @@ func clusterQuorumLoss(t *testing.T, down time.Duration, tag string) {
 	resumed := e.progressAfter(run, back)
 	rep := e.verify(run, tag, clusterItems)
 	finished := time.Since(back)
-	require.False(t, e.coord.exited(), "the coordinator exited: %v", e.coord.err)
+	require.False(t, e.coord.exited(), "the coordinator exited: %v", e.coord.exitErr())
 	e.requireAlive("w1", "w2")
 	reportCluster(t, "quorum-loss", clusterItems, rep, fmt.Sprintf("outage=%s results_again_after=%s finished_after=%s",
 		down, resumed.Round(100*time.Millisecond), finished.Round(100*time.Millisecond)))
@@ -399,7 +399,7 @@ func TestClusterCoordinatorBeforeNATS(t *testing.T) {
 	begin := time.Now()
 	run := e.submitNoWait(e.writeFlow("cluster", ""), e.writeInputs("c3", clusterItems, nil), 8)
 	rep := e.verify(run, "c3", clusterItems)
-	require.False(t, e.coord.exited(), "the coordinator exited: %v", e.coord.err)
+	require.False(t, e.coord.exited(), "the coordinator exited: %v", e.coord.exitErr())
 	reportCluster(t, "coordinator-first", clusterItems, rep, fmt.Sprintf("ready_after_nats_start=%s batch=%s",
 		ready.Round(100*time.Millisecond), time.Since(begin).Round(100*time.Millisecond)))
 }
@@ -440,7 +440,7 @@ func TestClusterPartition(t *testing.T) {
 	}
 	c.isolate(leader, false)
 	rep := e.verify(run, "c5", clusterItems)
-	require.False(t, e.coord.exited(), "the coordinator exited: %v", e.coord.err)
+	require.False(t, e.coord.exited(), "the coordinator exited: %v", e.coord.exitErr())
 	e.requireAlive("w1", "w2")
 	reportCluster(t, "partition", clusterItems, rep, fmt.Sprintf("isolated=n%d results_during_partition=%s finished_after=%s",
 		leader, progress, time.Since(cut).Round(100*time.Millisecond)))

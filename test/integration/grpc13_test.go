@@ -409,7 +409,7 @@ func TestGRPC13NATSStepflowRun(t *testing.T) {
 			_ = c.Close()
 			break
 		}
-		require.False(t, nats.exited(), "nats-server exited: %v", nats.err)
+		require.False(t, nats.exited(), "nats-server exited: %v", nats.exitErr())
 		require.True(t, time.Now().Before(deadline), "nats-server does not accept connections: %v", err)
 		time.Sleep(20 * time.Millisecond)
 	}

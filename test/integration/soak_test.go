@@ -71,7 +71,7 @@ func TestSoak(t *testing.T) {
 			c.start(node)
 		}
 		rep := e.verify(run, tag, n)
-		require.False(t, e.coord.exited(), "the coordinator exited: %v", e.coord.err)
+		require.False(t, e.coord.exited(), "the coordinator exited: %v", e.coord.exitErr())
 		batches++
 		items += n
 		reexecuted += rep.reexecuted
