@@ -2,8 +2,9 @@
 // protocol that stepflow-go serves to unmodified stepflow-py 0.13 workers
 // (package pkg/plugin/grpcqueue). Written for stepflow-go from the
 // protocol's contract: the package, service, method and message names and
-// the field numbers are upstream's (the wire contract, Apache-2.0, see
-// /work/shared/upstream/stepflow-0.13.0); only what we serve is declared.
+// the field numbers are upstream's (the wire contract, Apache-2.0: the
+// proto/stepflow/v1 files of stepflow 0.13.0, github.com/datastax/stepflow);
+// only what we serve is declared.
 //
 // Regenerate the Go code with `make proto`.
 
