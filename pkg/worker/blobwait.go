@@ -11,15 +11,15 @@ import (
 	"github.com/stepflow-go/stepflow/pkg/value"
 )
 
-// waitingBlobs is the blob store the worker's components use (the blob
-// builtins, the blob API of component servers). A put or get that NATS
-// cannot serve for now is tried again until it succeeds or the item's
-// context ends. NATS may be giving no answer, its store may be full, or
-// it may have no quorum. The item waits for NATS, heartbeating, instead of
-// failing for trouble that is not its own: an external nats-server whose
-// store filled failed every item that stored a blob until its operator
-// freed space. What is not transient (an unknown blob, a bad kind) fails
-// at once, as before.
+// waitingBlobs is the blob store items use: for their offloaded inputs
+// and for their components (the blob builtins, the blob API of component
+// servers). A put or get that NATS cannot serve for now is tried again
+// until it succeeds or the item's context ends: NATS may be giving no
+// answer, its store may be full, or it may have no quorum. The item waits
+// for NATS, heartbeating, instead of failing or using up a delivery for
+// trouble that is not its own (an external nats-server whose store filled
+// failed every item that stored a blob). What is not transient (an
+// unknown blob, a bad kind) fails at once, as before.
 type waitingBlobs struct {
 	store blob.Store
 	log   *zap.Logger

@@ -372,7 +372,7 @@ func (w *Worker) execute(ctx context.Context, d delivery, it *stepflowv1.Item) (
 		ctx, cancel = context.WithDeadlineCause(ctx, dl.AsTime(), errors.New("item deadline exceeded"))
 		defer cancel()
 	}
-	raw, err := queue.ItemInput(ctx, it, w.blobs)
+	raw, err := queue.ItemInput(ctx, it, w.itemBlobs)
 	switch {
 	case errors.Is(err, blob.ErrNotFound):
 		return outcome.Failure(outcome.Errorf(outcome.CodeInvalidInput, "item %d: %v", it.GetIndex(), err)), nil, nil

@@ -86,13 +86,16 @@ type Worker struct {
 	results  *resultSender
 	runStore *queue.RunStore
 	blobs    *queue.ObjectBlobStore
-	flows    *flowCache
-	plugins  *plugin.Plugins
-	exec     *executor.Executor
-	sched    *scheduler
-	health   *healthServer
-	pprof    *profiling.Server // nil without PprofAddr
-	announce *announcer
+	// itemBlobs is blobs as items read and write them (their inputs, their
+	// components): waiting out NATS trouble rather than failing.
+	itemBlobs waitingBlobs
+	flows     *flowCache
+	plugins   *plugin.Plugins
+	exec      *executor.Executor
+	sched     *scheduler
+	health    *healthServer
+	pprof     *profiling.Server // nil without PprofAddr
+	announce  *announcer
 
 	watchReady atomic.Bool
 	draining   atomic.Bool
@@ -261,7 +264,7 @@ func (w *Worker) start(ctx context.Context) error {
 	}
 	nested := &natsRuns{nc: nc, blobs: w.blobs, slots: w.slots, timeout: w.cfg.RunsRequestTimeout, log: w.log.Named("runs")}
 	plugins, err := plugin.New(ctx, stepCfg, plugin.Options{
-		Blobs:      waitingBlobs{store: w.blobs, log: w.log.Named("blobs")},
+		Blobs:      w.itemBlobs,
 		Logger:     w.cfg.Logger,
 		WorkingDir: wd,
 		// Flows come through the API: they read files of the working
@@ -355,6 +358,7 @@ func (w *Worker) tryOpenStores(ctx context.Context) error {
 		return err
 	}
 	w.runStore, w.flows, w.blobs = rs, newFlowCache(fs), bs
+	w.itemBlobs = waitingBlobs{store: bs, log: w.log.Named("blobs")}
 	return nil
 }
 
