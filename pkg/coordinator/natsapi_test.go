@@ -3,6 +3,7 @@ package coordinator_test
 import (
 	"encoding/json"
 	"net/http"
+	"sync"
 	"testing"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 	"github.com/stepflow-go/stepflow/pkg/coordinator"
 	"github.com/stepflow-go/stepflow/pkg/queue"
 	"github.com/stepflow-go/stepflow/pkg/value"
+	stepflowv1 "github.com/stepflow-go/stepflow/proto/stepflowv1"
 )
 
 // natsRequest sends a JSON request to the coordinator's NATS API.
@@ -41,7 +43,18 @@ func apiError(m map[string]any) float64 {
 func TestNATSAPIChildRuns(t *testing.T) {
 	t.Parallel()
 	c := startCoordinator(t, func(cfg *coordinator.Config) { cfg.MaxConcurrentRuns = 1 })
-	startWorker(t, c.NATSURL(), nil)
+	// The item "held" waits for the gate, so the run holding the one
+	// top-level slot below is still running when the next one is refused.
+	gate := make(chan struct{})
+	var gateOnce sync.Once
+	openGate := func() { gateOnce.Do(func() { close(gate) }) }
+	t.Cleanup(openGate)
+	startWorker(t, c.NATSURL(), func(it *stepflowv1.Item, _ uint64) action {
+		if string(it.GetInput()) == `"held"` {
+			<-gate
+		}
+		return actEcho
+	})
 	cl := newClient(t, c)
 	flowID := cl.storeFlow()
 
@@ -100,11 +113,12 @@ func TestNATSAPIChildRuns(t *testing.T) {
 
 	// Child runs are not refused by MaxConcurrentRuns (1, used by a
 	// held top-level run here): refusing them could deadlock their parents.
-	held := cl.uploadJSONL(flowID, "&wait=false", []string{"1"}, nil)
+	held := cl.uploadJSONL(flowID, "&wait=false", []string{`"held"`}, nil)
 	require.Equal(t, http.StatusOK, held.Status)
 	require.Equal(t, http.StatusTooManyRequests, cl.uploadJSONL(flowID, "&wait=false", []string{"1"}, nil).Status)
 	more := natsRequest(t, nc, queue.SubjectRunsSubmit, `{"flowId":"`+flowID+`","inputs":[1],"wait":true,"parentRunId":"`+parentID+`"}`)
 	require.Equal(t, "completed", more["status"], "%v", more)
+	openGate()
 
 	// Errors.
 	const unknownRun = "0198c0de-0000-7000-8000-000000000000"
