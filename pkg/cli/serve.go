@@ -131,6 +131,11 @@ back to the queue), then stops the coordinator, and exits 0.`,
 		ackWait = d
 	}
 	fl.DurationVar(&s.coord.RunAckWait, "run-ack-wait", ackWait, "AckWait of run consumers: how long an item whose worker went silent waits before redelivery (env STEPFLOW_RUN_ACK_WAIT)")
+	var blobsTTL time.Duration
+	if d, err := time.ParseDuration(getenv("STEPFLOW_BLOBS_TTL")); err == nil {
+		blobsTTL = d
+	}
+	fl.DurationVar(&s.coord.Queue.BlobsTTL, "blobs-ttl", blobsTTL, "how long blobs are kept, in the coordinator's blob journal (<data-dir>/blob-journal) and in the blob stream (0 = for ever); blobs are content-addressed, so one that expires is gone for every run that refers to it (env STEPFLOW_BLOBS_TTL)")
 	fl.IntVar(&s.coord.RunMaxDeliver, "run-max-deliver", envI("STEPFLOW_RUN_MAX_DELIVER", queue.DefaultMaxDeliver), "deliveries of an item before it fails with \"exceeded its maximum deliveries\" (-1 = unlimited) (env STEPFLOW_RUN_MAX_DELIVER)")
 	fl.StringVar(&s.coord.PprofAddr, "pprof-addr", getenv("STEPFLOW_PPROF_ADDR"), `serve Go runtime profiles of the whole process (coordinator and workers; /debug/pprof/, for go tool pprof) WITHOUT authentication on this host:port, e.g. 127.0.0.1:6060; "" = none (the API serves them behind --auth-token either way) (env STEPFLOW_PPROF_ADDR)`)
 	fl.IntVar(&s.workers, "workers", defaultServeWorkers, "in-process workers, each with its own component servers (0 = coordinator only)")

@@ -111,6 +111,14 @@ func newAggregator(c *Coordinator) (*aggregator, error) {
 // receive runs on the subscription's goroutine: it hands each result to
 // the committer, or refuses it when stopping.
 func (a *aggregator) receive(m *nats.Msg) {
+	if m.Subject == queue.BlobGetSubject {
+		raw, kind, found, err := a.c.journal.get(string(m.Data))
+		if err != nil {
+			a.c.log.Warn("cannot read a journaled blob", zap.Error(err))
+		}
+		_ = m.RespondMsg(queue.BlobGetReply(raw, kind, found, err))
+		return
+	}
 	if m.Subject == queue.BlobJournalSubject {
 		j, err := queue.DecodeBlobJournal(m.Data)
 		if err != nil {
@@ -296,7 +304,7 @@ func (a *aggregator) handle(r *resultReq) {
 		r.status = queue.ResultDropped // finished or unknown run
 		return
 	}
-	data, err := queue.ResultJSON(a.ctx, r.res, a.c.blobs)
+	data, err := queue.ResultJSON(a.ctx, r.res, journaledBlobs{a.c})
 	switch {
 	case err != nil:
 		data = failureJSON(fmt.Sprintf("the result of item %d could not be read: %v", r.res.GetIndex(), err))
@@ -362,7 +370,7 @@ func (a *aggregator) journal(blobs []*stepflowv1.Blob) error {
 		if len(b.GetData()) > 0 {
 			continue
 		}
-		raw, kind, err := a.c.blobs.ReadRaw(a.ctx, b.GetId())
+		raw, kind, err := journaledBlobs{a.c}.readRaw(a.ctx, b.GetId())
 		if err != nil {
 			return err
 		}

@@ -1,14 +1,12 @@
 package coordinator_test
 
 import (
-	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net/http"
 	"strings"
 	"testing"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
 	"github.com/stepflow-go/stepflow/pkg/blob"
@@ -18,12 +16,13 @@ import (
 )
 
 // A blob put by a worker and referred to by an acknowledged result is in
-// the coordinator's journal by the time the result is answered, so a
-// blob stream that lost its last (asynchronous) writes gets it back from
-// the journal; a blob no result refers to is not journaled.
+// the coordinator's journal by the time the result is answered, and
+// nowhere else: the coordinator serves it from there. A blob no result
+// refers to stays with the worker, which writes it to the blob stream
+// when it stops.
 func TestBlobsOfAcknowledgedResultsAreJournaled(t *testing.T) {
 	c := startCoordinator(t, func(cfg *coordinator.Config) { cfg.SyncResults = true })
-	startRealWorker(t, c, "w1", 4, newGates())
+	w := startRealWorker(t, c, "w1", 4, newGates())
 	cl := newClient(t, c)
 	flowID := cl.storeFlowJSON(`{"schema":"https://stepflow.org/schemas/v1/flow.json","name":"archive",
 		"steps":[
@@ -62,27 +61,31 @@ func TestBlobsOfAcknowledgedResultsAreJournaled(t *testing.T) {
 	scratch := blob.ID(value.MustParse(`{"scratch":0}`))
 	require.False(t, journaled[scratch], "a blob no result refers to is not journaled")
 
-	// The blob stream loses the kept blobs (as a power loss may take its
-	// last writes); a replay of the journal puts them back.
+	// The kept blobs were never written to the blob stream; the
+	// coordinator serves them from its journal.
 	ctx := testCtx(t)
 	nc, js, err := queue.Connect(ctx, c.NATSURL(), queue.ConnectOptions{Name: t.Name()})
 	require.NoError(t, err)
 	t.Cleanup(nc.Close)
-	st, err := js.Stream(ctx, "OBJ_"+queue.BucketBlobs)
+	stream, err := queue.OpenBlobStore(ctx, js)
 	require.NoError(t, err)
-	for _, id := range kept {
-		require.NoError(t, st.Purge(ctx, jetstream.WithPurgeSubject("$O."+queue.BucketBlobs+".C."+id)))
-		require.NoError(t, st.Purge(ctx, jetstream.WithPurgeSubject("$O."+queue.BucketBlobs+".M."+base64.URLEncoding.EncodeToString([]byte(id)))))
-	}
-	store, err := queue.OpenBlobStore(ctx, js)
-	require.NoError(t, err)
-	_, err = store.Get(ctx, kept[0])
+	_, err = stream.Get(ctx, kept[0])
 	require.ErrorIs(t, err, blob.ErrNotFound)
-
-	c.ReplayBlobJournal()
+	_, err = stream.Get(ctx, scratch)
+	require.ErrorIs(t, err, blob.ErrNotFound, "a deferred blob stays with its worker")
+	viaCoordinator, err := queue.OpenBlobStore(ctx, js, queue.WithDeferredPuts(nc))
+	require.NoError(t, err)
 	for i, id := range kept {
-		b, err := store.Get(ctx, id)
-		require.NoError(t, err, "blob %s is back", id)
+		b, err := viaCoordinator.Get(ctx, id)
+		require.NoError(t, err, "blob %s", id)
 		require.JSONEq(t, inputs[i], string(value.Marshal(b.Data)))
 	}
+	_, err = viaCoordinator.Get(ctx, scratch)
+	require.ErrorIs(t, err, blob.ErrNotFound)
+
+	// A worker that stops writes what it deferred to the blob stream.
+	require.NoError(t, w.Stop(ctx))
+	b, err := stream.Get(ctx, scratch)
+	require.NoError(t, err)
+	require.JSONEq(t, `{"scratch":0}`, string(value.Marshal(b.Data)))
 }

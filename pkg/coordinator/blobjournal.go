@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash/crc32"
@@ -24,29 +25,48 @@ import (
 	stepflowv1 "github.com/stepflow-go/stepflow/proto/stepflowv1"
 )
 
-// blobJournal keeps the blobs that acknowledged results (and nested runs'
-// inputs, and the coordinator's own puts) refer to, for as long as the
-// blob stream may not have fsynced them (queue.DefaultBlobSyncWindow):
-// the stream persists asynchronously, and a power loss may take its last
-// writes. It is a directory of segment files named by their creation
-// time; each record is a length, a CRC-32C and a stepflowv1.Blob. A
-// segment whose successor is older than the window is deleted when the
-// next one starts. replay reads every record left, stopping at a torn
-// tail.
+// blobJournal is the coordinator's blob store: it keeps the blobs that
+// acknowledged results (and nested runs' inputs, and the coordinator's
+// own puts) refer to, fsynced with the results, and serves them to
+// workers (queue.BlobGetSubject) and to the coordinator itself. Workers
+// put small blobs nowhere else (queue.WithDeferredPuts): a blob that no
+// durable thing refers to never costs a NATS write, and one that is
+// referred to costs an append to this journal, in the group commit of its
+// result, instead of two JetStream messages with per-subject index
+// entries each.
 //
-// append and sync are safe for concurrent use: the aggregator appends a
-// batch and syncs once, other callers sync their own appends, and a sync
-// covers everything appended before it.
+// It is a directory of segment files named by their creation time; each
+// record is a length, a CRC-32C and a stepflowv1.Blob. Segments are kept
+// for the retention (queue.Config.BlobsTTL; 0 keeps them), then deleted
+// whole. The index (buildIndex, then append) maps a blob id's first 16
+// bytes to its latest record: 24 bytes of pointer-free heap per blob, and
+// a read checks the whole id. replay reads every record, stopping at a
+// torn tail.
+//
+// append, sync and get are safe for concurrent use: the aggregator
+// appends a batch and syncs once, other callers sync their own appends,
+// and a sync covers everything appended before it.
 type blobJournal struct {
-	dir    string
-	window time.Duration
-	now    func() time.Time
+	dir string
+	// retention is how long a segment is kept after its successor
+	// started; 0: for ever.
+	retention time.Duration
+	now       func() time.Time
 
 	mu      sync.Mutex
 	f       *os.File
 	w       *bufio.Writer
 	started time.Time // the current segment's creation
 	size    int64
+	flushed int64  // bytes of the current segment written to the file
+	durable int64  // bytes of the current segment fsynced
+	ord     uint32 // the current segment's ordinal (index locations)
+	// index maps blob ids (their first 16 bytes) to their latest record
+	// (indexLoc); nil until buildIndex.
+	index map[[16]byte]uint64
+	// segs are the segments the index points into, by ordinal.
+	segs    map[uint32]*indexedSegment
+	nextOrd uint32
 	written uint64 // records appended
 	synced  uint64 // records durable
 	// epoch counts the segments dropped after a write error: the records
@@ -76,11 +96,33 @@ const (
 
 var journalCRC = crc32.MakeTable(crc32.Castagnoli)
 
-func openBlobJournal(dir string, window time.Duration) (*blobJournal, error) {
+// indexedSegment is a segment the index points into.
+type indexedSegment struct {
+	path    string
+	created time.Time
+	r       *os.File // opened by the first read
+}
+
+// Index locations: a segment ordinal and an offset in it.
+const (
+	locOffsetBits = 40
+	locOffsetMask = 1<<locOffsetBits - 1
+)
+
+func indexKey(id string) ([16]byte, bool) {
+	var k [16]byte
+	if !blob.ValidID(id) {
+		return k, false
+	}
+	_, err := hex.Decode(k[:], []byte(id[:32]))
+	return k, err == nil
+}
+
+func openBlobJournal(dir string, retention time.Duration) (*blobJournal, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("coordinator: blob journal: %w", err)
 	}
-	j := &blobJournal{dir: dir, window: window, now: time.Now}
+	j := &blobJournal{dir: dir, retention: retention, now: time.Now, segs: map[uint32]*indexedSegment{}}
 	marker := filepath.Join(dir, journalCleanMarker)
 	if _, err := os.Stat(marker); err == nil {
 		j.cleanStart = true
@@ -92,9 +134,16 @@ func openBlobJournal(dir string, window time.Duration) (*blobJournal, error) {
 }
 
 // segmentSpan is how long one segment is written to.
-func (j *blobJournal) segmentSpan() time.Duration { return max(j.window/4, time.Second) }
+func (j *blobJournal) segmentSpan() time.Duration {
+	if j.retention <= 0 {
+		return time.Hour
+	}
+	return max(j.retention/4, time.Second)
+}
 
-// append writes blobs to the journal (not yet durable: see sync).
+// append writes blobs to the journal (not yet durable: see sync). A blob
+// the index has a record of with its data is not written again, unless
+// that record's segment is within half the retention of its deletion.
 func (j *blobJournal) append(blobs []*stepflowv1.Blob) (epoch uint64, err error) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
@@ -107,6 +156,12 @@ func (j *blobJournal) append(blobs []*stepflowv1.Blob) (epoch uint64, err error)
 	}
 	var hdr [8]byte
 	for _, b := range blobs {
+		key, keyed := indexKey(b.GetId())
+		if keyed && j.index != nil && len(b.GetData()) > 0 {
+			if loc, ok := j.index[key]; ok && j.freshLocked(loc, now) {
+				continue
+			}
+		}
 		data, err := proto.Marshal(b)
 		if err != nil {
 			return j.epoch, fmt.Errorf("coordinator: blob journal: encode %s: %w", b.GetId(), err)
@@ -121,10 +176,20 @@ func (j *blobJournal) append(blobs []*stepflowv1.Blob) (epoch uint64, err error)
 			j.dropLocked()
 			return j.epoch, fmt.Errorf("coordinator: blob journal: %w", err)
 		}
+		if keyed && j.index != nil && len(b.GetData()) > 0 {
+			j.index[key] = uint64(j.ord)<<locOffsetBits | uint64(j.size)
+		}
 		j.size += int64(len(hdr) + len(data))
 		j.written++
 	}
 	return j.epoch, nil
+}
+
+// freshLocked reports whether the record at loc is in a segment that is
+// not close to its deletion.
+func (j *blobJournal) freshLocked(loc uint64, now time.Time) bool {
+	seg := j.segs[uint32(loc>>locOffsetBits)]
+	return seg != nil && (j.retention <= 0 || now.Sub(seg.created) < j.retention/2)
 }
 
 // errJournalLost fails a sync whose records were in a segment dropped
@@ -136,12 +201,39 @@ var errJournalLost = errors.New("coordinator: blob journal: a write failed; the 
 // appended so far fail, and the next append starts a new segment. A
 // record torn in it ends its replay, so it reads no further.
 func (j *blobJournal) dropLocked() {
-	if j.f != nil {
+	dropped := j.f != nil
+	if dropped {
 		_ = j.f.Close()
 	}
 	j.f, j.w = nil, nil
 	j.synced = j.written
 	j.epoch++
+	if dropped {
+		// What the index has of it past its durable part is lost: forget
+		// it (those blobs are journaled again with their results'
+		// retries).
+		j.forgetLocked(j.ord, j.durable)
+	}
+}
+
+// forgetLocked drops the index entries into segment ord from offset
+// from on, and the segment itself when from is 0.
+func (j *blobJournal) forgetLocked(ord uint32, from int64) {
+	seg := j.segs[ord]
+	if seg == nil {
+		return
+	}
+	if from == 0 {
+		delete(j.segs, ord)
+		if seg.r != nil {
+			_ = seg.r.Close()
+		}
+	}
+	for k, loc := range j.index {
+		if uint32(loc>>locOffsetBits) == ord && int64(loc&locOffsetMask) >= from {
+			delete(j.index, k)
+		}
+	}
 }
 
 // rotateLocked finishes the current segment (durably) and starts another,
@@ -162,7 +254,10 @@ func (j *blobJournal) rotateLocked(now time.Time) error {
 	if err != nil {
 		return fmt.Errorf("coordinator: blob journal: %w", err)
 	}
-	j.f, j.w, j.started, j.size = f, bufio.NewWriterSize(f, 64<<10), now, 0
+	j.f, j.w, j.started, j.size, j.flushed, j.durable = f, bufio.NewWriterSize(f, 64<<10), now, 0, 0, 0
+	j.ord = j.nextOrd
+	j.nextOrd++
+	j.segs[j.ord] = &indexedSegment{path: name, created: now}
 	if d, err := os.Open(j.dir); err == nil {
 		_ = d.Sync() // the new name
 		_ = d.Close()
@@ -172,15 +267,24 @@ func (j *blobJournal) rotateLocked(now time.Time) error {
 }
 
 // pruneLocked deletes every segment whose successor started more than the
-// window ago: its last record is older than that.
+// retention ago: its last record is older than that. Without a retention
+// it deletes nothing.
 func (j *blobJournal) pruneLocked(now time.Time) {
+	if j.retention <= 0 {
+		return
+	}
 	segs, err := j.segments()
 	if err != nil {
 		return
 	}
 	for i := 0; i+1 < len(segs); i++ {
-		if now.Sub(time.Unix(0, segs[i+1].created)) > j.window {
+		if now.Sub(time.Unix(0, segs[i+1].created)) > j.retention {
 			_ = os.Remove(segs[i].path)
+			for ord, seg := range j.segs {
+				if seg.path == segs[i].path {
+					j.forgetLocked(ord, 0)
+				}
+			}
 		}
 	}
 }
@@ -193,10 +297,11 @@ func (j *blobJournal) flushSyncLocked() error {
 	if err := j.w.Flush(); err != nil {
 		return fmt.Errorf("coordinator: blob journal: %w", err)
 	}
+	j.flushed = j.size
 	if err := j.f.Sync(); err != nil {
 		return fmt.Errorf("coordinator: blob journal: %w", err)
 	}
-	j.synced = j.written
+	j.synced, j.durable = j.written, j.size
 	return nil
 }
 
@@ -220,7 +325,8 @@ func (j *blobJournal) sync(epoch uint64, durable bool) error {
 		j.mu.Unlock()
 		return fmt.Errorf("coordinator: blob journal: %w", err)
 	}
-	f, flushed := j.f, j.written
+	j.flushed = j.size
+	f, flushed, size := j.f, j.written, j.size
 	j.mu.Unlock()
 	if !durable {
 		return nil
@@ -254,6 +360,9 @@ func (j *blobJournal) sync(epoch uint64, durable bool) error {
 	if j.synced < flushed {
 		j.synced = flushed
 	}
+	if j.f == f && j.durable < size {
+		j.durable = size
+	}
 	return nil
 }
 
@@ -269,6 +378,12 @@ func (j *blobJournal) close() error {
 			err = fmt.Errorf("coordinator: blob journal: %w", cerr)
 		}
 		j.f, j.w = nil, nil
+	}
+	for _, seg := range j.segs {
+		if seg.r != nil {
+			_ = seg.r.Close()
+			seg.r = nil
+		}
 	}
 	if err == nil {
 		err = os.WriteFile(filepath.Join(j.dir, journalCleanMarker), nil, 0o600)
@@ -309,11 +424,9 @@ func (j *blobJournal) segments() ([]journalSegment, error) {
 // appended before it started (flushed first).
 func (j *blobJournal) replay(fn func(*stepflowv1.Blob) error) error {
 	j.mu.Lock()
-	if j.w != nil {
-		if err := j.w.Flush(); err != nil {
-			j.mu.Unlock()
-			return fmt.Errorf("coordinator: blob journal: %w", err)
-		}
+	if err := j.flushLocked(); err != nil {
+		j.mu.Unlock()
+		return err
 	}
 	j.mu.Unlock()
 	segs, err := j.segments()
@@ -321,14 +434,130 @@ func (j *blobJournal) replay(fn func(*stepflowv1.Blob) error) error {
 		return err
 	}
 	for _, s := range segs {
-		if err := replaySegment(s.path, fn); err != nil {
+		if err := replaySegment(s.path, func(_ int64, b *stepflowv1.Blob) error { return fn(b) }); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func replaySegment(path string, fn func(*stepflowv1.Blob) error) error {
+// flushLocked writes what is buffered to the current segment's file.
+func (j *blobJournal) flushLocked() error {
+	if j.w == nil || j.flushed == j.size {
+		return nil
+	}
+	if err := j.w.Flush(); err != nil {
+		j.dropLocked()
+		return fmt.Errorf("coordinator: blob journal: %w", err)
+	}
+	j.flushed = j.size
+	return nil
+}
+
+// buildIndex indexes every record of the journal that holds its blob's
+// data; a coordinator does it as it starts to lead, before it serves
+// blobs. It returns how many records it indexed.
+func (j *blobJournal) buildIndex() (int, error) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if err := j.flushLocked(); err != nil {
+		return 0, err
+	}
+	segs, err := j.segments()
+	if err != nil {
+		return 0, err
+	}
+	byPath := make(map[string]uint32, len(j.segs))
+	for ord, seg := range j.segs {
+		byPath[seg.path] = ord
+	}
+	index := map[[16]byte]uint64{}
+	n := 0
+	for _, sg := range segs {
+		ord, ok := byPath[sg.path]
+		if !ok {
+			ord = j.nextOrd
+			j.nextOrd++
+			j.segs[ord] = &indexedSegment{path: sg.path, created: time.Unix(0, sg.created)}
+		}
+		err := replaySegment(sg.path, func(off int64, b *stepflowv1.Blob) error {
+			if k, ok := indexKey(b.GetId()); ok && len(b.GetData()) > 0 {
+				index[k] = uint64(ord)<<locOffsetBits | uint64(off)
+				n++
+			}
+			return nil
+		})
+		if err != nil {
+			return 0, err
+		}
+	}
+	j.index = index
+	return n, nil
+}
+
+// get reads a blob from the journal: its JSON and kind, and whether the
+// index has it (false also before buildIndex).
+func (j *blobJournal) get(id string) ([]byte, blob.Kind, bool, error) {
+	k, ok := indexKey(id)
+	if !ok {
+		return nil, "", false, nil
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	loc, ok := j.index[k]
+	if !ok {
+		return nil, "", false, nil
+	}
+	ord, off := uint32(loc>>locOffsetBits), int64(loc&locOffsetMask)
+	seg := j.segs[ord]
+	if seg == nil {
+		return nil, "", false, nil
+	}
+	if ord == j.ord && j.f != nil && off >= j.flushed {
+		if err := j.flushLocked(); err != nil {
+			return nil, "", false, err
+		}
+	}
+	if seg.r == nil {
+		r, err := os.Open(seg.path)
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, "", false, nil // deleted by another coordinator's retention
+		}
+		if err != nil {
+			return nil, "", false, fmt.Errorf("coordinator: blob journal: %w", err)
+		}
+		seg.r = r
+	}
+	var hdr [8]byte
+	if _, err := seg.r.ReadAt(hdr[:], off); err != nil {
+		return nil, "", false, fmt.Errorf("coordinator: blob journal: read %s: %w", id, err)
+	}
+	n := binary.LittleEndian.Uint32(hdr[:4])
+	if n > journalMaxRecord {
+		return nil, "", false, fmt.Errorf("coordinator: blob journal: read %s: a record of %d bytes", id, n)
+	}
+	data := make([]byte, n)
+	if _, err := seg.r.ReadAt(data, off+int64(len(hdr))); err != nil {
+		return nil, "", false, fmt.Errorf("coordinator: blob journal: read %s: %w", id, err)
+	}
+	if crc32.Checksum(data, journalCRC) != binary.LittleEndian.Uint32(hdr[4:]) {
+		return nil, "", false, fmt.Errorf("coordinator: blob journal: read %s: checksum mismatch", id)
+	}
+	b := &stepflowv1.Blob{}
+	if err := proto.Unmarshal(data, b); err != nil {
+		return nil, "", false, fmt.Errorf("coordinator: blob journal: read %s: %w", id, err)
+	}
+	if b.GetId() != id {
+		return nil, "", false, nil // another id with the same first 16 bytes
+	}
+	kind := blob.Kind(b.GetKind())
+	if !kind.Valid() {
+		kind = blob.KindData
+	}
+	return b.GetData(), kind, true, nil
+}
+
+func replaySegment(path string, fn func(off int64, b *stepflowv1.Blob) error) error {
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil // pruned meanwhile
@@ -339,7 +568,7 @@ func replaySegment(path string, fn func(*stepflowv1.Blob) error) error {
 	defer func() { _ = f.Close() }()
 	r := bufio.NewReaderSize(f, 64<<10)
 	var hdr [8]byte
-	for {
+	for off := int64(0); ; {
 		if _, err := io.ReadFull(r, hdr[:]); err != nil {
 			return nil // the end, or a torn header
 		}
@@ -358,9 +587,10 @@ func replaySegment(path string, fn func(*stepflowv1.Blob) error) error {
 		if err := proto.Unmarshal(data, b); err != nil {
 			return nil
 		}
-		if err := fn(b); err != nil {
+		if err := fn(off, b); err != nil {
 			return err
 		}
+		off += int64(len(hdr)) + int64(n)
 	}
 }
 
@@ -382,8 +612,30 @@ func (b journaledBlobs) Put(ctx context.Context, kind blob.Kind, data value.Valu
 	return id, nil
 }
 
+// Get reads the journal first (where the blobs workers put are), then
+// the blob stream.
 func (b journaledBlobs) Get(ctx context.Context, id string) (blob.Blob, error) {
+	raw, kind, found, err := b.c.journal.get(id)
+	if err != nil {
+		b.c.log.Warn("cannot read a journaled blob; trying the blob stream", zap.String("blob", id), zap.Error(err))
+	}
+	if found {
+		v, err := value.Parse(raw)
+		if err != nil {
+			return blob.Blob{}, fmt.Errorf("coordinator: journaled blob %s is not JSON: %w", id, err)
+		}
+		return blob.Blob{ID: id, Kind: kind, Data: v}, nil
+	}
 	return b.c.blobs.Get(ctx, id)
+}
+
+// readRaw is Get's JSON, for journaling a blob that came without it.
+func (b journaledBlobs) readRaw(ctx context.Context, id string) ([]byte, blob.Kind, error) {
+	raw, kind, found, err := b.c.journal.get(id)
+	if found && err == nil {
+		return raw, kind, nil
+	}
+	return b.c.blobs.ReadRaw(ctx, id)
 }
 
 // journalBlobs journals blobs and, with SyncResults, makes them durable.
@@ -393,43 +645,4 @@ func (c *Coordinator) journalBlobs(blobs []*stepflowv1.Blob) error {
 		return err
 	}
 	return c.journal.sync(epoch, c.cfg.SyncResults)
-}
-
-// replayJournal puts every journaled blob back into the blob store (a put
-// of a blob the store has writes nothing): after a start, or when NATS
-// came back without its memory (a restart, maybe a power loss that took
-// the blob stream's last writes). One replay runs at a time.
-func (c *Coordinator) replayJournal() {
-	if !c.replaying.CompareAndSwap(false, true) {
-		return
-	}
-	defer c.replaying.Store(false)
-	n := 0
-	err := c.journal.replay(func(b *stepflowv1.Blob) error {
-		if err := c.ctx.Err(); err != nil {
-			return err
-		}
-		v, err := value.Parse(b.GetData())
-		if err != nil {
-			c.log.Warn("skipping a journaled blob that is not JSON", zap.String("blob", b.GetId()), zap.Error(err))
-			return nil
-		}
-		kind := blob.Kind(b.GetKind())
-		if !kind.Valid() {
-			kind = blob.KindData
-		}
-		ctx, cancel := context.WithTimeout(c.ctx, 30*time.Second)
-		defer cancel()
-		if _, err := c.blobs.Put(ctx, kind, v); err != nil {
-			return fmt.Errorf("blob %s: %w", b.GetId(), err)
-		}
-		n++
-		return nil
-	})
-	switch {
-	case err != nil && c.ctx.Err() == nil:
-		c.log.Warn("replaying the blob journal stopped; it is replayed again at the next start", zap.Int("blobs", n), zap.Error(err))
-	case err == nil && n > 0:
-		c.log.Info("blob journal replayed", zap.Int("blobs", n))
-	}
 }

@@ -9,6 +9,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/stepflow-go/stepflow/pkg/blob"
+	"github.com/stepflow-go/stepflow/pkg/value"
 	stepflowv1 "github.com/stepflow-go/stepflow/proto/stepflowv1"
 )
 
@@ -138,5 +140,143 @@ func TestBlobJournalRecoversFromAWriteError(t *testing.T) {
 	require.NotEqual(t, ep, ep2)
 	require.NoError(t, j.sync(ep2, true))
 	require.Equal(t, []string{`{"i":1}`, `{"i":3}`}, replayed(t, j))
+	require.NoError(t, j.close())
+}
+
+// hashedBlob is a journal record whose id is its data's hash, as a real
+// blob's is.
+func hashedBlob(data string) *stepflowv1.Blob {
+	return &stepflowv1.Blob{Id: blob.ID(value.MustParse(data)), Kind: "data", Data: []byte(data)}
+}
+
+func requireJournaled(t *testing.T, j *blobJournal, b *stepflowv1.Blob) {
+	t.Helper()
+	raw, kind, found, err := j.get(b.GetId())
+	require.NoError(t, err)
+	require.True(t, found, "blob %s", b.GetData())
+	require.Equal(t, string(b.GetData()), string(raw))
+	require.Equal(t, blob.Kind(b.GetKind()), kind)
+}
+
+func requireNotJournaled(t *testing.T, j *blobJournal, id string) {
+	t.Helper()
+	_, _, found, err := j.get(id)
+	require.NoError(t, err)
+	require.False(t, found)
+}
+
+// The journal is the coordinator's blob store: once indexed, it serves
+// every blob it has the data of, including what is still buffered, and
+// an index built again after a restart finds the same.
+func TestBlobJournalIndexServesBlobs(t *testing.T) {
+	dir := t.TempDir()
+	j, err := openBlobJournal(dir, 0)
+	require.NoError(t, err)
+	a, b, c := hashedBlob(`{"a":1}`), hashedBlob(`{"b":2}`), hashedBlob(`[3]`)
+	_, err = j.append([]*stepflowv1.Blob{a})
+	require.NoError(t, err)
+	requireNotJournaled(t, j, a.GetId()) // not indexed yet
+	n, err := j.buildIndex()
+	require.NoError(t, err)
+	require.Equal(t, 1, n)
+	requireJournaled(t, j, a)
+
+	ep, err := j.append([]*stepflowv1.Blob{b, {Id: c.GetId(), Kind: "data"}})
+	require.NoError(t, err)
+	requireJournaled(t, j, b) // buffered: the read flushes it
+	requireNotJournaled(t, j, c.GetId())
+	require.NoError(t, j.sync(ep, true))
+
+	// A blob the journal has is not written again.
+	written := j.written
+	_, err = j.append([]*stepflowv1.Blob{hashedBlob(`{"a":1}`), c})
+	require.NoError(t, err)
+	require.Equal(t, written+1, j.written, "only c is new")
+	requireJournaled(t, j, c)
+
+	// A record of another id with the same first 16 bytes is not taken
+	// for the blob.
+	twin := []byte(a.GetId())
+	twin[63] ^= 1
+	requireNotJournaled(t, j, string(twin))
+	requireNotJournaled(t, j, "not an id")
+	require.NoError(t, j.close())
+
+	j2, err := openBlobJournal(dir, 0)
+	require.NoError(t, err)
+	n, err = j2.buildIndex()
+	require.NoError(t, err)
+	require.Equal(t, 3, n)
+	for _, x := range []*stepflowv1.Blob{a, b, c} {
+		requireJournaled(t, j2, x)
+	}
+	require.NoError(t, j2.close())
+}
+
+// A segment dropped after a write error keeps serving what was durable in
+// it; what was not is forgotten (its senders journal it again).
+func TestBlobJournalIndexAfterAWriteError(t *testing.T) {
+	j, err := openBlobJournal(t.TempDir(), 0)
+	require.NoError(t, err)
+	_, err = j.buildIndex()
+	require.NoError(t, err)
+	a, b := hashedBlob(`"durable"`), hashedBlob(`"lost"`)
+	ep, err := j.append([]*stepflowv1.Blob{a})
+	require.NoError(t, err)
+	require.NoError(t, j.sync(ep, true))
+
+	ro, err := os.Open(j.f.Name())
+	require.NoError(t, err)
+	j.mu.Lock()
+	good := j.f
+	j.f = ro
+	j.w.Reset(ro)
+	j.mu.Unlock()
+	ep, err = j.append([]*stepflowv1.Blob{b})
+	require.NoError(t, err)
+	require.Error(t, j.sync(ep, true))
+	require.NoError(t, good.Close())
+	requireJournaled(t, j, a)
+	requireNotJournaled(t, j, b.GetId())
+
+	ep, err = j.append([]*stepflowv1.Blob{b})
+	require.NoError(t, err, "journaled again")
+	require.NoError(t, j.sync(ep, true))
+	requireJournaled(t, j, b)
+	require.NoError(t, j.close())
+}
+
+// With a retention, deleted segments take their index entries with them,
+// and a blob whose record is old is written again rather than trusted to
+// a segment about to go.
+func TestBlobJournalIndexRetention(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	j, err := openBlobJournal(t.TempDir(), 4*time.Minute) // segments of a minute
+	require.NoError(t, err)
+	j.now = func() time.Time { return now }
+	_, err = j.buildIndex()
+	require.NoError(t, err)
+	a, b := hashedBlob(`"a"`), hashedBlob(`"b"`)
+	ep, err := j.append([]*stepflowv1.Blob{a, b})
+	require.NoError(t, err)
+	require.NoError(t, j.sync(ep, true))
+	now = now.Add(time.Minute)
+	ep, err = j.append([]*stepflowv1.Blob{a})
+	require.NoError(t, err)
+	require.NoError(t, j.sync(ep, true))
+	now = now.Add(90 * time.Second)
+	written := j.written
+	ep, err = j.append([]*stepflowv1.Blob{a}) // its record is 2.5 minutes old: written again
+	require.NoError(t, err)
+	require.NoError(t, j.sync(ep, true))
+	require.Equal(t, written+1, j.written)
+	for range 4 {
+		now = now.Add(time.Minute)
+		ep, err = j.append([]*stepflowv1.Blob{hashedBlob(fmt.Sprintf(`"%d"`, now.Unix()))})
+		require.NoError(t, err)
+		require.NoError(t, j.sync(ep, true))
+	}
+	requireNotJournaled(t, j, b.GetId()) // its segment is gone
+	requireJournaled(t, j, a)
 	require.NoError(t, j.close())
 }

@@ -45,17 +45,16 @@ type Coordinator struct {
 	ctx    context.Context // cancelled by Stop (cause ErrStopped)
 	cancel context.CancelCauseFunc
 
-	embedded  *queue.Embedded
-	nc        *nats.Conn
-	js        jetstream.JetStream
-	runStore  *queue.RunStore
-	flows     *queue.FlowStore
-	blobs     *queue.ObjectBlobStore
-	journal   *blobJournal        // blobs that must outlive the blob stream's async writes
-	replaying atomic.Bool         // a journal replay is under way
-	revoked   *sessionRevocations // the runs page's signed-out sessions
-	logins    loginLimiter
-	keys      idempotencyKeys
+	embedded *queue.Embedded
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	runStore *queue.RunStore
+	flows    *queue.FlowStore
+	blobs    *queue.ObjectBlobStore
+	journal  *blobJournal        // the blobs results refer to: durable with them, and served from here
+	revoked  *sessionRevocations // the runs page's signed-out sessions
+	logins   loginLimiter
+	keys     idempotencyKeys
 
 	listener net.Listener
 	httpSrv  *http.Server
@@ -219,7 +218,7 @@ func (c *Coordinator) Start(ctx context.Context) error {
 
 func (c *Coordinator) start(ctx context.Context) error {
 	cfg := c.cfg
-	journal, err := openBlobJournal(filepath.Join(cfg.DataDir, "blob-journal"), queue.DefaultBlobSyncWindow)
+	journal, err := openBlobJournal(filepath.Join(cfg.DataDir, "blob-journal"), c.queueConfig().BlobsTTL)
 	if err != nil {
 		return err
 	}

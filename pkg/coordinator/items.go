@@ -91,11 +91,6 @@ func (c *Coordinator) checkItems(ctx context.Context) {
 		return
 	}
 	recreated := c.setItemsIncarnation(inc)
-	if recreated {
-		// NATS came back without its memory storage; a power loss may
-		// have taken the blob stream's last writes too.
-		c.wg.Go(c.replayJournal)
-	}
 	for _, st := range c.attachedRuns() {
 		if ctx.Err() != nil {
 			return

@@ -94,6 +94,13 @@ func (c *Coordinator) lead(ctx context.Context) (err error) {
 		return fmt.Errorf("coordinator: %w", err)
 	}
 	c.setItemsIncarnation(inc)
+	// The journal serves the blobs workers deferred (with the results
+	// that refer to them): it is indexed before it is asked.
+	n, err := c.journal.buildIndex()
+	if err != nil {
+		return err
+	}
+	c.log.Debug("blob journal indexed", zap.Int("blobs", n))
 	// Results are taken before the runs are resumed: attaching a run may
 	// fail items (recoverExhausted), which goes through the aggregator.
 	agg, err := newAggregator(c)
@@ -120,11 +127,6 @@ func (c *Coordinator) lead(ctx context.Context) (err error) {
 		return err
 	}
 	c.wg.Go(c.watchItems)
-	if !c.journal.cleanStart {
-		// The last coordinator on this data dir did not stop cleanly:
-		// NATS may have lost blob writes with it (a power loss).
-		c.wg.Go(c.replayJournal)
-	}
 	return c.serveAPI()
 }
 

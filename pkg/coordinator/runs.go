@@ -1312,7 +1312,7 @@ func (c *Coordinator) loadFlow(ctx context.Context, id string) (*flow.Flow, stri
 	if !errors.Is(err, queue.ErrFlowNotFound) {
 		return nil, "", err
 	}
-	b, err := c.blobs.Get(ctx, id)
+	b, err := (journaledBlobs{c}).Get(ctx, id)
 	if errors.Is(err, blob.ErrNotFound) {
 		return nil, "", notFound
 	}

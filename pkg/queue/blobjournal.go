@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
@@ -224,7 +225,7 @@ func (s *ObjectBlobStore) UnjournaledBlobs(ctx context.Context, data []byte) ([]
 				return
 			}
 			seen[id] = struct{}{}
-			if s.tracker.has(id) {
+			if s.tracker.has(id) || s.isDeferred(id) {
 				ids = append(ids, id)
 			}
 		})
@@ -238,6 +239,12 @@ func (s *ObjectBlobStore) UnjournaledBlobs(ctx context.Context, data []byte) ([]
 			if inline+len(raw) <= maxInlineBlobBytes {
 				pb.Data = raw
 				inline += len(raw)
+			} else if s.isDeferred(id) {
+				// Too much to carry: the coordinator reads it from the
+				// blob stream, so it goes there first.
+				if err := s.publishDeferred(ctx, []blob.Blob{b}); err != nil {
+					return nil, err
+				}
 			}
 			out = append(out, pb)
 			queue = append(queue, raw)
@@ -255,8 +262,24 @@ func (s *ObjectBlobStore) BlobsJournaled(blobs []*stepflowv1.Blob) {
 	ids := make([]string, len(blobs))
 	for i, b := range blobs {
 		ids[i] = b.GetId()
+		if s.deferred != nil {
+			// The coordinator serves it now: keep it as read.
+			if d, ok := s.deferred.get(ids[i]); ok {
+				s.deferred.remove(ids[i])
+				s.cache.Add(d)
+			}
+		}
 	}
 	s.tracker.forget(ids)
+}
+
+// isDeferred reports a blob held deferred.
+func (s *ObjectBlobStore) isDeferred(id string) bool {
+	if s.deferred == nil {
+		return false
+	}
+	_, ok := s.deferred.get(id)
+	return ok
 }
 
 // JournalBlobs has the leading coordinator journal blobs (durably) and
@@ -300,4 +323,62 @@ func (s *ObjectBlobStore) ReadRaw(ctx context.Context, id string) ([]byte, blob.
 		return nil, "", err
 	}
 	return value.Marshal(b.Data), b.Kind, nil
+}
+
+// BlobGetSubject is where a process asks the leading coordinator for a
+// blob from its journal (the only copy of the small blobs workers put,
+// see WithDeferredPuts). It is under ResultSubjectPrefix, so the
+// permission to send results covers it; no run id looks like it.
+const BlobGetSubject = ResultSubjectPrefix + "blobget"
+
+// Headers of the answer to a blob get: the kind of the blob found, or
+// why there is none.
+const (
+	BlobKindHeader  = "Stepflow-Blob-Kind"
+	BlobErrorHeader = "Stepflow-Blob-Error"
+)
+
+// errBlobNotJournaled is BlobGetReply's err for a blob the journal does
+// not have.
+var errBlobNotJournaled = fmt.Errorf("%w: not in the coordinator's journal", blob.ErrNotFound)
+
+// BlobGetReply is the coordinator's answer to a blob get: the blob's JSON
+// and kind; found false when its journal has no such blob; or err.
+func BlobGetReply(raw []byte, kind blob.Kind, found bool, err error) *nats.Msg {
+	m := nats.NewMsg("")
+	switch {
+	case err != nil:
+		m.Header.Set(BlobErrorHeader, truncateHeader(err.Error()))
+	case !found:
+		m.Header.Set(BlobErrorHeader, "not found")
+	default:
+		m.Header.Set(BlobKindHeader, string(kind))
+		m.Data = raw
+	}
+	return m
+}
+
+// GetJournaledBlob asks the leading coordinator for a blob from its
+// journal: its JSON and kind, an error wrapping blob.ErrNotFound when the
+// journal does not have it, or why no answer came (nats.ErrNoResponders
+// while no coordinator leads, a timeout: Transient errors).
+func GetJournaledBlob(ctx context.Context, nc *nats.Conn, id string) ([]byte, blob.Kind, error) {
+	m, err := nc.RequestMsgWithContext(ctx, &nats.Msg{Subject: BlobGetSubject, Data: []byte(id)})
+	if err != nil {
+		return nil, "", fmt.Errorf("queue: ask the coordinator for blob %s: %w", id, err)
+	}
+	if reason := m.Header.Get(BlobErrorHeader); reason != "" {
+		if reason == "not found" {
+			return nil, "", fmt.Errorf("%w: %s", errBlobNotJournaled, id)
+		}
+		return nil, "", fmt.Errorf("queue: the coordinator could not read blob %s: %s", id, reason)
+	}
+	kind := blob.Kind(m.Header.Get(BlobKindHeader))
+	if !kind.Valid() {
+		return nil, "", fmt.Errorf("%w: answer to a blob get without a kind", ErrBadMessage)
+	}
+	if sum := sha256.Sum256(m.Data); hex.EncodeToString(sum[:]) != id {
+		return nil, "", fmt.Errorf("%w: the coordinator answered blob %s with other data", ErrBadMessage, id)
+	}
+	return m.Data, kind, nil
 }

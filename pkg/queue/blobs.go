@@ -66,6 +66,9 @@ type ObjectBlobStore struct {
 	replicated bool
 	// tracker remembers recent puts (WithPutTracking); nil: none.
 	tracker *putTracker
+	// deferred holds small puts not written yet (WithDeferredPuts); nil:
+	// every put is written.
+	deferred *deferredPuts
 }
 
 var _ blob.Store = (*ObjectBlobStore)(nil)
@@ -162,17 +165,29 @@ func (s *ObjectBlobStore) Put(ctx context.Context, kind blob.Kind, data value.Va
 	raw := value.Marshal(data)
 	sum := sha256.Sum256(raw)
 	id := hex.EncodeToString(sum[:])
-	k, known, err := s.put(ctx, id, kind, raw, sum)
+	deferred, err := s.putDeferred(ctx, id, kind, data, len(raw))
 	if err != nil {
-		return "", fmt.Errorf("queue: store blob %s (%d bytes): %w", id, len(raw), err)
+		return "", err
 	}
-	if known {
-		s.cache.Add(blob.Blob{ID: id, Kind: k, Data: data})
+	if !deferred {
+		k, known, err := s.put(ctx, id, kind, raw, sum)
+		if err != nil {
+			return "", fmt.Errorf("queue: store blob %s (%d bytes): %w", id, len(raw), err)
+		}
+		if known {
+			s.cache.Add(blob.Blob{ID: id, Kind: k, Data: data})
+		}
 	}
 	if s.tracker != nil {
 		s.tracker.add(id)
 	}
 	return id, nil
+}
+
+// putRaw writes a blob's JSON (raw, whose id is id) to the blob stream.
+func (s *ObjectBlobStore) putRaw(ctx context.Context, id string, kind blob.Kind, raw []byte) (blob.Kind, error) {
+	k, _, err := s.put(ctx, id, kind, raw, sha256.Sum256(raw))
+	return k, err
 }
 
 // objectMeta is an object's info as last read: seq 0 when it has none.
@@ -580,10 +595,26 @@ func (s *ObjectBlobStore) Get(ctx context.Context, id string) (blob.Blob, error)
 	if !blob.ValidID(id) {
 		return blob.Blob{}, fmt.Errorf("%w: malformed id %q", blob.ErrNotFound, id)
 	}
+	if s.deferred != nil {
+		if b, ok := s.deferred.get(id); ok {
+			return b, nil
+		}
+	}
 	if !blob.CacheBypassed(ctx) {
 		if b, ok := s.cache.Get(id); ok {
 			return b, nil
 		}
+	}
+	var journalErr error
+	if s.deferred != nil {
+		jctx, cancel := context.WithTimeout(ctx, journalGetTimeout)
+		b, found, err := s.getJournaled(jctx, id)
+		cancel()
+		if found {
+			s.cache.Add(b)
+			return b, nil
+		}
+		journalErr = err
 	}
 	raw, kind, err := s.read(ctx, id, false)
 	if errors.Is(err, errBlobIncomplete) || (s.replicated && errors.Is(err, blob.ErrNotFound)) {
@@ -591,6 +622,11 @@ func (s *ObjectBlobStore) Get(ctx context.Context, id string) (blob.Blob, error)
 		// served the info, or behind the leader that acknowledged the
 		// put (replicated streams): ask the leader.
 		raw, kind, err = s.read(ctx, id, true)
+	}
+	if errors.Is(err, blob.ErrNotFound) && journalErr != nil {
+		// The coordinator's journal may have it: the item waits for an
+		// answer rather than failing for a blob that exists.
+		return blob.Blob{}, fmt.Errorf("queue: get blob %s: %w", id, errCoordinatorUnreachable{journalErr})
 	}
 	if err != nil {
 		return blob.Blob{}, err
@@ -603,6 +639,9 @@ func (s *ObjectBlobStore) Get(ctx context.Context, id string) (blob.Blob, error)
 	s.cache.Add(b)
 	return b, nil
 }
+
+// journalGetTimeout bounds a read from the coordinator's journal.
+const journalGetTimeout = 5 * time.Second
 
 // read reads a blob by direct gets, or from the stream leader when leader
 // is set: its info (the last message on its info subject), then its

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"time"
 
@@ -298,7 +299,12 @@ func (w *Worker) handle(d delivery) (failed, acked bool, err error) {
 	}
 	// Blobs put here that the result refers to travel with it to the
 	// coordinator's journal.
-	if out.Blobs, err = w.blobs.UnjournaledBlobs(d.ctx, out.Result); err != nil {
+	refs := out.Result
+	if len(steps) > 0 {
+		// The steps view shows the blobs its steps put, too.
+		refs = append(append(slices.Clip(refs), ','), steps...)
+	}
+	if out.Blobs, err = w.blobs.UnjournaledBlobs(d.ctx, refs); err != nil {
 		return false, false, fmt.Errorf("send result %d of run %s: %w", it.GetIndex(), d.runID, err)
 	}
 	subject, data, err := queue.EncodeResult(d.ctx, w.nc, out, queue.ResultOptions{Subject: it.GetReplySubject(), Blobs: w.blobs})

@@ -352,8 +352,9 @@ func (w *Worker) tryOpenStores(ctx context.Context) error {
 	}
 	bs, err := queue.OpenBlobStore(ctx, w.js, queue.WithBlobCache(blob.NewCache(w.cfg.BlobCacheBytes)),
 		// Blobs put here travel with the results (or nested runs) that
-		// refer to them to the coordinator's journal (ItemResult.blobs).
-		queue.WithPutTracking(0))
+		// refer to them to the coordinator's journal (ItemResult.blobs),
+		// and small ones go nowhere else (the coordinator serves them).
+		queue.WithPutTracking(0), queue.WithDeferredPuts(w.nc))
 	if err != nil {
 		return err
 	}
@@ -403,6 +404,15 @@ func (w *Worker) cleanup() error {
 		if err := w.plugins.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("worker: close plugins: %w", err))
 		}
+	}
+	if w.blobs != nil && w.nc != nil {
+		// Blobs no result took to the coordinator's journal are written
+		// to the blob stream, in case their ids left by another way.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if err := w.blobs.FlushDeferred(ctx); err != nil {
+			w.log.Warn("cannot store the blobs no result referred to", zap.Int("blobs", w.blobs.DeferredBlobs()), zap.Error(err))
+		}
+		cancel()
 	}
 	if w.nc != nil {
 		if err := w.nc.FlushTimeout(5 * time.Second); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {

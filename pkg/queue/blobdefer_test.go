@@ -1,0 +1,149 @@
+package queue_test
+
+import (
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/nats-io/nats.go"
+	"github.com/stretchr/testify/require"
+
+	"github.com/stepflow-go/stepflow/pkg/blob"
+	"github.com/stepflow-go/stepflow/pkg/queue"
+	"github.com/stepflow-go/stepflow/pkg/value"
+	stepflowv1 "github.com/stepflow-go/stepflow/proto/stepflowv1"
+)
+
+// journalServer answers blob gets the way the leading coordinator does,
+// from the blobs given to it (the coordinator's side is tested in
+// pkg/coordinator).
+type journalServer struct {
+	mu    sync.Mutex
+	blobs map[string]*stepflowv1.Blob
+	gets  int
+}
+
+func serveJournal(t *testing.T, nc *nats.Conn) *journalServer {
+	t.Helper()
+	j := &journalServer{blobs: map[string]*stepflowv1.Blob{}}
+	sub, err := nc.Subscribe(queue.BlobGetSubject, func(m *nats.Msg) {
+		j.mu.Lock()
+		defer j.mu.Unlock()
+		j.gets++
+		b, ok := j.blobs[string(m.Data)]
+		_ = m.RespondMsg(queue.BlobGetReply(b.GetData(), blob.Kind(b.GetKind()), ok, nil))
+	})
+	require.NoError(t, err)
+	require.NoError(t, nc.Flush())
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	return j
+}
+
+func (j *journalServer) journal(blobs []*stepflowv1.Blob) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	for _, b := range blobs {
+		j.blobs[b.GetId()] = b
+	}
+}
+
+// A small data blob put through a deferring store is written nowhere: it
+// is read back from the store, travels with what refers to it, and is
+// read from the coordinator's journal by other stores once journaled.
+func TestDeferredPuts(t *testing.T) {
+	t.Parallel()
+	b := setup(t, true)
+	ctx := testCtx(t)
+	j := serveJournal(t, b.nc)
+	worker, err := queue.OpenBlobStore(ctx, b.js, queue.WithDeferredPuts(b.nc))
+	require.NoError(t, err)
+	plain, err := queue.OpenBlobStore(ctx, b.js)
+	require.NoError(t, err)
+	other, err := queue.OpenBlobStore(ctx, b.js, queue.WithDeferredPuts(b.nc))
+	require.NoError(t, err)
+
+	id, err := worker.Put(ctx, blob.KindData, value.MustParse(`{"a":1}`))
+	require.NoError(t, err)
+	require.Equal(t, 1, worker.DeferredBlobs())
+	got, err := worker.Get(ctx, id)
+	require.NoError(t, err)
+	require.JSONEq(t, `{"a":1}`, string(value.Marshal(got.Data)))
+	_, err = plain.Get(ctx, id)
+	require.ErrorIs(t, err, blob.ErrNotFound, "not in the blob stream")
+	_, err = other.Get(ctx, id)
+	require.ErrorIs(t, err, blob.ErrNotFound, "not journaled yet")
+
+	// A result that refers to it carries it, with its data.
+	carried, err := worker.UnjournaledBlobs(ctx, []byte(`{"kept":"`+id+`"}`))
+	require.NoError(t, err)
+	require.Len(t, carried, 1)
+	require.Equal(t, `{"a":1}`, string(carried[0].GetData()))
+	j.journal(carried)
+	worker.BlobsJournaled(carried)
+	require.Zero(t, worker.DeferredBlobs())
+	got, err = other.Get(ctx, id)
+	require.NoError(t, err, "served from the journal")
+	require.JSONEq(t, `{"a":1}`, string(value.Marshal(got.Data)))
+	_, err = plain.Get(ctx, id)
+	require.ErrorIs(t, err, blob.ErrNotFound, "still not in the blob stream")
+
+	// Flows, and blobs too large to carry inline, are written at once.
+	flowID, err := worker.Put(ctx, blob.KindFlow, value.MustParse(`{"steps":[]}`))
+	require.NoError(t, err)
+	big := value.MustParse(`"` + strings.Repeat("x", 300<<10) + `"`)
+	bigID, err := worker.Put(ctx, blob.KindData, big)
+	require.NoError(t, err)
+	require.Zero(t, worker.DeferredBlobs())
+	for _, id := range []string{flowID, bigID} {
+		_, err = plain.Get(ctx, id)
+		require.NoError(t, err, id)
+	}
+
+	// Blobs that together are too large to carry: those past the budget
+	// go to the blob stream first, and travel without their data.
+	var ids []string
+	for i := range 3 {
+		id, err := worker.Put(ctx, blob.KindData, value.MustParse(`"`+strings.Repeat(string(rune('a'+i)), 100<<10)+`"`))
+		require.NoError(t, err)
+		ids = append(ids, `"`+id+`"`)
+	}
+	require.Equal(t, 3, worker.DeferredBlobs())
+	carried, err = worker.UnjournaledBlobs(ctx, []byte(`[`+strings.Join(ids, ",")+`]`))
+	require.NoError(t, err)
+	require.Len(t, carried, 3)
+	require.NotEmpty(t, carried[0].GetData())
+	require.NotEmpty(t, carried[1].GetData())
+	require.Empty(t, carried[2].GetData())
+	_, err = plain.Get(ctx, carried[2].GetId())
+	require.NoError(t, err, "written before it travels without its data")
+	require.Equal(t, 2, worker.DeferredBlobs())
+
+	// What is left is written to the blob stream when the worker stops.
+	require.NoError(t, worker.FlushDeferred(ctx))
+	require.Zero(t, worker.DeferredBlobs())
+	for _, pb := range carried {
+		_, err = plain.Get(ctx, pb.GetId())
+		require.NoError(t, err)
+	}
+}
+
+// Without a coordinator to ask, a blob the blob stream does not have is
+// not reported missing (it may be in the journal): the error is
+// transient, and the item waits.
+func TestDeferredPutsWithoutCoordinator(t *testing.T) {
+	t.Parallel()
+	b := setup(t, true)
+	ctx := testCtx(t)
+	s, err := queue.OpenBlobStore(ctx, b.js, queue.WithDeferredPuts(b.nc))
+	require.NoError(t, err)
+	_, err = s.Get(ctx, blob.ID(value.MustParse(`{"nowhere":1}`)))
+	require.Error(t, err)
+	require.NotErrorIs(t, err, blob.ErrNotFound)
+	require.True(t, queue.Transient(err), "%v", err)
+	require.ErrorIs(t, err, nats.ErrNoResponders)
+
+	// With one that does not have it either, it is missing.
+	serveJournal(t, b.nc)
+	_, err = s.Get(ctx, blob.ID(value.MustParse(`{"nowhere":1}`)))
+	require.ErrorIs(t, err, blob.ErrNotFound)
+}
