@@ -33,8 +33,13 @@ import (
 // with the worker (kill -9); no acknowledged result refers to it, and
 // the items that put it run again.
 
-// maxDeferredBytes bounds the data of the deferred blobs of one store.
-const maxDeferredBytes = 64 << 20
+// maxDeferredBytes bounds the deferred blobs of one store: their JSON
+// plus deferredOverhead each, for the parsed value, the id and the
+// entry.
+const (
+	maxDeferredBytes = 64 << 20
+	deferredOverhead = 512
+)
 
 // deferredBlob is a blob put but not written anywhere yet.
 type deferredBlob struct {
@@ -75,6 +80,7 @@ func (d *deferredPuts) add(b blob.Blob, n int) bool {
 	if _, ok := d.blobs[b.ID]; ok {
 		return true
 	}
+	n += deferredOverhead
 	if d.bytes+n > maxDeferredBytes {
 		return false
 	}
@@ -101,13 +107,24 @@ func (d *deferredPuts) remove(id string) {
 		d.bytes -= e.n
 		delete(d.blobs, id)
 	}
-	// Drop the ids at the front that are gone, so order stays short.
+	// Drop the ids at the front that are gone, and compact the rest when
+	// most are gone (one blob nothing refers to holds the front for half
+	// the window), so that order stays about as long as blobs.
 	for len(d.order) > 0 {
 		if _, ok := d.blobs[d.order[0]]; ok {
 			break
 		}
 		d.order[0] = ""
 		d.order = d.order[1:]
+	}
+	if len(d.order) > 2*len(d.blobs)+1024 {
+		live := make([]string, 0, len(d.blobs))
+		for _, id := range d.order {
+			if _, ok := d.blobs[id]; ok {
+				live = append(live, id)
+			}
+		}
+		d.order = live
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/stretchr/testify/require"
@@ -146,4 +147,37 @@ func TestDeferredPutsWithoutCoordinator(t *testing.T) {
 	serveJournal(t, b.nc)
 	_, err = s.Get(ctx, blob.ID(value.MustParse(`{"nowhere":1}`)))
 	require.ErrorIs(t, err, blob.ErrNotFound)
+}
+
+// A deferred blob nothing carried for half the put-tracking window is
+// written to the blob stream by the next put; a result that refers to it
+// later still carries it (the tracker keeps it for the whole window).
+func TestDeferredPutsExpire(t *testing.T) {
+	t.Parallel()
+	b := setup(t, true)
+	ctx := testCtx(t)
+	serveJournal(t, b.nc)
+	s, err := queue.OpenBlobStore(ctx, b.js, queue.WithDeferredPuts(b.nc))
+	require.NoError(t, err)
+	plain, err := queue.OpenBlobStore(ctx, b.js)
+	require.NoError(t, err)
+	now := time.Now()
+	queue.SetDeferredClock(s, func() time.Time { return now })
+
+	old, err := s.Put(ctx, blob.KindData, value.MustParse(`"old"`))
+	require.NoError(t, err)
+	now = now.Add(queue.DefaultBlobSyncWindow/2 - time.Second)
+	_, err = s.Put(ctx, blob.KindData, value.MustParse(`"new"`))
+	require.NoError(t, err)
+	require.Equal(t, 2, s.DeferredBlobs(), "not old enough yet")
+	now = now.Add(2 * time.Second)
+	_, err = s.Put(ctx, blob.KindData, value.MustParse(`"newer"`))
+	require.NoError(t, err)
+	require.Equal(t, 2, s.DeferredBlobs())
+	got, err := plain.Get(ctx, old)
+	require.NoError(t, err, "written to the blob stream")
+	require.JSONEq(t, `"old"`, string(value.Marshal(got.Data)))
+	carried, err := s.UnjournaledBlobs(ctx, []byte(`["`+old+`"]`))
+	require.NoError(t, err)
+	require.Len(t, carried, 1, "still carried to the journal")
 }

@@ -31,3 +31,11 @@ func WrapRunStoreWriter(s *RunStore, wrap func(KVWriter) KVWriter) { s.b.w = wra
 
 // SetUnresponsiveClock replaces the clock of u.
 func SetUnresponsiveClock(u *Unresponsive, now func() time.Time) { u.now = now }
+
+// SetDeferredClock sets the clock of a store's deferred puts
+// (WithDeferredPuts).
+func SetDeferredClock(s *ObjectBlobStore, now func() time.Time) {
+	s.deferred.mu.Lock()
+	defer s.deferred.mu.Unlock()
+	s.deferred.now = now
+}
