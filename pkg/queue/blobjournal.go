@@ -263,11 +263,11 @@ func (s *ObjectBlobStore) BlobsJournaled(blobs []*stepflowv1.Blob) {
 	for i, b := range blobs {
 		ids[i] = b.GetId()
 		if s.deferred != nil {
-			// The coordinator serves it now: keep it as read.
-			if d, ok := s.deferred.get(ids[i]); ok {
-				s.deferred.remove(ids[i])
-				s.cache.Add(d)
-			}
+			// The coordinator serves it now. It is not kept in the cache
+			// either: a result's blob is seldom read again here, and a
+			// cache full of them costs the garbage collector more than
+			// the odd read from the coordinator costs.
+			s.deferred.remove(ids[i])
 		}
 	}
 	s.tracker.forget(ids)
