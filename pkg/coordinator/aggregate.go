@@ -80,6 +80,10 @@ type aggregator struct {
 	// journalDirty: blobs were journaled in this batch, from journalEpoch.
 	journalDirty bool
 	journalEpoch uint64
+	// written carries each batch, written to the logs, to the goroutine
+	// that makes it durable and answers it (syncer), so that the next
+	// batch is written while the disk syncs this one.
+	written chan *writtenBatch
 	// gone remembers runs whose results are dropped (finished or
 	// unknown), so that stragglers do not cost a record lookup each.
 	gone map[string]struct{}
@@ -96,7 +100,7 @@ func newAggregator(c *Coordinator) (*aggregator, error) {
 	actx, cancel := context.WithCancel(context.WithoutCancel(c.ctx))
 	a := &aggregator{
 		c: c, in: make(chan *resultReq, aggQueue), quit: make(chan struct{}), ctx: actx, stop: cancel,
-		touched: map[*runState]struct{}{}, gone: map[string]struct{}{},
+		touched: map[*runState]struct{}{}, gone: map[string]struct{}{}, written: make(chan *writtenBatch, 1),
 		countsDirty: map[*runState]struct{}{}, countsWake: make(chan struct{}, 1),
 	}
 	sub, err := queue.SubscribeResults(c.nc, a.receive)
@@ -245,6 +249,10 @@ func (a *aggregator) run() {
 	wg.Go(a.flushCountsLoop)
 	defer wg.Wait()
 	defer a.finishing.Wait()
+	var syncer sync.WaitGroup
+	syncer.Go(a.syncer)
+	defer syncer.Wait()
+	defer close(a.written)
 	for {
 		select {
 		case r := <-a.in:
@@ -431,8 +439,22 @@ func (a *aggregator) runFor(runID string) (*runState, error) {
 	return st, nil
 }
 
-// commit stores the batch, makes it durable, answers it, and finishes
-// the runs it completed.
+// writtenBatch is a batch whose results are written to their runs' logs
+// (and blobs to the journal), to be made durable and answered.
+type writtenBatch struct {
+	reqs    []*resultReq
+	touched map[*runState]struct{}
+	// failed are the runs whose log write failed.
+	failed       map[*runState]error
+	journal      bool
+	journalEpoch uint64
+}
+
+// commit writes the batch to the logs and hands it to the syncer, which
+// makes it durable and answers it while the next batch is written: a
+// result waits for one fsync that starts after its write, not for the
+// fsync of the batch before it too. At most one batch waits for the
+// syncer.
 func (a *aggregator) commit() {
 	if len(a.batch) == 0 {
 		return
@@ -440,12 +462,28 @@ func (a *aggregator) commit() {
 	for _, r := range a.batch {
 		a.handle(r)
 	}
-	failed, journalErr := a.syncAll()
-	if len(failed) == 0 && len(a.touched) > 0 {
+	wb := &writtenBatch{reqs: a.batch, touched: a.touched, failed: a.writeAll(), journal: a.journalDirty, journalEpoch: a.journalEpoch}
+	a.batch, a.touched, a.journalDirty = make([]*resultReq, 0, aggBatch), map[*runState]struct{}{}, false
+	a.written <- wb
+}
+
+// syncer makes each written batch durable, answers it, and finishes the
+// runs it completed, until run closes a.written.
+func (a *aggregator) syncer() {
+	for wb := range a.written {
+		a.finish(wb)
+	}
+}
+
+// finish makes a written batch durable, answers it, and finishes the
+// runs it completed.
+func (a *aggregator) finish(wb *writtenBatch) {
+	failed, journalErr := a.syncAll(wb)
+	if len(failed) == 0 && len(wb.touched) > 0 {
 		a.c.noteStored()
 	}
 	now := time.Now()
-	for _, r := range a.batch {
+	for _, r := range wb.reqs {
 		if r.err == nil && r.st != nil {
 			r.err = failed[r.st]
 		}
@@ -474,9 +512,7 @@ func (a *aggregator) commit() {
 			r.done <- r.err
 		}
 	}
-	clear(a.batch)
-	a.batch = a.batch[:0]
-	for st := range a.touched {
+	for st := range wb.touched {
 		if failed[st] != nil {
 			continue
 		}
@@ -497,23 +533,16 @@ func (a *aggregator) commit() {
 		a.countsDirty[st] = struct{}{}
 		a.countsMu.Unlock()
 	}
-	clear(a.touched)
 	select {
 	case a.countsWake <- struct{}{}:
 	default:
 	}
 }
 
-// syncAll makes the batch durable: the blob journal and each touched
-// run's log, their fsyncs in parallel (each is a wait on the disk, and
-// the disk takes them together). It returns the runs whose log could not
-// be synced, and the journal's error.
-func (a *aggregator) syncAll() (failed map[*runState]error, journalErr error) {
-	failed = map[*runState]error{}
-	journal := a.journalDirty
-	a.journalDirty = false
-	// Each run's results of the batch are written in one write first;
-	// readers see them once written.
+// writeAll writes each touched run's results of the batch in one write;
+// readers see them once written. It returns the runs whose write failed.
+func (a *aggregator) writeAll() map[*runState]error {
+	failed := map[*runState]error{}
 	for st := range a.touched {
 		logErr, slotErr := st.flush()
 		if slotErr != nil {
@@ -524,10 +553,20 @@ func (a *aggregator) syncAll() (failed map[*runState]error, journalErr error) {
 			failed[st] = fmt.Errorf("cannot store the results of run %s: %w", st.id, logErr)
 		}
 	}
+	return failed
+}
+
+// syncAll makes a written batch durable: the blob journal and each
+// touched run's log, their fsyncs in parallel (each is a wait on the
+// disk, and the disk takes them together). It returns the runs whose log
+// could not be written or synced, and the journal's error.
+func (a *aggregator) syncAll(wb *writtenBatch) (failed map[*runState]error, journalErr error) {
+	failed = wb.failed
+	journal := wb.journal
 	if !a.c.cfg.SyncResults {
 		if journal {
 			// Written to the kernel, like the result logs.
-			if err := a.c.journal.sync(a.journalEpoch, false); err != nil {
+			if err := a.c.journal.sync(wb.journalEpoch, false); err != nil {
 				journalErr = fmt.Errorf("cannot journal blobs: %w", err)
 			}
 		}
@@ -539,23 +578,23 @@ func (a *aggregator) syncAll() (failed map[*runState]error, journalErr error) {
 	)
 	// One fsync (the common case: one run, no blobs) needs no goroutine.
 	async := wg.Go
-	if len(a.touched)+btoi(journal) == 1 {
+	if len(wb.touched)+btoi(journal) == 1 {
 		async = func(f func()) { f() }
 	}
 	if journal {
 		async(func() {
-			if err := a.c.journal.sync(a.journalEpoch, true); err != nil {
+			if err := a.c.journal.sync(wb.journalEpoch, true); err != nil {
 				a.c.log.Error("cannot sync the blob journal; the results that refer to blobs are sent again", zap.Error(err))
 				journalErr = fmt.Errorf("cannot make blobs durable: %w", err)
 			}
 		})
 	}
-	for st := range a.touched {
+	for st := range wb.touched {
 		if failed[st] != nil {
 			continue
 		}
 		async(func() {
-			if err := st.sync(); err != nil {
+			if err := st.syncWritten(); err != nil {
 				a.c.noteStoreError("cannot sync results; their workers send them again", st.id, err)
 				mu.Lock()
 				failed[st] = fmt.Errorf("cannot make the results of run %s durable: %w", st.id, err)

@@ -287,6 +287,32 @@ func (s *runState) sync() error {
 	return s.log.sync()
 }
 
+// syncWritten makes durable what flush wrote before it, without holding
+// the run's lock during the fsync: the aggregator adds and writes the
+// next batch's results meanwhile. An fsync that fails because finish or
+// detach closed the log meanwhile counts if theirs covered the writes.
+func (s *runState) syncWritten() error {
+	s.mu.Lock()
+	l := s.log
+	if l == nil || !l.dirty {
+		s.mu.Unlock()
+		return nil
+	}
+	gen, f := l.flushGen, l.log
+	s.mu.Unlock()
+	err := f.Sync()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err == nil {
+		l.synced(gen)
+		return nil
+	}
+	if l.syncedGen >= gen {
+		return nil
+	}
+	return fmt.Errorf("coordinator: sync result log: %w", err)
+}
+
 // changes returns a channel closed at the next change.
 func (s *runState) changes() <-chan struct{} {
 	s.mu.Lock()

@@ -210,6 +210,9 @@ type resultLog struct {
 	seen []uint64
 	// dirty says records were written since the last sync.
 	dirty bool
+	// flushGen counts the flushes that wrote records, syncedGen the last
+	// of them an fsync covered.
+	flushGen, syncedGen uint64
 	// Records added and not yet written (flush): their bytes, from offset
 	// pendingAt (size counts them already), their indices (marked in
 	// seen) and index slots.
@@ -453,6 +456,7 @@ func (l *resultLog) flush() (forgotten []int, logErr, slotErr error) {
 	}
 	l.pending = l.pending[:0]
 	l.dirty = true
+	l.flushGen++
 	slotErr = l.writeSlots()
 	l.slots = l.slots[:0]
 	return forgotten, logErr, slotErr
@@ -489,11 +493,20 @@ func (l *resultLog) sync() error {
 	if !l.dirty {
 		return nil // a run's last commit synced it; finishing it needs no second fsync
 	}
+	gen := l.flushGen
 	if err := l.log.Sync(); err != nil {
 		return fmt.Errorf("coordinator: sync result log: %w", err)
 	}
-	l.dirty = false
+	l.synced(gen)
 	return nil
+}
+
+// synced records an fsync of the log that started after flush gen.
+func (l *resultLog) synced(gen uint64) {
+	l.syncedGen = max(l.syncedGen, gen)
+	if l.syncedGen == l.flushGen {
+		l.dirty = false
+	}
 }
 
 func (l *resultLog) close() error {

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	"github.com/stepflow-go/stepflow/pkg/config"
 	"github.com/stepflow-go/stepflow/pkg/plugin/builtin"
@@ -92,7 +94,15 @@ type Router struct {
 	routes []*route
 	// builtins names the plugins of type builtin.
 	builtins map[string]bool
+	// resolved remembers the targets of paths whose route has one rule
+	// and no condition (the common case): they do not depend on the
+	// input, and a step resolves its path for every item.
+	resolved  sync.Map // path -> Target
+	nResolved atomic.Int32
 }
+
+// maxResolved bounds the paths Router.resolved remembers.
+const maxResolved = 4096
 
 // NewRouter compiles the routes of cfg. Every rule must name a plugin of
 // cfg. Errors are *config.Error values placing the problem in the config
@@ -310,6 +320,9 @@ func (r *Router) UnknownBuiltin(path string) (string, bool) {
 // Resolve routes a step's component path and resolved input. Errors are
 // *RouteError.
 func (r *Router) Resolve(path string, input value.Value) (Target, error) {
+	if t, ok := r.resolved.Load(path); ok {
+		return t.(Target), nil
+	}
 	rt, params := r.find(path)
 	if rt == nil {
 		return Target{}, &RouteError{Path: path, Reason: fmt.Sprintf("no route matches component %s (%s)", path, r.describe())}
@@ -320,7 +333,13 @@ func (r *Router) Resolve(path string, input value.Value) (Target, error) {
 		if err != nil {
 			return Target{}, err
 		}
-		return Target{Plugin: rules[0].Plugin, Component: comp, Pattern: rt.cfg.Pattern, Rule: rules[0]}, nil
+		t := Target{Plugin: rules[0].Plugin, Component: comp, Pattern: rt.cfg.Pattern, Rule: rules[0]}
+		if r.nResolved.Load() < maxResolved {
+			if _, loaded := r.resolved.LoadOrStore(path, t); !loaded {
+				r.nResolved.Add(1)
+			}
+		}
+		return t, nil
 	}
 rules:
 	for _, rule := range rules {
