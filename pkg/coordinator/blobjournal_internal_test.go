@@ -113,6 +113,21 @@ func TestBlobJournalRotatesAndForgetsOldSegments(t *testing.T) {
 // A write error (a full disk) drops the segment: syncs of what it held
 // fail, so those blobs are journaled again by their senders, and the next
 // append starts a new segment: the journal recovers without a restart.
+// failWrites has the disk refuse the journal's next writes (here: a
+// read-only descriptor in place of its segment's); it returns the
+// segment's own descriptor, for the test to close.
+func failWrites(t *testing.T, j *blobJournal) *os.File {
+	t.Helper()
+	ro, err := os.Open(j.f.Name())
+	require.NoError(t, err)
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	good := j.f
+	j.f = ro
+	j.w.Reset(ro)
+	return good
+}
+
 func TestBlobJournalRecoversFromAWriteError(t *testing.T) {
 	dir := t.TempDir()
 	j, err := openBlobJournal(dir, time.Minute)
@@ -121,14 +136,7 @@ func TestBlobJournalRecoversFromAWriteError(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, j.sync(ep, true))
 
-	// The disk refuses the next write (here: a read-only descriptor).
-	ro, err := os.Open(j.f.Name())
-	require.NoError(t, err)
-	j.mu.Lock()
-	good := j.f
-	j.f = ro
-	j.w.Reset(ro)
-	j.mu.Unlock()
+	good := failWrites(t, j)
 	ep, err = j.append([]*stepflowv1.Blob{journalBlob(2)})
 	require.NoError(t, err, "buffered")
 	require.Error(t, j.sync(ep, true))
@@ -225,13 +233,7 @@ func TestBlobJournalIndexAfterAWriteError(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, j.sync(ep, true))
 
-	ro, err := os.Open(j.f.Name())
-	require.NoError(t, err)
-	j.mu.Lock()
-	good := j.f
-	j.f = ro
-	j.w.Reset(ro)
-	j.mu.Unlock()
+	good := failWrites(t, j)
 	ep, err = j.append([]*stepflowv1.Blob{b})
 	require.NoError(t, err)
 	require.Error(t, j.sync(ep, true))

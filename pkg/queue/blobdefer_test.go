@@ -88,6 +88,18 @@ func TestDeferredPuts(t *testing.T) {
 	_, err = plain.Get(ctx, id)
 	require.ErrorIs(t, err, blob.ErrNotFound, "still not in the blob stream")
 
+	// A flow put of a deferred data blob promotes it: written at once,
+	// and read as a flow.
+	promoted, err := worker.Put(ctx, blob.KindData, value.MustParse(`{"steps":[1]}`))
+	require.NoError(t, err)
+	require.Equal(t, 1, worker.DeferredBlobs())
+	_, err = worker.Put(ctx, blob.KindFlow, value.MustParse(`{"steps":[1]}`))
+	require.NoError(t, err)
+	require.Zero(t, worker.DeferredBlobs())
+	got, err = worker.Get(ctx, promoted)
+	require.NoError(t, err)
+	require.Equal(t, blob.KindFlow, got.Kind)
+
 	// Flows, and blobs too large to carry inline, are written at once.
 	flowID, err := worker.Put(ctx, blob.KindFlow, value.MustParse(`{"steps":[]}`))
 	require.NoError(t, err)

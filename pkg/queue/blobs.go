@@ -177,6 +177,11 @@ func (s *ObjectBlobStore) Put(ctx context.Context, kind blob.Kind, data value.Va
 		if known {
 			s.cache.Add(blob.Blob{ID: id, Kind: k, Data: data})
 		}
+		if s.deferred != nil {
+			// Stored now (a flow promotes a deferred data blob): reads
+			// go to the stream's copy, with its kind.
+			s.deferred.remove(id)
+		}
 	}
 	if s.tracker != nil {
 		s.tracker.add(id)
