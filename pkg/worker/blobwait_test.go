@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/stepflow-go/stepflow/pkg/blob"
+	"github.com/stepflow-go/stepflow/pkg/config"
 	"github.com/stepflow-go/stepflow/pkg/value"
 )
 
@@ -78,4 +79,23 @@ func TestWaitingBlobs(t *testing.T) {
 	}()
 	cancel()
 	require.ErrorIs(t, <-done, nats.ErrNoResponders)
+}
+
+// Deferred puts are off when SDK workers on other machines use this
+// worker's blob service (a nats plugin with listen): their next call may
+// reach another worker.
+func TestServesRemoteSDKWorkers(t *testing.T) {
+	for _, tc := range []struct {
+		cfg  string
+		want bool
+	}{
+		{"plugins:\n  builtin: {type: builtin}\nroutes: {}\n", false},
+		{"plugins:\n  py: {type: nats, url: \"nats://127.0.0.1:4222\", stream: T, command: python}\nroutes: {}\n", false},
+		{"plugins:\n  py: {type: nats, url: \"nats://127.0.0.1:4222\", stream: T, listen: \"127.0.0.1:7837\"}\nroutes: {}\n", true},
+	} {
+		cfg, err := config.Parse([]byte(tc.cfg), "")
+		require.NoError(t, err, tc.cfg)
+		require.Equal(t, tc.want, servesRemoteSDKWorkers(cfg), tc.cfg)
+	}
+	require.False(t, servesRemoteSDKWorkers(nil))
 }

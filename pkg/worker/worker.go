@@ -350,17 +350,40 @@ func (w *Worker) tryOpenStores(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	bs, err := queue.OpenBlobStore(ctx, w.js, queue.WithBlobCache(blob.NewCache(w.cfg.BlobCacheBytes)),
+	opts := []queue.BlobStoreOption{
+		queue.WithBlobCache(blob.NewCache(w.cfg.BlobCacheBytes)),
 		// Blobs put here travel with the results (or nested runs) that
-		// refer to them to the coordinator's journal (ItemResult.blobs),
-		// and small ones go nowhere else (the coordinator serves them).
-		queue.WithPutTracking(0), queue.WithDeferredPuts(w.nc))
+		// refer to them to the coordinator's journal (ItemResult.blobs).
+		queue.WithPutTracking(0),
+	}
+	if !servesRemoteSDKWorkers(w.cfg.StepflowConfig) {
+		// Small ones go nowhere else (the coordinator serves them). Not
+		// when SDK workers on other machines use this worker's blob
+		// service: they reach the workers behind one address, so a blob
+		// one of them holds must be readable through any other.
+		opts = append(opts, queue.WithDeferredPuts(w.nc))
+	}
+	bs, err := queue.OpenBlobStore(ctx, w.js, opts...)
 	if err != nil {
 		return err
 	}
 	w.runStore, w.flows, w.blobs = rs, newFlowCache(fs), bs
 	w.itemBlobs = waitingBlobs{store: bs, log: w.log.Named("blobs")}
 	return nil
+}
+
+// servesRemoteSDKWorkers reports a `type: nats` plugin with `listen`:
+// SDK workers on other machines call this worker's blob service.
+func servesRemoteSDKWorkers(cfg *config.Config) bool {
+	if cfg == nil {
+		return false
+	}
+	for _, p := range cfg.Plugins {
+		if p.Type == config.TypeNATS && p.NATS != nil && p.NATS.Listen != "" {
+			return true
+		}
+	}
+	return false
 }
 
 // run waits for Stop and shuts the worker down: stop fetching at once,
