@@ -277,16 +277,6 @@ func (s *runState) complete() bool {
 	return s.succeeded+s.failed >= s.total
 }
 
-// sync flushes the result store.
-func (s *runState) sync() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.log == nil {
-		return nil
-	}
-	return s.log.sync()
-}
-
 // syncWritten makes durable what flush wrote before it, without holding
 // the run's lock during the fsync: the aggregator adds and writes the
 // next batch's results meanwhile. An fsync that fails because finish or
