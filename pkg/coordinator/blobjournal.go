@@ -157,7 +157,9 @@ func (j *blobJournal) append(blobs []*stepflowv1.Blob) (epoch uint64, err error)
 	var hdr [8]byte
 	for _, b := range blobs {
 		key, keyed := indexKey(b.GetId())
-		if keyed && j.index != nil && len(b.GetData()) > 0 {
+		if keyed && j.index != nil && len(b.GetData()) > 0 && b.GetKind() != string(blob.KindFlow) {
+			// (A flow is always appended: the record it would skip may
+			// hold the same data as a data blob, and a flow wins.)
 			if loc, ok := j.index[key]; ok && j.freshLocked(loc, now) {
 				continue
 			}

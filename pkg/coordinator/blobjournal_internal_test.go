@@ -202,6 +202,14 @@ func TestBlobJournalIndexServesBlobs(t *testing.T) {
 	require.Equal(t, written+1, j.written, "only c is new")
 	requireJournaled(t, j, c)
 
+	// A flow is appended even where the data is journaled as a data
+	// blob: a flow wins.
+	asFlow := hashedBlob(`{"a":1}`)
+	asFlow.Kind = string(blob.KindFlow)
+	_, err = j.append([]*stepflowv1.Blob{asFlow})
+	require.NoError(t, err)
+	requireJournaled(t, j, asFlow)
+
 	// A record of another id with the same first 16 bytes is not taken
 	// for the blob.
 	twin := []byte(a.GetId())
@@ -214,8 +222,8 @@ func TestBlobJournalIndexServesBlobs(t *testing.T) {
 	require.NoError(t, err)
 	n, err = j2.buildIndex()
 	require.NoError(t, err)
-	require.Equal(t, 3, n)
-	for _, x := range []*stepflowv1.Blob{a, b, c} {
+	require.Equal(t, 4, n, "records indexed, the flow's included")
+	for _, x := range []*stepflowv1.Blob{asFlow, b, c} {
 		requireJournaled(t, j2, x)
 	}
 	require.NoError(t, j2.close())

@@ -193,3 +193,35 @@ func TestDeferredPutsExpire(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, carried, 1, "still carried to the journal")
 }
+
+// Reading without the cache asks for a blob's latest kind: the blob
+// stream, where flows are, is read before the coordinator's journal.
+func TestDeferredPutsBypassReadsTheStreamFirst(t *testing.T) {
+	t.Parallel()
+	b := setup(t, true)
+	ctx := testCtx(t)
+	j := serveJournal(t, b.nc)
+	s, err := queue.OpenBlobStore(ctx, b.js, queue.WithDeferredPuts(b.nc))
+	require.NoError(t, err)
+	plain, err := queue.OpenBlobStore(ctx, b.js)
+	require.NoError(t, err)
+	data := value.MustParse(`{"steps":[],"output":1}`)
+	id := blob.ID(data)
+	j.journal([]*stepflowv1.Blob{{Id: id, Kind: string(blob.KindData), Data: value.Marshal(data)}})
+	got, err := s.Get(ctx, id)
+	require.NoError(t, err)
+	require.Equal(t, blob.KindData, got.Kind, "journaled as data")
+
+	_, err = plain.Put(ctx, blob.KindFlow, data) // stored as a flow elsewhere since
+	require.NoError(t, err)
+	got, err = s.Get(blob.WithoutCache(ctx), id)
+	require.NoError(t, err)
+	require.Equal(t, blob.KindFlow, got.Kind)
+
+	// A blob only the journal has is still found without the cache.
+	other := value.MustParse(`"journal only"`)
+	j.journal([]*stepflowv1.Blob{{Id: blob.ID(other), Kind: string(blob.KindData), Data: value.Marshal(other)}})
+	got, err = s.Get(blob.WithoutCache(ctx), blob.ID(other))
+	require.NoError(t, err)
+	require.JSONEq(t, `"journal only"`, string(value.Marshal(got.Data)))
+}

@@ -610,16 +610,26 @@ func (s *ObjectBlobStore) Get(ctx context.Context, id string) (blob.Blob, error)
 			return b, nil
 		}
 	}
+	// With deferred puts, the coordinator's journal has what workers put.
+	// It is read first, except when the cache is bypassed: that asks for
+	// the blob's latest kind, and flows are in the blob stream, so the
+	// journal is read only when the stream does not have the blob.
 	var journalErr error
-	if s.deferred != nil {
+	fromJournal := func() (blob.Blob, bool) {
 		jctx, cancel := context.WithTimeout(ctx, journalGetTimeout)
+		defer cancel()
 		b, found, err := s.getJournaled(jctx, id)
-		cancel()
+		journalErr = err
 		if found {
 			s.cache.Add(b)
+		}
+		return b, found
+	}
+	bypass := blob.CacheBypassed(ctx)
+	if s.deferred != nil && !bypass {
+		if b, ok := fromJournal(); ok {
 			return b, nil
 		}
-		journalErr = err
 	}
 	raw, kind, err := s.read(ctx, id, false)
 	if errors.Is(err, errBlobIncomplete) || (s.replicated && errors.Is(err, blob.ErrNotFound)) {
@@ -627,6 +637,11 @@ func (s *ObjectBlobStore) Get(ctx context.Context, id string) (blob.Blob, error)
 		// served the info, or behind the leader that acknowledged the
 		// put (replicated streams): ask the leader.
 		raw, kind, err = s.read(ctx, id, true)
+	}
+	if s.deferred != nil && bypass && errors.Is(err, blob.ErrNotFound) {
+		if b, ok := fromJournal(); ok {
+			return b, nil
+		}
 	}
 	if errors.Is(err, blob.ErrNotFound) && journalErr != nil {
 		// The coordinator's journal may have it: the item waits for an
