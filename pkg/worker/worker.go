@@ -438,7 +438,11 @@ func (w *Worker) cleanup() error {
 		cancel()
 	}
 	if w.nc != nil {
-		if err := w.nc.FlushTimeout(5 * time.Second); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+		// Not while disconnected: nothing would reach a server, and the
+		// flush would only wait out its timeout.
+		if !w.nc.IsConnected() {
+			w.log.Warn("stopping while disconnected from NATS: acks and naks not sent yet are lost (their items are redelivered)")
+		} else if err := w.nc.FlushTimeout(5 * time.Second); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
 			w.log.Warn("flush before close", zap.Error(err))
 		}
 		w.nc.Close()
