@@ -15,6 +15,7 @@ import (
 	"github.com/stepflow-go/stepflow/pkg/blob"
 	"github.com/stepflow-go/stepflow/pkg/outcome"
 	"github.com/stepflow-go/stepflow/pkg/queue"
+	"github.com/stepflow-go/stepflow/pkg/value"
 	stepflowv1 "github.com/stepflow-go/stepflow/proto/stepflowv1"
 )
 
@@ -378,11 +379,11 @@ func (a *aggregator) journal(blobs []*stepflowv1.Blob) error {
 		if len(b.GetData()) > 0 {
 			continue
 		}
-		raw, kind, err := journaledBlobs{a.c}.readRaw(a.ctx, b.GetId())
+		got, err := journaledBlobs{a.c}.Get(a.ctx, b.GetId())
 		if err != nil {
 			return err
 		}
-		b.Data, b.Kind = raw, string(kind)
+		b.Data, b.Kind = value.Marshal(got.Data), string(got.Kind)
 	}
 	epoch, err := a.c.journal.append(blobs)
 	if err != nil {

@@ -631,15 +631,6 @@ func (b journaledBlobs) Get(ctx context.Context, id string) (blob.Blob, error) {
 	return b.c.blobs.Get(ctx, id)
 }
 
-// readRaw is Get's JSON, for journaling a blob that came without it.
-func (b journaledBlobs) readRaw(ctx context.Context, id string) ([]byte, blob.Kind, error) {
-	raw, kind, found, err := b.c.journal.get(id)
-	if found && err == nil {
-		return raw, kind, nil
-	}
-	return b.c.blobs.ReadRaw(ctx, id)
-}
-
 // journalBlobs journals blobs and, with SyncResults, makes them durable.
 func (c *Coordinator) journalBlobs(blobs []*stepflowv1.Blob) error {
 	epoch, err := c.journal.append(blobs)

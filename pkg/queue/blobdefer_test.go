@@ -48,6 +48,22 @@ func (j *journalServer) journal(blobs []*stepflowv1.Blob) {
 	}
 }
 
+// deferring opens a store with deferred puts on b, as workers do.
+func deferring(t *testing.T, b *bundle) *queue.ObjectBlobStore {
+	t.Helper()
+	s, err := queue.OpenBlobStore(testCtx(t), b.js, queue.WithDeferredPuts(b.nc))
+	require.NoError(t, err)
+	return s
+}
+
+// streamOnly opens a store that reads and writes the blob stream only.
+func streamOnly(t *testing.T, b *bundle) *queue.ObjectBlobStore {
+	t.Helper()
+	s, err := queue.OpenBlobStore(testCtx(t), b.js)
+	require.NoError(t, err)
+	return s
+}
+
 // A small data blob put through a deferring store is written nowhere: it
 // is read back from the store, travels with what refers to it, and is
 // read from the coordinator's journal by other stores once journaled.
@@ -56,12 +72,7 @@ func TestDeferredPuts(t *testing.T) {
 	b := setup(t, true)
 	ctx := testCtx(t)
 	j := serveJournal(t, b.nc)
-	worker, err := queue.OpenBlobStore(ctx, b.js, queue.WithDeferredPuts(b.nc))
-	require.NoError(t, err)
-	plain, err := queue.OpenBlobStore(ctx, b.js)
-	require.NoError(t, err)
-	other, err := queue.OpenBlobStore(ctx, b.js, queue.WithDeferredPuts(b.nc))
-	require.NoError(t, err)
+	worker, plain, other := deferring(t, b), streamOnly(t, b), deferring(t, b)
 
 	id, err := worker.Put(ctx, blob.KindData, value.MustParse(`{"a":1}`))
 	require.NoError(t, err)
@@ -147,9 +158,8 @@ func TestDeferredPutsWithoutCoordinator(t *testing.T) {
 	t.Parallel()
 	b := setup(t, true)
 	ctx := testCtx(t)
-	s, err := queue.OpenBlobStore(ctx, b.js, queue.WithDeferredPuts(b.nc))
-	require.NoError(t, err)
-	_, err = s.Get(ctx, blob.ID(value.MustParse(`{"nowhere":1}`)))
+	s := deferring(t, b)
+	_, err := s.Get(ctx, blob.ID(value.MustParse(`{"nowhere":1}`)))
 	require.Error(t, err)
 	require.NotErrorIs(t, err, blob.ErrNotFound)
 	require.True(t, queue.Transient(err), "%v", err)
@@ -169,10 +179,7 @@ func TestDeferredPutsExpire(t *testing.T) {
 	b := setup(t, true)
 	ctx := testCtx(t)
 	serveJournal(t, b.nc)
-	s, err := queue.OpenBlobStore(ctx, b.js, queue.WithDeferredPuts(b.nc))
-	require.NoError(t, err)
-	plain, err := queue.OpenBlobStore(ctx, b.js)
-	require.NoError(t, err)
+	s, plain := deferring(t, b), streamOnly(t, b)
 	now := time.Now()
 	queue.SetDeferredClock(s, func() time.Time { return now })
 
@@ -201,10 +208,7 @@ func TestDeferredPutsBypassReadsTheStreamFirst(t *testing.T) {
 	b := setup(t, true)
 	ctx := testCtx(t)
 	j := serveJournal(t, b.nc)
-	s, err := queue.OpenBlobStore(ctx, b.js, queue.WithDeferredPuts(b.nc))
-	require.NoError(t, err)
-	plain, err := queue.OpenBlobStore(ctx, b.js)
-	require.NoError(t, err)
+	s, plain := deferring(t, b), streamOnly(t, b)
 	data := value.MustParse(`{"steps":[],"output":1}`)
 	id := blob.ID(data)
 	j.journal([]*stepflowv1.Blob{{Id: id, Kind: string(blob.KindData), Data: value.Marshal(data)}})

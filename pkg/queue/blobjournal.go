@@ -314,17 +314,6 @@ func DecodeBlobJournal(data []byte) (*stepflowv1.BlobJournal, error) {
 	return j, nil
 }
 
-// ReadRaw returns a blob's stored JSON and kind, for the coordinator to
-// journal a blob that came without its data. The content is checked
-// against the id.
-func (s *ObjectBlobStore) ReadRaw(ctx context.Context, id string) ([]byte, blob.Kind, error) {
-	b, err := s.Get(ctx, id)
-	if err != nil {
-		return nil, "", err
-	}
-	return value.Marshal(b.Data), b.Kind, nil
-}
-
 // BlobGetSubject is where a process asks the leading coordinator for a
 // blob from its journal (the only copy of the small blobs workers put,
 // see WithDeferredPuts). It is under ResultSubjectPrefix, so the
