@@ -292,6 +292,7 @@ func (c *Coordinator) start(ctx context.Context) error {
 		defer cancel()
 	}
 	copts.Name = "stepflow-coordinator"
+	copts.InboxPrefix = cmp.Or(copts.InboxPrefix, queue.CoordinatorInboxPrefix)
 	copts.Logger = cfg.Logger
 	nc, js, err := queue.Connect(connectCtx, url, copts)
 	if err != nil {

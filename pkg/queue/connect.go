@@ -39,6 +39,15 @@ type ConnectOptions struct {
 	// TLS), and require TLS.
 	TLSCertFile, TLSKeyFile string
 
+	// InboxPrefix is the first token(s) of the subjects the server
+	// replies to this client on: JetStream API answers, pulled items,
+	// watches' deliveries, request replies. A client reads only replies
+	// under it, so a NATS user allowed to subscribe to its own prefix only
+	// sees nothing of other clients' replies (deploy/k8s/base/nats/auth.conf).
+	// Default nats.go's "_INBOX"; the coordinator and the workers set
+	// CoordinatorInboxPrefix and WorkerInboxPrefix.
+	InboxPrefix string
+
 	// InProcess connects to an in-process server (an *Embedded) without
 	// TCP; the URL is then ignored.
 	InProcess nats.InProcessConnProvider
@@ -169,6 +178,12 @@ func Connect(ctx context.Context, url string, opts ConnectOptions) (*nats.Conn, 
 			return nil, nil, fmt.Errorf("%w: a client certificate needs both TLSCertFile and TLSKeyFile", ErrInvalidConfig)
 		}
 		no = append(no, nats.ClientCert(opts.TLSCertFile, opts.TLSKeyFile))
+	}
+	if opts.InboxPrefix != "" {
+		if !ValidInboxPrefix(opts.InboxPrefix) {
+			return nil, nil, fmt.Errorf("%w: inbox prefix %q: use subject tokens (letters, digits, _ and -) separated by dots, without wildcards", ErrInvalidConfig, opts.InboxPrefix)
+		}
+		no = append(no, nats.CustomInboxPrefix(opts.InboxPrefix))
 	}
 	if opts.InProcess != nil {
 		no = append(no, nats.InProcessServer(opts.InProcess))

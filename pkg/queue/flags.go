@@ -12,15 +12,16 @@ type FlagSet interface {
 
 // Environment variables of the NATS client flags (RegisterConnectFlags).
 const (
-	EnvNATSURL      = "STEPFLOW_NATS_URL"
-	EnvNATSUser     = "STEPFLOW_NATS_USER"
-	EnvNATSPassword = "STEPFLOW_NATS_PASSWORD"
-	EnvNATSToken    = "STEPFLOW_NATS_TOKEN"
-	EnvNATSNKey     = "STEPFLOW_NATS_NKEY"
-	EnvNATSCreds    = "STEPFLOW_NATS_CREDS"
-	EnvNATSTLSCA    = "STEPFLOW_NATS_TLS_CA"
-	EnvNATSTLSCert  = "STEPFLOW_NATS_TLS_CERT"
-	EnvNATSTLSKey   = "STEPFLOW_NATS_TLS_KEY"
+	EnvNATSURL         = "STEPFLOW_NATS_URL"
+	EnvNATSUser        = "STEPFLOW_NATS_USER"
+	EnvNATSPassword    = "STEPFLOW_NATS_PASSWORD"
+	EnvNATSToken       = "STEPFLOW_NATS_TOKEN"
+	EnvNATSNKey        = "STEPFLOW_NATS_NKEY"
+	EnvNATSCreds       = "STEPFLOW_NATS_CREDS"
+	EnvNATSTLSCA       = "STEPFLOW_NATS_TLS_CA"
+	EnvNATSTLSCert     = "STEPFLOW_NATS_TLS_CERT"
+	EnvNATSTLSKey      = "STEPFLOW_NATS_TLS_KEY"
+	EnvNATSInboxPrefix = "STEPFLOW_NATS_INBOX_PREFIX"
 )
 
 // Environment variables of the embedded server's flags
@@ -44,6 +45,9 @@ const (
 //	--nats-creds                   credentials file (user JWT + seed)
 //	--nats-tls-ca                  CA of the server certificate (requires TLS)
 //	--nats-tls-cert, --nats-tls-key client certificate (mutual TLS)
+//	--nats-inbox-prefix            the subjects replies come on (default: the
+//	                               process's own, CoordinatorInboxPrefix or
+//	                               WorkerInboxPrefix)
 //
 // Secrets are better passed in the environment than as flags, which every
 // user of the machine sees in the process list.
@@ -56,6 +60,7 @@ func RegisterConnectFlags(fs FlagSet, o *ConnectOptions, getenv func(string) str
 	fs.StringVar(&o.TLSCAFile, "nats-tls-ca", getenv(EnvNATSTLSCA), "CA of the NATS server certificate; requires TLS (env "+EnvNATSTLSCA+")")
 	fs.StringVar(&o.TLSCertFile, "nats-tls-cert", getenv(EnvNATSTLSCert), "client certificate for mutual TLS with NATS (env "+EnvNATSTLSCert+")")
 	fs.StringVar(&o.TLSKeyFile, "nats-tls-key", getenv(EnvNATSTLSKey), "client key for mutual TLS with NATS (env "+EnvNATSTLSKey+")")
+	fs.StringVar(&o.InboxPrefix, "nats-inbox-prefix", getenv(EnvNATSInboxPrefix), "prefix of the subjects NATS replies to this process on; the NATS user must be allowed to subscribe under it (default "+CoordinatorInboxPrefix+" for a coordinator, "+WorkerInboxPrefix+" for a worker; env "+EnvNATSInboxPrefix+")")
 }
 
 // RegisterEmbeddedFlags registers the flags that make an embedded NATS

@@ -65,6 +65,18 @@ const (
 	// max-deliveries advisories of every run consumer.
 	MaxDeliveriesAdvisories = MaxDeliveriesAdvisoryPrefix + "*"
 
+	// CoordinatorInboxPrefix is the inbox prefix of the coordinators'
+	// connections (ConnectOptions.InboxPrefix): no worker or SDK user may
+	// subscribe to it, so none reads the coordinator's JetStream answers.
+	CoordinatorInboxPrefix = "_INBOX_stepflow_coordinator"
+	// WorkerInboxPrefix is the default inbox prefix of the workers'
+	// connections: the worker user of auth.conf may subscribe under it
+	// only, and the SDK user (whose clients keep nats' "_INBOX") not at
+	// all. A worker with a NATS user of its own takes a prefix under it
+	// (--nats-inbox-prefix _INBOX_stepflow_worker.w1, say) that only that
+	// user may read, and then no other worker reads its replies.
+	WorkerInboxPrefix = "_INBOX_stepflow_worker"
+
 	// MetaBlobKind is the object-metadata key holding a blob's kind in
 	// BucketBlobs.
 	MetaBlobKind = "stepflow-blob-kind"
@@ -150,6 +162,26 @@ func RunIDFromConsumer(name string) (string, bool) {
 // maxRunIDLen bounds run ids: they appear in subjects, consumer names (at
 // most 255 characters in JetStream, minus the prefix) and KV keys.
 const maxRunIDLen = 200
+
+// ValidInboxPrefix reports whether p can be a connection's inbox prefix:
+// one or more subject tokens of letters, digits, '_' and '-', separated
+// by dots.
+func ValidInboxPrefix(p string) bool {
+	if p == "" {
+		return false
+	}
+	for tok := range strings.SplitSeq(p, ".") {
+		if tok == "" {
+			return false
+		}
+		for i := range len(tok) {
+			if c := tok[i]; !keyChar(c) || c == '=' || c == '/' {
+				return false
+			}
+		}
+	}
+	return true
+}
 
 // ValidateRunID returns an error wrapping ErrInvalidRunID unless id can be
 // used as a subject token, a consumer name and a KV key: 1 to 200

@@ -48,6 +48,15 @@ func TestNames(t *testing.T) {
 	for _, bad := range []string{"", "a.b", "a*", "a>", "a b", "a/b", strings.Repeat("x", 201)} {
 		require.ErrorIs(t, queue.ValidateRunID(bad), queue.ErrInvalidRunID, bad)
 	}
+
+	for _, good := range []string{queue.CoordinatorInboxPrefix, queue.WorkerInboxPrefix, "_INBOX", "_INBOX_stepflow_worker.w-1", "a.b.c"} {
+		require.True(t, queue.ValidInboxPrefix(good), good)
+	}
+	for _, bad := range []string{"", "a.", ".a", "a..b", "a.*", "a.>", "a b", "a=b", "a/b", "_INBOX.é"} {
+		require.False(t, queue.ValidInboxPrefix(bad), bad)
+	}
+	_, _, err = queue.Connect(context.Background(), "nats://127.0.0.1:1", queue.ConnectOptions{InboxPrefix: "a.>"})
+	require.ErrorIs(t, err, queue.ErrInvalidConfig)
 }
 
 func TestProvisionIdempotent(t *testing.T) {

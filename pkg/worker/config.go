@@ -172,6 +172,7 @@ func (c Config) WithDefaults() Config {
 		c.Logger = zap.NewNop()
 	}
 	c.NATS.Name = cmp.Or(c.NATS.Name, "stepflow-worker-"+c.WorkerID)
+	c.NATS.InboxPrefix = cmp.Or(c.NATS.InboxPrefix, queue.WorkerInboxPrefix)
 	if c.NATS.Logger == nil {
 		c.NATS.Logger = c.Logger
 	}

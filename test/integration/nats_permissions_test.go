@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -165,4 +166,162 @@ func violations(logs *observer.ObservedLogs) []string {
 		}
 	}
 	return out
+}
+
+// snooper is a client that subscribes to every subject it names and
+// counts what reaches it, or the permissions violation each subscription
+// got.
+type snooper struct {
+	t      *testing.T
+	nc     *nats.Conn
+	mu     sync.Mutex
+	got    map[string]int // subscription subject -> messages received
+	denied chan string    // subjects whose subscription was refused
+}
+
+func newSnooper(t *testing.T, url, user, password string, subjects ...string) *snooper {
+	t.Helper()
+	s := &snooper{t: t, got: map[string]int{}, denied: make(chan string, 16)}
+	nc, err := nats.Connect(url, nats.UserInfo(user, password),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			if errors.Is(err, nats.ErrPermissionViolation) {
+				for _, subj := range subjects {
+					if strings.Contains(err.Error(), `"`+subj+`"`) {
+						s.denied <- subj
+					}
+				}
+			}
+		}))
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	s.nc = nc
+	for _, subj := range subjects {
+		_, err := nc.Subscribe(subj, func(*nats.Msg) {
+			s.mu.Lock()
+			s.got[subj]++
+			s.mu.Unlock()
+		})
+		require.NoError(t, err)
+	}
+	// The server has every subscription (or refused it) once the flush
+	// returns.
+	require.NoError(t, nc.Flush())
+	return s
+}
+
+// received is the number of messages the subscription to subj got.
+func (s *snooper) received(subj string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.got[subj]
+}
+
+// requireDenied waits for the server to refuse the subscriptions to
+// subjects, in any order.
+func (s *snooper) requireDenied(subjects ...string) {
+	s.t.Helper()
+	want := map[string]bool{}
+	for _, subj := range subjects {
+		want[subj] = true
+	}
+	deadline := time.After(10 * time.Second)
+	for len(want) > 0 {
+		select {
+		case subj := <-s.denied:
+			delete(want, subj)
+		case <-deadline:
+			s.t.Fatalf("no permissions violation reported for the subscriptions to %v", want)
+		}
+	}
+}
+
+// TestNATSRepliesArePrivate: with auth.conf's users, no client logged in
+// as a worker or an SDK user reads another process's replies (results'
+// answers, pulled items, run records, blobs, JetStream API answers, the
+// run API's answers). The server gets the shipped file plus two workers
+// with users of their own, as its comment describes; worker-1 runs the
+// batch-processor example (nested runs) and the hello example (blobs)
+// while worker-2, the shared worker user and the SDK user subscribe to
+// every inbox they can. A coordinator-user subscription to the same
+// inboxes is the control: the traffic was there to be seen.
+func TestNATSRepliesArePrivate(t *testing.T) {
+	skipShort(t)
+	t.Parallel()
+	requireVenvs(t)
+	dir := t.TempDir()
+	shipped, err := os.ReadFile(filepath.Join(repoRoot, "deploy", "k8s", "base", "nats", "auth.conf"))
+	require.NoError(t, err)
+	conf := strings.NewReplacer("$NATS_COORDINATOR_PASSWORD", `"coord-pw"`, "$NATS_WORKER_PASSWORD", `"worker-pw"`, "$NATS_SDK_PASSWORD", `"sdk-pw"`).Replace(string(shipped))
+	// Two users of their own, each the worker user with its subscribe
+	// permission narrowed to its prefix.
+	start := strings.Index(conf, "      user: worker\n")
+	require.Positive(t, start)
+	start = strings.LastIndex(conf[:start], "    {\n")
+	end := strings.Index(conf[start:], "\n    }\n")
+	require.Positive(t, end)
+	block := conf[start : start+end+len("\n    }\n")]
+	require.Contains(t, block, `allow: ["_INBOX_stepflow_worker.>"]`)
+	own := func(n string) string {
+		return strings.NewReplacer("user: worker\n", "user: worker-"+n+"\n", `"worker-pw"`, `"w`+n+`-pw"`,
+			`allow: ["_INBOX_stepflow_worker.>"]`, `allow: ["_INBOX_stepflow_worker.w`+n+`.>"]`).Replace(block)
+	}
+	conf = strings.Replace(conf, block, block+own("1")+own("2"), 1)
+	path := filepath.Join(dir, "auth.conf")
+	require.NoError(t, os.WriteFile(path, []byte(conf), 0o600))
+
+	core, serverLogs := observer.New(zapcore.InfoLevel)
+	srv := queue.NewEmbedded(queue.EmbeddedConfig{StoreDir: t.TempDir(), ConfigFile: path, Logger: zap.New(core)})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	require.NoError(t, srv.Start(ctx))
+	t.Cleanup(srv.Shutdown)
+	url := srv.ClientURL()
+
+	c := startCoordinator(t, []string{"STEPFLOW_NATS_PASSWORD=coord-pw"},
+		"--nats-url", url, "--nats-user", "coordinator", "--log-level", "warn")
+
+	const (
+		everyWorker = "_INBOX_stepflow_worker.>"
+		worker1     = "_INBOX_stepflow_worker.w1.>"
+		worker2     = "_INBOX_stepflow_worker.w2.>"
+		coordinator = "_INBOX_stepflow_coordinator.>"
+		natsDefault = "_INBOX.>"
+	)
+	other := newSnooper(t, url, "worker-2", "w2-pw", worker2, worker1, everyWorker, coordinator, natsDefault, ">")
+	other.requireDenied(worker1, everyWorker, coordinator, natsDefault, ">")
+	shared := newSnooper(t, url, "worker", "worker-pw", coordinator, natsDefault, ">")
+	shared.requireDenied(coordinator, natsDefault, ">")
+	sdk := newSnooper(t, url, "sdk", "sdk-pw", natsDefault, everyWorker, coordinator)
+	sdk.requireDenied(everyWorker, coordinator)
+	control := newSnooper(t, url, "coordinator", "coord-pw", worker1, coordinator)
+
+	worker, workerLogs := startWorkerCmd(t, []string{"STEPFLOW_NATS_PASSWORD=w1-pw", "STEPFLOW_BLOB_CACHE_BYTES=0"},
+		"--nats-url", url, "--nats-user", "worker-1", "--nats-inbox-prefix", "_INBOX_stepflow_worker.w1",
+		"--concurrency", "2", "--config", "examples/batch-processor/stepflow-config.yml")
+	code, out, stderr := runStepflow(t, nil, "submit", "--url", c.URL(), "--quiet",
+		"--flow", "examples/batch-processor/main-workflow.yaml", "--inputs", "examples/batch-processor/inputs.jsonl")
+	require.Equal(t, 0, code, stderr)
+	require.Equal(t, batchProcessorWant, lines(out))
+	submitHello(t, c.URL())
+	stopProcess(worker)
+	require.True(t, worker.ProcessState.Success(), "the worker exits 0 after SIGTERM")
+	require.NotContains(t, workerLogs.String(), "ERROR")
+	var needed []string
+	for _, v := range violations(serverLogs) {
+		if strings.Contains(v, "user:worker-1") || strings.Contains(v, "user:coordinator") {
+			needed = append(needed, v)
+		}
+	}
+	require.Empty(t, needed, "worker-1 or the coordinator needed a subject its user does not grant")
+
+	// Every message anyone could have seen was sent before the worker
+	// stopped; a round trip through the server makes sure each snooper
+	// got what was routed to it.
+	for _, s := range []*snooper{other, shared, sdk, control} {
+		require.NoError(t, s.nc.Flush())
+	}
+	require.Positive(t, control.received(worker1), "the worker's inbox carried nothing: the test proves nothing")
+	require.Positive(t, control.received(coordinator), "the coordinator's inbox carried nothing: the test proves nothing")
+	require.Zero(t, other.received(worker2), "worker-2 read replies that were not its own")
+	require.Zero(t, sdk.received(natsDefault), "the SDK user read a stepflow process's replies")
 }

@@ -10,6 +10,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
+
+	sfqueue "github.com/stepflow-go/stepflow/pkg/queue"
 )
 
 // defaultConsumer is the SDK's default durable consumer name.
@@ -46,7 +48,10 @@ func subject(stream string) string { return stream + ".tasks" }
 // nested runs and blobs still reach this plugin's gRPC services.
 func (p *Plugin) startNATS(ctx context.Context) error {
 	n := p.cfg.nats
-	nc, err := nats.Connect(n.URL, nats.Name("stepflow plugin "+p.name), nats.MaxReconnects(-1))
+	// The worker's inbox prefix: the plugin's connection logs in as the
+	// worker user, which may read replies under that prefix only.
+	nc, err := nats.Connect(n.URL, nats.Name("stepflow plugin "+p.name), nats.MaxReconnects(-1),
+		nats.CustomInboxPrefix(sfqueue.WorkerInboxPrefix))
 	if err != nil {
 		return fmt.Errorf("connect to NATS at %s: %w", redactURL(n.URL), err)
 	}
