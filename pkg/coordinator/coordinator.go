@@ -92,6 +92,11 @@ type Coordinator struct {
 
 	itemsMu  sync.Mutex
 	itemsInc queue.ItemsIncarnation // the items stream the runs were published to
+	// itemsLast is the highest last sequence of itemsInc read so far.
+	itemsLast uint64
+	// itemsBehindChecks counts the checks in a row that found the items
+	// stream behind what was read of it before.
+	itemsBehindChecks int
 
 	mu        sync.Mutex
 	runs      map[string]*runState     // running runs attached to this coordinator

@@ -17,6 +17,10 @@ func (c *Coordinator) JournaledBlobs() (map[string]bool, error) {
 	return ids, err
 }
 
+// SawItemsLastSeq makes the coordinator believe it read seq as the items
+// stream's last sequence: a stream found below it went back.
+func (c *Coordinator) SawItemsLastSeq(seq uint64) { c.noteItemsLastSeq(seq) }
+
 // RoutePatterns returns the patterns Handler registers, in order.
 func (c *Coordinator) RoutePatterns() []string {
 	var r patternRecorder

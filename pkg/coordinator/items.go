@@ -23,6 +23,10 @@ import (
 //
 //   - a new incarnation of the stream (queue.ItemsIncarnation: created
 //     anew, or missing and created here), which lost every item;
+//   - a stream that went back: its last sequence below one read before,
+//     or below what a run's consumer delivered (a NATS cluster whose
+//     memory-storage stream a restarted replica reset). It is created
+//     anew (itemsWentBack);
 //   - a run whose consumer is gone (created again here);
 //   - a run whose counts do not add up: items published without a result,
 //     none queued or in flight on its consumer and none on the stream, and
@@ -57,8 +61,23 @@ func (c *Coordinator) setItemsIncarnation(inc queue.ItemsIncarnation) (changed b
 	c.itemsMu.Lock()
 	defer c.itemsMu.Unlock()
 	changed = c.itemsInc != (queue.ItemsIncarnation{}) && c.itemsInc != inc
+	if c.itemsInc != inc {
+		c.itemsLast = 0
+	}
 	c.itemsInc = inc
 	return changed
+}
+
+// noteItemsLastSeq records the items stream's last sequence as just read,
+// and returns the highest read before in this incarnation: a stream whose
+// last sequence goes back lost messages (and would give their sequences
+// out again).
+func (c *Coordinator) noteItemsLastSeq(last uint64) (highest uint64) {
+	c.itemsMu.Lock()
+	defer c.itemsMu.Unlock()
+	highest = c.itemsLast
+	c.itemsLast = max(c.itemsLast, last)
+	return highest
 }
 
 // watchItems checks for lost items every itemsCheckEvery while leading.
@@ -82,15 +101,27 @@ func (c *Coordinator) watchItems() {
 
 // checkItems republishes the items of the runs that lost some.
 func (c *Coordinator) checkItems(ctx context.Context) {
-	inc, err := queue.ItemsStreamIncarnation(ctx, c.js)
+	inc, last, err := queue.ItemsStreamState(ctx, c.js)
 	if errors.Is(err, queue.ErrNotProvisioned) {
 		inc, _, err = queue.EnsureItemsStream(ctx, c.js, c.queueConfig())
+		last = 0
 	}
 	if err != nil {
 		c.log.Debug("checking the items stream", zap.Error(err))
 		return
 	}
 	recreated := c.setItemsIncarnation(inc)
+	behind := false
+	defer func() {
+		if !behind {
+			c.setItemsBehind(0)
+		}
+	}()
+	if highest := c.noteItemsLastSeq(last); !recreated && last < highest {
+		behind = true
+		c.itemsBehind(ctx, fmt.Sprintf("its last sequence went back from %d to %d", highest, last))
+		return
+	}
 	for _, st := range c.attachedRuns() {
 		if ctx.Err() != nil {
 			return
@@ -111,6 +142,22 @@ func (c *Coordinator) checkItems(ctx context.Context) {
 		if err != nil {
 			continue
 		}
+		if info.Delivered.Stream > last {
+			// Delivered past the stream's last sequence as read before:
+			// items published since, or a stream that lost messages its
+			// consumers had delivered. Read after the consumer, the
+			// stream must be past it.
+			_, now, err := queue.ItemsStreamState(ctx, c.js)
+			if err != nil {
+				continue
+			}
+			if info.Delivered.Stream > now {
+				behind = true
+				c.itemsBehind(ctx, fmt.Sprintf("the consumer of run %s delivered sequence %d, and the stream ends at %d", st.id, info.Delivered.Stream, now))
+				return
+			}
+			last = now
+		}
 		if info.NumPending > 0 || info.NumAckPending > 0 || !st.stalled(itemsStallAfter) {
 			st.setStalls(0)
 			continue
@@ -129,6 +176,54 @@ func (c *Coordinator) checkItems(ctx context.Context) {
 			continue
 		}
 		c.startPublisher(st, st.publishedUpTo(), true)
+	}
+}
+
+// itemsBehind handles an items stream found behind what was read of it
+// before: twice in a row, a second apart, it went back (a new stream
+// leader that has not applied everything yet catches up sooner).
+func (c *Coordinator) itemsBehind(ctx context.Context, why string) {
+	if c.setItemsBehind(1) < 2 {
+		c.log.Info("the items stream is behind what was read of it before; checking again", zap.String("why", why))
+		return
+	}
+	c.setItemsBehind(0)
+	c.itemsWentBack(ctx, why)
+}
+
+// setItemsBehind adds n to the count of checks in a row that found the
+// items stream behind, or resets it (n = 0), and returns it.
+func (c *Coordinator) setItemsBehind(n int) int {
+	c.itemsMu.Lock()
+	defer c.itemsMu.Unlock()
+	if n == 0 {
+		c.itemsBehindChecks = 0
+	} else {
+		c.itemsBehindChecks += n
+	}
+	return c.itemsBehindChecks
+}
+
+// itemsWentBack handles an items stream that lost messages without
+// being created anew (seen on a NATS cluster: a memory-storage stream
+// reset by a restarted replica). Its consumers wait for acks of messages
+// it no longer has, and the sequences it gives out next were given out
+// before, so an ack from before the loss could remove a new item: the
+// stream is created anew, its sequences above the old ones, and every
+// run's items without a result are published again.
+func (c *Coordinator) itemsWentBack(ctx context.Context, why string) {
+	c.log.Warn("the items stream lost messages; creating it anew and publishing every unfinished item again", zap.String("why", why))
+	inc, err := queue.RecreateItemsStream(ctx, c.js, c.queueConfig())
+	if err != nil {
+		c.log.Warn("cannot create the items stream anew; retrying", zap.Error(err))
+		return
+	}
+	c.setItemsIncarnation(inc)
+	for _, st := range c.attachedRuns() {
+		if ctx.Err() != nil {
+			return
+		}
+		c.republish(ctx, st, "the items stream lost messages ("+why+")")
 	}
 }
 

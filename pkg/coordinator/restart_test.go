@@ -233,14 +233,28 @@ func TestPublishWindowAndResume(t *testing.T) {
 func TestLostItemsArePublishedAgain(t *testing.T) {
 	for _, tc := range []struct {
 		name string
-		lose func(t *testing.T, js jetstream.JetStream, runID string)
+		lose func(t *testing.T, js jetstream.JetStream, c *coordinator.Coordinator, runID string)
+		// recreated: the coordinator creates the stream anew.
+		recreated bool
 	}{
-		{"stream deleted", func(t *testing.T, js jetstream.JetStream, _ string) {
+		{name: "stream deleted", lose: func(t *testing.T, js jetstream.JetStream, _ *coordinator.Coordinator, _ string) {
 			require.NoError(t, js.DeleteStream(testCtx(t), queue.StreamItems))
 		}},
-		{"queued items purged", func(t *testing.T, js jetstream.JetStream, runID string) {
+		{name: "queued items purged", lose: func(t *testing.T, js jetstream.JetStream, _ *coordinator.Coordinator, runID string) {
 			_, err := queue.PurgeRunItems(testCtx(t), js, runID)
 			require.NoError(t, err)
+		}},
+		// A stream that lost messages and went back to sequences it gave
+		// out before, its incarnation unchanged (seen on a 3-node cluster,
+		// a memory-storage stream reset by a restarted replica): here the
+		// messages are purged, and the coordinator is told it read a
+		// later last sequence than the stream now has.
+		{name: "stream went back", recreated: true, lose: func(t *testing.T, js jetstream.JetStream, c *coordinator.Coordinator, runID string) {
+			_, last, err := queue.ItemsStreamState(testCtx(t), js)
+			require.NoError(t, err)
+			_, err = queue.PurgeRunItems(testCtx(t), js, runID)
+			require.NoError(t, err)
+			c.SawItemsLastSeq(last + 1000)
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -258,7 +272,10 @@ func TestLostItemsArePublishedAgain(t *testing.T) {
 			})
 			cl, runID, lines, openGate := g.cl, g.runID, g.lines, g.open
 
-			tc.lose(t, inspectJS(t, srv), runID)
+			js := inspectJS(t, srv)
+			before, err := queue.ItemsStreamIncarnation(testCtx(t), js)
+			require.NoError(t, err)
+			tc.lose(t, js, c, runID)
 			openGate()
 			details := cl.waitStatus(runID, "completed")
 			require.EqualValues(t, 60, details["items"].(map[string]any)["completed"])
@@ -273,6 +290,11 @@ func TestLostItemsArePublishedAgain(t *testing.T) {
 			for i := range 20 {
 				n, _ := executions.Load(uint64(i))
 				require.EqualValues(t, 1, n.(*atomic.Int32).Load(), "item %d had a result before the loss and ran again", i)
+			}
+			if tc.recreated {
+				after, err := queue.ItemsStreamIncarnation(testCtx(t), js)
+				require.NoError(t, err)
+				require.Greater(t, after.FirstSeq, before.FirstSeq+1000, "the stream created anew starts above every sequence of the old one")
 			}
 		})
 	}

@@ -224,12 +224,33 @@ func EnsureItemsStream(ctx context.Context, js jetstream.JetStream, cfg Config) 
 // ItemsStreamIncarnation returns the current incarnation of
 // STEPFLOW_ITEMS; ErrNotProvisioned when the stream does not exist.
 func ItemsStreamIncarnation(ctx context.Context, js jetstream.JetStream) (ItemsIncarnation, error) {
+	inc, _, err := ItemsStreamState(ctx, js)
+	return inc, err
+}
+
+// ItemsStreamState returns the current incarnation of STEPFLOW_ITEMS and
+// the last sequence it holds, as its leader answers now.
+func ItemsStreamState(ctx context.Context, js jetstream.JetStream) (inc ItemsIncarnation, lastSeq uint64, err error) {
 	s, err := js.Stream(ctx, StreamItems)
 	if err != nil {
-		return ItemsIncarnation{}, notProvisioned("stream "+StreamItems, err)
+		return ItemsIncarnation{}, 0, notProvisioned("stream "+StreamItems, err)
 	}
 	info := s.CachedInfo()
-	return incarnationOf(info), nil
+	return incarnationOf(info), info.State.LastSeq, nil
+}
+
+// RecreateItemsStream deletes STEPFLOW_ITEMS, with its items and every
+// run consumer, and creates it again, its sequences above the old
+// one's: for a stream that lost its messages and went back to sequences
+// it had given out already, where an ack from before the loss could
+// remove an item published after it. The caller publishes the items
+// again from the spools.
+func RecreateItemsStream(ctx context.Context, js jetstream.JetStream, cfg Config) (ItemsIncarnation, error) {
+	if err := js.DeleteStream(ctx, StreamItems); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return ItemsIncarnation{}, fmt.Errorf("queue: recreate stream %s: %w", StreamItems, err)
+	}
+	inc, _, err := EnsureItemsStream(ctx, js, cfg)
+	return inc, err
 }
 
 // Provision creates the streams and buckets of the layout, or updates them

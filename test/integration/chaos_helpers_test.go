@@ -226,6 +226,9 @@ type chaosEnv struct {
 	natsURL   string
 
 	workers map[string]*proc
+	// stalled, when set, logs what the test knows of a wait that timed
+	// out, before it fails.
+	stalled func()
 }
 
 // newChaosEnv writes the config and starts NATS (when external) and the
@@ -455,6 +458,9 @@ func (e *chaosEnv) waitUntil(what string, cond func() bool) {
 	deadline := time.Now().Add(chaosWait)
 	for !cond() {
 		if time.Now().After(deadline) {
+			if e.stalled != nil {
+				e.stalled()
+			}
 			e.t.Fatalf("timed out after %s waiting until %s", chaosWait, what)
 		}
 		time.Sleep(20 * time.Millisecond)
