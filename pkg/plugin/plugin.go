@@ -78,6 +78,8 @@ type Options struct {
 	// ConfineFiles confines /builtin/load_file to WorkingDir
 	// (pluginapi.Host.ConfineFiles).
 	ConfineFiles bool
+	// NATSInboxPrefix is pluginapi.Host.NATSInboxPrefix.
+	NATSInboxPrefix string
 	// Runs is the run machinery for component callbacks; nil for none.
 	Runs Runs
 	// Factories adds or replaces plugin types.
@@ -212,7 +214,7 @@ func pluginError(cfg *config.Config, pc *config.Plugin, err error) error {
 }
 
 func (o Options) host(cfg *config.Config) (Host, error) {
-	h := Host{Blobs: o.Blobs, WorkingDir: o.WorkingDir, Logger: o.Logger, HTTPClient: o.HTTPClient, LookupEnv: o.LookupEnv, Runs: o.Runs, ConfineFiles: o.ConfineFiles}
+	h := Host{Blobs: o.Blobs, WorkingDir: o.WorkingDir, Logger: o.Logger, HTTPClient: o.HTTPClient, LookupEnv: o.LookupEnv, Runs: o.Runs, ConfineFiles: o.ConfineFiles, NATSInboxPrefix: o.NATSInboxPrefix}
 	if o.ConfineFiles && cfg != nil && cfg.File != "" {
 		// The config may name credentials (environment values, tokens):
 		// flows submitted to a worker must not read it.

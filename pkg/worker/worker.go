@@ -273,6 +273,8 @@ func (w *Worker) start(ctx context.Context) error {
 		ConfineFiles: true,
 		Runs:         nested,
 		Factories:    w.cfg.PluginFactories,
+		// A `type: nats` plugin logs in as the worker's user.
+		NATSInboxPrefix: w.cfg.NATS.InboxPrefix,
 	})
 	if err != nil {
 		return fmt.Errorf("worker: start plugins: %w", err)

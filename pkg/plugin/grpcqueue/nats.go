@@ -1,6 +1,7 @@
 package grpcqueue
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -49,9 +50,9 @@ func subject(stream string) string { return stream + ".tasks" }
 func (p *Plugin) startNATS(ctx context.Context) error {
 	n := p.cfg.nats
 	// The worker's inbox prefix: the plugin's connection logs in as the
-	// worker user, which may read replies under that prefix only.
+	// worker's user, which may read replies under that prefix only.
 	nc, err := nats.Connect(n.URL, nats.Name("stepflow plugin "+p.name), nats.MaxReconnects(-1),
-		nats.CustomInboxPrefix(sfqueue.WorkerInboxPrefix))
+		nats.CustomInboxPrefix(cmp.Or(p.host.NATSInboxPrefix, sfqueue.WorkerInboxPrefix)))
 	if err != nil {
 		return fmt.Errorf("connect to NATS at %s: %w", redactURL(n.URL), err)
 	}

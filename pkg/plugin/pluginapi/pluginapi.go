@@ -94,6 +94,10 @@ type Host struct {
 	// stepflow-py 0.10+ use (capabilities.blobApiUrl); nil when the host
 	// offers none.
 	BlobAPI BlobAPI
+	// NATSInboxPrefix is the inbox prefix of the host's own NATS
+	// connection (the worker's --nats-inbox-prefix), for plugins that
+	// connect to NATS as the same user; empty: the plugin's default.
+	NATSInboxPrefix string
 }
 
 // BlobAPI serves the host's blob store over HTTP on loopback.
