@@ -79,6 +79,11 @@ type Coordinator struct {
 	// unresponsive moves the connection to another NATS server when the
 	// lease cannot be renewed through this one (a node cut off).
 	unresponsive *queue.Unresponsive
+	// apiUnresponsive does the same when the JetStream API (stream and
+	// consumer info, run-record reads) does not answer through this
+	// server while the lease's writes do: seen on a cluster after a node
+	// was killed, the API timing out on one server for minutes.
+	apiUnresponsive *queue.Unresponsive
 	// renewFailing: the last renewal got no answer (logged once it
 	// succeeds again).
 	renewFailing atomic.Bool
@@ -308,6 +313,7 @@ func (c *Coordinator) start(ctx context.Context) error {
 	}
 	c.nc, c.js = nc, js
 	c.unresponsive = queue.NewUnresponsive(nc, 0, c.log)
+	c.apiUnresponsive = queue.NewUnresponsive(nc, 0, c.log)
 	if c.embedded != nil {
 		c.natsURL = c.embedded.ClientURL()
 	} else {

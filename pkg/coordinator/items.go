@@ -107,9 +107,11 @@ func (c *Coordinator) checkItems(ctx context.Context) {
 		last = 0
 	}
 	if err != nil {
+		c.apiUnresponsive.Failed(err)
 		c.log.Debug("checking the items stream", zap.Error(err))
 		return
 	}
+	c.apiUnresponsive.OK()
 	recreated := c.setItemsIncarnation(inc)
 	behind := false
 	defer func() {

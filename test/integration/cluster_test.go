@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -274,12 +275,23 @@ func newClusterEnv(t *testing.T, c *natsCluster, launched func(), coordArgs ...s
 		coordArgs: append([]string{"--nats-replicas", "3"}, coordArgs...)})
 	e.addWorker("w1", 4)
 	e.addWorker("w2", 4)
-	e.stalled = c.dumpItems
+	e.stalled = func() {
+		c.dumpItems()
+		// The coordinator's goroutines, on its stderr (in the test log).
+		if !e.coord.exited() {
+			_ = e.coord.cmd.Process.Signal(syscall.SIGQUIT)
+			select {
+			case <-e.coord.done:
+			case <-time.After(10 * time.Second):
+			}
+		}
+	}
 	return e
 }
 
-// dumpItems logs the items stream and its consumers as each running node
-// sees them: where a stalled batch stands.
+// dumpItems logs every replicated stream's leader and replicas, and the
+// items stream and its consumers, as each running node sees them: where a
+// stalled batch stands.
 func (c *natsCluster) dumpItems() {
 	for i, p := range c.procs {
 		if p == nil || p.exited() {
@@ -298,6 +310,16 @@ func (c *natsCluster) dumpItems() {
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
+			for si := range js.ListStreams(ctx).Info() {
+				if si.Cluster == nil {
+					continue
+				}
+				var peers []string
+				for _, p := range si.Cluster.Replicas {
+					peers = append(peers, fmt.Sprintf("%s(current=%t offline=%t lag=%d active=%s)", p.Name, p.Current, p.Offline, p.Lag, p.Active.Round(time.Millisecond)))
+				}
+				c.t.Logf("n%d: stream %s: msgs=%d last_seq=%d leader=%q replicas=%v", i, si.Config.Name, si.State.Msgs, si.State.LastSeq, si.Cluster.Leader, peers)
+			}
 			s, err := js.Stream(ctx, "STEPFLOW_ITEMS")
 			if err != nil {
 				c.t.Logf("n%d: stream: %v", i, err)

@@ -34,7 +34,8 @@ func TestSoak(t *testing.T) {
 	for i := range 3 {
 		c.start(i)
 	}
-	e := newClusterEnv(t, c, nil)
+	// At info, the coordinator logs its reconnects and its runs' ends.
+	e := newClusterEnv(t, c, nil, "--log-level", "info")
 	e.addWorker("w3", 4)
 	workers := []string{"w1", "w2", "w3"}
 	flowPath := e.writeFlow("soak", "")
