@@ -335,6 +335,18 @@ func (c *natsCluster) dumpItems() {
 	}
 }
 
+// startClusterBatch starts c's three nodes, a coordinator and two
+// workers on them, and submits a batch of clusterItems items tagged tag
+// at concurrency 8.
+func startClusterBatch(t *testing.T, c *natsCluster, tag string) (*chaosEnv, string) {
+	t.Helper()
+	for i := range 3 {
+		c.start(i)
+	}
+	e := newClusterEnv(t, c, nil)
+	return e, e.submitNoWait(e.writeFlow("cluster", ""), e.writeInputs(tag, clusterItems, nil), 8)
+}
+
 // progressAfter waits until the run has more results than it had when
 // called, and returns how long that took.
 func (e *chaosEnv) progressAfter(runID string, since time.Time) time.Duration {
@@ -362,11 +374,7 @@ func reportCluster(t *testing.T, scenario string, n int, rep chaosReport, extra 
 func TestClusterStreamLeaderKill(t *testing.T) {
 	skipShort(t)
 	c := newNATSCluster(t)
-	for i := range 3 {
-		c.start(i)
-	}
-	e := newClusterEnv(t, c, nil)
-	run := e.submitNoWait(e.writeFlow("cluster", ""), e.writeInputs("c1", clusterItems, nil), 8)
+	e, run := startClusterBatch(t, c, "c1")
 	e.waitCompleted(run, clusterItems*3/10)
 
 	leader := c.streamLeader("STEPFLOW_ITEMS")
@@ -393,11 +401,7 @@ func TestClusterQuorumLossLong(t *testing.T) { clusterQuorumLoss(t, 2*time.Minut
 func clusterQuorumLoss(t *testing.T, down time.Duration, tag string) {
 	skipShort(t)
 	c := newNATSCluster(t)
-	for i := range 3 {
-		c.start(i)
-	}
-	e := newClusterEnv(t, c, nil)
-	run := e.submitNoWait(e.writeFlow("cluster", ""), e.writeInputs(tag, clusterItems, nil), 8)
+	e, run := startClusterBatch(t, c, tag)
 	e.waitCompleted(run, clusterItems*3/10)
 
 	leader := c.streamLeader("STEPFLOW_ITEMS")
@@ -472,11 +476,7 @@ func TestClusterCoordinatorBeforeNATS(t *testing.T) {
 func TestClusterPartition(t *testing.T) {
 	skipShort(t)
 	c := newPartitionableCluster(t)
-	for i := range 3 {
-		c.start(i)
-	}
-	e := newClusterEnv(t, c, nil)
-	run := e.submitNoWait(e.writeFlow("cluster", ""), e.writeInputs("c5", clusterItems, nil), 8)
+	e, run := startClusterBatch(t, c, "c5")
 	e.waitCompleted(run, clusterItems/5)
 
 	leader := c.streamLeader("STEPFLOW_ITEMS")
@@ -515,11 +515,7 @@ func TestClusterPartition(t *testing.T) {
 func TestClusterRollingRestart(t *testing.T) {
 	skipShort(t)
 	c := newNATSCluster(t)
-	for i := range 3 {
-		c.start(i)
-	}
-	e := newClusterEnv(t, c, nil)
-	run := e.submitNoWait(e.writeFlow("cluster", ""), e.writeInputs("c4", clusterItems, nil), 8)
+	e, run := startClusterBatch(t, c, "c4")
 	e.waitCompleted(run, clusterItems/5)
 
 	began := time.Now()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -34,42 +35,15 @@ func TestNATSWorkerPermissions(t *testing.T) {
 	skipShort(t)
 	t.Parallel()
 	requireVenvs(t)
-	dir := t.TempDir()
-	// The shipped file with its password references filled in (the
-	// server resolves them from its environment, which an in-process
-	// server shares with the parallel tests).
-	shipped, err := os.ReadFile(filepath.Join(repoRoot, "deploy", "k8s", "base", "nats", "auth.conf"))
-	require.NoError(t, err)
-	filled := strings.NewReplacer("$NATS_COORDINATOR_PASSWORD", `"coord-pw"`, "$NATS_WORKER_PASSWORD", `"worker-pw"`, "$NATS_SDK_PASSWORD", `"sdk-pw"`).Replace(string(shipped))
-	require.NotEqual(t, string(shipped), filled)
-	conf := filepath.Join(dir, "auth.conf")
-	require.NoError(t, os.WriteFile(conf, []byte(filled), 0o600))
-
-	core, serverLogs := observer.New(zapcore.InfoLevel)
-	srv := queue.NewEmbedded(queue.EmbeddedConfig{StoreDir: t.TempDir(), ConfigFile: conf, Logger: zap.New(core)})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	require.NoError(t, srv.Start(ctx))
-	t.Cleanup(srv.Shutdown)
-
-	c := startCoordinator(t, []string{"STEPFLOW_NATS_PASSWORD=coord-pw"},
-		"--nats-url", srv.ClientURL(), "--nats-user", "coordinator", "--log-level", "warn")
+	srv, serverLogs, c := startAuthConfServer(ctx, t, nil)
 	// Without its blob cache, the worker reads every blob it put back
 	// from NATS.
 	worker, workerLogs := startWorkerCmd(t, []string{"STEPFLOW_NATS_USER=worker", "STEPFLOW_NATS_PASSWORD=worker-pw", "STEPFLOW_BLOB_CACHE_BYTES=0"},
 		"--nats-url", srv.ClientURL(), "--concurrency", "2", "--config", "examples/batch-processor/stepflow-config.yml")
 
-	// Nested runs, put_blob of the sub-flow.
-	code, out, stderr := runStepflow(t, nil, "submit", "--url", c.URL(), "--quiet",
-		"--flow", "examples/batch-processor/main-workflow.yaml", "--inputs", "examples/batch-processor/inputs.jsonl")
-	require.Equal(t, 0, code, stderr)
-	require.Equal(t, batchProcessorWant, lines(out))
-	// put_blob and get_blob.
-	submitHello(t, c.URL())
-	// The worker drains and stops (its run watch ends) cleanly too.
-	stopProcess(worker)
-	require.True(t, worker.ProcessState.Success(), "the worker exits 0 after SIGTERM")
-	require.NotContains(t, workerLogs.String(), "ERROR")
+	runExamplesThenStop(t, c, worker, workerLogs)
 	require.Empty(t, violations(serverLogs), "the worker needed a subject auth.conf does not grant")
 
 	// Now as the worker user.
@@ -155,6 +129,49 @@ func TestNATSWorkerPermissions(t *testing.T) {
 		bad.Close()
 	}
 	require.ErrorIs(t, err, nats.ErrAuthorization)
+}
+
+// startAuthConfServer starts an embedded server configured with the
+// shipped deploy/k8s/base/nats/auth.conf, its password references filled
+// in (the server resolves them from its environment, which an in-process
+// server shares with the parallel tests) and then passed through edit
+// when set, and a coordinator process logged in as its coordinator user.
+// It returns the server, the server's logs and the coordinator.
+func startAuthConfServer(ctx context.Context, t *testing.T, edit func(conf string) string) (*queue.Embedded, *observer.ObservedLogs, *coordProc) {
+	t.Helper()
+	shipped, err := os.ReadFile(filepath.Join(repoRoot, "deploy", "k8s", "base", "nats", "auth.conf"))
+	require.NoError(t, err)
+	conf := strings.NewReplacer("$NATS_COORDINATOR_PASSWORD", `"coord-pw"`, "$NATS_WORKER_PASSWORD", `"worker-pw"`, "$NATS_SDK_PASSWORD", `"sdk-pw"`).Replace(string(shipped))
+	require.NotEqual(t, string(shipped), conf)
+	if edit != nil {
+		conf = edit(conf)
+	}
+	path := filepath.Join(t.TempDir(), "auth.conf")
+	require.NoError(t, os.WriteFile(path, []byte(conf), 0o600))
+
+	core, serverLogs := observer.New(zapcore.InfoLevel)
+	srv := queue.NewEmbedded(queue.EmbeddedConfig{StoreDir: t.TempDir(), ConfigFile: path, Logger: zap.New(core)})
+	require.NoError(t, srv.Start(ctx))
+	t.Cleanup(srv.Shutdown)
+	c := startCoordinator(t, []string{"STEPFLOW_NATS_PASSWORD=coord-pw"},
+		"--nats-url", srv.ClientURL(), "--nats-user", "coordinator", "--log-level", "warn")
+	return srv, serverLogs, c
+}
+
+// runExamplesThenStop runs the batch-processor example (nested runs,
+// put_blob of the sub-flow) and the hello example (put_blob, get_blob)
+// through c, then stops worker with SIGTERM: it drains, its run watch
+// ends, and it exits 0 without an error logged.
+func runExamplesThenStop(t *testing.T, c *coordProc, worker *exec.Cmd, workerLogs *lockedBuffer) {
+	t.Helper()
+	code, out, stderr := runStepflow(t, nil, "submit", "--url", c.URL(), "--quiet",
+		"--flow", "examples/batch-processor/main-workflow.yaml", "--inputs", "examples/batch-processor/inputs.jsonl")
+	require.Equal(t, 0, code, stderr)
+	require.Equal(t, batchProcessorWant, lines(out))
+	submitHello(t, c.URL())
+	stopProcess(worker)
+	require.True(t, worker.ProcessState.Success(), "the worker exits 0 after SIGTERM")
+	require.NotContains(t, workerLogs.String(), "ERROR")
 }
 
 // violations returns the permissions violations the server logged.
@@ -248,37 +265,26 @@ func TestNATSRepliesArePrivate(t *testing.T) {
 	skipShort(t)
 	t.Parallel()
 	requireVenvs(t)
-	dir := t.TempDir()
-	shipped, err := os.ReadFile(filepath.Join(repoRoot, "deploy", "k8s", "base", "nats", "auth.conf"))
-	require.NoError(t, err)
-	conf := strings.NewReplacer("$NATS_COORDINATOR_PASSWORD", `"coord-pw"`, "$NATS_WORKER_PASSWORD", `"worker-pw"`, "$NATS_SDK_PASSWORD", `"sdk-pw"`).Replace(string(shipped))
 	// Two users of their own, each the worker user with its subscribe
 	// permission narrowed to its prefix.
-	start := strings.Index(conf, "      user: worker\n")
-	require.Positive(t, start)
-	start = strings.LastIndex(conf[:start], "    {\n")
-	end := strings.Index(conf[start:], "\n    }\n")
-	require.Positive(t, end)
-	block := conf[start : start+end+len("\n    }\n")]
-	require.Contains(t, block, `allow: ["_INBOX_stepflow_worker.>"]`)
-	own := func(n string) string {
-		return strings.NewReplacer("user: worker\n", "user: worker-"+n+"\n", `"worker-pw"`, `"w`+n+`-pw"`,
-			`allow: ["_INBOX_stepflow_worker.>"]`, `allow: ["_INBOX_stepflow_worker.w`+n+`.>"]`).Replace(block)
+	ownUsers := func(conf string) string {
+		start := strings.Index(conf, "      user: worker\n")
+		require.Positive(t, start)
+		start = strings.LastIndex(conf[:start], "    {\n")
+		end := strings.Index(conf[start:], "\n    }\n")
+		require.Positive(t, end)
+		block := conf[start : start+end+len("\n    }\n")]
+		require.Contains(t, block, `allow: ["_INBOX_stepflow_worker.>"]`)
+		own := func(n string) string {
+			return strings.NewReplacer("user: worker\n", "user: worker-"+n+"\n", `"worker-pw"`, `"w`+n+`-pw"`,
+				`allow: ["_INBOX_stepflow_worker.>"]`, `allow: ["_INBOX_stepflow_worker.w`+n+`.>"]`).Replace(block)
+		}
+		return strings.Replace(conf, block, block+own("1")+own("2"), 1)
 	}
-	conf = strings.Replace(conf, block, block+own("1")+own("2"), 1)
-	path := filepath.Join(dir, "auth.conf")
-	require.NoError(t, os.WriteFile(path, []byte(conf), 0o600))
-
-	core, serverLogs := observer.New(zapcore.InfoLevel)
-	srv := queue.NewEmbedded(queue.EmbeddedConfig{StoreDir: t.TempDir(), ConfigFile: path, Logger: zap.New(core)})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	require.NoError(t, srv.Start(ctx))
-	t.Cleanup(srv.Shutdown)
+	srv, serverLogs, c := startAuthConfServer(ctx, t, ownUsers)
 	url := srv.ClientURL()
-
-	c := startCoordinator(t, []string{"STEPFLOW_NATS_PASSWORD=coord-pw"},
-		"--nats-url", url, "--nats-user", "coordinator", "--log-level", "warn")
 
 	const (
 		everyWorker = "_INBOX_stepflow_worker.>"
@@ -298,14 +304,7 @@ func TestNATSRepliesArePrivate(t *testing.T) {
 	worker, workerLogs := startWorkerCmd(t, []string{"STEPFLOW_NATS_PASSWORD=w1-pw", "STEPFLOW_BLOB_CACHE_BYTES=0"},
 		"--nats-url", url, "--nats-user", "worker-1", "--nats-inbox-prefix", "_INBOX_stepflow_worker.w1",
 		"--concurrency", "2", "--config", "examples/batch-processor/stepflow-config.yml")
-	code, out, stderr := runStepflow(t, nil, "submit", "--url", c.URL(), "--quiet",
-		"--flow", "examples/batch-processor/main-workflow.yaml", "--inputs", "examples/batch-processor/inputs.jsonl")
-	require.Equal(t, 0, code, stderr)
-	require.Equal(t, batchProcessorWant, lines(out))
-	submitHello(t, c.URL())
-	stopProcess(worker)
-	require.True(t, worker.ProcessState.Success(), "the worker exits 0 after SIGTERM")
-	require.NotContains(t, workerLogs.String(), "ERROR")
+	runExamplesThenStop(t, c, worker, workerLogs)
 	var needed []string
 	for _, v := range violations(serverLogs) {
 		if strings.Contains(v, "user:worker-1") || strings.Contains(v, "user:coordinator") {
