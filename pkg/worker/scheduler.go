@@ -4,6 +4,7 @@ import (
 	"context"
 	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -106,6 +107,9 @@ type scheduler struct {
 	reserved int // slots held by pending pulls
 	pulls    int // pending pulls
 	stopping bool
+	// state is what the loop last saw (stopping, items in flight, pulls
+	// pending), for the log of a stop that outlives its drain timeout.
+	state atomic.Value // schedState
 
 	events   chan queue.RunEvent
 	fetched  chan fetchEvent
@@ -148,7 +152,11 @@ func (s *scheduler) loop() {
 		// by a cancelled item is never refilled.
 		select {
 		case <-s.stopCh:
+			// The loop's condition again: with nothing in flight and no
+			// pull pending, nothing would wake the select below (its stop
+			// case is gone), and the worker would never stop.
 			s.beginDrain()
+			continue
 		default:
 		}
 		var timerC <-chan time.Time
@@ -156,6 +164,7 @@ func (s *scheduler) loop() {
 			timer.Reset(time.Until(next))
 			timerC = timer.C
 		}
+		s.state.Store(schedState{Stopping: s.stopping, InFlight: s.inflight, Pulls: s.pulls, Reserved: s.reserved})
 		select {
 		case ev := <-s.events:
 			s.onRunEvent(ev)
@@ -180,6 +189,18 @@ func (s *scheduler) loop() {
 		rs.cancel(errWorkerStopping)
 	}
 	close(s.done)
+}
+
+// schedState is the scheduler loop's state as it last saw it.
+type schedState struct {
+	Stopping                  bool
+	InFlight, Pulls, Reserved int
+}
+
+// lastState returns what the loop last saw.
+func (s *scheduler) lastState() schedState {
+	st, _ := s.state.Load().(schedState)
+	return st
 }
 
 // beginDrain stops pulling for good.

@@ -388,6 +388,23 @@ func servesRemoteSDKWorkers(cfg *config.Config) bool {
 	return false
 }
 
+// waitScheduler waits for the scheduler to end, logging what it still
+// waits for every 10 s.
+func (w *Worker) waitScheduler() {
+	t := time.NewTicker(10 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-w.sched.done:
+			return
+		case <-t.C:
+			st := w.sched.lastState()
+			w.log.Warn("still stopping: the scheduler waits for items and pulls to end",
+				zap.Bool("stopping", st.Stopping), zap.Int("in_flight", st.InFlight), zap.Int("pulls", st.Pulls), zap.Int("reserved", st.Reserved))
+		}
+	}
+}
+
 // run waits for Stop and shuts the worker down: stop fetching at once,
 // let in-flight items finish for DrainTimeout, then cancel and hand back
 // what still runs, and finally close the plugins and the connection.
@@ -402,7 +419,7 @@ func (w *Worker) run() {
 	case <-t.C:
 		w.log.Warn("drain timeout: cancelling in-flight items and handing them back")
 		w.workCancel(errWorkerStopping)
-		<-w.sched.done
+		w.waitScheduler()
 	}
 	w.workCancel(errWorkerStopping)
 	if w.results != nil {
