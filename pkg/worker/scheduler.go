@@ -107,8 +107,9 @@ type scheduler struct {
 	reserved int // slots held by pending pulls
 	pulls    int // pending pulls
 	stopping bool
-	// state is what the loop last saw (stopping, items in flight, pulls
-	// pending), for the log of a stop that outlives its drain timeout.
+	// state is what the loop last saw once stopping (items in flight,
+	// pulls pending), for the log of a stop that outlives its drain
+	// timeout.
 	state atomic.Value // schedState
 
 	events   chan queue.RunEvent
@@ -164,7 +165,9 @@ func (s *scheduler) loop() {
 			timer.Reset(time.Until(next))
 			timerC = timer.C
 		}
-		s.state.Store(schedState{Stopping: s.stopping, InFlight: s.inflight, Pulls: s.pulls, Reserved: s.reserved})
+		if s.stopping { // for the log of a long stop; not per item otherwise
+			s.state.Store(schedState{Stopping: true, InFlight: s.inflight, Pulls: s.pulls, Reserved: s.reserved})
+		}
 		select {
 		case ev := <-s.events:
 			s.onRunEvent(ev)
