@@ -227,8 +227,8 @@ type chaosEnv struct {
 
 	workers map[string]*proc
 	// stalled, when set, logs what the test knows of a wait that timed
-	// out, before it fails.
-	stalled func()
+	// out (what names the wait), before it fails.
+	stalled func(what string)
 }
 
 // newChaosEnv writes the config and starts NATS (when external) and the
@@ -459,7 +459,7 @@ func (e *chaosEnv) waitUntil(what string, cond func() bool) {
 	for !cond() {
 		if time.Now().After(deadline) {
 			if e.stalled != nil {
-				e.stalled()
+				e.stalled(what)
 			}
 			e.t.Fatalf("timed out after %s waiting until %s", chaosWait, what)
 		}

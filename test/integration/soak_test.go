@@ -66,9 +66,7 @@ func TestSoak(t *testing.T) {
 			c.kill9(node)
 			natsKills++
 			faults = append(faults, fmt.Sprintf("kill-9:n%d", node))
-			if st, _ := e.status(run); st.Items.Completed+st.Items.Failed < n {
-				recovery = e.progressAfter(run, at)
-			}
+			recovery, _ = e.progressAfter(run, n, at)
 			c.start(node)
 		}
 		rep := e.verify(run, tag, n)
