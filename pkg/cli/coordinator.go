@@ -12,6 +12,7 @@ import (
 
 	"github.com/stepflow-go/stepflow/pkg/coordinator"
 	"github.com/stepflow-go/stepflow/pkg/gcpace"
+	"github.com/stepflow-go/stepflow/pkg/natsauth"
 	"github.com/stepflow-go/stepflow/pkg/queue"
 )
 
@@ -25,8 +26,17 @@ type coordinatorCmd struct {
 	tokenFile    *string
 	natsSync     string
 	itemsStorage string
-	envErr       error
+	// calloutIssuer is --nats-auth-callout-issuer.
+	calloutIssuer string
+	envErr        error
 }
+
+// The environment variables of the auth callout flags.
+const (
+	envCalloutIssuer         = "STEPFLOW_NATS_AUTH_CALLOUT_ISSUER"
+	envCalloutAccount        = "STEPFLOW_NATS_AUTH_CALLOUT_ACCOUNT"
+	envCalloutWorkerPassword = "STEPFLOW_NATS_AUTH_CALLOUT_WORKER_PASSWORD"
+)
 
 // coordinatorCommand is `stepflow coordinator`, also run by bin/coordinator
 // (cmd/coordinator) as a command of its own.
@@ -70,6 +80,10 @@ stderr. SIGINT/SIGTERM stops it gracefully and exits 0.`,
 	c.tokenFile = coordinator.RegisterSecurityFlags(fl, cfg, a.io.Getenv)
 	queue.RegisterConnectFlags(fl, &cfg.NATSConnect, a.io.Getenv)
 	queue.RegisterEmbeddedFlags(fl, &cfg.EmbeddedNATS, a.io.Getenv)
+	fl.StringVar(&c.calloutIssuer, "nats-auth-callout-issuer", env.str(envCalloutIssuer, ""), "answer the NATS server's auth callout, signing with the account seed (SA...) in this file, whose public key is the server's auth_callout issuer: workers log in as user worker with --nats-inbox-key, and none can read another's replies (deploy/k8s/base/nats/auth-callout.conf; env "+envCalloutIssuer+")")
+	fl.StringVar(&cfg.AuthCallout.Account, "nats-auth-callout-account", env.str(envCalloutAccount, "STEPFLOW"), "account the auth callout places workers in: the coordinator's own (env "+envCalloutAccount+")")
+	fl.StringVar(&cfg.AuthCallout.WorkerPassword, "nats-auth-callout-worker-password", "", "password the auth callout takes from workers; prefer the env variable (env "+envCalloutWorkerPassword+")")
+	cfg.AuthCallout.WorkerPassword = a.io.Getenv(envCalloutWorkerPassword)
 	fl.StringVar(&c.natsSync, "nats-sync", env.lookupStr("STEPFLOW_NATS_SYNC", "always"), `fsync policy of the embedded NATS server: "always" (every write, before it is acknowledged) or an interval such as "1s" or "2m" (the nats-server default); see docs/reliability.md (env STEPFLOW_NATS_SYNC)`)
 	fl.BoolVar(&cfg.SyncResults, "sync-results", env.boolean("STEPFLOW_SYNC_RESULTS", true), "fsync the result log before results are acknowledged to workers (survives a power loss) (env STEPFLOW_SYNC_RESULTS)")
 	fl.StringVar(&c.itemsStorage, "nats-items-storage", env.lookupStr("STEPFLOW_NATS_ITEMS_STORAGE", "memory"), `storage of the items stream: "memory" (the default: the spools are the durable copy, and lost items are published again) or "file" (env STEPFLOW_NATS_ITEMS_STORAGE)`)
@@ -105,6 +119,14 @@ func (c *coordinatorCmd) run(ctx context.Context, stdout io.Writer) error {
 	}
 	if cfg.Queue.ItemsFileStorage, err = queue.ParseItemsStorage(c.itemsStorage); err != nil {
 		return usageErr("--nats-items-storage: %v", err)
+	}
+	if c.calloutIssuer != "" {
+		if cfg.AuthCallout.Issuer, err = natsauth.ReadIssuer(c.calloutIssuer); err != nil {
+			return usageErr("--nats-auth-callout-issuer: %v", err)
+		}
+		if cfg.AuthCallout.WorkerPassword == "" {
+			return usageErr("--nats-auth-callout-issuer needs the workers' password (%s)", envCalloutWorkerPassword)
+		}
 	}
 	log := c.a.log
 	cfg.Logger = log

@@ -7,12 +7,14 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nkeys"
 	"github.com/stretchr/testify/require"
 
 	"github.com/stepflow-go/stepflow/pkg/coordinator"
@@ -248,6 +250,21 @@ func TestDaemonUsageErrors(t *testing.T) {
 	require.NotContains(t, r.stderr, "env-tok-93")
 	r = runStandalone(t, ExecuteCoordinator, nil, "--data-dir", dir, "--auth-token-file", empty)
 	require.Contains(t, r.stderr, "is empty")
+
+	// The auth callout needs an account seed and the workers' password.
+	seed := filepath.Join(dir, "issuer.seed")
+	require.NoError(t, os.WriteFile(seed, []byte("SUnot-a-seed"), 0o600))
+	r = runStandalone(t, ExecuteCoordinator, nil, "--data-dir", dir, "--nats-auth-callout-issuer", seed)
+	require.Equal(t, ExitUsage, r.code)
+	require.Contains(t, r.stderr, "Error: --nats-auth-callout-issuer: natsauth: invalid configuration: issuer seed "+seed)
+	account, err := nkeys.CreateAccount()
+	require.NoError(t, err)
+	accountSeed, err := account.Seed()
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(seed, accountSeed, 0o600))
+	r = runStandalone(t, ExecuteCoordinator, nil, "--data-dir", dir, "--nats-auth-callout-issuer", seed)
+	require.Equal(t, ExitUsage, r.code)
+	require.Equal(t, "Error: --nats-auth-callout-issuer needs the workers' password (STEPFLOW_NATS_AUTH_CALLOUT_WORKER_PASSWORD)\n", r.stderr)
 }
 
 // --nats-replicas reaches the provisioning of the streams: a single

@@ -9,7 +9,8 @@ import (
 
 // `stepflow serve` takes the coordinator's flags, except those about
 // sharing a NATS deployment with other coordinators (serve embeds its
-// own server) and replicas (one embedded server).
+// own server), replicas (one embedded server) and the auth callout (for a
+// NATS server shared with a fleet of remote workers: `coordinator`).
 func TestServeTakesTheCoordinatorFlags(t *testing.T) {
 	coord := stepflow(t, nil, "", "coordinator", "--help")
 	require.Equal(t, ExitOK, coord.code, coord.stderr)
@@ -17,7 +18,8 @@ func TestServeTakesTheCoordinatorFlags(t *testing.T) {
 	require.NotEmpty(t, coordFlags)
 	r := stepflow(t, nil, "", "serve", "--help")
 	require.Equal(t, ExitOK, r.code, r.stderr)
-	skip := map[string]bool{"id": true, "advertise-url": true, "lease-ttl": true, "nats-replicas": true}
+	skip := map[string]bool{"id": true, "advertise-url": true, "lease-ttl": true, "nats-replicas": true,
+		"nats-auth-callout-issuer": true, "nats-auth-callout-account": true, "nats-auth-callout-worker-password": true}
 	for _, m := range coordFlags {
 		if skip[m[1]] {
 			continue

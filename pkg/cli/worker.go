@@ -19,9 +19,10 @@ import (
 const stopGrace = 15 * time.Second
 
 type workerCmd struct {
-	a      *app
-	cfg    worker.Config
-	envErr error
+	a        *app
+	cfg      worker.Config
+	inboxKey bool
+	envErr   error
 }
 
 // workerCommand is `stepflow worker`, also run by bin/worker (cmd/worker)
@@ -47,6 +48,7 @@ items finish for --drain-timeout, hands back the rest, and exits 0.`,
 	fl := cmd.Flags()
 	fl.StringVar(&cfg.NATSURL, "nats-url", env.str(queue.EnvNATSURL, "nats://127.0.0.1:4222"), "NATS server URL(s), comma-separated (env "+queue.EnvNATSURL+")")
 	queue.RegisterConnectFlags(fl, &cfg.NATS, a.io.Getenv)
+	fl.BoolVar(&w.inboxKey, "nats-inbox-key", env.boolean(queue.EnvNATSInboxKey, false), "sign in to NATS with a user nkey made at start, next to --nats-user and its password, and take replies under <inbox prefix>.<its public key> only: the coordinator's NATS auth callout (deploy/k8s/base/nats/auth-callout.conf) lets no other worker read them (env "+queue.EnvNATSInboxKey+")")
 	fl.StringVar(&cfg.ConfigPath, "config", env.str("STEPFLOW_CONFIG", ""), "stepflow-config.yml naming the component servers; default: builtins only (env STEPFLOW_CONFIG)")
 	fl.IntVar(&cfg.Concurrency, "concurrency", env.integer("STEPFLOW_WORKER_CONCURRENCY", worker.DefaultConcurrency), "slots: items executed at once, across runs; a run gets at most its own --max-concurrent over all workers (env STEPFLOW_WORKER_CONCURRENCY)")
 	fl.Int64Var(&cfg.BlobCacheBytes, "blob-cache-bytes", env.int64("STEPFLOW_BLOB_CACHE_BYTES", blob.DefaultCacheBytes), "memory for blobs this worker put or read, kept for get_blob; 0 or less = none (env STEPFLOW_BLOB_CACHE_BYTES)")
@@ -66,6 +68,13 @@ func (w *workerCmd) run(ctx context.Context) error {
 	cfg := w.cfg
 	if cfg.BlobCacheBytes == 0 {
 		cfg.BlobCacheBytes = -1 // Config's zero is the default
+	}
+	if w.inboxKey {
+		kp, err := queue.NewInboxKey()
+		if err != nil {
+			return failure(err)
+		}
+		cfg.NATS.InboxKey = kp
 	}
 	cfg.Version = Version
 	cfg.Logger = w.a.log

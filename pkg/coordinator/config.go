@@ -7,6 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/stepflow-go/stepflow/pkg/natsauth"
 	"github.com/stepflow-go/stepflow/pkg/queue"
 )
 
@@ -66,6 +67,11 @@ type Config struct {
 	// NATSConnect holds authentication and TLS settings for NATSURL (its
 	// Name and Logger are set by the coordinator).
 	NATSConnect queue.ConnectOptions
+	// AuthCallout, when its Issuer is set, has the coordinator answer the
+	// NATS server's auth callout (package natsauth): workers log in with
+	// the shared worker password and an inbox key each, and none can read
+	// another's replies. Its Logger defaults to Logger.
+	AuthCallout natsauth.Config
 	// NATSHost is the embedded server's listen address. Default
 	// "127.0.0.1": workers on other machines need an external NATS.
 	NATSHost string

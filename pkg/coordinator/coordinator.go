@@ -21,6 +21,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/stepflow-go/stepflow/pkg/metrics"
+	"github.com/stepflow-go/stepflow/pkg/natsauth"
 	"github.com/stepflow-go/stepflow/pkg/profiling"
 	"github.com/stepflow-go/stepflow/pkg/queue"
 )
@@ -312,6 +313,15 @@ func (c *Coordinator) start(ctx context.Context) error {
 		return fmt.Errorf("coordinator: %w", err)
 	}
 	c.nc, c.js = nc, js
+	if ac := cfg.AuthCallout; ac.Issuer != nil {
+		// Before provisioning, which waits for a forming cluster: workers
+		// log in meanwhile. Every coordinator answers, standbys too.
+		ac.Logger = cmp.Or(ac.Logger, cfg.Logger)
+		if _, err := natsauth.Start(nc, ac); err != nil {
+			return fmt.Errorf("coordinator: %w", err)
+		}
+		c.log.Info("answering the NATS auth callout", zap.String("account", ac.Account))
+	}
 	c.unresponsive = queue.NewUnresponsive(nc, 0, c.log)
 	c.apiUnresponsive = queue.NewUnresponsive(nc, 0, c.log)
 	if c.embedded != nil {

@@ -20,6 +20,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nkeys"
 	"go.uber.org/zap"
 
 	"github.com/stepflow-go/stepflow/pkg/blob"
@@ -80,6 +81,8 @@ type Options struct {
 	ConfineFiles bool
 	// NATSInboxPrefix is pluginapi.Host.NATSInboxPrefix.
 	NATSInboxPrefix string
+	// NATSInboxKey is pluginapi.Host.NATSInboxKey.
+	NATSInboxKey nkeys.KeyPair
 	// Runs is the run machinery for component callbacks; nil for none.
 	Runs Runs
 	// Factories adds or replaces plugin types.
@@ -214,7 +217,7 @@ func pluginError(cfg *config.Config, pc *config.Plugin, err error) error {
 }
 
 func (o Options) host(cfg *config.Config) (Host, error) {
-	h := Host{Blobs: o.Blobs, WorkingDir: o.WorkingDir, Logger: o.Logger, HTTPClient: o.HTTPClient, LookupEnv: o.LookupEnv, Runs: o.Runs, ConfineFiles: o.ConfineFiles, NATSInboxPrefix: o.NATSInboxPrefix}
+	h := Host{Blobs: o.Blobs, WorkingDir: o.WorkingDir, Logger: o.Logger, HTTPClient: o.HTTPClient, LookupEnv: o.LookupEnv, Runs: o.Runs, ConfineFiles: o.ConfineFiles, NATSInboxPrefix: o.NATSInboxPrefix, NATSInboxKey: o.NATSInboxKey}
 	if o.ConfineFiles && cfg != nil && cfg.File != "" {
 		// The config may name credentials (environment values, tokens):
 		// flows submitted to a worker must not read it.

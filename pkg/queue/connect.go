@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
 	"go.uber.org/zap"
 )
 
@@ -47,6 +48,13 @@ type ConnectOptions struct {
 	// Default nats.go's "_INBOX"; the coordinator and the workers set
 	// CoordinatorInboxPrefix and WorkerInboxPrefix.
 	InboxPrefix string
+	// InboxKey, when set, is a user nkey the process made for itself: it
+	// signs the server's nonce with it at login, next to its user and
+	// password, and its inbox prefix becomes InboxPrefix.<public key>.
+	// The coordinator's NATS auth callout (package natsauth) lets a
+	// worker that proves its key subscribe under that prefix only, so
+	// workers sharing one NATS user cannot read each other's replies.
+	InboxKey nkeys.KeyPair
 
 	// InProcess connects to an in-process server (an *Embedded) without
 	// TCP; the URL is then ignored.
@@ -179,6 +187,14 @@ func Connect(ctx context.Context, url string, opts ConnectOptions) (*nats.Conn, 
 		}
 		no = append(no, nats.ClientCert(opts.TLSCertFile, opts.TLSKeyFile))
 	}
+	if opts.InboxKey != nil {
+		o, prefix, err := inboxKeyOptions(url, opts)
+		if err != nil {
+			return nil, nil, err
+		}
+		no = append(no, o)
+		opts.InboxPrefix = prefix
+	}
 	if opts.InboxPrefix != "" {
 		if !ValidInboxPrefix(opts.InboxPrefix) {
 			return nil, nil, fmt.Errorf("%w: inbox prefix %q: use subject tokens (letters, digits, _ and -) separated by dots, without wildcards", ErrInvalidConfig, opts.InboxPrefix)
@@ -225,6 +241,32 @@ func Connect(ctx context.Context, url string, opts ConnectOptions) (*nats.Conn, 
 		return nil, nil, fmt.Errorf("queue: JetStream: %w", err)
 	}
 	return nc, js, nil
+}
+
+// inboxKeyOptions returns the login option of opts.InboxKey and the
+// inbox prefix it proves.
+func inboxKeyOptions(url string, opts ConnectOptions) (nats.Option, string, error) {
+	if opts.NKeySeedFile != "" || opts.CredsFile != "" {
+		return nil, "", fmt.Errorf("%w: an inbox key signs in next to a user and password, not with an nkey seed or credentials file of its own", ErrInvalidConfig)
+	}
+	if strings.Contains(url, "@") {
+		// nats.go sends no nkey when the URL carries the credentials.
+		return nil, "", fmt.Errorf("%w: with an inbox key, give the NATS user and password as options (--nats-user, STEPFLOW_NATS_PASSWORD), not in the URL", ErrInvalidConfig)
+	}
+	pub, err := opts.InboxKey.PublicKey()
+	if err != nil || !nkeys.IsValidPublicUserKey(pub) {
+		return nil, "", fmt.Errorf("%w: the inbox key is no user nkey", ErrInvalidConfig)
+	}
+	return nats.Nkey(pub, opts.InboxKey.Sign), cmp.Or(opts.InboxPrefix, nats.InboxPrefix[:len(nats.InboxPrefix)-1]) + "." + pub, nil
+}
+
+// NewInboxKey makes a user nkey for ConnectOptions.InboxKey.
+func NewInboxKey() (nkeys.KeyPair, error) {
+	kp, err := nkeys.CreateUser()
+	if err != nil {
+		return nil, fmt.Errorf("queue: make an inbox key: %w", err)
+	}
+	return kp, nil
 }
 
 // RedactURL returns a NATS URL (or comma-separated list) with the

@@ -22,6 +22,8 @@ const (
 	EnvNATSTLSCert     = "STEPFLOW_NATS_TLS_CERT"
 	EnvNATSTLSKey      = "STEPFLOW_NATS_TLS_KEY"
 	EnvNATSInboxPrefix = "STEPFLOW_NATS_INBOX_PREFIX"
+	// EnvNATSInboxKey turns on a worker's inbox key (ConnectOptions.InboxKey).
+	EnvNATSInboxKey = "STEPFLOW_NATS_INBOX_KEY"
 )
 
 // Environment variables of the embedded server's flags

@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -56,6 +57,20 @@ func TestNames(t *testing.T) {
 		require.False(t, queue.ValidInboxPrefix(bad), bad)
 	}
 	_, _, err = queue.Connect(context.Background(), "nats://127.0.0.1:1", queue.ConnectOptions{InboxPrefix: "a.>"})
+	require.ErrorIs(t, err, queue.ErrInvalidConfig)
+
+	// An inbox key signs in next to a user and password given as
+	// options: nats.go sends no key next to credentials in the URL.
+	key, err := queue.NewInboxKey()
+	require.NoError(t, err)
+	_, _, err = queue.Connect(context.Background(), "nats://worker:pw@127.0.0.1:1", queue.ConnectOptions{InboxKey: key})
+	require.ErrorIs(t, err, queue.ErrInvalidConfig)
+	require.ErrorContains(t, err, "not in the URL")
+	_, _, err = queue.Connect(context.Background(), "nats://127.0.0.1:1", queue.ConnectOptions{InboxKey: key, NKeySeedFile: "seed"})
+	require.ErrorIs(t, err, queue.ErrInvalidConfig)
+	account, err := nkeys.CreateAccount()
+	require.NoError(t, err)
+	_, _, err = queue.Connect(context.Background(), "nats://127.0.0.1:1", queue.ConnectOptions{InboxKey: account})
 	require.ErrorIs(t, err, queue.ErrInvalidConfig)
 }
 

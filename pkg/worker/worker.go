@@ -275,6 +275,7 @@ func (w *Worker) start(ctx context.Context) error {
 		Factories:    w.cfg.PluginFactories,
 		// A `type: nats` plugin logs in as the worker's user.
 		NATSInboxPrefix: w.cfg.NATS.InboxPrefix,
+		NATSInboxKey:    w.cfg.NATS.InboxKey,
 	})
 	if err != nil {
 		return fmt.Errorf("worker: start plugins: %w", err)

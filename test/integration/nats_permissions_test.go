@@ -14,6 +14,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -193,13 +194,20 @@ type snooper struct {
 	nc     *nats.Conn
 	mu     sync.Mutex
 	got    map[string]int // subscription subject -> messages received
+	last   string         // the subject of the last message received
 	denied chan string    // subjects whose subscription was refused
 }
 
 func newSnooper(t *testing.T, url, user, password string, subjects ...string) *snooper {
 	t.Helper()
+	return newSnooperWith(t, url, []nats.Option{nats.UserInfo(user, password)}, subjects...)
+}
+
+// newSnooperWith is newSnooper logged in with opts.
+func newSnooperWith(t *testing.T, url string, opts []nats.Option, subjects ...string) *snooper {
+	t.Helper()
 	s := &snooper{t: t, got: map[string]int{}, denied: make(chan string, 16)}
-	nc, err := nats.Connect(url, nats.UserInfo(user, password),
+	nc, err := nats.Connect(url, append(opts,
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 			if errors.Is(err, nats.ErrPermissionViolation) {
 				for _, subj := range subjects {
@@ -208,14 +216,15 @@ func newSnooper(t *testing.T, url, user, password string, subjects ...string) *s
 					}
 				}
 			}
-		}))
+		}))...)
 	require.NoError(t, err)
 	t.Cleanup(nc.Close)
 	s.nc = nc
 	for _, subj := range subjects {
-		_, err := nc.Subscribe(subj, func(*nats.Msg) {
+		_, err := nc.Subscribe(subj, func(m *nats.Msg) {
 			s.mu.Lock()
 			s.got[subj]++
+			s.last = m.Subject
 			s.mu.Unlock()
 		})
 		require.NoError(t, err)
@@ -231,6 +240,18 @@ func (s *snooper) received(subj string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.got[subj]
+}
+
+// lastSubjectToken returns token i (from 0) of the subject of the last
+// message received, "" if there is none.
+func (s *snooper) lastSubjectToken(i int) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	tokens := strings.Split(s.last, ".")
+	if i >= len(tokens) {
+		return ""
+	}
+	return tokens[i]
 }
 
 // requireDenied waits for the server to refuse the subscriptions to
@@ -323,4 +344,105 @@ func TestNATSRepliesArePrivate(t *testing.T) {
 	require.Positive(t, control.received(coordinator), "the coordinator's inbox carried nothing: the test proves nothing")
 	require.Zero(t, other.received(worker2), "worker-2 read replies that were not its own")
 	require.Zero(t, sdk.received(natsDefault), "the SDK user read a stepflow process's replies")
+}
+
+// TestNATSAuthCalloutIsolatesWorkers: with auth-callout.conf, workers
+// share one user and password, and still none reads another's replies.
+// The coordinator answers the server's auth callout; a worker started
+// with --nats-inbox-key runs the batch-processor example (nested runs)
+// and the hello example (blobs) while a second login of the worker user,
+// with a key of its own, subscribes to every inbox it can: the server
+// lets it subscribe under its own key's prefix only. A login that claims
+// the first worker's key without its private key, one without a key and
+// one with a wrong password are refused. A coordinator-user subscription
+// to the worker's inbox is the control.
+func TestNATSAuthCalloutIsolatesWorkers(t *testing.T) {
+	skipShort(t)
+	t.Parallel()
+	requireVenvs(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+
+	issuer, err := nkeys.CreateAccount()
+	require.NoError(t, err)
+	issuerPub, err := issuer.PublicKey()
+	require.NoError(t, err)
+	seed, err := issuer.Seed()
+	require.NoError(t, err)
+	seedFile := filepath.Join(t.TempDir(), "issuer.seed")
+	require.NoError(t, os.WriteFile(seedFile, seed, 0o600))
+
+	shipped, err := os.ReadFile(filepath.Join(repoRoot, "deploy", "k8s", "base", "nats", "auth-callout.conf"))
+	require.NoError(t, err)
+	conf := strings.NewReplacer("$NATS_COORDINATOR_PASSWORD", `"coord-pw"`, "$NATS_SDK_PASSWORD", `"sdk-pw"`,
+		"$NATS_AUTH_CALLOUT_ISSUER", `"`+issuerPub+`"`).Replace(string(shipped))
+	path := filepath.Join(t.TempDir(), "auth-callout.conf")
+	require.NoError(t, os.WriteFile(path, []byte(conf), 0o600))
+	core, serverLogs := observer.New(zapcore.InfoLevel)
+	srv := queue.NewEmbedded(queue.EmbeddedConfig{StoreDir: t.TempDir(), ConfigFile: path, Logger: zap.New(core)})
+	require.NoError(t, srv.Start(ctx))
+	t.Cleanup(srv.Shutdown)
+	url := srv.ClientURL()
+	c := startCoordinator(t, []string{"STEPFLOW_NATS_PASSWORD=coord-pw", "STEPFLOW_NATS_AUTH_CALLOUT_WORKER_PASSWORD=worker-pw"},
+		"--nats-url", url, "--nats-user", "coordinator", "--nats-auth-callout-issuer", seedFile, "--log-level", "warn")
+
+	// The worker's key is made by the worker; the test learns it from the
+	// control's subscription (the prefix's second token).
+	control := newSnooper(t, url, "coordinator", "coord-pw", "_INBOX_stepflow_worker.>")
+	worker, workerLogs := startWorkerCmd(t, []string{"STEPFLOW_NATS_USER=worker", "STEPFLOW_NATS_PASSWORD=worker-pw", "STEPFLOW_BLOB_CACHE_BYTES=0"},
+		"--nats-url", url, "--nats-inbox-key", "--concurrency", "2", "--config", "examples/batch-processor/stepflow-config.yml")
+
+	// Another login of the worker user, with a key of its own.
+	thief, err := nkeys.CreateUser()
+	require.NoError(t, err)
+	thiefPub, err := thief.PublicKey()
+	require.NoError(t, err)
+	const (
+		everyWorker = "_INBOX_stepflow_worker.>"
+		anyKey      = "_INBOX_stepflow_worker.*.>"
+		coordinator = "_INBOX_stepflow_coordinator.>"
+		natsDefault = "_INBOX.>"
+	)
+	own := "_INBOX_stepflow_worker." + thiefPub + ".>"
+	other := newSnooperWith(t, url, []nats.Option{nats.UserInfo("worker", "worker-pw"), nats.Nkey(thiefPub, thief.Sign)},
+		own, everyWorker, anyKey, coordinator, natsDefault, ">")
+	other.requireDenied(everyWorker, anyKey, coordinator, natsDefault, ">")
+	// Its own prefix it may read: the callout granted it.
+	require.NoError(t, control.nc.Publish("_INBOX_stepflow_worker."+thiefPub+".probe", nil))
+	require.NoError(t, control.nc.Flush())
+	require.NoError(t, other.nc.Flush())
+	require.Equal(t, 1, other.received(own), "the second login cannot read its own inbox")
+
+	runExamplesThenStop(t, c, worker, workerLogs)
+	thiefCID, err := other.nc.GetClientID()
+	require.NoError(t, err)
+	var needed []string
+	for _, v := range violations(serverLogs) {
+		if !strings.Contains(v, fmt.Sprintf(" - cid:%d - ", thiefCID)) {
+			needed = append(needed, v)
+		}
+	}
+	require.Empty(t, needed, "the worker or the coordinator needed a subject it is not granted")
+	for _, s := range []*snooper{other, control} {
+		require.NoError(t, s.nc.Flush())
+	}
+	require.Positive(t, control.received("_INBOX_stepflow_worker.>"), "the worker's inbox carried nothing: the test proves nothing")
+	require.Equal(t, 1, other.received(own), "a reply reached another worker's own prefix")
+
+	// The worker's key, from a reply subject the control saw, cannot be
+	// claimed without its private key.
+	victim := control.lastSubjectToken(1)
+	require.True(t, nkeys.IsValidPublicUserKey(victim), "the worker's inbox is not under its key: %q", victim)
+	refused := func(what string, opts ...nats.Option) {
+		t.Helper()
+		nc, err := nats.Connect(url, opts...)
+		if nc != nil {
+			nc.Close()
+		}
+		require.ErrorIs(t, err, nats.ErrAuthorization, what)
+	}
+	refused("the worker's key signed by another", nats.UserInfo("worker", "worker-pw"), nats.Nkey(victim, thief.Sign))
+	refused("a worker without a key", nats.UserInfo("worker", "worker-pw"))
+	refused("a wrong password", nats.UserInfo("worker", "guess"), nats.Nkey(thiefPub, thief.Sign))
+	refused("an unknown user", nats.UserInfo("admin", "worker-pw"), nats.Nkey(thiefPub, thief.Sign))
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -51,8 +52,11 @@ func (p *Plugin) startNATS(ctx context.Context) error {
 	n := p.cfg.nats
 	// The worker's inbox prefix: the plugin's connection logs in as the
 	// worker's user, which may read replies under that prefix only.
-	nc, err := nats.Connect(n.URL, nats.Name("stepflow plugin "+p.name), nats.MaxReconnects(-1),
-		nats.CustomInboxPrefix(cmp.Or(p.host.NATSInboxPrefix, sfqueue.WorkerInboxPrefix)))
+	connectURL, opts, err := p.natsLogin(n.URL)
+	if err != nil {
+		return err
+	}
+	nc, err := nats.Connect(connectURL, append(opts, nats.Name("stepflow plugin "+p.name), nats.MaxReconnects(-1))...)
 	if err != nil {
 		return fmt.Errorf("connect to NATS at %s: %w", redactURL(n.URL), err)
 	}
@@ -69,6 +73,47 @@ func (p *Plugin) startNATS(ctx context.Context) error {
 	}
 	p.d.publish = p.publish
 	return nil
+}
+
+// natsLogin returns the URL to connect to and the options of the
+// plugin's connection: the worker's inbox prefix and, when the worker
+// has an inbox key, the key's login (the callout that admits the worker
+// admits the plugin's connection with the same key to the same prefix).
+// nats.go sends no key next to credentials in the URL: they move to
+// options then.
+func (p *Plugin) natsLogin(urls string) (string, []nats.Option, error) {
+	prefix := cmp.Or(p.host.NATSInboxPrefix, sfqueue.WorkerInboxPrefix)
+	kp := p.host.NATSInboxKey
+	if kp == nil {
+		return urls, []nats.Option{nats.CustomInboxPrefix(prefix)}, nil
+	}
+	pub, err := kp.PublicKey()
+	if err != nil {
+		return "", nil, fmt.Errorf("the worker's inbox key: %w", err)
+	}
+	opts := []nats.Option{nats.CustomInboxPrefix(prefix + "." + pub), nats.Nkey(pub, kp.Sign)}
+	parts := strings.Split(urls, ",")
+	var user *url.Userinfo
+	for i, part := range parts {
+		u, err := url.Parse(strings.TrimSpace(part))
+		if err != nil || u.User == nil {
+			continue
+		}
+		if user != nil && user.String() != u.User.String() {
+			return "", nil, fmt.Errorf("NATS URL %s: the URLs name different credentials", sfqueue.RedactURL(urls))
+		}
+		user, u.User = u.User, nil
+		parts[i] = u.String()
+	}
+	if user != nil {
+		pw, ok := user.Password()
+		if !ok {
+			opts = append(opts, nats.Token(user.Username()))
+		} else {
+			opts = append(opts, nats.UserInfo(user.Username(), pw))
+		}
+	}
+	return strings.Join(parts, ","), opts, nil
 }
 
 // ensureStream creates the stream when it does not exist yet.

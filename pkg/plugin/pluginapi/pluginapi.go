@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 
+	"github.com/nats-io/nkeys"
 	"go.uber.org/zap"
 
 	"github.com/stepflow-go/stepflow/pkg/blob"
@@ -98,6 +99,10 @@ type Host struct {
 	// connection (the worker's --nats-inbox-prefix), for plugins that
 	// connect to NATS as the same user; empty: the plugin's default.
 	NATSInboxPrefix string
+	// NATSInboxKey is the host's inbox key (queue.ConnectOptions.InboxKey),
+	// nil when it has none: a plugin connecting as the same user signs in
+	// with it too, and takes replies under NATSInboxPrefix.<its public key>.
+	NATSInboxKey nkeys.KeyPair
 }
 
 // BlobAPI serves the host's blob store over HTTP on loopback.
