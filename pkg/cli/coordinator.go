@@ -26,14 +26,14 @@ type coordinatorCmd struct {
 	tokenFile    *string
 	natsSync     string
 	itemsStorage string
-	// calloutIssuer is --nats-auth-callout-issuer.
-	calloutIssuer string
-	envErr        error
+	// calloutSeed is --nats-auth-callout-issuer-seed.
+	calloutSeed string
+	envErr      error
 }
 
 // The environment variables of the auth callout flags.
 const (
-	envCalloutIssuer         = "STEPFLOW_NATS_AUTH_CALLOUT_ISSUER"
+	envCalloutSeed           = "STEPFLOW_NATS_AUTH_CALLOUT_ISSUER_SEED"
 	envCalloutAccount        = "STEPFLOW_NATS_AUTH_CALLOUT_ACCOUNT"
 	envCalloutWorkerPassword = "STEPFLOW_NATS_AUTH_CALLOUT_WORKER_PASSWORD"
 )
@@ -80,7 +80,8 @@ stderr. SIGINT/SIGTERM stops it gracefully and exits 0.`,
 	c.tokenFile = coordinator.RegisterSecurityFlags(fl, cfg, a.io.Getenv)
 	queue.RegisterConnectFlags(fl, &cfg.NATSConnect, a.io.Getenv)
 	queue.RegisterEmbeddedFlags(fl, &cfg.EmbeddedNATS, a.io.Getenv)
-	fl.StringVar(&c.calloutIssuer, "nats-auth-callout-issuer", env.str(envCalloutIssuer, ""), "answer the NATS server's auth callout, signing with the account seed (SA...) in this file, whose public key is the server's auth_callout issuer: workers log in as user worker with --nats-inbox-key, and none can read another's replies (deploy/k8s/base/nats/auth-callout.conf; env "+envCalloutIssuer+")")
+	fl.StringVar(&c.calloutSeed, "nats-auth-callout-issuer-seed", "", "answer the NATS server's auth callout, signing with this account seed (SA...), whose public key is the server's auth_callout issuer: workers log in as user worker with --nats-inbox-key, and none can read another's replies (deploy/k8s/base/nats/auth-callout.conf); prefer the env variable (env "+envCalloutSeed+")")
+	c.calloutSeed = a.io.Getenv(envCalloutSeed)
 	fl.StringVar(&cfg.AuthCallout.Account, "nats-auth-callout-account", env.str(envCalloutAccount, "STEPFLOW"), "account the auth callout places workers in: the coordinator's own (env "+envCalloutAccount+")")
 	fl.StringVar(&cfg.AuthCallout.WorkerPassword, "nats-auth-callout-worker-password", "", "password the auth callout takes from workers; prefer the env variable (env "+envCalloutWorkerPassword+")")
 	cfg.AuthCallout.WorkerPassword = a.io.Getenv(envCalloutWorkerPassword)
@@ -120,12 +121,12 @@ func (c *coordinatorCmd) run(ctx context.Context, stdout io.Writer) error {
 	if cfg.Queue.ItemsFileStorage, err = queue.ParseItemsStorage(c.itemsStorage); err != nil {
 		return usageErr("--nats-items-storage: %v", err)
 	}
-	if c.calloutIssuer != "" {
-		if cfg.AuthCallout.Issuer, err = natsauth.ReadIssuer(c.calloutIssuer); err != nil {
-			return usageErr("--nats-auth-callout-issuer: %v", err)
+	if c.calloutSeed != "" {
+		if cfg.AuthCallout.Issuer, err = natsauth.ParseIssuer(c.calloutSeed); err != nil {
+			return usageErr("--nats-auth-callout-issuer-seed: %v", err)
 		}
 		if cfg.AuthCallout.WorkerPassword == "" {
-			return usageErr("--nats-auth-callout-issuer needs the workers' password (%s)", envCalloutWorkerPassword)
+			return usageErr("--nats-auth-callout-issuer-seed needs the workers' password (%s)", envCalloutWorkerPassword)
 		}
 	}
 	log := c.a.log

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -252,19 +251,17 @@ func TestDaemonUsageErrors(t *testing.T) {
 	require.Contains(t, r.stderr, "is empty")
 
 	// The auth callout needs an account seed and the workers' password.
-	seed := filepath.Join(dir, "issuer.seed")
-	require.NoError(t, os.WriteFile(seed, []byte("SUnot-a-seed"), 0o600))
-	r = runStandalone(t, ExecuteCoordinator, nil, "--data-dir", dir, "--nats-auth-callout-issuer", seed)
+	r = runStandalone(t, ExecuteCoordinator, map[string]string{"STEPFLOW_NATS_AUTH_CALLOUT_ISSUER_SEED": "SUnot-a-seed"}, "--data-dir", dir)
 	require.Equal(t, ExitUsage, r.code)
-	require.Contains(t, r.stderr, "Error: --nats-auth-callout-issuer: natsauth: invalid configuration: issuer seed "+seed)
+	require.Contains(t, r.stderr, "Error: --nats-auth-callout-issuer-seed: natsauth: invalid configuration: issuer seed")
+	require.NotContains(t, r.stderr, "SUnot-a-seed")
 	account, err := nkeys.CreateAccount()
 	require.NoError(t, err)
 	accountSeed, err := account.Seed()
 	require.NoError(t, err)
-	require.NoError(t, os.WriteFile(seed, accountSeed, 0o600))
-	r = runStandalone(t, ExecuteCoordinator, nil, "--data-dir", dir, "--nats-auth-callout-issuer", seed)
+	r = runStandalone(t, ExecuteCoordinator, map[string]string{"STEPFLOW_NATS_AUTH_CALLOUT_ISSUER_SEED": string(accountSeed)}, "--data-dir", dir)
 	require.Equal(t, ExitUsage, r.code)
-	require.Equal(t, "Error: --nats-auth-callout-issuer needs the workers' password (STEPFLOW_NATS_AUTH_CALLOUT_WORKER_PASSWORD)\n", r.stderr)
+	require.Equal(t, "Error: --nats-auth-callout-issuer-seed needs the workers' password (STEPFLOW_NATS_AUTH_CALLOUT_WORKER_PASSWORD)\n", r.stderr)
 }
 
 // --nats-replicas reaches the provisioning of the streams: a single

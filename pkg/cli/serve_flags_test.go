@@ -19,7 +19,7 @@ func TestServeTakesTheCoordinatorFlags(t *testing.T) {
 	r := stepflow(t, nil, "", "serve", "--help")
 	require.Equal(t, ExitOK, r.code, r.stderr)
 	skip := map[string]bool{"id": true, "advertise-url": true, "lease-ttl": true, "nats-replicas": true,
-		"nats-auth-callout-issuer": true, "nats-auth-callout-account": true, "nats-auth-callout-worker-password": true}
+		"nats-auth-callout-issuer-seed": true, "nats-auth-callout-account": true, "nats-auth-callout-worker-password": true}
 	for _, m := range coordFlags {
 		if skip[m[1]] {
 			continue

@@ -20,7 +20,6 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 
 	"github.com/nats-io/jwt/v2"
@@ -90,19 +89,15 @@ type Config struct {
 // ErrInvalidConfig is wrapped by errors about a Config or its files.
 var ErrInvalidConfig = errors.New("natsauth: invalid configuration")
 
-// ReadIssuer reads an account seed (SA...) from path: the key pair whose
-// public key (AA... ) is the auth_callout issuer of the server.
-func ReadIssuer(path string) (nkeys.KeyPair, error) {
-	data, err := os.ReadFile(path)
+// ParseIssuer parses an account seed (SA...): the key pair whose public
+// key (A...) is the auth_callout issuer of the server.
+func ParseIssuer(seed string) (nkeys.KeyPair, error) {
+	kp, err := nkeys.FromSeed([]byte(strings.TrimSpace(seed)))
 	if err != nil {
 		return nil, fmt.Errorf("%w: issuer seed: %w", ErrInvalidConfig, err)
 	}
-	kp, err := nkeys.FromSeed([]byte(strings.TrimSpace(string(data))))
-	if err != nil {
-		return nil, fmt.Errorf("%w: issuer seed %s: %w", ErrInvalidConfig, path, err)
-	}
 	if pub, _ := kp.PublicKey(); !nkeys.IsValidPublicAccountKey(pub) {
-		return nil, fmt.Errorf("%w: issuer seed %s is no account seed (SA...): the server's auth_callout issuer is an account public key", ErrInvalidConfig, path)
+		return nil, fmt.Errorf("%w: the issuer seed is no account seed (SA...): the server's auth_callout issuer is an account public key", ErrInvalidConfig)
 	}
 	return kp, nil
 }

@@ -53,7 +53,9 @@ type ConnectOptions struct {
 	// password, and its inbox prefix becomes InboxPrefix.<public key>.
 	// The coordinator's NATS auth callout (package natsauth) lets a
 	// worker that proves its key subscribe under that prefix only, so
-	// workers sharing one NATS user cannot read each other's replies.
+	// workers sharing one NATS user cannot read each other's replies. A
+	// refused login is tried again rather than ending Connect: the
+	// coordinator that answers may be starting.
 	InboxKey nkeys.KeyPair
 
 	// InProcess connects to an in-process server (an *Embedded) without
@@ -257,7 +259,13 @@ func inboxKeyOptions(url string, opts ConnectOptions) (nats.Option, string, erro
 	if err != nil || !nkeys.IsValidPublicUserKey(pub) {
 		return nil, "", fmt.Errorf("%w: the inbox key is no user nkey", ErrInvalidConfig)
 	}
-	return nats.Nkey(pub, opts.InboxKey.Sign), cmp.Or(opts.InboxPrefix, nats.InboxPrefix[:len(nats.InboxPrefix)-1]) + "." + pub, nil
+	return func(o *nats.Options) error {
+		// A refused login is tried again, not the end: the coordinator
+		// that answers the server's auth callout may be starting or
+		// restarting (a wrong password is logged at each try).
+		o.IgnoreAuthErrorAbort = true
+		return nats.Nkey(pub, opts.InboxKey.Sign)(o)
+	}, cmp.Or(opts.InboxPrefix, nats.InboxPrefix[:len(nats.InboxPrefix)-1]) + "." + pub, nil
 }
 
 // NewInboxKey makes a user nkey for ConnectOptions.InboxKey.

@@ -369,8 +369,6 @@ func TestNATSAuthCalloutIsolatesWorkers(t *testing.T) {
 	require.NoError(t, err)
 	seed, err := issuer.Seed()
 	require.NoError(t, err)
-	seedFile := filepath.Join(t.TempDir(), "issuer.seed")
-	require.NoError(t, os.WriteFile(seedFile, seed, 0o600))
 
 	shipped, err := os.ReadFile(filepath.Join(repoRoot, "deploy", "k8s", "base", "nats", "auth-callout.conf"))
 	require.NoError(t, err)
@@ -383,14 +381,24 @@ func TestNATSAuthCalloutIsolatesWorkers(t *testing.T) {
 	require.NoError(t, srv.Start(ctx))
 	t.Cleanup(srv.Shutdown)
 	url := srv.ClientURL()
-	c := startCoordinator(t, []string{"STEPFLOW_NATS_PASSWORD=coord-pw", "STEPFLOW_NATS_AUTH_CALLOUT_WORKER_PASSWORD=worker-pw"},
-		"--nats-url", url, "--nats-user", "coordinator", "--nats-auth-callout-issuer", seedFile, "--log-level", "warn")
 
 	// The worker's key is made by the worker; the test learns it from the
 	// control's subscription (the prefix's second token).
 	control := newSnooper(t, url, "coordinator", "coord-pw", "_INBOX_stepflow_worker.>")
+	// The worker starts first: no coordinator answers its login yet, and
+	// it tries again until one does.
 	worker, workerLogs := startWorkerCmd(t, []string{"STEPFLOW_NATS_USER=worker", "STEPFLOW_NATS_PASSWORD=worker-pw", "STEPFLOW_BLOB_CACHE_BYTES=0"},
 		"--nats-url", url, "--nats-inbox-key", "--concurrency", "2", "--config", "examples/batch-processor/stepflow-config.yml")
+	for !strings.Contains(workerLogs.String(), "cannot connect to NATS; retrying") {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the worker did not try to log in: %s", workerLogs.String())
+		case <-time.After(20 * time.Millisecond): // polls the worker's log
+		}
+	}
+	c := startCoordinator(t, []string{"STEPFLOW_NATS_PASSWORD=coord-pw", "STEPFLOW_NATS_AUTH_CALLOUT_WORKER_PASSWORD=worker-pw",
+		"STEPFLOW_NATS_AUTH_CALLOUT_ISSUER_SEED=" + string(seed)},
+		"--nats-url", url, "--nats-user", "coordinator", "--log-level", "warn")
 
 	// Another login of the worker user, with a key of its own.
 	thief, err := nkeys.CreateUser()

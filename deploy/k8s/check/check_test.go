@@ -70,9 +70,11 @@ func TestBrokenFixtures(t *testing.T) {
 		{"ha-advertise-service", false, `--advertise-url="http://coordinator:7840": want http://$(POD_IP):7840 with POD_IP from the downward API (status.podIP)`},
 		{"ha-no-advertise-url", false, "--advertise-url is unset: the leader would advertise http://127.0.0.1:7840, and a standby would forward the API to itself"},
 		{"ha-fixed-id", false, `--id="coordinator" is the same in every pod`},
-		{"worker-coordinator-user", false, `Deployment/worker container worker: logs in to NATS as "coordinator" (STEPFLOW_NATS_USER), a user that may publish to every subject (publish: [">"])`},
-		{"nats-unknown-user", false, `STEPFLOW_NATS_USER="admin" is not a user of StatefulSet/nats /etc/nats/nats.conf (it has [coordinator sdk worker])`},
-		{"nats-password-mismatch", false, `the NATS password (STEPFLOW_NATS_PASSWORD) is not the one StatefulSet/nats /etc/nats/nats.conf gives user "worker" ($NATS_WORKER_PASSWORD of the NATS container, Secret stepflow-nats key worker-password)`},
+		{"worker-coordinator-user", false, `Deployment/worker container worker: STEPFLOW_NATS_USER="coordinator": with the auth callout of /etc/nats/nats.conf, workers log in as "worker", whom the coordinator admits`},
+		{"nats-unknown-user", false, `STEPFLOW_NATS_USER="admin" is not a user of StatefulSet/nats /etc/nats/nats.conf (it has [coordinator sdk])`},
+		{"nats-password-mismatch", false, `Deployment/worker container worker: the worker's password (STEPFLOW_NATS_PASSWORD) comes from Secret stepflow-nats key coordinator-password, the one Deployment/coordinator container coordinator checks from Secret stepflow-nats key worker-password: take both from the same key`},
+		{"worker-no-inbox-key", false, `Deployment/worker container worker: STEPFLOW_NATS_INBOX_KEY="false": with the auth callout, a worker signs in with a key of its own (STEPFLOW_NATS_INBOX_KEY=true)`},
+		{"callout-seed-mismatch", false, `Deployment/coordinator container coordinator: the public key of STEPFLOW_NATS_AUTH_CALLOUT_ISSUER_SEED is`},
 		{"nats-password-literal", false, "STEPFLOW_NATS_PASSWORD is not taken from a Secret"},
 		{"nats-no-auth", false, "/etc/nats/nats.conf defines no users"},
 		{"secret-namespace", false, `namespace "", the workloads are in "stepflow"`},
@@ -242,11 +244,13 @@ func TestDynamicPermissionViolation(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts processes")
 	}
-	raw, err := os.ReadFile(filepath.Join("../../..", authConfFile))
+	const calloutConf = "deploy/k8s/base/nats/auth-callout.conf"
+	raw, err := os.ReadFile(filepath.Join("../../..", calloutConf))
 	if err != nil {
 		t.Fatal(err)
 	}
-	const drop = "$JS.API.STREAM.INFO.KV_STEPFLOW_WORKERS"
+	// The SDK workers' acks.
+	const drop = "$JS.ACK.PYTHON_TASKS.python-workers.>"
 	var kept []string
 	for _, l := range strings.Split(string(raw), "\n") {
 		if !strings.Contains(l, `"`+drop+`"`) {
@@ -254,28 +258,28 @@ func TestDynamicPermissionViolation(t *testing.T) {
 		}
 	}
 	if len(kept) == len(strings.Split(string(raw), "\n")) {
-		t.Fatalf("%s does not grant %s", authConfFile, drop)
+		t.Fatalf("%s does not grant %s", calloutConf, drop)
 	}
-	dev, err := filepath.Abs("../overlays/dev")
+	sdk, err := filepath.Abs("../overlays/prod-sdk-nats")
 	if err != nil {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "auth.conf"), []byte(strings.Join(kept, "\n")), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "auth-callout.conf"), []byte(strings.Join(kept, "\n")), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	rel, err := filepath.Rel(dir, dev) // kustomize takes no absolute paths
+	rel, err := filepath.Rel(dir, sdk) // kustomize takes no absolute paths
 	if err != nil {
 		t.Fatal(err)
 	}
-	k := "resources: [" + rel + "]\nconfigMapGenerator:\n  - {name: nats-config, behavior: merge, files: [auth.conf]}\n"
+	k := "resources: [" + rel + "]\nconfigMapGenerator:\n  - {name: nats-config, behavior: merge, files: [auth-callout.conf]}\n"
 	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(k), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	c := newTestChecker(t)
 	c.Dynamic = true
 	err = c.Check(dir)
-	want := `"$G/user:worker" - Publish Violation - Subject "` + drop + `"`
+	want := `"STEPFLOW/user:sdk" - Publish Violation - Subject "$JS.ACK.PYTHON_TASKS.python-workers.`
 	if err == nil || !strings.Contains(err.Error(), want) {
 		t.Fatalf("the error does not say %q:\n%v", want, err)
 	}
@@ -355,13 +359,13 @@ func TestNATSPermissionRules(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	if err := checkWorkerDenied(url, "worker", "worker", workerPW, "coordinator", coordPW); err != nil {
+	if err := checkWorkerDenied(url, "worker", "worker", workerPW, false, "coordinator", coordPW); err != nil {
 		t.Fatal(err)
 	}
 	if v := nlog.take(); len(v) == 0 || !strings.Contains(strings.Join(v, "\n"), deleteItemsSubj) {
 		t.Errorf("the server's log has no violation for %s: %q", deleteItemsSubj, v)
 	}
-	err = checkWorkerDenied(url, "worker", "coordinator", coordPW, "coordinator", coordPW)
+	err = checkWorkerDenied(url, "worker", "coordinator", coordPW, false, "coordinator", coordPW)
 	if want := `NATS user "coordinator" deleted stream STEPFLOW_ITEMS`; err == nil || !strings.Contains(err.Error(), want) {
 		t.Errorf("got %v, want %q", err, want)
 	}

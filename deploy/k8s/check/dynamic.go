@@ -525,7 +525,7 @@ func (c *Checker) checkDynamic(o *overlay, cs []*ours) (err error) {
 	if v := nlog.take(); len(v) > 0 {
 		return fmt.Errorf("the NATS server refused the coordinator or the worker during the batch or the worker's stop (the permissions of %s lack a subject they use, or a password is wrong):\n%s", n.ConfPath, strings.Join(v, "\n"))
 	}
-	if err := c.checkWorkerCredentials(&wrun, leader.Run, natsURL, nlog); err != nil {
+	if err := c.checkWorkerCredentials(&wrun, leader.Run, natsURL, n.Opts.AuthCallout != nil, nlog); err != nil {
 		return err
 	}
 	if entry != leader {
@@ -535,13 +535,14 @@ func (c *Checker) checkDynamic(o *overlay, cs []*ours) (err error) {
 }
 
 // checkWorkerCredentials: the worker's NATS user, logged in with the
-// worker's password, is refused deleting the items stream.
-func (c *Checker) checkWorkerCredentials(worker, coord *ours, natsURL string, nlog *natsLog) error {
+// worker's password (and a key of its own, through the auth callout), is
+// refused deleting the items stream.
+func (c *Checker) checkWorkerCredentials(worker, coord *ours, natsURL string, callout bool, nlog *natsLog) error {
 	user, _ := worker.setting("nats-user")
 	pw, _ := worker.setting("nats-password")
 	admin, _ := coord.setting("nats-user")
 	apw, _ := coord.setting("nats-password")
-	if err := checkWorkerDenied(natsURL, worker.where(), user, pw, admin, apw); err != nil {
+	if err := checkWorkerDenied(natsURL, worker.where(), user, pw, callout, admin, apw); err != nil {
 		return err
 	}
 	nlog.take()

@@ -5,6 +5,9 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+
+	"github.com/nats-io/nkeys"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -253,13 +256,57 @@ func referenced(c *corev1.Container, name string) bool {
 // credential is in git. The check substitutes a generated value.
 var externalSecrets = map[string][]string{
 	"stepflow-auth": {"token"},
-	"stepflow-nats": {"coordinator-password", "worker-password", "sdk-password"},
+	"stepflow-nats": {"coordinator-password", "worker-password", "sdk-password", calloutIssuerKey, calloutSeedKey},
 }
+
+// The keys of Secret stepflow-nats that hold the auth callout's account
+// key pair: the public key (NATS's auth_callout issuer) and the seed
+// (the coordinator's). They stand in as a key pair, not as passwords.
+const (
+	calloutIssuerKey = "auth-callout-issuer"
+	calloutSeedKey   = "auth-callout-issuer-seed"
+)
 
 // externalSecretValue stands in for the value of key of an external
 // Secret: one per key, so that two keys mixed up do not compare equal.
+// The callout's keys get one key pair, made once per check.
 func externalSecretValue(name, key string) string {
+	switch key {
+	case calloutIssuerKey:
+		return checkIssuer().pub
+	case calloutSeedKey:
+		return checkIssuer().seed
+	}
 	return "k8s-check-generated-" + name + "-" + key
+}
+
+// issuerPair is an account key pair as the Secret holds it.
+type issuerPair struct{ pub, seed string }
+
+// checkIssuer is the key pair that stands in for the auth callout's.
+var checkIssuer = sync.OnceValue(func() issuerPair {
+	p, err := newIssuerPair()
+	if err != nil {
+		panic(err) // crypto/rand failed
+	}
+	return p
+})
+
+// newIssuerPair makes an account key pair.
+func newIssuerPair() (issuerPair, error) {
+	kp, err := nkeys.CreateAccount()
+	if err != nil {
+		return issuerPair{}, err
+	}
+	pub, err := kp.PublicKey()
+	if err != nil {
+		return issuerPair{}, err
+	}
+	seed, err := kp.Seed()
+	if err != nil {
+		return issuerPair{}, err
+	}
+	return issuerPair{pub: pub, seed: string(seed)}, nil
 }
 
 func secretData(s *corev1.Secret) map[string]string {

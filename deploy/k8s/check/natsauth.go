@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
 	corev1 "k8s.io/api/core/v1"
 )
 
@@ -60,8 +61,87 @@ func checkNATSAuth(n *natsServer, cs []*ours) error {
 		}
 		byPassword[pw] = name
 	}
+	var coord *ours
 	for _, oc := range cs {
+		if oc.Bin.Name == "coordinator" {
+			coord = oc
+		}
+	}
+	for _, oc := range cs {
+		if n.Opts.AuthCallout != nil && oc.Bin.Name == "worker" {
+			errs = append(errs, checkCalloutWorker(n, oc, coord, users))
+			continue
+		}
 		errs = append(errs, checkNATSCredentials(n, oc, users, names))
+	}
+	if n.Opts.AuthCallout != nil && coord != nil {
+		errs = append(errs, checkCalloutCoordinator(n, coord))
+	}
+	return errors.Join(errs...)
+}
+
+// calloutWorkerUser is the user a worker logs in as through the
+// coordinator's auth callout (natsauth.WorkerUser).
+const calloutWorkerUser = "worker"
+
+// checkCalloutWorker: with an auth callout, the worker logs in as
+// calloutWorkerUser, which is no user of the config (a static user
+// bypasses the callout, with permissions of its own), with an inbox key
+// (the callout refuses a worker without one), and with the password the
+// coordinator checks, from the same Secret key.
+func checkCalloutWorker(n *natsServer, w, coord *ours, users map[string]*server.User) error {
+	var errs []error
+	if name, src := w.setting("nats-user"); name != calloutWorkerUser {
+		errs = append(errs, fmt.Errorf("%s: %s=%q: with the auth callout of %s, workers log in as %q, whom the coordinator admits", w.where(), src, name, n.ConfPath, calloutWorkerUser))
+	}
+	if users[calloutWorkerUser] != nil {
+		errs = append(errs, fmt.Errorf("StatefulSet/%s: %s defines user %q and an auth callout: the static user bypasses the callout, and workers logged in as it read each other's replies", n.STS.Name, n.ConfPath, calloutWorkerUser))
+	}
+	if v, src := w.setting("nats-inbox-key"); v != "true" {
+		errs = append(errs, fmt.Errorf("%s: %s=%q: with the auth callout, a worker signs in with a key of its own (%s=true); the coordinator refuses it otherwise", w.where(), src, v, w.Bin.FlagEnv["nats-inbox-key"]))
+	}
+	pwEnv := w.Bin.FlagEnv["nats-password"]
+	ref := secretKeyRef(w.C, pwEnv)
+	if ref == nil {
+		errs = append(errs, fmt.Errorf("%s: %s is not taken from a Secret: use env valueFrom.secretKeyRef", w.where(), pwEnv))
+	}
+	if coord == nil {
+		return errors.Join(errs...)
+	}
+	cref := secretKeyRef(coord.C, calloutWorkerPasswordEnv)
+	switch {
+	case cref == nil:
+		errs = append(errs, fmt.Errorf("%s: %s is not taken from a Secret: the coordinator checks the workers' password (auth callout of %s)", coord.where(), calloutWorkerPasswordEnv, n.ConfPath))
+	case ref != nil && (ref.Name != cref.Name || ref.Key != cref.Key):
+		errs = append(errs, fmt.Errorf("%s: the worker's password (%s) comes from Secret %s key %s, the one %s checks from Secret %s key %s: take both from the same key", w.where(), pwEnv, ref.Name, ref.Key, coord.where(), cref.Name, cref.Key))
+	}
+	return errors.Join(errs...)
+}
+
+// The coordinator's variables of the auth callout.
+const (
+	calloutSeedEnv           = "STEPFLOW_NATS_AUTH_CALLOUT_ISSUER_SEED"
+	calloutWorkerPasswordEnv = "STEPFLOW_NATS_AUTH_CALLOUT_WORKER_PASSWORD"
+)
+
+// checkCalloutCoordinator: the coordinator answers the callout (it is
+// one of its auth_users, and has the issuer's seed, from a Secret, whose
+// public key is the server's issuer).
+func checkCalloutCoordinator(n *natsServer, coord *ours) error {
+	var errs []error
+	ac := n.Opts.AuthCallout
+	if name, _ := coord.setting("nats-user"); !contains(ac.AuthUsers, name) {
+		errs = append(errs, fmt.Errorf("%s: NATS user %q is not one of the auth_users %v of %s: the coordinator answers the auth callout", coord.where(), name, ac.AuthUsers, n.ConfPath))
+	}
+	if secretKeyRef(coord.C, calloutSeedEnv) == nil {
+		return errors.Join(append(errs, fmt.Errorf("%s: %s is not taken from a Secret: with the auth callout of %s, the coordinator signs the workers' logins with the issuer's seed", coord.where(), calloutSeedEnv, n.ConfPath))...)
+	}
+	kp, err := nkeys.FromSeed([]byte(coord.Env[calloutSeedEnv]))
+	if err != nil {
+		return errors.Join(append(errs, fmt.Errorf("%s: %s is no nkey seed: %w", coord.where(), calloutSeedEnv, err))...)
+	}
+	if pub, _ := kp.PublicKey(); pub != ac.Issuer {
+		errs = append(errs, fmt.Errorf("%s: the public key of %s is %s, and the auth_callout issuer of %s is %s (%s): take both from one key pair", coord.where(), calloutSeedEnv, pub, n.ConfPath, ac.Issuer, n.passwordSource(ac.Issuer)))
 	}
 	return errors.Join(errs...)
 }
@@ -187,6 +267,17 @@ func generateNATSSecrets(n *natsServer) (map[string]map[string]string, []string,
 		if secrets[r.Name] == nil {
 			secrets[r.Name] = map[string]string{}
 		}
+		if r.Key == calloutIssuerKey {
+			// The auth callout's public key: a key pair, whose seed the
+			// coordinator gets from the same Secret.
+			pair, err := newIssuerPair()
+			if err != nil {
+				return nil, nil, err
+			}
+			secrets[r.Name][r.Key], secrets[r.Name][calloutSeedKey] = pair.pub, pair.seed
+			keys = append(keys, r.Name+"/"+r.Key, r.Name+"/"+calloutSeedKey)
+			continue
+		}
 		pw, err := randomPassword()
 		if err != nil {
 			return nil, nil, err
@@ -250,16 +341,29 @@ func (l *natsLog) take() []string {
 // tries to delete the items stream: the server must refuse it with a
 // permissions violation, and the stream must still be there afterwards
 // (asked as the coordinator, admin and adminPassword).
-func checkWorkerDenied(natsURL, who, user, password, admin, adminPassword string) error {
+func checkWorkerDenied(natsURL, who, user, password string, withKey bool, admin, adminPassword string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	denied := make(chan error, 16)
-	nc, err := nats.Connect(natsURL, nats.UserInfo(user, password), nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+	opts := []nats.Option{nats.UserInfo(user, password), nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 		select {
 		case denied <- err:
 		default:
 		}
-	}))
+	})}
+	if withKey {
+		// As a worker signs in through the auth callout.
+		kp, err := nkeys.CreateUser()
+		if err != nil {
+			return err
+		}
+		pub, err := kp.PublicKey()
+		if err != nil {
+			return err
+		}
+		opts = append(opts, nats.Nkey(pub, kp.Sign), nats.CustomInboxPrefix("_INBOX_stepflow_worker."+pub))
+	}
+	nc, err := nats.Connect(natsURL, opts...)
 	if err != nil {
 		return fmt.Errorf("%s: connect to NATS as %q: %w", who, user, err)
 	}

@@ -286,6 +286,20 @@ func checkSDKNATSURL(o *overlay, s *sdkContainer, n *natsServer) error {
 	return errors.Join(errs...)
 }
 
+// sdkAccount is the NATS account of user sdk (where stream PYTHON_TASKS
+// is): "$G", the global account, unless the config puts it in one.
+func sdkAccount(n *natsServer) string {
+	if n == nil || n.Opts == nil {
+		return "$G"
+	}
+	for _, u := range n.Opts.Users {
+		if u.Username == "sdk" && u.Account != nil {
+			return u.Account.Name
+		}
+	}
+	return "$G"
+}
+
 // checkSDKScaledObject: a nats-jetstream trigger on the SDK workers'
 // stream and consumer, read from the NATS monitoring port of a Service
 // in our namespace, with the lag threshold the SDK's concurrency.
@@ -304,8 +318,8 @@ func (c *Checker) checkSDKScaledObject(o *overlay, so *ScaledObject, s *sdkConta
 		if md["lagThreshold"] != s.Env["STEPFLOW_MAX_CONCURRENT"] {
 			errs = append(errs, fmt.Errorf("%s: lagThreshold %q differs from %s STEPFLOW_MAX_CONCURRENT %q: one pod per that many waiting tasks keeps every slot busy", where, md["lagThreshold"], s.where(), s.Env["STEPFLOW_MAX_CONCURRENT"]))
 		}
-		if md["account"] != "$G" {
-			errs = append(errs, fmt.Errorf("%s: account %q; auth.conf's users are in the global account $G", where, md["account"]))
+		if want := sdkAccount(c.nats[o.Dir]); md["account"] != want {
+			errs = append(errs, fmt.Errorf("%s: account %q; the NATS users (and stream %s) are in account %q", where, md["account"], md["stream"], want))
 		}
 		host, port, _ := net.SplitHostPort(md["natsServerMonitoringEndpoint"])
 		parts := strings.Split(host, ".")
