@@ -262,7 +262,8 @@ func inboxKeyOptions(url string, opts ConnectOptions) (nats.Option, string, erro
 	return func(o *nats.Options) error {
 		// A refused login is tried again, not the end: the coordinator
 		// that answers the server's auth callout may be starting or
-		// restarting (a wrong password is logged at each try).
+		// restarting (a wrong password shows in the log, as every failed
+		// connection does).
 		o.IgnoreAuthErrorAbort = true
 		return nats.Nkey(pub, opts.InboxKey.Sign)(o)
 	}, cmp.Or(opts.InboxPrefix, nats.InboxPrefix[:len(nats.InboxPrefix)-1]) + "." + pub, nil
