@@ -140,23 +140,35 @@ func TestNATSWorkerPermissions(t *testing.T) {
 // It returns the server, the server's logs and the coordinator.
 func startAuthConfServer(ctx context.Context, t *testing.T, edit func(conf string) string) (*queue.Embedded, *observer.ObservedLogs, *coordProc) {
 	t.Helper()
-	shipped, err := os.ReadFile(filepath.Join(repoRoot, "deploy", "k8s", "base", "nats", "auth.conf"))
-	require.NoError(t, err)
-	conf := strings.NewReplacer("$NATS_COORDINATOR_PASSWORD", `"coord-pw"`, "$NATS_WORKER_PASSWORD", `"worker-pw"`, "$NATS_SDK_PASSWORD", `"sdk-pw"`).Replace(string(shipped))
-	require.NotEqual(t, string(shipped), conf)
-	if edit != nil {
-		conf = edit(conf)
-	}
-	path := filepath.Join(t.TempDir(), "auth.conf")
-	require.NoError(t, os.WriteFile(path, []byte(conf), 0o600))
+	srv, serverLogs := startShippedNATSConf(ctx, t, "auth.conf", func(conf string) string {
+		conf = strings.NewReplacer("$NATS_COORDINATOR_PASSWORD", `"coord-pw"`, "$NATS_WORKER_PASSWORD", `"worker-pw"`, "$NATS_SDK_PASSWORD", `"sdk-pw"`).Replace(conf)
+		if edit != nil {
+			conf = edit(conf)
+		}
+		return conf
+	})
+	c := startCoordinator(t, []string{"STEPFLOW_NATS_PASSWORD=coord-pw"},
+		"--nats-url", srv.ClientURL(), "--nats-user", "coordinator", "--log-level", "warn")
+	return srv, serverLogs, c
+}
 
+// startShippedNATSConf starts an embedded server configured with the
+// shipped deploy/k8s/base/nats/<name>, its variables filled in by fill
+// (the server resolves them from its environment, which an in-process
+// server shares with the parallel tests), and returns it and its logs.
+func startShippedNATSConf(ctx context.Context, t *testing.T, name string, fill func(conf string) string) (*queue.Embedded, *observer.ObservedLogs) {
+	t.Helper()
+	shipped, err := os.ReadFile(filepath.Join(repoRoot, "deploy", "k8s", "base", "nats", name))
+	require.NoError(t, err)
+	conf := fill(string(shipped))
+	require.NotEqual(t, string(shipped), conf, "%s: nothing filled in", name)
+	path := filepath.Join(t.TempDir(), name)
+	require.NoError(t, os.WriteFile(path, []byte(conf), 0o600))
 	core, serverLogs := observer.New(zapcore.InfoLevel)
 	srv := queue.NewEmbedded(queue.EmbeddedConfig{StoreDir: t.TempDir(), ConfigFile: path, Logger: zap.New(core)})
 	require.NoError(t, srv.Start(ctx))
 	t.Cleanup(srv.Shutdown)
-	c := startCoordinator(t, []string{"STEPFLOW_NATS_PASSWORD=coord-pw"},
-		"--nats-url", srv.ClientURL(), "--nats-user", "coordinator", "--log-level", "warn")
-	return srv, serverLogs, c
+	return srv, serverLogs
 }
 
 // runExamplesThenStop runs the batch-processor example (nested runs,
@@ -383,16 +395,8 @@ func TestNATSAuthCalloutIsolatesWorkers(t *testing.T) {
 	seed, err := issuer.Seed()
 	require.NoError(t, err)
 
-	shipped, err := os.ReadFile(filepath.Join(repoRoot, "deploy", "k8s", "base", "nats", "auth-callout.conf"))
-	require.NoError(t, err)
-	conf := strings.NewReplacer("$NATS_COORDINATOR_PASSWORD", `"coord-pw"`, "$NATS_SDK_PASSWORD", `"sdk-pw"`,
-		"$NATS_AUTH_CALLOUT_ISSUER", `"`+issuerPub+`"`).Replace(string(shipped))
-	path := filepath.Join(t.TempDir(), "auth-callout.conf")
-	require.NoError(t, os.WriteFile(path, []byte(conf), 0o600))
-	core, serverLogs := observer.New(zapcore.InfoLevel)
-	srv := queue.NewEmbedded(queue.EmbeddedConfig{StoreDir: t.TempDir(), ConfigFile: path, Logger: zap.New(core)})
-	require.NoError(t, srv.Start(ctx))
-	t.Cleanup(srv.Shutdown)
+	srv, serverLogs := startShippedNATSConf(ctx, t, "auth-callout.conf", strings.NewReplacer("$NATS_COORDINATOR_PASSWORD", `"coord-pw"`,
+		"$NATS_SDK_PASSWORD", `"sdk-pw"`, "$NATS_AUTH_CALLOUT_ISSUER", `"`+issuerPub+`"`).Replace)
 	url := srv.ClientURL()
 
 	// The worker's key is made by the worker; the test learns it from the
