@@ -178,6 +178,12 @@ func (s *Service) authorize(req *jwt.AuthorizationRequestClaims) (string, error)
 	if !nkeys.IsValidPublicUserKey(opts.Nkey) {
 		return "", fmt.Errorf("%q is no user public key", opts.Nkey)
 	}
+	if req.ClientInformation.Nonce == "" {
+		// A signature of nothing proves nothing about this login: it
+		// could be replayed. The server sends a nonce when it has an
+		// nkey user (auth-callout.conf has one).
+		return "", errors.New("the server sent no nonce to sign (give it an nkey user)")
+	}
 	if err := verifyNonce(opts.Nkey, opts.SignedNonce, req.ClientInformation.Nonce); err != nil {
 		return "", err
 	}

@@ -97,24 +97,9 @@ func TestAuthorize(t *testing.T) {
 	other, err := nkeys.CreateUser()
 	require.NoError(t, err)
 	request := func(user, password, nkey string, signer nkeys.KeyPair) *jwt.AuthorizationRequestClaims {
-		server, _ := nkeys.CreateServer()
-		spub, _ := server.PublicKey()
-		conn, _ := nkeys.CreateUser()
-		cpub, _ := conn.PublicKey()
-		req := jwt.NewAuthorizationRequestClaims(spub)
-		req.UserNkey = cpub
-		req.Server.ID = "server-id"
-		req.ClientInformation.Nonce = "nonce-123"
-		req.ConnectOptions.Username = user
-		req.ConnectOptions.Password = password
-		req.ConnectOptions.Nkey = nkey
-		if signer != nil {
-			sig, err := signer.Sign([]byte("nonce-123"))
-			require.NoError(t, err)
-			req.ConnectOptions.SignedNonce = base64.RawURLEncoding.EncodeToString(sig)
-		}
-		return req
+		return requestNonce(t, user, password, nkey, signer, "nonce-123")
 	}
+	noNonce := requestNonce(t, WorkerUser, "pw", pub, key, "")
 
 	token, err := s.authorize(request(WorkerUser, "pw", pub, key))
 	require.NoError(t, err)
@@ -134,8 +119,36 @@ func TestAuthorize(t *testing.T) {
 		"key signed by another":   request(WorkerUser, "pw", pub, other),
 		"key not signed":          request(WorkerUser, "pw", pub, nil),
 		"an account key, no user": request(WorkerUser, "pw", ipub, issuer),
+		"no nonce":                noNonce,
 	} {
 		_, err := s.authorize(req)
 		require.Error(t, err, name)
 	}
+	// A signature of the empty nonce verifies, and is still refused.
+	_, err = s.authorize(noNonce)
+	require.ErrorContains(t, err, "no nonce")
+}
+
+// requestNonce is an authorization request of a login with user,
+// password and nkey, the server's nonce signed by signer (nil: not
+// signed).
+func requestNonce(t *testing.T, user, password, nkey string, signer nkeys.KeyPair, nonce string) *jwt.AuthorizationRequestClaims {
+	t.Helper()
+	server, _ := nkeys.CreateServer()
+	spub, _ := server.PublicKey()
+	conn, _ := nkeys.CreateUser()
+	cpub, _ := conn.PublicKey()
+	req := jwt.NewAuthorizationRequestClaims(spub)
+	req.UserNkey = cpub
+	req.Server.ID = "server-id"
+	req.ClientInformation.Nonce = nonce
+	req.ConnectOptions.Username = user
+	req.ConnectOptions.Password = password
+	req.ConnectOptions.Nkey = nkey
+	if signer != nil {
+		sig, err := signer.Sign([]byte(nonce))
+		require.NoError(t, err)
+		req.ConnectOptions.SignedNonce = base64.RawURLEncoding.EncodeToString(sig)
+	}
+	return req
 }
