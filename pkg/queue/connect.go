@@ -255,7 +255,15 @@ func inboxKeyOptions(url string, opts ConnectOptions) (nats.Option, string, erro
 		// nats.go sends no nkey when the URL carries the credentials.
 		return nil, "", fmt.Errorf("%w: with an inbox key, give the NATS user and password as options (--nats-user, STEPFLOW_NATS_PASSWORD), not in the URL", ErrInvalidConfig)
 	}
-	pub, err := opts.InboxKey.PublicKey()
+	return InboxKeyLogin(opts.InboxKey, cmp.Or(opts.InboxPrefix, nats.InboxPrefix[:len(nats.InboxPrefix)-1]))
+}
+
+// InboxKeyLogin returns the login option of an inbox key
+// (ConnectOptions.InboxKey) and the inbox prefix it proves, prefix.<its
+// public key>: for Connect, and for a plugin's own connection as the
+// same worker.
+func InboxKeyLogin(kp nkeys.KeyPair, prefix string) (nats.Option, string, error) {
+	pub, err := kp.PublicKey()
 	if err != nil || !nkeys.IsValidPublicUserKey(pub) {
 		return nil, "", fmt.Errorf("%w: the inbox key is no user nkey", ErrInvalidConfig)
 	}
@@ -265,8 +273,8 @@ func inboxKeyOptions(url string, opts ConnectOptions) (nats.Option, string, erro
 		// restarting (a wrong password shows in the log, as every failed
 		// connection does).
 		o.IgnoreAuthErrorAbort = true
-		return nats.Nkey(pub, opts.InboxKey.Sign)(o)
-	}, cmp.Or(opts.InboxPrefix, nats.InboxPrefix[:len(nats.InboxPrefix)-1]) + "." + pub, nil
+		return nats.Nkey(pub, kp.Sign)(o)
+	}, prefix + "." + pub, nil
 }
 
 // NewInboxKey makes a user nkey for ConnectOptions.InboxKey.

@@ -202,12 +202,14 @@ func violations(logs *observer.ObservedLogs) []string {
 // counts what reaches it, or the permissions violation each subscription
 // got.
 type snooper struct {
-	t      *testing.T
-	nc     *nats.Conn
-	mu     sync.Mutex
-	got    map[string]int // subscription subject -> messages received
-	last   string         // the subject of the last message received
-	denied chan string    // subjects whose subscription was refused
+	t    *testing.T
+	nc   *nats.Conn
+	mu   sync.Mutex
+	got  map[string]int // subscription subject -> messages received
+	last string         // the subject of the last message received
+	// arrived is signalled (without blocking) after each message.
+	arrived chan struct{}
+	denied  chan string // subjects whose subscription was refused
 }
 
 func newSnooper(t *testing.T, url, user, password string, subjects ...string) *snooper {
@@ -218,7 +220,7 @@ func newSnooper(t *testing.T, url, user, password string, subjects ...string) *s
 // newSnooperWith is newSnooper logged in with opts.
 func newSnooperWith(t *testing.T, url string, opts []nats.Option, subjects ...string) *snooper {
 	t.Helper()
-	s := &snooper{t: t, got: map[string]int{}, denied: make(chan string, 16)}
+	s := &snooper{t: t, got: map[string]int{}, denied: make(chan string, 16), arrived: make(chan struct{}, 1)}
 	nc, err := nats.Connect(url, append(opts,
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 			if errors.Is(err, nats.ErrPermissionViolation) {
@@ -238,6 +240,10 @@ func newSnooperWith(t *testing.T, url string, opts []nats.Option, subjects ...st
 			s.got[subj]++
 			s.last = m.Subject
 			s.mu.Unlock()
+			select {
+			case s.arrived <- struct{}{}:
+			default:
+			}
 		})
 		require.NoError(t, err)
 	}
@@ -258,12 +264,13 @@ func (s *snooper) received(subj string) int {
 // messages (the handler runs after the flush that brought them).
 func (s *snooper) waitReceived(subj string, n int, msg string) {
 	s.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.After(10 * time.Second)
 	for s.received(subj) < n {
-		if time.Now().After(deadline) {
+		select {
+		case <-s.arrived:
+		case <-deadline:
 			s.t.Fatalf("%s: %d messages on %s, want %d", msg, s.received(subj), subj, n)
 		}
-		time.Sleep(5 * time.Millisecond) // polls the handler's count
 	}
 }
 

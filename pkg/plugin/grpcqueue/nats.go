@@ -87,11 +87,11 @@ func (p *Plugin) natsLogin(urls string) (string, []nats.Option, error) {
 	if kp == nil {
 		return urls, []nats.Option{nats.CustomInboxPrefix(prefix)}, nil
 	}
-	pub, err := kp.PublicKey()
+	login, keyPrefix, err := sfqueue.InboxKeyLogin(kp, prefix)
 	if err != nil {
-		return "", nil, fmt.Errorf("the worker's inbox key: %w", err)
+		return "", nil, err
 	}
-	opts := []nats.Option{nats.CustomInboxPrefix(prefix + "." + pub), nats.Nkey(pub, kp.Sign)}
+	opts := []nats.Option{nats.CustomInboxPrefix(keyPrefix), login}
 	parts := strings.Split(urls, ",")
 	var user *url.Userinfo
 	for i, part := range parts {

@@ -43,6 +43,7 @@ func TestNATSLoginWithInboxKey(t *testing.T) {
 	require.Equal(t, pub, o.Nkey)
 	require.Equal(t, "worker", o.User)
 	require.Equal(t, "pw", o.Password)
+	require.True(t, o.IgnoreAuthErrorAbort, "a refused login is tried again, as the worker's own")
 
 	_, opts, err = p.natsLogin("nats://tok@h1:4222")
 	require.NoError(t, err)
